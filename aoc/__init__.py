@@ -1,0 +1,1 @@
+"""AOC tracking backend: the application core (settings, logging, command line)."""

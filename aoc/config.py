@@ -1,0 +1,85 @@
+"""Settings, read once at the entry point and passed down.
+
+Every variable is prefixed ``AOC_`` and may also come from an optional ``.env``
+file in the working directory. Defaults run the whole system on one machine
+with no secrets: SQLite and a local directory instead of MongoDB and S3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration of every AOC process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AOC_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    # Network: bind to loopback by default; operators opt in to exposure.
+    bind_host: str = "127.0.0.1"
+    http_port: int = 5000
+    socketio_port: int = 5050
+
+    # MQTT broker (Mosquitto).
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_ws_port: int = 9001
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_client_id: str = "aoc-bridge"
+    mqtt_keepalive: int = 30
+
+    # Where the embedded defaults keep their files.
+    data_dir: Path = Path("./data")
+
+    # Document store: "sqlite:///path/to.db" or "mongodb://..." (empty: SQLite in data_dir).
+    store_url: str = ""
+    mongodb_database: str = "aoc_v2"
+    # Object storage: "file:///path" or "s3://bucket" (empty: data_dir/objects).
+    objects_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    # Public base URL of object links handed to browsers (empty: served by the HTTP API).
+    objects_public_url: str = ""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Domain rules.
+    speed_orange_kmh: float = 80.0
+    speed_red_kmh: float = 120.0
+    crash_dedup_seconds: float = 60.0
+    google_maps_key: SecretStr | None = None
+
+    # Input limits.
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    max_upload_files: int = Field(default=10, gt=0)
+    dead_letter_payload_bytes: int = Field(default=4096, gt=0)
+
+    # Bridge batching: a batch is written (and then acknowledged) when it holds
+    # this many messages or when the oldest has waited this long.
+    batch_size: int = Field(default=200, gt=0)
+    batch_wait_ms: int = Field(default=20, ge=0)
+
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @property
+    def resolved_store_url(self) -> str:
+        """The document store URL, defaulting to SQLite under ``data_dir``."""
+        return self.store_url or f"sqlite:///{(self.data_dir / 'aoc.sqlite3').resolve()}"
+
+    @property
+    def resolved_objects_url(self) -> str:
+        """The object storage URL, defaulting to a directory under ``data_dir``."""
+        return self.objects_url or f"file://{(self.data_dir / 'objects').resolve()}"

@@ -1,0 +1,130 @@
+"""The types that flow through the bridge: validated input, and planned output.
+
+``bridge.validate.parse`` turns one MQTT message into one of the input types
+(or a ``Rejected``); ``bridge.processor.Processor.plan`` turns a batch of them
+into a ``Plan``: the store writes that must be durable before the batch is
+acknowledged, and the fan-out (cache, Socket.IO, MQTT) that follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from storage.base import Document, Write
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """One GPS point. ``speed_kmh`` is always km/h, whatever the source sent."""
+
+    ambulance_id: str
+    position: Position
+    speed_kmh: float
+    heading: float | None
+    ts: datetime  # device time (UTC); server receipt time when the device sent none
+    received_at: datetime
+    seq: int | None = None
+    accuracy: float | None = None
+    altitude: float | None = None
+    destination: Position | None = None
+    # The JSON object as the device sent it, re-emitted to legacy Socket.IO rooms.
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """A crash alert; ``speed_kmh`` is km/h (the HTTP shim converts legacy m/s)."""
+
+    ambulance_id: str
+    position: Position
+    speed_kmh: float
+    heading: float | None
+    ts: datetime
+    received_at: datetime
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One image; ``ext``/``content_type`` come from its magic bytes, never a claim."""
+
+    data: bytes
+    ext: str  # "jpg" or "png"
+    content_type: str  # "image/jpeg" or "image/png"
+    name: str | None = None  # the file name the device gave, for the record only
+
+
+@dataclass(frozen=True, slots=True)
+class Snap:
+    ambulance_id: str
+    images: tuple[Image, ...]
+    ts: datetime  # capture time if given, else receipt time
+    received_at: datetime
+    # Form fields / JSON fields other than the images, for the legacy `snap` room.
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A device's retained online/offline status (offline is its Last Will)."""
+
+    ambulance_id: str
+    online: bool
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that failed validation: it becomes a dead-letter record."""
+
+    topic: str
+    reason: str
+    payload: bytes
+    received_at: datetime
+
+
+Parsed = Tracking | Crash | Snap | Status | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A legacy Socket.IO emission: event ``data`` to ``room``, payload a JSON string."""
+
+    room: str
+    data: str
+    event: str = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An outbound MQTT message for MQTT-over-WebSocket dashboards."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 1
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one batch of messages turns into.
+
+    ``writes`` must be applied (durably) before the batch is acknowledged; the
+    rest is best-effort fan-out done after the acknowledgement.
+    """
+
+    writes: list[Write] = field(default_factory=list)
+    # Latest state per ambulance for the Redis cache (only where it moved forward).
+    states: dict[str, Document] = field(default_factory=dict)
+    emits: list[Emit] = field(default_factory=list)
+    publishes: list[Publish] = field(default_factory=list)
+    # Counters for metrics and logs: kind -> number ("tracking", "duplicate", "dead_letter"...).
+    counts: dict[str, int] = field(default_factory=dict)

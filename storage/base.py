@@ -1,0 +1,167 @@
+"""The storage interfaces: one small document store and one object store.
+
+Backends live one per module (``sqlite``, ``mongo``, ``localfs``, ``s3``) and are
+chosen by URL in ``storage.open_document_store`` / ``storage.open_object_store``.
+Every backend passes the same contract suite in ``tests/storage``.
+
+Documents are plain dicts with a string ``_id``. Datetimes are timezone-aware
+UTC ``datetime`` objects on the way in and on the way out, whatever the backend
+stores underneath. Each collection has an "owner" field (``ambulance_id``) and a
+time field (see ``TIME_FIELDS``) that every backend indexes together, because
+every read the system makes is "this ambulance (or all), in this time range".
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Document = dict[str, Any]
+
+# Collection names: the legacy MongoDB names (database ``aoc_v2``) plus our own.
+TRACKINGS = "ambulance_trackings"
+SPEED_VIOLATIONS = "ambulance_speed_violations"
+IMAGES = "ambulance_images"
+IMAGE_HISTORIES = "ambulance_image_histories"
+CRASHES = "ambulance_crashes"
+AMBULANCES = "ambulances"
+DEAD_LETTERS = "dead_letters"
+
+# The time field each collection is indexed and range-queried on.
+TIME_FIELDS: Mapping[str, str] = {
+    TRACKINGS: "count_datetime",
+    SPEED_VIOLATIONS: "started_at",
+    IMAGES: "createdAt",
+    IMAGE_HISTORIES: "createdAt",
+    CRASHES: "count_datetime",
+    AMBULANCES: "last_seen",
+    DEAD_LETTERS: "received_at",
+}
+COLLECTIONS: tuple[str, ...] = tuple(TIME_FIELDS)
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached or written right now; the caller may retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One idempotent write.
+
+    ``insert``: store ``doc`` if no document with its ``_id`` exists, else do nothing
+    (a redelivered message is stored once). ``upsert``: replace the document with
+    that ``_id``, or create it.
+    """
+
+    collection: str
+    kind: Literal["insert", "upsert"]
+    doc: Document
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of documents, oldest first unless asked otherwise."""
+
+    items: list[Document]
+    # Opaque keyset cursor for the next page, or None when this was the last one.
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A range read on one collection's (ambulance_id, time field) index."""
+
+    collection: str
+    ambulance_id: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    newest_first: bool = False
+    limit: int = 100
+    cursor: str | None = None  # from a previous Page.next_cursor
+    # Extra equality filters on top-level fields (e.g. {"closed": False}).
+    where: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DocumentStore(abc.ABC):
+    """An async document store holding the legacy collections."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create tables/indexes; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the store cannot serve requests."""
+
+    @abc.abstractmethod
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Apply the writes durably, in order; raise ``StoreUnavailable`` on failure.
+
+        When this returns, every write has been persisted (the caller acknowledges
+        the source messages right after). Safe to call again with the same writes.
+        """
+
+    @abc.abstractmethod
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        """One document by ``_id``."""
+
+    @abc.abstractmethod
+    async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already stored in ``collection``."""
+
+    @abc.abstractmethod
+    async def find(self, query: Query) -> Page:
+        """Documents matching ``query``, ordered by (time field, ``_id``)."""
+
+    async def __aenter__(self) -> DocumentStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class ObjectStore(abc.ABC):
+    """An async store of image bytes under the legacy key layout."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create the bucket or directory if needed; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release resources."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if objects cannot be stored right now."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key`` durably (overwrite is allowed and idempotent)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; ``KeyError`` if absent."""
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
+
+    @abc.abstractmethod
+    def url(self, key: str) -> str | None:
+        """A URL a browser can open, or None when the HTTP API must serve the bytes."""
+
+    async def __aenter__(self) -> ObjectStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

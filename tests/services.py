@@ -1,0 +1,175 @@
+"""Real servers for tests: Mosquitto, Redis and SeaweedFS on free loopback ports.
+
+Each is a ``Service``: started as a child process in its own directory, waited
+for until its port accepts connections, and stopped (or killed, for the fault
+tests) on demand. Nothing here touches a system-wide instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import conf as broker_conf
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until 127.0.0.1:``port`` accepts TCP connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
+@dataclass
+class Service:
+    """A server process that tests can start, stop, kill and restart."""
+
+    name: str
+    argv: Sequence[str]
+    port: int
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 20.0
+    extra_ports: Sequence[int] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self) -> Service:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            list(self.argv),
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            for port in (self.port, *self.extra_ports):
+                wait_for_port(port, self.start_timeout, self.proc)
+        except Exception as exc:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start: {self.log_tail()}") from exc
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> Service:
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise RuntimeError(f"{binary} is not installed: run `make setup` (it installs it)")
+    return path
+
+
+def mosquitto(workdir: Path, *, port: int | None = None, ws_port: int | None = None, extra: str = "") -> Service:
+    """Mosquitto with the project's ``mosquitto.conf``, ports and paths substituted."""
+    port = port or free_port()
+    ws_port = ws_port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = broker_conf.write(
+        workdir / "mosquitto.conf", mqtt_port=port, ws_port=ws_port, data_dir=workdir / "data", extra=extra
+    )
+    service = Service("mosquitto", [_require("mosquitto"), "-c", str(conf)], port, workdir)
+    service.extra_ports = (ws_port,)
+    service.env["AOC_TEST_WS_PORT"] = str(ws_port)
+    return service
+
+
+def redis(workdir: Path, *, port: int | None = None) -> Service:
+    """A private redis-server with no persistence (the cache is rebuilt from the store)."""
+    port = port or free_port()
+    argv = [
+        _require("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+    ]
+    return Service("redis", argv, port, workdir)
+
+
+def seaweedfs(workdir: Path) -> Service:
+    """A single-process SeaweedFS with its S3 gateway; ``port`` is the S3 port."""
+    weed = Path(sys.executable).parent / "weed"
+    if not weed.exists():
+        weed = Path(_require("weed"))
+    s3_port, master, volume, filer = (free_port() for _ in range(4))
+    argv = [
+        str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-dir={workdir / 'data'}",
+        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+        f"-master.port.grpc={free_port()}", f"-volume.port.grpc={free_port()}",
+        f"-filer.port.grpc={free_port()}",
+        "-master.volumeSizeLimitMB=64", "-volume.max=20",
+        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}",
+    ]
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    return Service("seaweedfs", argv, s3_port, workdir, start_timeout=60.0)
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[Service]:
+    """Start ``service`` for the duration of a ``with`` block."""
+    with service:
+        yield service
