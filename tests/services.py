@@ -72,7 +72,8 @@ class Service:
         log.close()
         try:
             for port in (self.port, *self.extra_ports):
-                wait_for_port(port, self.start_timeout, self.proc)
+                if port:  # port 0: a process with no listener (the bridge alone)
+                    wait_for_port(port, self.start_timeout, self.proc)
         except Exception as exc:
             self.kill()
             raise RuntimeError(f"{self.name} did not start: {self.log_tail()}") from exc
@@ -173,3 +174,40 @@ def running(service: Service) -> Iterator[Service]:
     """Start ``service`` for the duration of a ``with`` block."""
     with service:
         yield service
+
+
+def aoc(
+    command: str,
+    workdir: Path,
+    *,
+    mqtt_port: int,
+    redis_port: int,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """An ``aoc`` process (``serve``, ``bridge``, ``api``, ``realtime``) as a real child process.
+
+    Its HTTP port is ``port``; ``env`` holds extra ``AOC_*`` settings and may
+    override the defaults chosen here.
+    """
+    http_port, socketio_port = free_port(), free_port()
+    settings = {
+        "AOC_MQTT_PORT": str(mqtt_port),
+        "AOC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "AOC_HTTP_PORT": str(http_port),
+        "AOC_SOCKETIO_PORT": str(socketio_port),
+        "AOC_DATA_DIR": str(workdir / "data"),
+        "AOC_MQTT_CLIENT_ID": f"aoc-bridge-{http_port}",
+        "AOC_LOG_LEVEL": "INFO",
+        **(env or {}),
+    }
+    ports = {"serve": (http_port, socketio_port), "api": (http_port,), "realtime": (socketio_port,)}
+    waits = ports.get(command, ())
+    service = Service(
+        f"aoc-{command}",
+        [sys.executable, "-m", "aoc.cli", command],
+        waits[0] if waits else 0,
+        workdir,
+        env=settings,
+        extra_ports=waits[1:],
+    )
+    return service

@@ -1,0 +1,59 @@
+# The two commands of the README: `make run` and `make test`.
+# Both install whatever is missing first (Debian packages, the .venv, npm packages).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN_PACKAGES := mosquitto redis-server
+TEST_PACKAGES := $(RUN_PACKAGES) docker-compose nodejs npm
+
+.PHONY: run test setup setup-run lint typecheck unit clean
+
+run: setup-run
+	$(BIN)/aoc up
+
+test: setup lint typecheck
+	$(BIN)/pytest
+
+setup-run: .stamps/apt-run $(VENV)/.installed-run
+setup: .stamps/apt-test $(VENV)/.installed-test tests/js/node_modules/.installed
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+# Debian packages: installed only when a command is missing, so a machine that
+# has them needs neither root nor the network.
+.stamps/apt-run:
+	@missing=""; for p in mosquitto redis-server; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(RUN_PACKAGES) python3-venv; fi
+	@mkdir -p .stamps && touch $@
+
+.stamps/apt-test: .stamps/apt-run
+	@missing=""; for c in docker-compose node npm; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_PACKAGES); fi
+	@touch $@
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed-run
+
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+clean:
+	rm -rf .stamps $(VENV) tests/js/node_modules data

@@ -1,0 +1,82 @@
+"""The ``aoc`` command: one entry point for every process of the system."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from aoc import logs
+from aoc.config import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aoc", description="AOC ambulance tracking backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run Mosquitto, Redis and `aoc serve` under supervision")
+    commands.add_parser("serve", help="bridge + HTTP API + Socket.IO in one process")
+    commands.add_parser("bridge", help="the MQTT bridge alone (scale-out)")
+    commands.add_parser("api", help="the HTTP API and legacy shim alone (scale-out)")
+    commands.add_parser("realtime", help="a Socket.IO server alone (scale-out, via Redis)")
+    sim = commands.add_parser("simulate", help="publish realistic device traffic over MQTT")
+    sim.add_argument("--ambulances", type=int, default=10, help="number of vehicles")
+    sim.add_argument("--rate", type=float, default=1.0, help="tracking points per second each")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    sim.add_argument("--snap-every", type=float, default=30.0, help="seconds between snapshots")
+    sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
+    sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
+    sim.add_argument("--prefix", default="SIM", help="ambulance id prefix")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, read settings once, configure logging, run the command."""
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logs.configure(level=settings.log_level, fmt=settings.log_format, process=args.command)
+    try:
+        asyncio.run(_run(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> None:
+    # Imports are local so `aoc simulate` starts fast and needs no storage driver.
+    if args.command == "simulate":
+        from aoc.simulate import simulate
+
+        stats = await simulate(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            ambulances=args.ambulances,
+            rate=args.rate,
+            duration=args.duration,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            snap_every=args.snap_every,
+            crash_probability=args.crash_probability,
+            seed=args.seed,
+            id_prefix=args.prefix,
+        )
+        print(stats, file=sys.stderr)
+        return
+    if args.command == "up":
+        from aoc.supervise import up
+
+        await up(settings)
+        return
+    from aoc import lifecycle
+
+    runners = {
+        "serve": lifecycle.serve,
+        "bridge": lifecycle.run_bridge,
+        "api": lifecycle.run_api,
+        "realtime": lifecycle.run_realtime,
+    }
+    await runners[args.command](settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

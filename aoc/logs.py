@@ -1,0 +1,52 @@
+"""Logging, configured once per process at the entry point.
+
+Quiet by default: INFO shows starts, stops, outages and dead letters, not
+per-message traffic. ``AOC_LOG_FORMAT=json`` writes one JSON object per line
+for log shippers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+# Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure(*, level: str = "INFO", fmt: str = "text", process: str = "aoc") -> None:
+    """Send every logger to stderr in the chosen format; silence chatty libraries."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s {process} %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Per-request and per-connection lines are noise at INFO; errors still show.
+    for name in ("uvicorn.access", "engineio", "socketio", "botocore", "urllib3", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)

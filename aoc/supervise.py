@@ -1,0 +1,168 @@
+"""``aoc up``: run the whole one-machine stack under supervision.
+
+Starts Mosquitto (with the project's ``mosquitto.conf``), Redis and ``aoc serve``
+as child processes, restarts any that dies with capped backoff (each restart
+counted and logged with its cause), and on Ctrl-C or SIGTERM stops them in
+reverse order: the application first, so it can finish and acknowledge its
+work while the broker is still up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aoc.config import Settings
+from broker import conf as broker_conf
+
+log = logging.getLogger(__name__)
+
+# A child that ran this long before dying is considered healthy again: its
+# next restart starts from the shortest delay.
+HEALTHY_AFTER_S = 30.0
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    port: int | None = None
+    stop_timeout: float = 15.0
+    restarts: int = 0
+    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+        return True
+    return False
+
+
+async def wait_port(child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while child.port is not None and not port_open(child.port):
+        if child.proc is not None and child.proc.returncode is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode} at start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{child.name} did not open port {child.port} in {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        raise SystemExit(f"{name} is not installed; `make run` installs it (apt-get install {name})")
+    return path
+
+
+def plan(settings: Settings) -> list[Child]:
+    """The children to run, skipping a broker or Redis that already listens on its port."""
+    data = settings.data_dir.resolve()
+    children: list[Child] = []
+    if port_open(settings.mqtt_port):
+        log.warning("port %d already serves MQTT: using that broker", settings.mqtt_port)
+    else:
+        conf = broker_conf.write(
+            data / "mosquitto" / "mosquitto.conf",
+            mqtt_port=settings.mqtt_port,
+            ws_port=settings.mqtt_ws_port,
+            data_dir=data / "mosquitto" / "data",
+        )
+        children.append(Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port))
+    redis = urlsplit(settings.redis_url)
+    redis_port = redis.port or 6379
+    if redis.hostname not in {"127.0.0.1", "localhost"} or port_open(redis_port):
+        log.warning("using the Redis server at %s", settings.redis_url)
+    else:
+        (data / "redis").mkdir(parents=True, exist_ok=True)
+        argv = [
+            _binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
+            "--dir", str(data / "redis"), "--appendonly", "yes", "--save", "",
+        ]
+        children.append(Child("redis", argv, redis_port))
+    serve = [sys.executable, "-m", "aoc.cli", "serve"]
+    children.append(Child("aoc-serve", serve, settings.http_port, stop_timeout=20.0))
+    return children
+
+
+async def _start(child: Child) -> None:
+    child.proc = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True)
+    await wait_port(child)
+    log.info("%s started (pid %d)", child.name, child.proc.pid)
+
+
+async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
+    delay = 0.5
+    while not stopping.is_set():
+        assert child.proc is not None
+        started = time.monotonic()
+        code = await child.proc.wait()
+        if stopping.is_set():
+            return
+        if time.monotonic() - started > HEALTHY_AFTER_S:
+            delay = 0.5
+        child.restarts += 1
+        cause = f"signal {-code}" if code < 0 else f"exit code {code}"
+        log.error("%s died (%s); restart #%d in %.1fs", child.name, cause, child.restarts, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+        try:
+            await _start(child)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.error("%s failed to restart: %s", child.name, exc)
+
+
+async def _stop(child: Child) -> None:
+    proc = child.proc
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(child.stop_timeout):
+            await proc.wait()
+    except TimeoutError:
+        log.error("%s did not stop in %.0fs; killing it", child.name, child.stop_timeout)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    log.info("%s stopped", child.name)
+
+
+async def up(settings: Settings) -> None:
+    """Start the stack, keep it alive, stop it cleanly on the first signal."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    children = plan(settings)
+    started: list[Child] = []
+    try:
+        for child in children:
+            await _start(child)
+            started.append(child)
+        print(
+            f"AOC is up: HTTP http://{settings.bind_host}:{settings.http_port}/docs, "
+            f"Socket.IO :{settings.socketio_port}, MQTT :{settings.mqtt_port}, "
+            f"MQTT over WebSocket :{settings.mqtt_ws_port}. Ctrl-C stops everything.",
+            file=sys.stderr,
+        )
+        async with asyncio.TaskGroup() as group:
+            for child in started:
+                group.create_task(_keep_alive(child, stopping), name=f"supervise-{child.name}")
+            await stopping.wait()
+    finally:
+        stopping.set()
+        for child in reversed(children):
+            await _stop(child)
