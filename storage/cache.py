@@ -1,0 +1,154 @@
+"""The latest state of every ambulance, cached in Redis for fast reads.
+
+One hash, ``<prefix>:latest``: field = ambulance id, value = the state document
+as JSON in the codec of ``storage.codec`` (datetimes as ``{"$date": "<ISO
+8601, ms, Z>"}``), so ``get`` returns the same document the store holds, with
+tz-aware datetimes. Redis is a cache: the store is the truth, and ``rebuild``
+refills Redis after it lost its data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from storage import codec
+from storage.base import Document, StoreUnavailable
+
+T = TypeVar("T")
+
+# Two writers (say the bridge and a rebuild, or two bridges during a rollout)
+# can race, so "newest wins" is decided inside Redis, atomically: a state is
+# kept when the stored one has a strictly later last_seen. Fixed-width ISO
+# timestamps (codec.format_datetime) compare correctly as strings. A state
+# without last_seen cannot be ordered and always overwrites.
+# ARGV: triples of (ambulance id, state JSON, last_seen text or "").
+_SET_NEWER = """
+local written = 0
+for i = 1, #ARGV, 3 do
+  local field, doc, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local keep_old = false
+  if seen ~= '' then
+    local old = redis.call('HGET', KEYS[1], field)
+    if old then
+      local ok, decoded = pcall(cjson.decode, old)
+      if ok and type(decoded) == 'table' and type(decoded['last_seen']) == 'table' then
+        local old_seen = decoded['last_seen']['$date']
+        if type(old_seen) == 'string' and old_seen > seen then keep_old = true end
+      end
+    end
+  end
+  if not keep_old then
+    redis.call('HSET', KEYS[1], field, doc)
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+def _last_seen(state: Document) -> str:
+    value = state.get("last_seen")
+    if isinstance(value, str):
+        try:
+            value = codec.parse_datetime(value)
+        except ValueError:
+            return ""
+    return codec.format_datetime(value) if isinstance(value, datetime) else ""
+
+
+class StateCache:
+    """The latest state per ambulance in one Redis hash."""
+
+    def __init__(
+        self, url: str, *, prefix: str = "aoc", logger: logging.Logger | None = None
+    ) -> None:
+        self._url = url
+        self._key = f"{prefix}:latest"
+        self._log = logger or logging.getLogger(__name__)
+        self._redis: aioredis.Redis[bytes] | None = None
+        self._set_newer: Any = None
+
+    async def _call(self, fn: Callable[[aioredis.Redis[bytes]], Awaitable[T]]) -> T:
+        if self._redis is None:
+            raise StoreUnavailable("the Redis cache is not open")
+        try:
+            return await fn(self._redis)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    async def open(self) -> None:
+        """Create the client and check Redis answers.
+
+        On ``StoreUnavailable`` the client is kept: later calls reconnect by themselves.
+        """
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self._url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
+            self._set_newer = self._redis.register_script(_SET_NEWER)
+        await self.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool; safe after a failed ``open``."""
+        client, self._redis = self._redis, None
+        if client is not None:
+            # Closing the pool is what ``aclose()`` does; types-redis predates aclose.
+            await client.connection_pool.disconnect()
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers."""
+        await self._call(lambda r: r.ping())
+
+    async def set_many(self, states: Mapping[str, Document]) -> None:
+        """Store each ambulance's state unless Redis already holds a newer one."""
+        if not states:
+            return
+        args: list[str] = []
+        for ambulance_id, state in states.items():
+            args += [ambulance_id, codec.encode(state), _last_seen(state)]
+        script = self._set_newer  # EVALSHA, falling back to EVAL after a Redis restart
+        await self._call(lambda r: script(keys=[self._key], args=args))
+
+    async def get(self, ambulance_id: str) -> Document | None:
+        """The cached state of one ambulance."""
+        raw = await self._call(lambda r: r.hget(self._key, ambulance_id))
+        return None if raw is None else self._decode(ambulance_id, raw)
+
+    async def get_all(self) -> dict[str, Document]:
+        """Every cached state, by ambulance id."""
+        raw: dict[Any, Any] = await self._call(lambda r: r.hgetall(self._key))
+        states = {}
+        for field, value in raw.items():
+            ambulance_id = field.decode() if isinstance(field, bytes) else str(field)
+            state = self._decode(ambulance_id, value)
+            if state is not None:
+                states[ambulance_id] = state
+        return states
+
+    async def rebuild(self, states: Mapping[str, Document]) -> None:
+        """Replace every cached state with ``states`` in one transaction."""
+        mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
+
+        async def replace(r: aioredis.Redis[bytes]) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key)
+                if mapping:
+                    pipe.hset(self._key, mapping=mapping)
+                await pipe.execute()
+
+        await self._call(replace)
+
+    def _decode(self, ambulance_id: str, raw: bytes | str) -> Document | None:
+        try:
+            return codec.decode(raw)
+        except (ValueError, json.JSONDecodeError) as exc:  # written by something else
+            self._log.warning("ignoring undecodable cached state of %s: %s", ambulance_id, exc)
+            return None

@@ -1,0 +1,183 @@
+"""Helpers shared by the backends: the JSON document codec, cursors and input checks.
+
+Datetimes are kept to millisecond precision everywhere, because that is all
+BSON (MongoDB) stores: truncating in the embedded backends too makes every
+backend return identical documents and answer range queries identically.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.base import COLLECTIONS, TIME_FIELDS, Document, Query, Write
+
+_DATE = "$date"
+# Where-filters and keys of documents are plain identifiers: a dot or "$" would
+# mean a nested path or an operator to MongoDB and a JSON path to SQLite.
+_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_KEY_BYTES = 1024  # the S3 limit
+MAX_SEGMENT_BYTES = 255  # the usual file-name limit
+ID_CHUNK = 500  # ids per IN (...) query: well under every backend's parameter limit
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as tz-aware UTC truncated to milliseconds (naive values are taken as UTC)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def format_datetime(value: datetime) -> str:
+    """Fixed-width ISO 8601 (``YYYY-MM-DDTHH:MM:SS.mmmZ``): sorts as text in time order."""
+    value = utc(value)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_datetime(text: str) -> datetime:
+    """The inverse of ``format_datetime`` (accepts any ISO 8601 with an offset or ``Z``)."""
+    return utc(datetime.fromisoformat(text))
+
+
+def epoch_seconds(value: datetime) -> float:
+    """Epoch seconds of ``value`` at the stored (millisecond) precision."""
+    return utc(value).timestamp()
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return {_DATE: format_datetime(value)}
+    raise TypeError(f"cannot store a value of type {type(value).__name__}")
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(obj.get(_DATE), str):
+        try:
+            return parse_datetime(obj[_DATE])
+        except ValueError:
+            return obj
+    return obj
+
+
+def encode(doc: Mapping[str, Any]) -> str:
+    """``doc`` as compact JSON with datetimes as ``{"$date": "<iso>"}`` (any depth).
+
+    Raises ``TypeError`` for values JSON cannot hold and ``ValueError`` for NaN
+    or infinities (SQLite's JSON functions reject them).
+    """
+    return json.dumps(doc, default=_default, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
+
+
+def decode(text: str | bytes) -> Document:
+    """The inverse of ``encode``: ``{"$date": ...}`` objects become tz-aware UTC datetimes."""
+    doc = json.loads(text, object_hook=_object_hook)
+    if not isinstance(doc, dict):
+        raise ValueError("stored value is not a JSON object")
+    return doc
+
+
+def normalize(value: Any) -> Any:
+    """``value`` with every nested datetime made tz-aware UTC (for drivers that return naive)."""
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    return value
+
+
+def check_collection(collection: str) -> str:
+    """``collection`` if it is one of ``COLLECTIONS``, else ``ValueError``."""
+    if collection not in TIME_FIELDS:
+        raise ValueError(f"unknown collection {collection!r}; expected one of {COLLECTIONS}")
+    return collection
+
+
+def check_writes(writes: Iterable[Write]) -> list[Write]:
+    """``writes`` as a list, each with a known collection, kind and a string ``_id``."""
+    checked = []
+    for write in writes:
+        check_collection(write.collection)
+        if write.kind not in ("insert", "upsert"):
+            raise ValueError(f"unknown write kind {write.kind!r}")
+        doc_id = write.doc.get("_id")
+        if not isinstance(doc_id, str) or not doc_id:
+            raise ValueError(f"a document needs a non-empty string _id, got {doc_id!r}")
+        checked.append(write)
+    return checked
+
+
+def check_query(query: Query) -> None:
+    """``ValueError`` unless ``query`` can be answered the same way by every backend."""
+    check_collection(query.collection)
+    if query.limit < 1:
+        raise ValueError(f"limit must be at least 1, got {query.limit}")
+    for name, value in query.where.items():
+        if not _FIELD_RE.match(name):
+            raise ValueError(f"where: {name!r} is not a plain top-level field name")
+        if not (value is None or isinstance(value, str | int | float | bool | datetime)):
+            raise ValueError(f"where: {name!r} must be compared with a scalar or a datetime")
+
+
+def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    """``ids`` in slices small enough for one ``IN (...)`` query."""
+    for start in range(0, len(ids), ID_CHUNK):
+        yield ids[start : start + ID_CHUNK]
+
+
+def encode_cursor(position: Sequence[Any]) -> str:
+    """An opaque, URL-safe token for a keyset position (JSON-serialisable values)."""
+    raw = json.dumps(list(position), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The position in a token from ``encode_cursor``; ``ValueError`` if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+    if not isinstance(position, list):
+        raise ValueError("invalid cursor")
+    return position
+
+
+def validate_key(key: str) -> str:
+    """``key`` if it is a safe relative object key, else ``ValueError``.
+
+    Keys become file paths and URLs, so anything that could escape the root or
+    mean something else on some system is refused: absolute keys, backslashes,
+    NUL and other control characters, empty, ``.`` or ``..`` segments, and
+    segments starting with a dot (the local store's temporary files).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("object key must be a non-empty string")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ValueError(f"object key longer than {MAX_KEY_BYTES} bytes")
+    if "\\" in key:
+        raise ValueError(f"object key {key!r} contains a backslash")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+        raise ValueError(f"object key {key!r} contains a control character")
+    if key.startswith("/"):
+        raise ValueError(f"object key {key!r} is absolute")
+    for segment in key.split("/"):
+        if not segment:
+            raise ValueError(f"object key {key!r} has an empty segment")
+        if segment.startswith("."):
+            raise ValueError(f"object key {key!r} has a segment starting with a dot")
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise ValueError(
+                f"object key {key!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+            )
+        try:
+            segment.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"object key {key!r} is not valid UTF-8 text") from exc
+    return key

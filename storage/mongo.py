@@ -1,0 +1,283 @@
+"""The MongoDB document store: the legacy database ``aoc_v2`` and its collections.
+
+Design decision: this uses pymongo's SYNCHRONOUS ``MongoClient``, called from a
+small dedicated thread pool, not the async client. mongomock imitates only the
+synchronous client, so the code the contract suite runs against mongomock (the
+stand-in for a server, which cannot run in CI) is exactly the code that runs in
+production against a real server. A pool of a few threads is plenty: the
+bridge writes one batch at a time and pymongo pools its sockets.
+
+Documents keep the legacy field shapes; datetimes are BSON dates (millisecond
+precision) and come back tz-aware UTC whatever the driver returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+import pymongo
+from pymongo import ReplaceOne, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+    WTimeoutError,
+)
+
+from storage import codec
+from storage.base import (
+    COLLECTIONS,
+    TIME_FIELDS,
+    Document,
+    DocumentStore,
+    Page,
+    Query,
+    StoreUnavailable,
+    Write,
+)
+
+T = TypeVar("T")
+MongoDoc = dict[str, Any]
+
+_DUPLICATE_KEY = 11000  # two concurrent upserts of one new _id: the loser may retry
+_THREADS = 4
+SERVER_SELECTION_TIMEOUT_MS = 5000  # fail fast when MongoDB is unreachable
+
+
+def _transient(exc: PyMongoError) -> bool:
+    """Whether ``exc`` means "try again later" rather than "this request is wrong"."""
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WriteConcernError | WTimeoutError):
+        return True
+    if exc.has_error_label("RetryableWriteError") or exc.has_error_label(
+        "TransientTransactionError"
+    ):
+        return True
+    if isinstance(exc, BulkWriteError):
+        details = exc.details or {}
+        errors = details.get("writeErrors", [])
+        return bool(details.get("writeConcernErrors")) or (
+            bool(errors) and all(e.get("code") == _DUPLICATE_KEY for e in errors)
+        )
+    return isinstance(exc, OperationFailure) and exc.code == _DUPLICATE_KEY
+
+
+class MongoDocumentStore(DocumentStore):
+    """A ``DocumentStore`` on MongoDB through pymongo's synchronous client."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], pymongo.MongoClient[MongoDoc]],
+        *,
+        database: str = "aoc_v2",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """``client_factory`` builds the client on ``open()`` (tests pass mongomock's)."""
+        self._factory = client_factory
+        self._database_name = database
+        self._log = logger or logging.getLogger(__name__)
+        self._client: pymongo.MongoClient[MongoDoc] | None = None
+        self._db: Database[MongoDoc] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._indexed = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, database: str = "aoc_v2", logger: logging.Logger | None = None
+    ) -> MongoDocumentStore:
+        """A store on the server at ``url`` (``mongodb://`` or ``mongodb+srv://``)."""
+        factory = functools.partial(
+            pymongo.MongoClient,
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+            connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+            socketTimeoutMS=30_000,
+            retryWrites=True,
+            appname="aoc",
+        )
+        return cls(factory, database=database, logger=logger)
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _run(self, fn: Callable[[Database[MongoDoc]], T]) -> T:
+        if self._executor is None or self._db is None:
+            raise StoreUnavailable("the MongoDB store is not open")
+        db = self._db
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, db)
+
+    def _call(self, fn: Callable[[Database[MongoDoc]], T], db: Database[MongoDoc]) -> T:
+        try:
+            return fn(db)
+        except PyMongoError as exc:
+            if _transient(exc):
+                raise StoreUnavailable(f"MongoDB: {exc}") from exc
+            raise
+
+    def _collection(self, db: Database[MongoDoc], name: str) -> Collection[MongoDoc]:
+        return db[codec.check_collection(name)]
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create the (ambulance_id, time, _id) indexes; idempotent."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="aoc-mongo")
+        if self._client is None:
+            self._client = self._factory()
+            self._db = self._client[self._database_name]
+        if not self._indexed:
+            await self._run(self._create_indexes)
+            self._indexed = True
+        self._log.debug("MongoDB document store open (database %s)", self._database_name)
+
+    @staticmethod
+    def _create_indexes(db: Database[MongoDoc]) -> None:
+        for name in COLLECTIONS:
+            db[name].create_index(
+                [("ambulance_id", pymongo.ASCENDING), (TIME_FIELDS[name], pymongo.ASCENDING),
+                 ("_id", pymongo.ASCENDING)],
+                name="ambulance_time_id",
+            )
+            db[name].create_index(
+                [(TIME_FIELDS[name], pymongo.ASCENDING), ("_id", pymongo.ASCENDING)],
+                name="time_id",
+            )
+
+    async def close(self) -> None:
+        """Close the client and its threads; idempotent."""
+        client, self._client, self._db = self._client, None, None
+        executor, self._executor = self._executor, None
+        self._indexed = False
+        if executor is not None:
+            if client is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, client.close)
+            executor.shutdown(wait=True)
+        elif client is not None:
+            client.close()
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the server answers."""
+        await self._run(lambda db: db.client.admin.command("ping"))
+
+    # -- writes -------------------------------------------------------------
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order: one ordered ``bulk_write`` per collection."""
+        per_collection: dict[str, list[UpdateOne | ReplaceOne[MongoDoc]]] = {}
+        for write in codec.check_writes(writes):
+            doc_id = write.doc["_id"]
+            if write.kind == "insert":
+                # $setOnInsert: a replayed insert matches and changes nothing.
+                fields = {k: v for k, v in write.doc.items() if k != "_id"} or {"_id": doc_id}
+                op: UpdateOne | ReplaceOne[MongoDoc] = UpdateOne(
+                    {"_id": doc_id}, {"$setOnInsert": fields}, upsert=True
+                )
+            else:
+                op = ReplaceOne({"_id": doc_id}, dict(write.doc), upsert=True)
+            per_collection.setdefault(write.collection, []).append(op)
+
+        def write_all(db: Database[MongoDoc]) -> None:
+            for name, ops in per_collection.items():
+                db[name].bulk_write(ops, ordered=True)
+
+        if per_collection:
+            await self._run(write_all)
+
+    # -- reads --------------------------------------------------------------
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        """One document by ``_id``."""
+        doc = await self._run(lambda db: self._collection(db, collection).find_one({"_id": doc_id}))
+        return None if doc is None else codec.normalize(doc)
+
+    async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already stored in ``collection``."""
+        wanted = list(dict.fromkeys(ids))
+
+        def select(db: Database[MongoDoc]) -> set[str]:
+            coll = self._collection(db, collection)
+            found: set[str] = set()
+            for chunk in codec.chunks(wanted):
+                found.update(d["_id"] for d in coll.find({"_id": {"$in": list(chunk)}}, {"_id": 1}))
+            return found
+
+        codec.check_collection(collection)
+        return await self._run(select) if wanted else set()
+
+    async def find(self, query: Query) -> Page:
+        """Documents matching ``query`` ordered by (time, ``_id``), one page at a time."""
+        codec.check_query(query)
+        time_field = TIME_FIELDS[query.collection]
+        selector = _selector(query, time_field)
+        direction = pymongo.DESCENDING if query.newest_first else pymongo.ASCENDING
+
+        def select(db: Database[MongoDoc]) -> list[MongoDoc]:
+            cursor = (
+                db[query.collection]
+                .find(selector)
+                .sort([(time_field, direction), ("_id", direction)])
+                .limit(query.limit + 1)
+            )
+            return list(cursor)
+
+        docs = [codec.normalize(d) for d in await self._run(select)]
+        more = len(docs) > query.limit
+        docs = docs[: query.limit]
+        next_cursor = None
+        if more:
+            last_t = docs[-1].get(time_field)
+            position = codec.format_datetime(last_t) if isinstance(last_t, datetime) else None
+            next_cursor = codec.encode_cursor([position, docs[-1]["_id"]])
+        return Page(items=docs, next_cursor=next_cursor)
+
+
+def _selector(query: Query, time_field: str) -> MongoDoc:
+    clauses: list[MongoDoc] = []
+    if query.ambulance_id is not None:
+        clauses.append({"ambulance_id": query.ambulance_id})
+    time_range: MongoDoc = {}
+    if query.since is not None:
+        time_range["$gte"] = codec.utc(query.since)
+    if query.until is not None:
+        time_range["$lt"] = codec.utc(query.until)
+    if time_range:
+        clauses.append({time_field: time_range})
+    for name, value in query.where.items():
+        clauses.append({name: codec.utc(value) if isinstance(value, datetime) else value})
+    if query.cursor is not None:
+        clauses.append(_after(query.cursor, time_field, query.newest_first))
+    return {"$and": clauses} if clauses else {}
+
+
+def _after(cursor: str, time_field: str, newest_first: bool) -> MongoDoc:
+    """Documents after the cursor's (time, _id) in the query's order (null times sort first)."""
+    position = codec.decode_cursor(cursor)
+    if len(position) != 2 or not isinstance(position[1], str) or not (
+        position[0] is None or isinstance(position[0], str)
+    ):
+        raise ValueError("invalid cursor")
+    last_id = position[1]
+    last_t = codec.parse_datetime(position[0]) if position[0] is not None else None
+    if not newest_first:
+        if last_t is None:
+            return {"$or": [{time_field: None, "_id": {"$gt": last_id}},
+                            {time_field: {"$ne": None}}]}
+        return {"$or": [{time_field: {"$gt": last_t}},
+                        {time_field: last_t, "_id": {"$gt": last_id}}]}
+    if last_t is None:
+        return {time_field: None, "_id": {"$lt": last_id}}
+    return {"$or": [{time_field: {"$lt": last_t}},
+                    {time_field: last_t, "_id": {"$lt": last_id}},
+                    {time_field: None}]}

@@ -1,0 +1,309 @@
+"""The embedded document store: one SQLite file, one table per collection.
+
+Every call runs on ONE dedicated thread that owns the only connection, so the
+event loop never blocks on disk I/O and SQLite never sees two writers from this
+process. ``apply`` writes a whole batch in one transaction: that is the batching.
+
+Each table holds the document as JSON (see ``storage.codec``) next to the two
+columns every read filters and sorts on: ``ambulance_id`` and ``t``, the epoch
+seconds of the collection's time field (NULL when a document has none; such
+documents sort first, oldest-first, as in MongoDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from storage import codec
+from storage.base import (
+    COLLECTIONS,
+    TIME_FIELDS,
+    Document,
+    DocumentStore,
+    Page,
+    Query,
+    StoreUnavailable,
+    Write,
+)
+
+T = TypeVar("T")
+
+# SQLite reports an unreachable, locked, read-only or failing file as
+# OperationalError (and a damaged one as a bare DatabaseError). None of these
+# is the caller's fault and none leaves a half-written batch behind (the
+# transaction is rolled back), so the caller may retry.
+_UNAVAILABLE = (sqlite3.OperationalError,)
+
+
+def _row_t(collection: str, doc: Document) -> float | None:
+    value = doc.get(TIME_FIELDS[collection])
+    return codec.epoch_seconds(value) if isinstance(value, datetime) else None
+
+
+class SQLiteDocumentStore(DocumentStore):
+    """A ``DocumentStore`` in one SQLite file (WAL mode, fully synchronous commits)."""
+
+    def __init__(
+        self, path: Path, *, busy_timeout: float = 5.0, logger: logging.Logger | None = None
+    ) -> None:
+        """``busy_timeout``: seconds a write waits for another process's lock before failing."""
+        self._path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._log = logger or logging.getLogger(__name__)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._created = False  # after the first open, never create a missing file again
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, _UNAVAILABLE) and type(exc) is not sqlite3.DatabaseError:
+                raise  # IntegrityError, DataError...: a bug or bad input, retrying will not help
+            self._drop_connection_after(exc)
+            raise StoreUnavailable(f"SQLite {self._path}: {exc}") from exc
+
+    def _drop_connection_after(self, exc: sqlite3.DatabaseError) -> None:
+        # A busy/locked database is another process's transaction: keep the
+        # connection. Anything else (read-only, I/O error, file replaced) may
+        # have left this connection unusable, so reconnect on the next call.
+        message = str(exc).lower()
+        if "locked" in message or "busy" in message:
+            return
+        self._log.warning("SQLite error, reconnecting on next use: %s", exc)
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        # After the first open, "rw": if the file vanished, fail (retryably)
+        # rather than silently starting an empty database in its place.
+        mode = "rw" if self._created else "rwc"
+        uri = f"{self._path.resolve().as_uri()}?mode={mode}"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self._busy_timeout, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL, not NORMAL: in WAL mode NORMAL skips the fsync of the WAL at
+            # commit, so a power cut can lose the last batches. The bridge
+            # acknowledges MQTT messages as soon as apply() returns, so an
+            # acknowledged batch must already be on stable storage.
+            conn.execute("PRAGMA synchronous = FULL")
+            self._create_tables(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._created = True
+        return conn
+
+    @staticmethod
+    def _create_tables(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for name in COLLECTIONS:
+            conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{name}" ('
+                "_id TEXT PRIMARY KEY, ambulance_id TEXT, t REAL, doc TEXT NOT NULL)"
+            )
+            conn.execute(
+                f'CREATE INDEX IF NOT EXISTS "{name}_aid_t" ON "{name}" (ambulance_id, t, _id)'
+            )
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}_t" ON "{name}" (t, _id)')
+        conn.execute("COMMIT")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the file, tables and indexes if needed; idempotent."""
+        if self._executor is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="aoc-sqlite")
+        await self._run(lambda conn: None)
+        self._log.debug("SQLite document store open at %s", self._path)
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread; idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(executor, close)
+        executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the file can be read."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- writes -------------------------------------------------------------
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order in one durable transaction."""
+        checked = codec.check_writes(writes)
+        if not checked:
+            return
+        # Encode on the caller's side: a value JSON cannot hold fails before
+        # anything is written, with the offending error (not StoreUnavailable).
+        rows = [
+            (
+                "INSERT OR IGNORE" if w.kind == "insert" else "INSERT OR REPLACE",
+                w.collection,
+                (
+                    w.doc["_id"],
+                    aid if isinstance(aid := w.doc.get("ambulance_id"), str) else None,
+                    _row_t(w.collection, w.doc),
+                    codec.encode(w.doc),
+                ),
+            )
+            for w in checked
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            for verb, table, params in rows:
+                conn.execute(
+                    f'{verb} INTO "{table}" (_id, ambulance_id, t, doc) VALUES (?, ?, ?, ?)',
+                    params,
+                )
+            conn.execute("COMMIT")
+
+        await self._run(write)
+
+    # -- reads --------------------------------------------------------------
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        """One document by ``_id``."""
+        table = codec.check_collection(collection)
+        row = await self._run(
+            lambda conn: conn.execute(
+                f'SELECT doc FROM "{table}" WHERE _id = ?', (doc_id,)
+            ).fetchone()
+        )
+        return None if row is None else codec.decode(row[0])
+
+    async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already stored in ``collection``."""
+        table = codec.check_collection(collection)
+        wanted = list(dict.fromkeys(ids))
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in codec.chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                sql = f'SELECT _id FROM "{table}" WHERE _id IN ({marks})'
+                found.update(row[0] for row in conn.execute(sql, tuple(chunk)))
+            return found
+
+        return await self._run(select) if wanted else set()
+
+    async def find(self, query: Query) -> Page:
+        """Documents matching ``query`` ordered by (time, ``_id``), one page at a time."""
+        codec.check_query(query)
+        sql, params = _select(query)
+        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        items = [codec.decode(doc) for _, _, doc in rows]
+        next_cursor = None
+        if more:
+            last_t, last_id, _ = rows[-1]
+            next_cursor = codec.encode_cursor([last_t, last_id])
+        return Page(items=items, next_cursor=next_cursor)
+
+
+def _select(query: Query) -> tuple[str, tuple[Any, ...]]:
+    """The SQL (and its parameters) answering ``query`` plus one row to detect more pages."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.ambulance_id is not None:
+        clauses.append("ambulance_id = ?")
+        params.append(query.ambulance_id)
+    if query.since is not None:
+        clauses.append("t >= ?")
+        params.append(codec.epoch_seconds(query.since))
+    if query.until is not None:
+        clauses.append("t < ?")
+        params.append(codec.epoch_seconds(query.until))
+    for name, value in query.where.items():
+        clause, values = _where(name, value)
+        clauses.append(clause)
+        params.extend(values)
+    if query.cursor is not None:
+        clause, values = _after(query.cursor, query.newest_first)
+        clauses.append(clause)
+        params.extend(values)
+    order = "DESC" if query.newest_first else "ASC"
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f'SELECT t, _id, doc FROM "{query.collection}" {where} '
+        f"ORDER BY t {order}, _id {order} LIMIT ?"
+    )
+    params.append(query.limit + 1)
+    return sql, tuple(params)
+
+
+def _where(name: str, value: Any) -> tuple[str, list[Any]]:
+    """An equality test on a top-level field with MongoDB's typing (true is not 1)."""
+    path = f'$."{name}"'
+    if value is None:  # as in MongoDB: null or missing
+        return "json_extract(doc, ?) IS NULL", [path]
+    if isinstance(value, bool):
+        return "json_type(doc, ?) = ?", [path, "true" if value else "false"]
+    if isinstance(value, int | float):
+        return "(json_type(doc, ?) IN ('integer', 'real') AND json_extract(doc, ?) = ?)", [
+            path, path, value,
+        ]
+    if isinstance(value, datetime):
+        date_path = f'{path}."$date"'
+        return "json_extract(doc, ?) = ?", [date_path, codec.format_datetime(value)]
+    return "(json_type(doc, ?) = 'text' AND json_extract(doc, ?) = ?)", [path, path, value]
+
+
+def _after(cursor: str, newest_first: bool) -> tuple[str, list[Any]]:
+    """The keyset condition for rows after the cursor's (t, _id) in the query's order."""
+    position = codec.decode_cursor(cursor)
+    if len(position) != 2 or not isinstance(position[1], str) or not (
+        position[0] is None or isinstance(position[0], int | float)
+    ):
+        raise ValueError("invalid cursor")
+    last_t, last_id = position
+    # NULL times sort before every time (ASC) and after every time (DESC).
+    if not newest_first:
+        if last_t is None:
+            return "((t IS NULL AND _id > ?) OR t IS NOT NULL)", [last_id]
+        return "(t > ? OR (t = ? AND _id > ?))", [last_t, last_t, last_id]
+    if last_t is None:
+        return "(t IS NULL AND _id < ?)", [last_id]
+    return "(t < ? OR (t = ? AND _id < ?) OR t IS NULL)", [last_t, last_t, last_id]
