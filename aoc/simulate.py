@@ -1,0 +1,394 @@
+"""A fleet of simulated ambulances publishing device traffic over MQTT.
+
+Each ambulance follows ``aoc.sim_motion`` and publishes, as a real device
+would: tracking points at ``rate`` Hz (QoS 1), a camera snapshot every
+``snap_every`` seconds (alternately raw JPEG bytes and the JSON/base64 form),
+now and then a crash alert, and its retained ``online``/``offline`` status.
+
+Connections: one MQTT client per ambulance up to ``max_connections`` (each
+with the ambulance's own Last Will, as on a real device); past that the fleet
+shares ``max_connections`` clients, each carrying a fixed set of ambulances so
+the order of each ambulance's messages is kept. Every client costs a socket, a
+broker session and a few asyncio tasks, and at a thousand ambulances that is
+more work on 2 cores than the messages themselves; a shared client has no
+per-ambulance will, so ``online``/``offline`` are always also published
+explicitly (a clean disconnect never fires a will anyway).
+
+Everything the fleet does is decided by random generators seeded from ``seed``
+and stepped per point, so two runs with one seed send the same sequence of
+positions, snapshots and crashes; only the timestamps differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import aiomqtt
+
+from aoc import sim_jpeg
+from aoc.sim_motion import Point, Vehicle
+
+log = logging.getLogger(__name__)
+
+KINDS = ("tracking", "snap", "crash", "status")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PUBLISH_TIMEOUT = 10.0
+_MAX_BACKOFF = 10.0
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What a simulation sent: messages per kind, failed publishes, seconds run."""
+
+    tracking: int = 0
+    snap: int = 0
+    crash: int = 0
+    status: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    seed: int | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.tracking + self.snap + self.crash + self.status
+
+    def counts(self) -> dict[str, int]:
+        """Messages sent per kind."""
+        return {kind: int(getattr(self, kind)) for kind in KINDS}
+
+    def __str__(self) -> str:
+        rate = self.sent / self.elapsed if self.elapsed > 0 else 0.0
+        kinds = "  ".join(f"{kind} {n}" for kind, n in self.counts().items())
+        return f"{self.elapsed:7.1f}s  {kinds}  {rate:7.1f} msg/s  errors {self.errors}"
+
+
+@dataclass(slots=True)
+class _Ambulance:
+    """One simulated device: its identity, its motion and its counters."""
+
+    ambulance_id: str
+    vehicle: Vehicle
+    rng: random.Random
+    snap_phase: int  # points before the first snapshot, so shots are staggered
+    seq: int = 0
+    snaps: int = 0
+    destination: tuple[float, float] | None = None
+    topics: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics = {kind: f"aoc/{self.ambulance_id}/{kind}" for kind in KINDS}
+
+
+class _Fleet:
+    """The publishing side: timing, payloads and counters for every ambulance."""
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        snap_every: float,
+        crash_probability: float,
+        stats: SimStats,
+    ) -> None:
+        self.period = 1.0 / rate
+        # Snapshots and crashes are counted in points, not wall time, to stay deterministic.
+        self.snap_points = max(1, round(snap_every * rate)) if snap_every > 0 else 0
+        self.crash_probability = crash_probability
+        self.stats = stats
+
+    async def drive(self, amb: _Ambulance, client: aiomqtt.Client, start: float) -> None:
+        """Publish ``amb``'s points until cancelled; ``start`` staggers it among the fleet."""
+        loop = asyncio.get_running_loop()
+        deadline = start
+        while True:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            deadline += self.period
+            if deadline < loop.time() - self.period:  # fell behind (broker slow): skip, don't burst
+                deadline = loop.time()
+            point = amb.vehicle.step(self.period)
+            await self._tracking(amb, client, point)
+            if amb.rng.random() < self.crash_probability:
+                await self._crash(amb, client, point)
+            if self.snap_points and (amb.seq + amb.snap_phase) % self.snap_points == 0:
+                await self._snap(amb, client)
+
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, kind: str, retain: bool = False
+    ) -> None:
+        await client.publish(topic, payload, qos=1, retain=retain, timeout=_PUBLISH_TIMEOUT)
+        setattr(self.stats, kind, getattr(self.stats, kind) + 1)
+
+    async def _tracking(self, amb: _Ambulance, client: aiomqtt.Client, point: Point) -> None:
+        rng = amb.rng
+        accuracy = rng.uniform(3.0, 12.0)
+        # GPS noise of the order of the reported accuracy, not of the road geometry.
+        jitter = accuracy / 3 / 111_320
+        body: dict[str, Any] = {
+            "lat": round(point.lat + rng.gauss(0, jitter), 6),
+            "lon": round(point.lon + rng.gauss(0, jitter), 6),
+            "speed": round(point.speed_kmh, 1),
+            "heading": round((point.heading + rng.uniform(-2, 2)) % 360, 1),
+            "ts": int(time.time() * 1000),
+            "seq": amb.seq,
+            "accuracy": round(accuracy, 1),
+            "altitude": round(rng.uniform(1.0, 8.0), 1),  # Bangkok is flat
+        }
+        # Dispatch gives a new destination now and then; devices repeat it every 10th point.
+        if amb.destination is None or rng.random() < 0.002:
+            amb.destination = (
+                round(point.lat + rng.uniform(-0.05, 0.05), 6),
+                round(point.lon + rng.uniform(-0.05, 0.05), 6),
+            )
+        if amb.seq % 10 == 0:
+            body["dest_lat"], body["dest_lon"] = amb.destination
+        amb.seq += 1
+        await self._publish(client, amb.topics["tracking"], _dumps(body), "tracking")
+
+    async def _crash(self, amb: _Ambulance, client: aiomqtt.Client, point: Point) -> None:
+        body = {
+            "lat": round(point.lat, 6),
+            "lon": round(point.lon, 6),
+            "speed": round(point.speed_kmh, 1),
+            "heading": round(point.heading, 1),
+            "ts": int(time.time() * 1000),
+        }
+        amb.vehicle.stop_for(amb.rng.uniform(30, 120))
+        await self._publish(client, amb.topics["crash"], _dumps(body), "crash")
+
+    async def _snap(self, amb: _Ambulance, client: aiomqtt.Client) -> None:
+        amb.snaps += 1
+        ts = int(time.time() * 1000)
+        image = sim_jpeg.frame(f"{amb.ambulance_id} shot {amb.snaps} at {ts}")
+        # Devices send either form; alternate so the bridge sees both.
+        if amb.snaps % 2:
+            payload = image
+        else:
+            name = "front.jpg" if amb.snaps % 4 else "rear.jpg"
+            data = base64.b64encode(image).decode("ascii")
+            payload = _dumps({"images": [{"name": name, "data": data}], "ts": ts})
+        await self._publish(client, amb.topics["snap"], payload, "snap")
+
+    async def status(self, amb: _Ambulance, client: aiomqtt.Client, online: bool) -> None:
+        """Publish ``amb``'s retained status."""
+        payload = b"online" if online else b"offline"
+        await self._publish(client, amb.topics["status"], payload, "status", retain=True)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def _say_offline(fleet: _Fleet, ambulances: list[_Ambulance], client: aiomqtt.Client) -> None:
+    """Best effort, bounded: we are stopping and the broker may be gone."""
+    for amb in ambulances:
+        try:
+            async with asyncio.timeout(2.0):
+                await fleet.status(amb, client, online=False)
+        except (aiomqtt.MqttError, TimeoutError):
+            fleet.stats.errors += 1
+            return
+
+
+async def _run_link(
+    fleet: _Fleet,
+    ambulances: list[_Ambulance],
+    offsets: list[float],
+    *,
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    identifier: str,
+) -> None:
+    """One MQTT connection carrying ``ambulances``, reconnected until cancelled."""
+    # A device's Last Will can name one topic only, so only a dedicated connection has one.
+    single = ambulances[0] if len(ambulances) == 1 else None
+    will = (
+        aiomqtt.Will(single.topics["status"], b"offline", qos=1, retain=True) if single else None
+    )
+    loop = asyncio.get_running_loop()
+    backoff = 0.5
+    while True:
+        try:
+            async with aiomqtt.Client(
+                host,
+                port,
+                username=username,
+                password=password,
+                identifier=identifier,
+                will=will,
+                clean_session=True,
+                keepalive=30,
+            ) as client:
+                backoff = 0.5
+                try:
+                    for amb in ambulances:
+                        await fleet.status(amb, client, online=True)
+                    start = loop.time()
+                    async with asyncio.TaskGroup() as group:
+                        for amb, offset in zip(ambulances, offsets, strict=True):
+                            group.create_task(
+                                fleet.drive(amb, client, start + offset),
+                                name=f"sim-{amb.ambulance_id}",
+                            )
+                except asyncio.CancelledError:
+                    await _say_offline(fleet, ambulances, client)
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a lost connection or a failed publish: reconnect
+            fleet.stats.errors += 1
+            if _only_mqtt_errors(exc):
+                log.warning(
+                    "simulator connection %s: %s; retrying in %.1fs", identifier, exc, backoff
+                )
+            else:
+                log.exception("simulator connection %s failed; retrying", identifier)
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+        backoff = min(backoff * 2, _MAX_BACKOFF)
+
+
+def _only_mqtt_errors(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_mqtt_errors(inner) for inner in exc.exceptions)
+    return isinstance(exc, aiomqtt.MqttError)
+
+
+async def _report(stats: SimStats, stream: TextIO, started: float, interval: float = 0.5) -> None:
+    """Rewrite one progress line in place until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        stats.elapsed = loop.time() - started
+        stream.write(f"\r[simulate] {stats}")
+        stream.flush()
+
+
+def _validate(
+    *,
+    ambulances: int,
+    rate: float,
+    duration: float | None,
+    crash_probability: float,
+    id_prefix: str,
+) -> None:
+    if ambulances < 1:
+        raise ValueError("ambulances must be at least 1")
+    if not rate > 0:
+        raise ValueError("rate must be a positive number of points per second")
+    if duration is not None and duration < 0:
+        raise ValueError("duration must be >= 0 seconds (or None to run until cancelled)")
+    if not 0.0 <= crash_probability <= 1.0:
+        raise ValueError("crash_probability must be between 0 and 1")
+    if not _ID.match(f"{id_prefix}{ambulances}"):
+        raise ValueError(
+            f"id prefix {id_prefix!r} would make invalid ambulance ids: [A-Za-z0-9_-], 64 at most"
+        )
+
+
+async def simulate(
+    *,
+    host: str,
+    port: int,
+    ambulances: int,
+    rate: float,
+    duration: float | None,
+    username: str | None = None,
+    password: str | None = None,
+    snap_every: float = 30.0,
+    crash_probability: float = 0.0005,
+    seed: int | None = None,
+    id_prefix: str = "SIM",
+    progress: bool = True,
+    stream: TextIO = sys.stderr,
+    force_progress: bool = False,
+    max_connections: int = 100,
+) -> SimStats:
+    """Run a fleet of ``ambulances`` publishing to ``host:port`` for ``duration`` seconds.
+
+    ``duration=None`` runs until cancelled (Ctrl-C); either way every ambulance
+    publishes ``offline`` before its connection closes. ``snap_every <= 0``
+    turns snapshots off. A progress line goes to ``stream`` when ``progress``
+    is set and ``stream`` is a terminal (or ``force_progress``). Raises
+    ``ValueError`` for impossible arguments; connection failures are retried
+    and counted in ``SimStats.errors``.
+    """
+    _validate(
+        ambulances=ambulances,
+        rate=rate,
+        duration=duration,
+        crash_probability=crash_probability,
+        id_prefix=id_prefix,
+    )
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    stats = SimStats(seed=seed)
+    fleet = _Fleet(
+        rate=rate, snap_every=snap_every, crash_probability=crash_probability, stats=stats
+    )
+    master = random.Random(seed)
+    width = max(3, len(str(ambulances)))
+    fleet_members = [
+        _Ambulance(
+            ambulance_id=f"{id_prefix}{i:0{width}d}",
+            vehicle=Vehicle(random.Random(master.getrandbits(64))),
+            rng=random.Random(master.getrandbits(64)),
+            snap_phase=master.randrange(fleet.snap_points or 1),
+        )
+        for i in range(1, ambulances + 1)
+    ]
+    # Spread the fleet evenly over one period so the broker sees a steady stream.
+    offsets = [i * fleet.period / ambulances for i in range(ambulances)]
+    links = max(1, min(ambulances, max_connections))
+    run_id = f"{random.SystemRandom().getrandbits(32):08x}"
+    log.info(
+        "simulating %d ambulances at %.2f Hz over %d connections to %s:%d (seed %d)",
+        ambulances, rate, links, host, port, seed,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    tasks = [
+        asyncio.create_task(
+            _run_link(
+                fleet,
+                fleet_members[k::links],
+                offsets[k::links],
+                host=host,
+                port=port,
+                username=username,
+                password=password,
+                identifier=f"{id_prefix}-sim-{run_id}-{k}",
+            ),
+            name=f"sim-link-{k}",
+        )
+        for k in range(links)
+    ]
+    show = progress and (force_progress or stream.isatty())
+    reporter = (
+        asyncio.create_task(_report(stats, stream, started), name="sim-progress") if show else None
+    )
+    try:
+        await asyncio.wait(tasks, timeout=duration)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stats.elapsed = loop.time() - started
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            stream.write(f"\r[simulate] {stats}\n")
+            stream.flush()
+        log.info("simulation stopped: %s", stats)
+    return stats
