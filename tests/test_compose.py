@@ -1,0 +1,281 @@
+"""The production topology: docker-compose.yml as the real docker-compose reads it, and the image.
+
+``docker-compose config`` parses, validates and interpolates the file without a
+Docker engine. Each run gets an empty ``--env-file`` so a developer's ``.env``
+cannot hide a missing secret.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+SERVICES = {"mosquitto", "redis", "mongo", "minio", "bridge", "api", "realtime"}
+APP_SERVICES = {"bridge", "api", "realtime"}
+SECRETS = {"MINIO_ROOT_USER": "dummy-user", "MINIO_ROOT_PASSWORD": "dummy-password-123"}
+
+
+def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed: run `make setup`"
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        [binary, "--env-file", str(env_file), "--project-directory", str(ROOT),
+         "-f", str(COMPOSE), "config"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result = compose_config(tmp_path_factory.mktemp("compose"), SECRETS)
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
+    return loaded
+
+
+def test_the_seven_services(config: dict[str, Any]) -> None:
+    """Test that the topology is exactly the broker, the three stores and the three AOC parts."""
+    assert set(config["services"]) == SERVICES
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_restarts_and_has_a_health_check(config: dict[str, Any], name: str) -> None:
+    """Test that each service restarts unless stopped and declares a real health check."""
+    service = config["services"][name]
+    assert service["restart"] == "unless-stopped"
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and len(test) > 1
+    assert not service["healthcheck"].get("disable", False)
+
+
+def test_app_services_wait_for_healthy_dependencies(config: dict[str, Any]) -> None:
+    """Test that the AOC services start only once what they use is healthy."""
+    services = config["services"]
+    expected = {
+        "bridge": {"mosquitto", "redis", "mongo", "minio"},
+        "api": {"mosquitto", "redis", "mongo", "minio"},
+        "realtime": {"redis"},
+    }
+    for name, needs in expected.items():
+        depends = services[name]["depends_on"]
+        assert set(depends) == needs, name
+        assert all(d["condition"] == "service_healthy" for d in depends.values()), name
+
+
+def test_app_services_run_the_image_with_their_command(config: dict[str, Any]) -> None:
+    """Test that bridge, api and realtime are one image built here, each with its own command."""
+    services = config["services"]
+    for name in APP_SERVICES:
+        service = services[name]
+        assert Path(service["build"]["context"]) == ROOT
+        assert service["image"] == "aoc-tracking:latest"
+        assert service["command"] == [name]
+        assert service["environment"]["AOC_BIND_HOST"] == "0.0.0.0"
+
+
+def test_app_services_reach_the_other_services_by_name(config: dict[str, Any]) -> None:
+    """Test the settings that point the bridge and the API at the stores and the broker."""
+    for name in ("bridge", "api"):
+        env = config["services"][name]["environment"]
+        assert env["AOC_STORE_URL"] == "mongodb://mongo:27017"
+        assert env["AOC_OBJECTS_URL"] == "s3://aoc-images"
+        assert env["AOC_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AOC_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["AOC_MQTT_HOST"] == "mosquitto"
+        # The secrets come from the environment the file was read with.
+        assert env["AOC_S3_ACCESS_KEY"] == SECRETS["MINIO_ROOT_USER"]
+        assert env["AOC_S3_SECRET_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
+    realtime = config["services"]["realtime"]["environment"]
+    assert realtime["AOC_REDIS_URL"] == "redis://redis:6379/0"
+    assert not any("SECRET" in key or "PASSWORD" in key for key in realtime)
+
+
+def test_mosquitto_runs_the_project_conf_with_a_data_volume(config: dict[str, Any]) -> None:
+    """Test that Mosquitto mounts mosquitto.conf read-only and keeps its persistence on a volume."""
+    mosquitto = config["services"]["mosquitto"]
+    assert mosquitto["image"] == "eclipse-mosquitto:2"
+    volumes = {v.split(":")[1]: v for v in mosquitto["volumes"]}
+    conf = volumes["/mosquitto/config/mosquitto.conf"].split(":")
+    assert Path(conf[0]) == ROOT / "mosquitto.conf"
+    assert conf[2].startswith("ro")
+    persistence = re.search(
+        r"^persistence_location (\S+)$", (ROOT / "mosquitto.conf").read_text(), re.MULTILINE
+    )
+    assert persistence and persistence.group(1).rstrip("/") == "/mosquitto/data"
+    data_source = volumes["/mosquitto/data"].split(":")[0]
+    assert data_source in config["volumes"], "the broker's queue must outlive its container"
+
+
+def test_stateful_services_keep_data_on_named_volumes(config: dict[str, Any]) -> None:
+    """Test that Redis (append-only), MongoDB and MinIO write to named volumes."""
+    services = config["services"]
+    assert "--appendonly" in services["redis"]["command"]
+    mounts = {
+        "redis": "/data",
+        "mongo": "/data/db",
+        "minio": "/data",
+    }
+    for name, target in mounts.items():
+        sources = {v.split(":")[0] for v in services[name]["volumes"] if v.split(":")[1] == target}
+        assert sources and sources <= set(config["volumes"]), name
+    assert services["minio"]["command"][:2] == ["server", "/data"]
+
+
+def test_published_ports_do_not_collide(config: dict[str, Any]) -> None:
+    """Test that no host port is published twice and the stores are not exposed at all."""
+    published: list[int] = []
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            host_ip, host_port = _published(port)
+            published.append(host_port)
+            if name == "minio":
+                assert host_ip == "127.0.0.1"
+    assert len(published) == len(set(published))
+    assert {1883, 9001, 5000, 5050} <= set(published)
+    for name in ("redis", "mongo"):
+        assert "ports" not in config["services"][name]
+
+
+def _published(port: dict[str, Any] | str) -> tuple[str, int]:
+    """(host address, host port) of a port entry; `config` writes both the long and short forms."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "0.0.0.0")), int(port["published"])
+    parts = port.split("/")[0].split(":")
+    return (parts[0] if len(parts) == 3 else "0.0.0.0"), int(parts[-2])
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_missing_secret_stops_compose(tmp_path: Path, missing: str) -> None:
+    """Test that the file has no default for a secret: without it, `config` fails and says why."""
+    env = {k: v for k, v in SECRETS.items() if k != missing}
+    result = compose_config(tmp_path, env)
+    assert result.returncode != 0
+    assert missing in result.stderr and "set it in .env" in result.stderr
+
+
+def _environment_blocks(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "environment" and isinstance(value, dict):
+                yield value
+            yield from _environment_blocks(value)
+
+
+def test_no_secret_is_written_in_the_file() -> None:
+    """Test that every secret-looking variable in the raw file is an interpolation."""
+    raw = yaml.safe_load(COMPOSE.read_text())
+    secretive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|_KEY$|ROOT_USER|TOKEN")
+    checked = 0
+    for block in _environment_blocks(raw):
+        for key, value in block.items():
+            if secretive.search(key):
+                checked += 1
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:\?[^}]+|:-)\}", str(value)), key
+    assert checked >= 4
+
+
+def test_env_example_has_only_placeholders() -> None:
+    """Test that .env.example names every required variable with a placeholder, not a secret."""
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE.read_text()))
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert required == set(SECRETS)
+    for name in required:
+        assert values[name] == "changeme"
+
+
+def test_dockerfile_builds_every_package_and_runs_unprivileged() -> None:
+    """Test that the image copies every package setuptools installs, runs as non-root `aoc`."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert 'ENTRYPOINT ["aoc"]' in dockerfile
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*/healthz", dockerfile, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
+    includes = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in includes}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+    assert packages == copied
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert packages <= allowed and {"pyproject.toml", "README.md"} <= allowed
+    assert ".env" not in allowed
+
+
+def _check_command(config: dict[str, Any], name: str) -> str:
+    test = config["services"][name]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    return str(test[3])
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("name", "port"), [("api", 5000), ("realtime", 5050)])
+@pytest.mark.parametrize("status", [200, 503])
+def test_http_health_checks_run(config: dict[str, Any], name: str, port: int, status: int) -> None:
+    """Test the api/realtime check command itself: it passes on a 200 /healthz, fails otherwise."""
+    command = _check_command(config, name)
+    assert f"127.0.0.1:{port}/healthz" in command
+    handler = type("Handler", (_Health,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = command.replace(f":{port}/", f":{server.server_address[1]}/")
+        run = [sys.executable, "-c", local]
+        result = subprocess.run(run, capture_output=True, timeout=30, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) == (status == 200)
+
+
+def test_bridge_health_check_sees_its_broker_connection(config: dict[str, Any]) -> None:
+    """Test the bridge check: healthy only while a TCP connection to the broker port is open."""
+    command = _check_command(config, "bridge")
+    assert ":075B" in command  # 1883, the port Mosquitto listens on in the topology
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        local = command.replace(":075B", f":{port:04X}")
+        run = [sys.executable, "-c", local]
+        assert subprocess.run(run, timeout=30, check=False).returncode == 1
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert subprocess.run(run, timeout=30, check=False).returncode == 0
+            client.close()
