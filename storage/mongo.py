@@ -95,17 +95,20 @@ class MongoDocumentStore(DocumentStore):
     def from_url(
         cls, url: str, *, database: str = "aoc_v2", logger: logging.Logger | None = None
     ) -> MongoDocumentStore:
-        """A store on the server at ``url`` (``mongodb://`` or ``mongodb+srv://``)."""
-        factory = functools.partial(
-            pymongo.MongoClient,
-            url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-            connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-            socketTimeoutMS=30_000,
-            retryWrites=True,
-            appname="aoc",
-        )
+        """A store on the server at ``url`` (``mongodb://`` or ``mongodb+srv://``).
+
+        Timeouts default to failing fast; options written in the URL win.
+        """
+        defaults: dict[str, Any] = {
+            "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+            "connectTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+            "socketTimeoutMS": 30_000,
+            "retryWrites": True,
+            "appname": "aoc",
+        }
+        in_url = url.partition("?")[2].lower()
+        options = {k: v for k, v in defaults.items() if f"{k.lower()}=" not in in_url}
+        factory = functools.partial(pymongo.MongoClient, url, tz_aware=True, **options)
         return cls(factory, database=database, logger=logger)
 
     # -- plumbing -----------------------------------------------------------

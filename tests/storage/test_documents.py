@@ -1,0 +1,272 @@
+"""The document store contract: every backend (SQLite, mongomock, real MongoDB) passes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from storage.base import (
+    AMBULANCES,
+    CRASHES,
+    DEAD_LETTERS,
+    SPEED_VIOLATIONS,
+    TRACKINGS,
+    DocumentStore,
+    Query,
+    Write,
+)
+
+T0 = datetime(2026, 11, 29, 4, 33, 12, 345000, tzinfo=UTC)
+
+
+def tracking(
+    n: int, *, aid: str = "332", seconds: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    at = T0 + timedelta(seconds=n if seconds is None else seconds)
+    return {
+        "_id": f"{aid}:{n:04d}",
+        "ambulance_id": aid,
+        "location": {"lat": 13.75 + n / 1000, "lon": 100.5},
+        "speed": 40.0 + n,
+        "count_datetime": at,
+        **extra,
+    }
+
+
+def ins(doc: dict[str, Any], collection: str = TRACKINGS) -> Write:
+    return Write(collection, "insert", doc)
+
+
+def ups(doc: dict[str, Any], collection: str = TRACKINGS) -> Write:
+    return Write(collection, "upsert", doc)
+
+
+async def all_docs(store: DocumentStore, query: Query) -> list[dict[str, Any]]:
+    """Every document ``query`` matches, following cursors page by page."""
+    docs: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(1000):
+        page = await store.find(
+            Query(**{**{f: getattr(query, f) for f in query.__slots__}, "cursor": cursor})
+        )
+        docs.extend(page.items)
+        if page.next_cursor is None:
+            return docs
+        cursor = page.next_cursor
+    raise AssertionError("paging never ended")
+
+
+async def test_insert_is_idempotent_and_first_wins(doc_store: DocumentStore) -> None:
+    """Test that inserting the same _id twice stores it once, keeping the first version."""
+    first = tracking(1)
+    second = {**tracking(1), "speed": 99.0}
+    await doc_store.apply([ins(first)])
+    await doc_store.apply([ins(second), ins(first)])  # a redelivered batch
+    stored = await doc_store.get(TRACKINGS, first["_id"])
+    assert stored == first
+    page = await doc_store.find(Query(TRACKINGS))
+    assert [d["_id"] for d in page.items] == [first["_id"]]
+
+
+async def test_upsert_replaces_the_whole_document(doc_store: DocumentStore) -> None:
+    """Test that an upsert creates, then replaces (fields it lacks are gone)."""
+    state = {"_id": "332", "ambulance_id": "332", "last_seen": T0, "speed": 10.0, "old": True}
+    await doc_store.apply([ups(state, AMBULANCES)])
+    newer = {"_id": "332", "ambulance_id": "332", "last_seen": T0 + timedelta(seconds=5),
+             "speed": 20.0}
+    await doc_store.apply([ups(newer, AMBULANCES)])
+    assert await doc_store.get(AMBULANCES, "332") == newer
+
+
+async def test_apply_mixed_batch_in_order(doc_store: DocumentStore) -> None:
+    """Test that one batch of inserts and upserts over collections applies in order."""
+    episode = {"_id": "sv:332:1", "ambulance_id": "332", "started_at": T0, "closed": False}
+    closed = {**episode, "closed": True, "ended_at": T0 + timedelta(seconds=9)}
+    crash = {"_id": "crash:332:1", "ambulance_id": "332", "count_datetime": T0, "speed": 70}
+    batch = [
+        ins(tracking(1)),
+        ups(episode, SPEED_VIOLATIONS),
+        ins(tracking(2)),
+        ups(closed, SPEED_VIOLATIONS),   # a later upsert of the same _id wins
+        ins(episode, SPEED_VIOLATIONS),  # an insert after it changes nothing
+        ins(crash, CRASHES),
+    ]
+    await doc_store.apply(batch)
+    await doc_store.apply(batch)  # replaying the batch is harmless
+    assert await doc_store.get(SPEED_VIOLATIONS, "sv:332:1") == closed
+    assert await doc_store.get(CRASHES, "crash:332:1") == crash
+    assert [d["_id"] for d in (await doc_store.find(Query(TRACKINGS))).items] == [
+        "332:0001", "332:0002",
+    ]
+    await doc_store.apply([])  # an empty batch is a no-op
+
+
+async def test_get_and_existing_ids(doc_store: DocumentStore) -> None:
+    """Test that get finds one document by _id and existing_ids reports the stored ones."""
+    await doc_store.apply([ins(tracking(n)) for n in range(3)])
+    assert await doc_store.get(TRACKINGS, "332:0001") == tracking(1)
+    assert await doc_store.get(TRACKINGS, "332:9999") is None
+    assert await doc_store.get(CRASHES, "332:0001") is None  # another collection
+    ids = ["332:0000", "332:0002", "nope", "332:0002"]
+    assert await doc_store.existing_ids(TRACKINGS, ids) == {"332:0000", "332:0002"}
+    assert await doc_store.existing_ids(TRACKINGS, []) == set()
+    many = [f"x{i}" for i in range(1200)] + ["332:0001"]  # more than one IN (...) chunk
+    assert await doc_store.existing_ids(TRACKINGS, many) == {"332:0001"}
+
+
+async def test_find_by_ambulance_and_time_range(doc_store: DocumentStore) -> None:
+    """Test that find filters by ambulance, with `since` inclusive and `until` exclusive."""
+    await doc_store.apply(
+        [ins(tracking(n)) for n in range(10)] + [ins(tracking(n, aid="77")) for n in range(10)]
+    )
+    query = Query(TRACKINGS, ambulance_id="332", since=T0 + timedelta(seconds=2),
+                  until=T0 + timedelta(seconds=5))
+    page = await doc_store.find(query)
+    assert [d["_id"] for d in page.items] == ["332:0002", "332:0003", "332:0004"]
+    assert page.next_cursor is None
+    everyone = await doc_store.find(Query(TRACKINGS, since=T0 + timedelta(seconds=9)))
+    assert sorted(d["_id"] for d in everyone.items) == ["332:0009", "77:0009"]
+    # A bound given in another time zone means the same instant.
+    bangkok = timezone(timedelta(hours=7))
+    local = await doc_store.find(
+        Query(TRACKINGS, ambulance_id="77", until=(T0 + timedelta(seconds=1)).astimezone(bangkok))
+    )
+    assert [d["_id"] for d in local.items] == ["77:0000"]
+
+
+async def test_find_newest_first_and_limit(doc_store: DocumentStore) -> None:
+    """Test that newest_first reverses the order and limit cuts the page."""
+    await doc_store.apply([ins(tracking(n)) for n in range(5)])
+    page = await doc_store.find(Query(TRACKINGS, ambulance_id="332", newest_first=True, limit=3))
+    assert [d["_id"] for d in page.items] == ["332:0004", "332:0003", "332:0002"]
+    assert page.next_cursor is not None
+
+
+async def test_find_where_filters_on_top_level_fields(doc_store: DocumentStore) -> None:
+    """Test that `where` is an equality filter on bools, strings, numbers, null and dates."""
+    docs = [
+        {"_id": "sv1", "ambulance_id": "332", "started_at": T0, "closed": False,
+         "level": "80", "peak": 95},
+        {"_id": "sv2", "ambulance_id": "332", "started_at": T0 + timedelta(seconds=1),
+         "closed": True, "level": "120", "peak": 130.5, "ended_at": T0},
+        {"_id": "sv3", "ambulance_id": "77", "started_at": T0 + timedelta(seconds=2),
+         "closed": False, "level": "120", "peak": 125, "ended_at": None},
+    ]
+    await doc_store.apply([ins(d, SPEED_VIOLATIONS) for d in docs])
+
+    async def ids(**where: Any) -> list[str]:
+        page = await doc_store.find(Query(SPEED_VIOLATIONS, where=where))
+        return [d["_id"] for d in page.items]
+
+    assert await ids(closed=False) == ["sv1", "sv3"]
+    assert await ids(closed=True) == ["sv2"]
+    assert await ids(level="120", closed=False) == ["sv3"]
+    assert await ids(peak=130.5) == ["sv2"]
+    assert await ids(peak=95) == ["sv1"]
+    assert await ids(ended_at=None) == ["sv1", "sv3"]  # null or missing, as in MongoDB
+    assert await ids(ended_at=T0) == ["sv2"]
+    assert await ids(level="nope") == []
+    query = Query(SPEED_VIOLATIONS, ambulance_id="332", where={"closed": False})
+    page = await doc_store.find(query)
+    assert [d["_id"] for d in page.items] == ["sv1"]
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest_first", "newest_first"])
+async def test_paging_returns_every_document_once_in_order(
+    doc_store: DocumentStore, newest_first: bool
+) -> None:
+    """Test that following cursors returns every document exactly once, in (time, _id) order."""
+    # Equal times (ties broken by _id) and documents without a time (sorted first).
+    docs = [tracking(n, seconds=n // 3) for n in range(23)]
+    docs += [{"_id": f"332:untimed{n}", "ambulance_id": "332"} for n in range(3)]
+    await doc_store.apply([ins(d) for d in reversed(docs)])
+    expected = [d["_id"] for d in docs[-3:]] + [d["_id"] for d in docs[:-3]]
+    if newest_first:
+        expected.reverse()
+    for limit in (1, 4, 26, 100):
+        got = await all_docs(
+            doc_store, Query(TRACKINGS, ambulance_id="332", newest_first=newest_first, limit=limit)
+        )
+        assert [d["_id"] for d in got] == expected, f"limit={limit}"
+    ranged = await all_docs(
+        doc_store,
+        Query(TRACKINGS, since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=6),
+              newest_first=newest_first, limit=2),
+    )
+    in_range = [d["_id"] for d in docs[6:18]]
+    assert [d["_id"] for d in ranged] == (in_range[::-1] if newest_first else in_range)
+
+
+async def test_datetimes_round_trip_as_aware_utc(doc_store: DocumentStore) -> None:
+    """Test that datetimes come back tz-aware UTC, nested too, at millisecond precision."""
+    bangkok = timezone(timedelta(hours=7))
+    local = datetime(2026, 11, 29, 11, 33, 12, 345678, tzinfo=bangkok)
+    doc = {
+        "_id": "crash:332:1",
+        "ambulance_id": "332",
+        "count_datetime": local,
+        "location_detail": {"seen": [local, {"at": local}], "text": "ถนน สุขุมวิท"},
+        "naive": datetime(2026, 1, 2, 3, 4, 5),  # taken as UTC
+    }
+    await doc_store.apply([ins(doc, CRASHES)])
+    for stored in (
+        await doc_store.get(CRASHES, "crash:332:1"),
+        (await doc_store.find(Query(CRASHES, ambulance_id="332"))).items[0],
+    ):
+        assert stored is not None
+        expected = datetime(2026, 11, 29, 4, 33, 12, 345000, tzinfo=UTC)
+        assert stored["count_datetime"] == expected
+        assert stored["count_datetime"].utcoffset() == timedelta(0)
+        seen = stored["location_detail"]["seen"]
+        assert seen == [expected, {"at": expected}]
+        assert all(v.tzinfo is not None for v in (seen[0], seen[1]["at"]))
+        assert stored["naive"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert stored["location_detail"]["text"] == "ถนน สุขุมวิท"
+
+
+async def test_collections_without_ambulance_id(doc_store: DocumentStore) -> None:
+    """Test that dead letters (no ambulance_id) are stored and found by time."""
+    letters = [
+        {"_id": f"dl:{n}", "topic": "aoc/???/tracking", "reason": "bad topic",
+         "payload": "\u0000\ufffd", "received_at": T0 + timedelta(seconds=n)}
+        for n in range(3)
+    ]
+    await doc_store.apply([ins(d, DEAD_LETTERS) for d in letters])
+    page = await doc_store.find(Query(DEAD_LETTERS, since=T0 + timedelta(seconds=1)))
+    assert page.items == letters[1:]
+    assert (await doc_store.find(Query(DEAD_LETTERS, ambulance_id="332"))).items == []
+
+
+async def test_open_twice_is_harmless(doc_store: DocumentStore) -> None:
+    """Test that open() on an open store keeps it working with its data."""
+    await doc_store.apply([ins(tracking(1))])
+    await doc_store.open()
+    await doc_store.ping()
+    assert await doc_store.get(TRACKINGS, "332:0001") == tracking(1)
+
+
+async def test_bad_requests_raise_value_error(doc_store: DocumentStore) -> None:
+    """Test that unknown collections, bad ids, cursors, limits and filters are clear errors."""
+    with pytest.raises(ValueError, match="unknown collection"):
+        await doc_store.apply([Write("users", "insert", {"_id": "x"})])
+    with pytest.raises(ValueError, match="_id"):
+        await doc_store.apply([ins({"ambulance_id": "332"})])
+    with pytest.raises(ValueError, match="_id"):
+        await doc_store.apply([ins({"_id": 5})])
+    with pytest.raises(ValueError, match="unknown collection"):
+        await doc_store.get("users", "x")
+    with pytest.raises(ValueError, match="cursor"):
+        await doc_store.find(Query(TRACKINGS, cursor="not a cursor!"))
+    with pytest.raises(ValueError, match="limit"):
+        await doc_store.find(Query(TRACKINGS, limit=0))
+    with pytest.raises(ValueError, match="where"):
+        await doc_store.find(Query(TRACKINGS, where={"location.lat": 1}))
+    with pytest.raises(ValueError, match="where"):
+        await doc_store.find(Query(TRACKINGS, where={"$where": "1"}))
+    with pytest.raises(ValueError, match="where"):
+        await doc_store.find(Query(TRACKINGS, where={"location": {"lat": 1}}))
+    # Nothing was written by the refused batches, and the store still works.
+    await doc_store.apply([ins(tracking(1))])
+    assert (await doc_store.find(Query(TRACKINGS))).items == [tracking(1)]
