@@ -21,7 +21,9 @@ Semantics the callers rely on:
 - ``messages()`` yields in broker order. The queue stops *reading the socket*
   when ``queue_size`` messages wait (TCP backpressure up to the broker, whose
   in-flight window then also fills) instead of dropping: a slow consumer never
-  loses a message. The bound is soft by one socket read.
+  loses a message. The bound is soft: one socket read may go past it, and until
+  a (re)connection's SUBACK has arrived reading never pauses, so the broker's
+  in-flight window (``max_inflight_messages``) may come on top once.
 - ``ack(message)`` acknowledges only a message received on the *current*
   connection (checked by identity, not just by packet id, because the broker
   reuses ids). After a reconnect an older message's ack is ignored (logged at
@@ -442,6 +444,9 @@ class MqttClient:
         self._sock = sock
         self._paused = False
         self._last_error = None
+        # Packet ids belong to one connection: an ack of an older one could
+        # acknowledge a different message that reuses its id.
+        self._unacked.clear()
         self._sock_closed.clear()
         self._require_loop().add_reader(sock, self._on_readable)
 
