@@ -1,0 +1,533 @@
+"""Device messages in, typed messages out: every rule of the MQTT contract.
+
+``parse`` never raises: whatever a device (or an attacker) publishes becomes
+either a typed message or a ``Rejected`` whose reason names the field, so the
+bridge can dead-letter it and carry on. The legacy HTTP shim runs the same
+code, so the shim and the bridge can never disagree about what is valid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bridge.ids import AMBULANCE_ID, epoch_ms, valid_ambulance_id
+from bridge.messages import Crash, Image, Parsed, Position, Rejected, Snap, Status, Tracking
+from bridge.snapshots import sniff
+
+__all__ = [
+    "AMBULANCE_ID",
+    "KINDS",
+    "Limits",
+    "parse",
+    "parse_timestamp",
+    "topic_ambulance_id",
+    "valid_ambulance_id",
+]
+
+_log = logging.getLogger(__name__)
+
+KINDS = ("tracking", "snap", "crash", "status")
+
+# Legacy name -> plain name (the legacy HTTP API's field names).
+LEGACY_ALIASES = {
+    "tracking_latitude": "lat",
+    "tracking_longitude": "lon",
+    "tracking_speed": "speed",
+    "tracking_heading": "heading",
+}
+_PLAIN_NAMES = frozenset(LEGACY_ALIASES.values())
+
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_MAX_AHEAD = timedelta(minutes=10)
+# Accepted spellings of a number in a string: what JavaScript's Number() takes,
+# minus hex/Infinity, and without the underscores Python's float() would allow.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 64
+_MAX_TS_TEXT = 64
+_MAX_SEQ = 2**63 - 1  # a signed 64-bit integer in every store
+_MAX_NAME = 255
+# Deeper JSON than this is refused: nobody needs it, and re-serialising it
+# recursively must stay far from Python's recursion limit.
+_MAX_DEPTH = 32
+_ONE_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input size limits (from ``Settings``)."""
+
+    max_image_bytes: int
+    max_upload_files: int
+    # A tracking/crash/status payload is a few hundred bytes; this is generous.
+    max_record_bytes: int = 64 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: _LimitSettings) -> Limits:
+        """The limits configured in ``settings`` (an ``aoc.config.Settings``)."""
+        return cls(
+            max_image_bytes=settings.max_image_bytes,
+            max_upload_files=settings.max_upload_files,
+        )
+
+    @property
+    def max_snap_json_bytes(self) -> int:
+        """The largest JSON snap payload: every image at its limit, base64, plus room for fields."""
+        per_image = 4 * -(-self.max_image_bytes // 3) + 1024
+        return self.max_upload_files * per_image + self.max_record_bytes
+
+
+class _LimitSettings(Protocol):
+    max_image_bytes: int
+    max_upload_files: int
+
+
+class _Invalid(Exception):
+    """A validation failure; its message is the ``Rejected`` reason."""
+
+
+def valid_topic_parts(topic: str) -> tuple[str, str]:
+    """``(ambulance_id, kind)`` of a device topic; ``ValueError`` naming the problem otherwise."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != "aoc":
+        raise ValueError(f"topic: expected aoc/<ambulance_id>/<kind>, got {_show(topic)}")
+    _, ambulance_id, kind = parts
+    if not valid_ambulance_id(ambulance_id):
+        raise ValueError(f"topic: ambulance id must match {AMBULANCE_ID.pattern}")
+    if kind not in KINDS:
+        raise ValueError(f"topic: unknown message kind {_show(kind)} (expected {', '.join(KINDS)})")
+    return ambulance_id, kind
+
+
+def topic_ambulance_id(topic: str) -> str | None:
+    """The valid ambulance id in ``aoc/<id>/...``, else None (for dead-letter records)."""
+    parts = topic.split("/", 2)
+    if len(parts) >= 2 and parts[0] == "aoc" and valid_ambulance_id(parts[1]):
+        return parts[1]
+    return None
+
+
+def parse(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Parsed:
+    """One MQTT message as a typed message, or ``Rejected`` with a reason. Never raises."""
+    try:
+        return _parse(topic, payload, received_at, limits)
+    except _Invalid as exc:
+        reason = str(exc)
+    except RecursionError:
+        reason = "payload: nested too deeply"
+    except Exception as exc:  # never let one message stop the bridge: a bug is a dead letter
+        _log.exception("unexpected error validating a message on %r", topic)
+        reason = f"internal error: {type(exc).__name__}"
+    return Rejected(topic, reason, _as_bytes(payload), received_at)
+
+
+def parse_timestamp(value: object, *, now: datetime) -> datetime:
+    """A device time (epoch ms number or string, or ISO 8601) as an aware UTC datetime.
+
+    Raises ``ValueError`` with a reason when it is malformed, before 2000-01-01,
+    or more than 10 minutes after ``now``. ISO times without an offset are UTC.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be epoch milliseconds or an ISO 8601 string, got {_show(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > _MAX_TS_TEXT:
+            raise ValueError("must be epoch milliseconds or an ISO 8601 string, got a long string")
+        if _NUMBER.fullmatch(text):
+            ts = _from_epoch_ms(float(text), value)
+        else:
+            try:
+                ts = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(
+                    f"must be epoch milliseconds or an ISO 8601 string, got {_show(value)}"
+                ) from None
+            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    else:
+        ts = _from_epoch_ms(value, value)
+    if ts < _EARLIEST:
+        raise ValueError(f"must not be before 2000-01-01, got {_show(value)}")
+    if ts > _utc(now) + _MAX_AHEAD:
+        raise ValueError(f"must not be more than 10 minutes in the future, got {_show(value)}")
+    return ts
+
+
+# --- internals -------------------------------------------------------------------------
+
+
+def _parse(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Parsed:
+    try:
+        ambulance_id, kind = valid_topic_parts(topic)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    payload = _as_bytes(payload)
+    if kind in {"tracking", "crash"}:
+        body = _json_object(payload, limits.max_record_bytes)
+        return _record(kind, ambulance_id, body, received_at)
+    if kind == "snap":
+        return _snap(ambulance_id, payload, received_at, limits)
+    return _status(ambulance_id, payload, received_at, limits)
+
+
+def _record(kind: str, aid: str, body: dict[str, Any], received_at: datetime) -> Tracking | Crash:
+    _check_body_id(body, aid, "ambulance_id")
+    legacy = _optional_object(body, "legacy")
+    if legacy is not None:
+        _check_body_id(legacy, aid, "legacy.ambulance_id")
+    lat = _required(body, "lat", -90.0, 90.0)
+    lon = _required(body, "lon", -180.0, 180.0)
+    speed = _required(body, "speed", 0.0, 500.0)
+    heading = _field(body, "heading", 0.0, 360.0)
+    ts = _ts(body, received_at)
+    position = Position(lat, lon)
+    emitted = _legacy_body(
+        body, legacy=legacy, aid=aid, position=position, speed=speed, heading=heading
+    )
+    if kind == "crash":
+        if legacy is None:
+            # Legacy crash bodies carried m/s; ours carry km/h and say so.
+            emitted["speed_unit"] = "km/h"
+        return Crash(aid, position, speed, heading, ts, received_at, body=emitted)
+    dest_lat = _field(body, "dest_lat", -90.0, 90.0)
+    dest_lon = _field(body, "dest_lon", -180.0, 180.0)
+    if (dest_lat is None) != (dest_lon is None):
+        missing = "dest_lon" if dest_lon is None else "dest_lat"
+        raise _Invalid(f"{missing}: required when the other destination coordinate is given")
+    return Tracking(
+        aid,
+        position,
+        speed,
+        heading,
+        ts,
+        received_at,
+        seq=_seq(body),
+        accuracy=_field(body, "accuracy", 0.0, math.inf),
+        altitude=_field(body, "altitude", -math.inf, math.inf),
+        destination=None if dest_lat is None or dest_lon is None else Position(dest_lat, dest_lon),
+        body=emitted,
+    )
+
+
+def _legacy_body(
+    body: dict[str, Any],
+    *,
+    legacy: dict[str, Any] | None,
+    aid: str,
+    position: Position,
+    speed: float,
+    heading: float | None,
+) -> dict[str, Any]:
+    """What legacy Socket.IO rooms receive (see the contract)."""
+    if legacy is not None:
+        return legacy
+    if any(name in body for name in LEGACY_ALIASES):
+        return dict(body)
+    shaped: dict[str, Any] = {
+        "ambulance_id": aid,
+        "tracking_latitude": position.lat,
+        "tracking_longitude": position.lon,
+        "tracking_speed": speed,
+        "tracking_heading": heading,
+    }
+    for name, value in body.items():
+        # Added fields never remove or rename the old ones.
+        if name not in _PLAIN_NAMES and name not in shaped and name != "legacy":
+            shaped[name] = value
+    return shaped
+
+
+def _required(body: dict[str, Any], name: str, low: float, high: float) -> float:
+    number = _field(body, name, low, high)
+    if number is None:
+        raise _Invalid(f"{name}: required (or its legacy name {_ALIAS_OF[name]})")
+    return number
+
+
+def _field(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    """A number field, by its plain name or its legacy alias, checked against a range (or None)."""
+    given = name
+    value = body.get(name)
+    legacy_name = _ALIAS_OF.get(name)
+    if legacy_name is not None and legacy_name in body:
+        other = _number(legacy_name, body[legacy_name])
+        if value is None:
+            given, value = legacy_name, body[legacy_name]
+        elif other is not None and other != _number(name, value):
+            raise _Invalid(f"{name}: conflicts with {legacy_name}")
+    number = _number(given, value)
+    if number is None or low <= number <= high:
+        return number
+    if high == math.inf:
+        raise _Invalid(f"{given}: must be at least {_bound(low)}, got {number!r}")
+    raise _Invalid(f"{given}: must be between {_bound(low)} and {_bound(high)}, got {number!r}")
+
+
+_ALIAS_OF = {plain: legacy for legacy, plain in LEGACY_ALIASES.items()}
+
+
+def _bound(value: float) -> str:
+    return f"{value:g}"
+
+
+def _number(name: str, value: object) -> float | None:
+    """A finite float from a JSON number or numeric string; None for absent/null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid(f"{name}: must be a number, got {_show(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > _MAX_NUMBER_TEXT or not _NUMBER.fullmatch(text):
+            raise _Invalid(f"{name}: must be a number, got {_show(value)}")
+        value = text
+    elif not isinstance(value, int | float):
+        raise _Invalid(f"{name}: must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _Invalid(f"{name}: must be a finite number, got {_show(value)}")
+    return number
+
+
+def _seq(body: dict[str, Any]) -> int | None:
+    value = body.get("seq")
+    if value is None:
+        return None
+    number = _number("seq", value)
+    if number is None or not number.is_integer() or not 0 <= number <= _MAX_SEQ:
+        raise _Invalid(f"seq: must be an integer from 0 to 2**63-1, got {_show(value)}")
+    # Exact for integers given as such; a float beyond 2**53 is as exact as it came.
+    return value if isinstance(value, int) else int(number)
+
+
+def _ts(body: dict[str, Any], received_at: datetime) -> datetime:
+    value = body.get("ts")
+    if value is None:
+        return received_at
+    try:
+        return parse_timestamp(value, now=received_at)
+    except ValueError as exc:
+        raise _Invalid(f"ts: {exc}") from None
+
+
+def _check_body_id(body: dict[str, Any], aid: str, name: str) -> None:
+    if "ambulance_id" not in body:
+        return
+    value = body["ambulance_id"]
+    # Legacy clients may send the id as a JSON number (332).
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if text != aid:
+        raise _Invalid(f"{name}: {_show(value)} does not match the topic's id {aid!r}")
+
+
+def _optional_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is None or isinstance(value, dict):
+        return value
+    raise _Invalid(f"{name}: must be a JSON object, got {_json_type(value)}")
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+def _snap(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Snap:
+    if not payload:
+        raise _Invalid("payload: empty (expected a JPEG or PNG image, or a JSON object)")
+    kind = sniff(payload)
+    if kind is not None:
+        _check_image_size("payload", len(payload), limits)
+        image = Image(payload, kind[0], kind[1])
+        return Snap(aid, (image,), received_at, received_at, body={"ambulance_id": aid})
+    if not _JSON_START.match(payload):
+        raise _Invalid("payload: not a JPEG or PNG image, nor a JSON object")
+    body = _json_object(payload, limits.max_snap_json_bytes)
+    _check_body_id(body, aid, "ambulance_id")
+    legacy = _optional_object(body, "legacy")
+    if legacy is not None:
+        _check_body_id(legacy, aid, "legacy.ambulance_id")
+    images = _images(body.get("images"), limits)
+    if body.get("ts") is None:
+        ts = received_at
+    else:
+        ts = _ts(body, received_at)
+        if epoch_ms(ts) == epoch_ms(received_at):
+            # bridge.ids.snap_id tells a device time from none by ts != received_at
+            # (to the ms); a message received in the very ms it was taken is nudged.
+            received_at = received_at + _ONE_MS
+    return Snap(
+        aid, images, ts, received_at, body=legacy if legacy is not None else {"ambulance_id": aid}
+    )
+
+
+def _images(value: object, limits: Limits) -> tuple[Image, ...]:
+    if value is None:
+        raise _Invalid("images: required (a list of {name, data} objects)")
+    if not isinstance(value, list):
+        raise _Invalid(f"images: must be a list, got {_json_type(value)}")
+    if not value:
+        raise _Invalid("images: must not be empty")
+    if len(value) > limits.max_upload_files:
+        raise _Invalid(f"images: at most {limits.max_upload_files} images, got {len(value)}")
+    # Base64 text longer than this cannot decode to an image within the limit.
+    max_text = 4 * -(-limits.max_image_bytes // 3) + 4
+    images = []
+    for index, item in enumerate(value):
+        where = f"images[{index}]"
+        if not isinstance(item, dict):
+            raise _Invalid(f"{where}: must be an object with name and data, got {_json_type(item)}")
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > _MAX_NAME):
+            raise _Invalid(f"{where}.name: must be a string of at most {_MAX_NAME} characters")
+        text = item.get("data")
+        if not isinstance(text, str):
+            raise _Invalid(f"{where}.data: must be a base64 string, got {_json_type(text)}")
+        if len(text) > max_text:
+            raise _Invalid(f"{where}: image is over the limit of {limits.max_image_bytes} bytes")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _Invalid(f"{where}.data: not valid base64 ({exc})") from None
+        _check_image_size(where, len(data), limits)
+        kind = sniff(data)
+        if kind is None:
+            raise _Invalid(f"{where}: not a JPEG or PNG image")
+        images.append(Image(data, kind[0], kind[1], name=name))
+    return tuple(images)
+
+
+def _check_image_size(where: str, size: int, limits: Limits) -> None:
+    if size > limits.max_image_bytes:
+        raise _Invalid(
+            f"{where}: image is {size} bytes, over the limit of {limits.max_image_bytes} bytes"
+        )
+
+
+# --- status ----------------------------------------------------------------------------
+
+_STATUS = {"online": True, "offline": False}
+_JSON_START = re.compile(rb"[ \t\r\n]*\{")
+
+
+def _status(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Status:
+    expected = 'payload: status must be "online" or "offline" (or {"status": ...})'
+    if len(payload) > limits.max_record_bytes:
+        raise _Invalid(f"{expected}, got {len(payload)} bytes")
+    text = payload.strip()
+    if _JSON_START.match(text):
+        body = _json_object(payload, limits.max_record_bytes)
+        _check_body_id(body, aid, "ambulance_id")
+        value = body.get("status")
+        if not isinstance(value, str) or value.strip().lower() not in _STATUS:
+            raise _Invalid(f'status: must be "online" or "offline", got {_show(value)}')
+        return Status(aid, _STATUS[value.strip().lower()], received_at)
+    online = _STATUS.get(text.decode("ascii", "replace").lower())
+    if online is None:
+        raise _Invalid(f"{expected}, got {_show(payload[:32])}")
+    return Status(aid, online, received_at)
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    # JSON has no NaN or Infinity; Python's parser would accept them.
+    raise ValueError(f"{name} is not allowed")
+
+
+def _json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        raise _Invalid(f"payload: {len(payload)} bytes, over the limit of {max_bytes} bytes")
+    if not payload:
+        raise _Invalid("payload: empty (expected a JSON object)")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Invalid(f"payload: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _Invalid(
+            f"payload: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
+        detail = "an integer with too many digits" if "digits" in str(exc) else str(exc)
+        raise _Invalid(f"payload: not valid JSON ({detail})") from None
+    except RecursionError:
+        raise _Invalid(f"payload: nested deeper than {_MAX_DEPTH} levels") from None
+    if not isinstance(value, dict):
+        raise _Invalid(f"payload: must be a JSON object, got {_json_type(value)}")
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value: dict[str, Any]) -> None:
+    """Refuse nesting deeper than ``_MAX_DEPTH`` (iteratively: no recursion on input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise _Invalid(f"payload: nested deeper than {_MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def _as_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    return b""
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _from_epoch_ms(value: float, shown: object) -> datetime:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {_show(shown)}")
+    # Far outside 2000..now: refused here, before timedelta could overflow.
+    if value < 0:
+        raise ValueError(f"must not be before 2000-01-01, got {_show(shown)}")
+    if value > 1e14:
+        raise ValueError(f"must not be more than 10 minutes in the future, got {_show(shown)}")
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "a number"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    for kind, name in _JSON_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a value for a reason string."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
