@@ -1,10 +1,12 @@
 """The latest state of every ambulance, cached in Redis for fast reads.
 
-One hash, ``<prefix>:latest``: field = ambulance id, value = the state document
-as JSON in the codec of ``storage.codec`` (datetimes as ``{"$date": "<ISO
-8601, ms, Z>"}``), so ``get`` returns the same document the store holds, with
-tz-aware datetimes. Redis is a cache: the store is the truth, and ``rebuild``
-refills Redis after it lost its data.
+One hash, ``<prefix>:latest`` (``aoc:latest``): field = ambulance id, value =
+the state document as JSON in the codec of ``storage.codec`` (datetimes as
+``{"$date": "<ISO 8601, ms, Z>"}``), so ``get`` returns the same document the
+store holds, with tz-aware datetimes. A second hash, ``<prefix>:latest:seen``,
+holds each state's last_seen for ordering racing writers (see ``_SET_NEWER``).
+Redis is a cache: the store is the truth, and ``rebuild`` refills Redis after
+it lost its data.
 """
 
 from __future__ import annotations
@@ -25,28 +27,25 @@ from storage.base import Document, StoreUnavailable
 T = TypeVar("T")
 
 # Two writers (say the bridge and a rebuild, or two bridges during a rollout)
-# can race, so "newest wins" is decided inside Redis, atomically: a state is
-# kept when the stored one has a strictly later last_seen. Fixed-width ISO
-# timestamps (codec.format_datetime) compare correctly as strings. A state
-# without last_seen cannot be ordered and always overwrites.
-# ARGV: triples of (ambulance id, state JSON, last_seen text or "").
+# can race, so "newest wins" is decided inside Redis, atomically, by this
+# script. Each state's last_seen is kept beside it in a second hash
+# (``<prefix>:latest:seen``) as fixed-width UTC text (codec.format_datetime),
+# which orders like the instants themselves. A state is written unless the
+# stored one is strictly newer; a state without last_seen cannot be ordered
+# and is always written.
+# KEYS: states hash, last_seen hash. ARGV: triples (ambulance id, JSON, last_seen or "").
 _SET_NEWER = """
 local written = 0
 for i = 1, #ARGV, 3 do
   local field, doc, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local keep_old = false
-  if seen ~= '' then
-    local old = redis.call('HGET', KEYS[1], field)
-    if old then
-      local ok, decoded = pcall(cjson.decode, old)
-      if ok and type(decoded) == 'table' and type(decoded['last_seen']) == 'table' then
-        local old_seen = decoded['last_seen']['$date']
-        if type(old_seen) == 'string' and old_seen > seen then keep_old = true end
-      end
-    end
-  end
-  if not keep_old then
+  local old = redis.call('HGET', KEYS[2], field)
+  if seen == '' or not old or seen >= old then
     redis.call('HSET', KEYS[1], field, doc)
+    if seen == '' then
+      redis.call('HDEL', KEYS[2], field)
+    else
+      redis.call('HSET', KEYS[2], field, seen)
+    end
     written = written + 1
   end
 end
@@ -72,6 +71,7 @@ class StateCache:
     ) -> None:
         self._url = url
         self._key = f"{prefix}:latest"
+        self._seen_key = f"{prefix}:latest:seen"
         self._log = logger or logging.getLogger(__name__)
         self._redis: aioredis.Redis[bytes] | None = None
         self._set_newer: Any = None
@@ -115,7 +115,7 @@ class StateCache:
         for ambulance_id, state in states.items():
             args += [ambulance_id, codec.encode(state), _last_seen(state)]
         script = self._set_newer  # EVALSHA, falling back to EVAL after a Redis restart
-        await self._call(lambda r: script(keys=[self._key], args=args))
+        await self._call(lambda r: script(keys=[self._key, self._seen_key], args=args))
 
     async def get(self, ambulance_id: str) -> Document | None:
         """The cached state of one ambulance."""
@@ -136,12 +136,17 @@ class StateCache:
     async def rebuild(self, states: Mapping[str, Document]) -> None:
         """Replace every cached state with ``states`` in one transaction."""
         mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
+        seen: dict[str | bytes, str] = {
+            k: when for k, v in states.items() if (when := _last_seen(v))
+        }
 
         async def replace(r: aioredis.Redis[bytes]) -> None:
             async with r.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key)
+                pipe.delete(self._key, self._seen_key)
                 if mapping:
                     pipe.hset(self._key, mapping=mapping)
+                if seen:
+                    pipe.hset(self._seen_key, mapping=seen)
                 await pipe.execute()
 
         await self._call(replace)

@@ -8,14 +8,15 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import mongomock
 import pymongo
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from mongomock.collection import BulkOperationBuilder
 
 from storage.base import DocumentStore, ObjectStore, StoreUnavailable
@@ -115,6 +116,35 @@ def unique_bucket() -> str:
     return f"aoc-test-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(s3_endpoint: str) -> str:
+    """One bucket for the session's S3 tests.
+
+    Every SeaweedFS bucket takes volumes of its own from a small shared pool, so
+    tests share this one and keep apart by key (see ``ambulance_id``).
+    """
+    bucket = unique_bucket()
+    client = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key=secrets.token_hex(16),
+    )
+    deadline = time.monotonic() + 30
+    while True:  # the S3 gateway may answer a moment after its port opens
+        try:
+            client.create_bucket(Bucket=bucket)
+            return bucket
+        except (ClientError, BotoCoreError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def ambulance_id() -> str:
+    """An ambulance id of this test only: keys built from it do not collide across tests."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(params=["localfs", pytest.param("s3", marks=pytest.mark.s3)])
 async def object_store(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -123,17 +153,11 @@ async def object_store(
     store: ObjectStore
     if request.param == "localfs":
         store = LocalObjectStore(tmp_path / "objects")
-        await store.open()
     else:
-        s3 = s3_store(request.getfixturevalue("s3_endpoint"), unique_bucket())
-        await open_s3(s3)
-        store = s3
+        bucket = request.getfixturevalue("s3_bucket")
+        store = s3_store(request.getfixturevalue("s3_endpoint"), bucket)
+    await store.open()
     try:
         yield store
     finally:
         await store.close()
-
-
-@pytest.fixture
-def unique_prefix() -> Iterator[str]:
-    yield f"aoc-test-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,161 @@
+"""The latest-state cache against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from storage.base import StoreUnavailable
+from storage.cache import StateCache
+from tests import services
+
+T0 = datetime(2026, 11, 29, 4, 33, 12, 345000, tzinfo=UTC)
+
+
+def state(aid: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "_id": aid,
+        "ambulance_id": aid,
+        "location": {"lat": 13.75, "lon": 100.5},
+        "state": "GREEN",
+        "last_seen": T0 + timedelta(seconds=seconds),
+        "online": True,
+        **extra,
+    }
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    """A key prefix of this test only, on the shared Redis."""
+    return f"aoc-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def cache(redis_url: str, unique_prefix: str) -> AsyncIterator[StateCache]:
+    cache = StateCache(redis_url, prefix=unique_prefix)
+    await cache.open()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
+async def test_set_get_and_get_all(cache: StateCache) -> None:
+    """Test that states come back as stored, datetimes included, one per ambulance."""
+    states = {"332": state("332", 0), "77": state("77", 1, speed=45.5)}
+    await cache.set_many(states)
+    assert await cache.get("332") == states["332"]
+    assert (await cache.get("77") or {})["last_seen"].tzinfo is not None
+    assert await cache.get("nope") is None
+    assert await cache.get_all() == states
+    await cache.set_many({})  # nothing to do
+    await cache.ping()
+
+
+async def test_older_state_does_not_overwrite_newer(cache: StateCache) -> None:
+    """Test that a state with an earlier last_seen never replaces a later one."""
+    await cache.set_many({"332": state("332", 10, state="RED")})
+    await cache.set_many({"332": state("332", 5, state="GREEN"), "77": state("77", 1)})
+    assert (await cache.get("332") or {})["state"] == "RED"
+    assert await cache.get("77") == state("77", 1)  # the other entry of the batch was written
+    await cache.set_many({"332": state("332", 10, state="ORANGE")})  # same time: last write wins
+    assert (await cache.get("332") or {})["state"] == "ORANGE"
+    await cache.set_many({"332": state("332", 10.001, state="GREEN")})  # a millisecond later
+    assert (await cache.get("332") or {})["state"] == "GREEN"
+    # ISO 8601 strings are ordered by instant, not by text: "11:33+07:00" is 04:33 UTC.
+    bangkok = timezone(timedelta(hours=7))
+    newer = (T0 + timedelta(seconds=20)).astimezone(bangkok).isoformat()
+    await cache.set_many({"332": {**state("332", 0, state="ORANGE"), "last_seen": newer}})
+    assert (await cache.get("332") or {})["state"] == "ORANGE"
+    older = (T0 + timedelta(seconds=15)).isoformat().replace("+00:00", "Z")
+    await cache.set_many({"332": {**state("332", 0, state="RED"), "last_seen": older}})
+    assert (await cache.get("332") or {})["state"] == "ORANGE"
+
+
+async def test_racing_writers_leave_the_newest_state(cache: StateCache) -> None:
+    """Test that concurrent writers of old and new states always leave the newest."""
+    for _ in range(5):
+        await asyncio.gather(
+            *(cache.set_many({"332": state("332", s, seq=s)}) for s in (3, 9, 1, 7, 5))
+        )
+        assert (await cache.get("332") or {})["seq"] == 9
+
+
+async def test_state_without_last_seen_always_overwrites(cache: StateCache) -> None:
+    """Test that a state that cannot be ordered is written (documented behaviour)."""
+    await cache.set_many({"332": state("332", 10)})
+    await cache.set_many({"332": {"_id": "332", "online": False}})
+    assert await cache.get("332") == {"_id": "332", "online": False}
+
+
+async def test_rebuild_replaces_everything(cache: StateCache) -> None:
+    """Test that rebuild leaves exactly the given states, even older ones."""
+    await cache.set_many({"332": state("332", 10), "77": state("77", 10)})
+    await cache.rebuild({"332": state("332", 1), "5": state("5", 2)})
+    assert await cache.get_all() == {"332": state("332", 1), "5": state("5", 2)}
+    await cache.rebuild({})
+    assert await cache.get_all() == {}
+
+
+async def test_undecodable_entries_are_skipped(
+    cache: StateCache, redis_url: str, unique_prefix: str
+) -> None:
+    """Test that a foreign value in the hash is ignored instead of breaking reads and writes."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.hset(f"{unique_prefix}:latest", mapping={"bad": "not json", "list": "[1]"})
+    finally:
+        await client.connection_pool.disconnect()
+    await cache.set_many({"bad": state("bad", 1), "332": state("332", 1)})
+    assert await cache.get("bad") == state("bad", 1)
+    assert await cache.get("list") is None
+    assert set(await cache.get_all()) == {"bad", "332"}
+
+
+async def test_stopped_redis_raises_store_unavailable_then_recovers(tmp_path: Path) -> None:
+    """Test that every call fails with StoreUnavailable while Redis is down, and works after."""
+    server = services.redis(tmp_path / "redis").start()
+    try:
+        cache = StateCache(f"redis://127.0.0.1:{server.port}/0")
+        await cache.open()
+        await cache.set_many({"332": state("332", 1)})
+        server.stop()
+        async with asyncio.timeout(20):  # fails fast: no hanging on a dead server
+            with pytest.raises(StoreUnavailable):
+                await cache.ping()
+            with pytest.raises(StoreUnavailable):
+                await cache.set_many({"332": state("332", 2)})
+            with pytest.raises(StoreUnavailable):
+                await cache.get("332")
+            with pytest.raises(StoreUnavailable):
+                await cache.get_all()
+            with pytest.raises(StoreUnavailable):
+                await cache.rebuild({})
+        server.start()  # same port, empty: the caller rebuilds from the store
+        await cache.rebuild({"332": state("332", 3)})
+        assert await cache.get_all() == {"332": state("332", 3)}
+        await cache.close()
+    finally:
+        server.stop()
+
+
+async def test_open_against_stopped_redis_then_recovers(tmp_path: Path) -> None:
+    """Test that open() fails retryably with no Redis, close() is safe, and calls recover."""
+    port = services.free_port()
+    cache = StateCache(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(StoreUnavailable):
+        await cache.open()
+    with services.redis(tmp_path / "redis", port=port):
+        await cache.set_many({"332": state("332", 1)})  # the client reconnects by itself
+        assert await cache.get("332") == state("332", 1)
+        await cache.close()
+        await cache.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await cache.get("332")
