@@ -128,14 +128,17 @@ class Vehicle:
             self.speed = 0.0
             return self.point()
         remaining = self._length - self._s
-        # The fastest speed from which we can still slow to the arrival speed in time.
-        limit = min(self._cruise, math.sqrt(self._arrival_speed**2 + 2 * BRAKE * remaining))
+        # The fastest speed v that, after moving v*dt, still leaves room to brake at
+        # BRAKE down to the arrival speed: v² + 2·BRAKE·dt·v = arrival² + 2·BRAKE·remaining.
+        b_dt = BRAKE * dt
+        reach = math.sqrt(b_dt**2 + self._arrival_speed**2 + 2 * BRAKE * remaining) - b_dt
+        limit = min(self._cruise, reach)
         if self.speed < limit:
             self.speed = min(limit, self.speed + ACCEL * dt)
         else:
             self.speed = max(limit, self.speed - HARD_BRAKE * dt)
         travelled = self.speed * dt
-        if self._red and (travelled >= remaining or (remaining < 3.0 and self.speed < 1.5)):
+        if self._red and travelled >= remaining - 0.5:  # at the stop line
             self._arrive()
             self.speed = 0.0
             self.wait = self._red

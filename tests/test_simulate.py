@@ -1,0 +1,396 @@
+"""The simulator: its motion model and frames offline, its traffic against a real Mosquitto.
+
+Every payload it publishes must pass the bridge's own validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import itertools
+import json
+import math
+import random
+import struct
+import sys
+import textwrap
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import aiomqtt
+import pytest
+
+from aoc import sim_jpeg, sim_motion
+from aoc.simulate import SimStats, simulate
+from bridge.messages import Crash, Snap, Status, Tracking
+from bridge.validate import Limits, parse
+from tests import services
+
+LIMITS = Limits(max_image_bytes=5 * 1024 * 1024, max_upload_files=10)
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+# -- the motion model, without MQTT ---------------------------------------------------------
+
+
+def drive(seed: int, seconds: int, dt: float = 1.0) -> list[sim_motion.Point]:
+    vehicle = sim_motion.Vehicle(random.Random(seed))
+    return [vehicle.step(dt) for _ in range(int(seconds / dt))]
+
+
+def metres(a: sim_motion.Point, b: sim_motion.Point) -> float:
+    north = (a.lat - b.lat) * 111_320
+    east = (a.lon - b.lon) * 111_320 * math.cos(math.radians(a.lat))
+    return math.hypot(north, east)
+
+
+def test_speeds_cross_both_thresholds_and_stop_at_lights() -> None:
+    """Test that an hour of driving crosses 80 and 120 km/h and also stands still at times."""
+    for seed in range(4):
+        speeds = [p.speed_kmh for p in drive(seed, 3600)]
+        assert max(speeds) > 120, seed
+        assert any(80 < s <= 120 for s in speeds), seed
+        assert sum(s < 0.5 for s in speeds) > 5, seed  # red lights
+        assert min(speeds) >= 0 and max(speeds) <= 150, seed
+
+
+def test_motion_is_continuous_and_stays_around_bangkok() -> None:
+    """Test that no step jumps further than its speed allows and the fleet stays in the city."""
+    points = drive(1, 7200, dt=0.5)
+    for before, after in itertools.pairwise(points):
+        # No further than 0.5 s at the higher of the two speeds allows, plus float error.
+        fastest = max(before.speed_kmh, after.speed_kmh) / 3.6
+        assert metres(before, after) <= fastest * 0.5 + 0.01
+        assert 0 <= after.heading < 360
+    for p in points:
+        assert abs(p.lat - sim_motion.CENTER_LAT) < 0.15
+        assert abs(p.lon - sim_motion.CENTER_LON) < 0.15
+    assert metres(points[0], points[-1]) > 500 or len({(p.lat, p.lon) for p in points}) > 1000
+
+
+def test_accelerations_are_bounded() -> None:
+    """Test that speed changes at most as fast as the model's hard braking."""
+    points = drive(2, 3600)
+    for before, after in itertools.pairwise(points):
+        change = abs(after.speed_kmh - before.speed_kmh) / 3.6
+        assert change <= sim_motion.HARD_BRAKE + 1e-6
+
+
+def test_same_seed_same_route() -> None:
+    """Test that the model is deterministic for a seed and differs between seeds."""
+    assert drive(5, 600) == drive(5, 600)
+    assert drive(5, 600) != drive(6, 600)
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def jpeg_segments(data: bytes) -> list[int]:
+    """Walk a baseline JPEG's marker segments up to the scan; fail on any malformed one."""
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    markers, i = [], 2
+    while True:
+        assert data[i] == 0xFF, f"no marker at {i}"
+        marker = data[i + 1]
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        markers.append(marker)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return markers
+        i += 2 + length
+
+
+def test_frames_are_valid_distinct_jpegs() -> None:
+    """Test that each frame is a well-formed 96x64 baseline JPEG and comments make them differ."""
+    plain = sim_jpeg.frame()
+    first, second = sim_jpeg.frame("A1 shot 1"), sim_jpeg.frame("A1 shot 2")
+    for data in (plain, first, second):
+        markers = jpeg_segments(data)
+        assert markers[0] == 0xE0  # JFIF APP0 stays first
+        assert 0xC0 in markers and 0xC4 in markers and 0xDB in markers
+        sof = data.index(b"\xff\xc0")
+        height, width = struct.unpack(">HH", data[sof + 5 : sof + 9])
+        assert (width, height) == (96, 64)
+    assert 0xFE not in jpeg_segments(plain)
+    assert b"A1 shot 1" in first and first != second
+    assert len(first) < 2048
+
+
+# -- against Mosquitto ----------------------------------------------------------------------
+
+
+class Received(list[aiomqtt.Message]):
+    """Messages collected by a subscriber; ``until`` waits for a condition on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+
+    async def add(self, message: aiomqtt.Message) -> None:
+        async with self.changed:
+            self.append(message)
+            self.changed.notify_all()
+
+    async def until(self, predicate: Callable[[Received], bool], seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds), self.changed:
+            await self.changed.wait_for(lambda: predicate(self))
+
+    async def settle(self, count: int) -> None:
+        """Wait for ``count`` messages (QoS 1 delivery lags the publisher a little), then a bit."""
+        await self.until(lambda r: len(r) >= count, 5.0)
+        await asyncio.sleep(0.1)  # so that anything unexpected beyond ``count`` shows up too
+
+    def with_payload(self, body: bytes) -> int:
+        """How many messages carry exactly ``body``."""
+        return sum(payload(m) == body for m in self)
+
+
+@contextlib.asynccontextmanager
+async def collect(port: int, prefix: str) -> AsyncIterator[Received]:
+    """Every message on ``aoc/<prefix>*/...`` while the block runs (QoS 1, retained included)."""
+    received = Received()
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"t-{uuid.uuid4().hex}") as client:
+        await client.subscribe("aoc/+/#", qos=1)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                if message.topic.value.split("/")[1].startswith(prefix):
+                    await received.add(message)
+
+        task = asyncio.create_task(pump())
+        try:
+            yield received
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def payload(message: aiomqtt.Message) -> bytes:
+    assert isinstance(message.payload, bytes | bytearray)
+    return bytes(message.payload)
+
+
+def by_kind(received: Received) -> dict[str, list[aiomqtt.Message]]:
+    kinds: dict[str, list[aiomqtt.Message]] = defaultdict(list)
+    for message in received:
+        kinds[message.topic.value.split("/")[2]].append(message)
+    return kinds
+
+
+def prefix() -> str:
+    return f"T{uuid.uuid4().hex[:6]}x"
+
+
+async def test_fleet_traffic_passes_the_bridge_validation(mosquitto: services.Service) -> None:
+    """Test topics, payload validity, seq order, both snapshot forms, crashes and statuses."""
+    ids = prefix()
+    async with collect(mosquitto.port, ids) as received:
+        stats = await simulate(
+            host="127.0.0.1",
+            port=mosquitto.port,
+            ambulances=3,
+            rate=10,
+            duration=2.0,
+            snap_every=0.3,
+            crash_probability=0.15,
+            seed=7,
+            id_prefix=ids,
+            progress=False,
+        )
+        await received.settle(stats.sent)
+
+    assert stats.errors == 0
+    kinds = by_kind(received)
+    assert set(kinds) == {"tracking", "snap", "crash", "status"}
+    assert {kind: len(kinds[kind]) for kind in kinds} == stats.counts()
+    assert stats.tracking >= 3 * 10 * 2 // 2  # 10 Hz for 2 s each, with room for a slow machine
+    senders = {m.topic.value.split("/")[1] for m in received}
+    assert senders == {f"{ids}001", f"{ids}002", f"{ids}003"}
+
+    now = datetime.now(UTC)
+    seqs: dict[str, list[int]] = defaultdict(list)
+    destinations = 0
+    for message in kinds["tracking"]:
+        parsed = parse(message.topic.value, payload(message), now, LIMITS)
+        assert isinstance(parsed, Tracking), parsed
+        assert parsed.seq is not None and parsed.accuracy is not None
+        assert parsed.altitude is not None and parsed.heading is not None
+        assert abs((parsed.ts - now).total_seconds()) < 30
+        seqs[parsed.ambulance_id].append(parsed.seq)
+        destinations += parsed.destination is not None
+    for sequence in seqs.values():
+        assert sequence == list(range(len(sequence)))  # in order, none lost, none repeated
+    assert destinations >= 3
+
+    for message in kinds["crash"]:
+        parsed = parse(message.topic.value, payload(message), now, LIMITS)
+        assert isinstance(parsed, Crash), parsed
+
+    forms: Counter[str] = Counter()
+    for message in kinds["snap"]:
+        body = payload(message)
+        if body.startswith(JPEG_MAGIC):
+            forms["raw"] += 1
+            jpeg_segments(body)
+        else:
+            forms["json"] += 1
+            images = json.loads(body)["images"]
+            assert all(base64.b64decode(i["data"]).startswith(JPEG_MAGIC) for i in images)
+        parsed = parse(message.topic.value, body, now, LIMITS)
+        assert isinstance(parsed, Snap), parsed
+        assert [image.ext for image in parsed.images] == ["jpg"]
+    assert forms["raw"] >= 1 and forms["json"] >= 1
+    assert len({payload(m) for m in kinds["snap"]}) == len(kinds["snap"])  # no two shots alike
+
+    statuses: dict[str, list[bool]] = defaultdict(list)
+    for message in kinds["status"]:
+        parsed = parse(message.topic.value, payload(message), now, LIMITS)
+        assert isinstance(parsed, Status), parsed
+        statuses[parsed.ambulance_id].append(parsed.online)
+    assert all(flags == [True, False] for flags in statuses.values())
+    assert len(statuses) == 3
+
+
+async def test_status_is_retained_offline_after_a_run(mosquitto: services.Service) -> None:
+    """Test that a subscriber arriving after the run finds each ambulance's retained `offline`."""
+    ids = prefix()
+    stats = await simulate(
+        host="127.0.0.1", port=mosquitto.port, ambulances=2, rate=5, duration=0.5,
+        seed=1, id_prefix=ids, progress=False,
+    )
+    assert stats.status == 4
+    async with collect(mosquitto.port, ids) as received:
+        await received.settle(2)
+    assert sorted((m.topic.value, payload(m), m.retain) for m in received) == [
+        (f"aoc/{ids}001/status", b"offline", True),
+        (f"aoc/{ids}002/status", b"offline", True),
+    ]
+
+
+async def test_shared_connections_send_what_dedicated_ones_send(
+    mosquitto: services.Service,
+) -> None:
+    """Test that a seed fixes the traffic whether ambulances share connections or not."""
+    runs: list[dict[str, list[dict[str, object]]]] = []
+    for max_connections in (5, 2):
+        ids = prefix()
+        async with collect(mosquitto.port, ids) as received:
+            stats = await simulate(
+                host="127.0.0.1", port=mosquitto.port, ambulances=5, rate=10, duration=1.0,
+                snap_every=0, crash_probability=0.0, seed=99, id_prefix=ids, progress=False,
+                max_connections=max_connections,
+            )
+            await received.settle(stats.sent)
+        assert stats.errors == 0 and stats.snap == 0 and stats.crash == 0
+        assert stats.status == 10  # online and offline, published explicitly on shared links
+        tracks: dict[str, list[dict[str, object]]] = defaultdict(list)
+        for message in by_kind(received)["tracking"]:
+            body = json.loads(payload(message))
+            body.pop("ts")
+            tracks[message.topic.value.split("/")[1].removeprefix(ids)].append(body)
+        runs.append(tracks)
+    first, second = runs
+    assert set(first) == set(second) == {"001", "002", "003", "004", "005"}
+    for key in first:
+        common = min(len(first[key]), len(second[key]))
+        assert common >= 5
+        assert first[key][:common] == second[key][:common]
+
+
+async def test_last_will_marks_a_killed_device_offline(mosquitto: services.Service) -> None:
+    """Test that a simulator killed outright leaves `offline` retained through its Last Will."""
+    ids = prefix()
+    code = textwrap.dedent(
+        f"""
+        import asyncio
+        from aoc.simulate import simulate
+        asyncio.run(simulate(host="127.0.0.1", port={mosquitto.port}, ambulances=2, rate=2,
+                             duration=None, seed=3, id_prefix="{ids}", progress=False))
+        """
+    )
+    async with collect(mosquitto.port, ids) as received:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        try:
+            await received.until(lambda r: sum(m.topic.value.endswith("/tracking") for m in r) >= 2)
+        finally:
+            proc.kill()  # SIGKILL: no clean disconnect, so only the will can say offline
+            await proc.wait()
+        await received.until(lambda r: r.with_payload(b"offline") >= 2)
+    offline = {m.topic.value for m in received if payload(m) == b"offline"}
+    assert offline == {f"aoc/{ids}001/status", f"aoc/{ids}002/status"}
+
+
+async def test_cancellation_publishes_offline(mosquitto: services.Service) -> None:
+    """Test that cancelling a run with no duration (Ctrl-C) still says `offline` for each device."""
+    ids = prefix()
+    async with collect(mosquitto.port, ids) as received:
+        task = asyncio.create_task(
+            simulate(
+                host="127.0.0.1", port=mosquitto.port, ambulances=2, rate=5, duration=None,
+                seed=2, id_prefix=ids, progress=False,
+            )
+        )
+        await received.until(lambda r: r.with_payload(b"online") >= 2)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await received.until(lambda r: r.with_payload(b"offline") >= 2, 5.0)
+
+
+async def test_unreachable_broker_is_counted_not_raised() -> None:
+    """Test that a broker that is not there makes errors in the stats, not an exception."""
+    stats = await simulate(
+        host="127.0.0.1", port=services.free_port(), ambulances=2, rate=1, duration=1.0,
+        seed=1, progress=False,
+    )
+    assert stats.errors >= 2 and stats.tracking == 0
+    assert stats.elapsed == pytest.approx(1.0, abs=0.5)
+
+
+async def test_progress_line_only_when_asked(mosquitto: services.Service) -> None:
+    """Test the live progress line: written with \\r when forced, silent on a non-terminal."""
+    forced, quiet = io.StringIO(), io.StringIO()
+    for stream, force in ((forced, True), (quiet, False)):
+        await simulate(
+            host="127.0.0.1", port=mosquitto.port, ambulances=1, rate=5, duration=0.7,
+            seed=1, id_prefix=prefix(), stream=stream, force_progress=force,
+        )
+    text = forced.getvalue()
+    assert text.count("\r") >= 2 and text.endswith("\n")
+    assert "tracking" in text and "msg/s" in text and "errors 0" in text
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ambulances": 0},
+        {"rate": 0},
+        {"rate": -1},
+        {"duration": -1},
+        {"crash_probability": 1.5},
+        {"id_prefix": "bad/prefix"},
+        {"id_prefix": "x" * 70},
+    ],
+)
+async def test_impossible_arguments_are_refused(kwargs: dict[str, object]) -> None:
+    """Test that arguments that cannot make valid traffic raise ValueError before connecting."""
+    arguments: dict[str, object] = {
+        "host": "127.0.0.1", "port": 1, "ambulances": 1, "rate": 1.0, "duration": 0.1,
+        "progress": False, **kwargs,
+    }
+    with pytest.raises(ValueError):
+        await simulate(**arguments)  # type: ignore[arg-type]
+
+
+def test_stats_summary() -> None:
+    """Test the summary line the CLI prints."""
+    stats = SimStats(tracking=10, snap=2, crash=1, status=4, errors=0, elapsed=2.0)
+    assert stats.sent == 17
+    assert stats.counts() == {"tracking": 10, "snap": 2, "crash": 1, "status": 4}
+    assert "tracking 10" in str(stats) and "8.5 msg/s" in str(stats)
