@@ -6,7 +6,8 @@ Every backend passes the same contract suite in ``tests/storage``.
 
 Documents are plain dicts with a string ``_id``. Datetimes are timezone-aware
 UTC ``datetime`` objects on the way in and on the way out, whatever the backend
-stores underneath. Each collection has an "owner" field (``ambulance_id``) and a
+stores underneath, kept to millisecond precision (BSON's) by every backend so
+they all return identical documents. Each collection has an "owner" field (``ambulance_id``) and a
 time field (see ``TIME_FIELDS``) that every backend indexes together, because
 every read the system makes is "this ambulance (or all), in this time range".
 """
@@ -81,7 +82,8 @@ class Query:
     newest_first: bool = False
     limit: int = 100
     cursor: str | None = None  # from a previous Page.next_cursor
-    # Extra equality filters on top-level fields (e.g. {"closed": False}).
+    # Extra equality filters on top-level fields (e.g. {"closed": False}): plain
+    # field names, scalar or datetime values; None matches null or missing.
     where: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -118,7 +120,11 @@ class DocumentStore(abc.ABC):
 
     @abc.abstractmethod
     async def find(self, query: Query) -> Page:
-        """Documents matching ``query``, ordered by (time field, ``_id``)."""
+        """Documents matching ``query``, ordered by (time field, ``_id``).
+
+        Documents without the time field sort first (last when newest first).
+        ``ValueError`` for an unknown collection, a bad filter or a foreign cursor.
+        """
 
     async def __aenter__(self) -> DocumentStore:
         await self.open()

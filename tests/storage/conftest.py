@@ -39,7 +39,7 @@ def _drop_sort(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def mongomock_client(monkeypatch: pytest.MonkeyPatch) -> mongomock.MongoClient:
+def mongomock_client(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A mongomock client, the stand-in for a MongoDB server (none can run here).
 
     pymongo >= 4.11 passes ``sort=`` to the bulk builder, which mongomock 4.3
@@ -78,6 +78,7 @@ async def doc_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             async with store:
                 yield store
         finally:
+            admin: pymongo.MongoClient[dict[str, Any]]
             with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as admin:
                 admin.drop_database(database)
 

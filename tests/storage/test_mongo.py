@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import mongomock
 import pytest
@@ -14,6 +15,7 @@ from pymongo.errors import (
     NetworkTimeout,
     NotPrimaryError,
     OperationFailure,
+    PyMongoError,
     ServerSelectionTimeoutError,
     WriteConcernError,
 )
@@ -24,7 +26,7 @@ from tests.services import free_port
 
 
 async def test_mongomock_indexes_cover_ambulance_time_and_id(
-    mongomock_client: mongomock.MongoClient,
+    mongomock_client: Any,
 ) -> None:
     """Test that open() creates the (ambulance_id, time field, _id) index on every collection."""
     async with MongoDocumentStore(lambda: mongomock_client, database="aoc_v2"):
@@ -37,10 +39,10 @@ async def test_mongomock_indexes_cover_ambulance_time_and_id(
 
 
 async def test_mongomock_naive_datetimes_are_returned_as_utc(
-    monkeypatch: pytest.MonkeyPatch, mongomock_client: mongomock.MongoClient
+    monkeypatch: pytest.MonkeyPatch, mongomock_client: Any
 ) -> None:
     """Test that a driver returning naive datetimes (tz_aware=False) still yields aware UTC."""
-    naive_client = mongomock.MongoClient()  # the bulk-write shim is installed by the fixture
+    naive_client: Any = mongomock.MongoClient()  # the fixture installed the bulk_write shim
     at = datetime(2026, 11, 29, 4, 33, 12, 345000, tzinfo=UTC)
     doc = {"_id": "a", "ambulance_id": "332", "count_datetime": at, "n": [{"at": at}]}
     async with MongoDocumentStore(lambda: naive_client) as store:
@@ -70,7 +72,7 @@ async def test_unreachable_server_raises_store_unavailable_fast() -> None:
 
 def test_transient_errors_are_classified() -> None:
     """Test that connection, timeout and write-concern errors are retryable, others are not."""
-    for exc in (
+    retryable: tuple[PyMongoError, ...] = (
         AutoReconnect("reset"),
         NetworkTimeout("slow"),
         NotPrimaryError("stepped down"),
@@ -79,7 +81,8 @@ def test_transient_errors_are_classified() -> None:
         OperationFailure("dup", code=11000),
         BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}),
         BulkWriteError({"writeErrors": [{"code": 11000}], "writeConcernErrors": []}),
-    ):
+    )
+    for exc in retryable:
         assert _transient(exc), exc
     for exc in (
         InvalidOperation("cannot use a closed client"),

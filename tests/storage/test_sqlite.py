@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.base import TRACKINGS, Query, StoreUnavailable, Write
+from storage.base import TRACKINGS, DocumentStore, Query, StoreUnavailable, Write
 from storage.sqlite import SQLiteDocumentStore
 
 T0 = datetime(2026, 11, 29, 4, 33, 12, tzinfo=UTC)
@@ -23,7 +23,7 @@ def doc(n: int) -> dict[str, object]:
     return {"_id": f"332:{n}", "ambulance_id": "332", "count_datetime": T0, "n": n}
 
 
-async def ids(store: SQLiteDocumentStore) -> list[str]:
+async def ids(store: DocumentStore) -> list[str]:
     return [d["_id"] for d in (await store.find(Query(TRACKINGS, limit=1000))).items]
 
 
