@@ -38,8 +38,9 @@ USER aoc
 # configured: mount a volume at /data to keep them.
 WORKDIR /data
 EXPOSE 5000 5050
-# The HTTP API's liveness endpoint. `aoc realtime` serves it on the Socket.IO port and
-# `aoc bridge` has no HTTP server: docker-compose.yml gives each its own check.
+# The HTTP API's liveness endpoint, for `aoc serve` and `aoc api`. `aoc realtime`
+# (Socket.IO port) and `aoc bridge` (no HTTP server) get their own checks in
+# docker-compose.yml.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('AOC_HTTP_PORT', '5000'), timeout=4)"]
 ENTRYPOINT ["aoc"]

@@ -237,22 +237,27 @@ def _check_command(config: dict[str, Any], name: str) -> str:
 
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
+    path_ok = "/healthz"
 
     def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.send_response(self.status if self.path == self.path_ok else 404)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.mark.parametrize(("name", "port"), [("api", 5000), ("realtime", 5050)])
+@pytest.mark.parametrize(
+    ("name", "port", "path"), [("api", 5000, "/healthz"), ("realtime", 5050, "/")]
+)
 @pytest.mark.parametrize("status", [200, 503])
-def test_http_health_checks_run(config: dict[str, Any], name: str, port: int, status: int) -> None:
-    """Test the api/realtime check command itself: it passes on a 200 /healthz, fails otherwise."""
+def test_http_health_checks_run(
+    config: dict[str, Any], name: str, port: int, path: str, status: int
+) -> None:
+    """Test the api/realtime check command itself: it passes on a 200, fails otherwise."""
     command = _check_command(config, name)
-    assert f"127.0.0.1:{port}/healthz" in command
-    handler = type("Handler", (_Health,), {"status": status})
+    assert f"'http://127.0.0.1:{port}{path}'" in command
+    handler = type("Handler", (_Health,), {"status": status, "path_ok": path})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
