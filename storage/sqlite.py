@@ -127,6 +127,10 @@ class SQLiteDocumentStore(DocumentStore):
 
     @staticmethod
     def _create_tables(conn: sqlite3.Connection) -> None:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        wanted = {f"{c}{suffix}" for c in COLLECTIONS for suffix in ("", "_aid_t", "_t")}
+        if wanted <= names:
+            return  # a reader (the API) opening a live database takes no write lock
         conn.execute("BEGIN IMMEDIATE")
         for name in COLLECTIONS:
             conn.execute(

@@ -143,3 +143,19 @@ async def test_closed_store_raises_store_unavailable(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.ping()
+
+
+async def test_reader_opens_and_reads_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    """Test that a second process (the API) can open and read while the bridge is writing."""
+    path = tmp_path / "aoc.db"
+    async with SQLiteDocumentStore(path) as store:
+        await store.apply([Write(TRACKINGS, "insert", doc(1))])
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("DELETE FROM ambulance_trackings")  # not committed: readers still see it
+        async with SQLiteDocumentStore(path, busy_timeout=0.2) as reader:
+            assert await ids(reader) == ["332:1"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
