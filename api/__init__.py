@@ -1,0 +1,20 @@
+"""The HTTP API (read API, legacy shim, health) and the Socket.IO server.
+
+``create_app(deps)`` builds the FastAPI app of port 5000; ``create_sio()`` and
+``create_realtime_app(sio)`` the Socket.IO app of port 5050; the bridge emits
+to dashboards with ``emit_legacy``.
+"""
+
+from api.app import create_app
+from api.deps import ApiDeps, Publisher
+from api.realtime import connected_clients, create_realtime_app, create_sio, emit_legacy
+
+__all__ = [
+    "ApiDeps",
+    "Publisher",
+    "connected_clients",
+    "create_app",
+    "create_realtime_app",
+    "create_sio",
+    "emit_legacy",
+]

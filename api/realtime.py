@@ -1,0 +1,119 @@
+"""The Socket.IO server of port 5050, with the legacy room semantics.
+
+Dashboards join rooms (an ambulance id, ``tracking``, ``snap``, ``crash``,
+``CRASH_NOTIFY_<id>``) and receive event ``data`` whose payload is a JSON
+string. The bridge emits through ``emit_legacy``, either on this process's
+server or, from a separate process, through a write-only Redis manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+import socketio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from api.pages import HOME_HTML
+
+log = logging.getLogger(__name__)
+
+EVENT = "data"
+MAX_ROOM_LENGTH = 128
+# Connected session ids per server (weak: a discarded server takes its set along).
+_CONNECTED: weakref.WeakKeyDictionary[socketio.AsyncServer, set[str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def room_name(value: object) -> str | None:
+    """The room a ``room_join``/``room_leave`` argument names, quotes stripped; else None."""
+    if not isinstance(value, str):
+        return None
+    # Legacy dashboards send the id JSON-quoted ('"332"'); the old server stripped quotes.
+    room = value.replace('"', "").replace("'", "").strip()
+    if not room or len(room) > MAX_ROOM_LENGTH:
+        return None
+    return room
+
+
+def create_sio(
+    *,
+    client_manager: socketio.AsyncManager | None = None,
+    logger: logging.Logger | None = None,
+) -> socketio.AsyncServer:
+    """A Socket.IO server with the legacy ``room_join``/``room_leave`` events."""
+    sio_log = logger or log
+    options: dict[str, Any] = {"async_mode": "asgi", "cors_allowed_origins": "*"}
+    if client_manager is not None:
+        options["client_manager"] = client_manager
+    sio = socketio.AsyncServer(**options)
+    connected: set[str] = set()
+    _CONNECTED[sio] = connected
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        connected.add(sid)
+
+    async def disconnect(sid: str, *args: Any) -> None:
+        connected.discard(sid)
+
+    async def room_join(sid: str, *args: Any) -> None:
+        room = room_name(args[0] if args else None)
+        if room is None:
+            sio_log.debug("ignoring room_join from %s with %r", sid, args[:1])
+            return
+        try:
+            await sio.enter_room(sid, room)
+            # To the joiner only: the legacy broadcast told everyone who watches what.
+            await sio.emit(EVENT, f"room joined: {room}", to=sid)
+        except Exception:  # a handler must never raise into the server
+            sio_log.exception("room_join %r for %s failed", room, sid)
+
+    async def room_leave(sid: str, *args: Any) -> None:
+        room = room_name(args[0] if args else None)
+        if room is None:
+            sio_log.debug("ignoring room_leave from %s with %r", sid, args[:1])
+            return
+        try:
+            await sio.leave_room(sid, room)
+        except Exception:  # a handler must never raise into the server
+            sio_log.exception("room_leave %r for %s failed", room, sid)
+
+    for handler in (connect, disconnect, room_join, room_leave):
+        sio.on(handler.__name__, handler=handler)
+    return sio
+
+
+def connected_clients(sio: socketio.AsyncServer | None = None) -> int:
+    """Clients connected to ``sio``, or to every server of this process."""
+    if sio is not None:
+        return len(_CONNECTED.get(sio, ()))
+    return sum(len(sids) for sids in _CONNECTED.values())
+
+
+async def emit_legacy(
+    target: socketio.AsyncServer | socketio.AsyncManager, room: str, data: str
+) -> None:
+    """Emit event ``data`` with the JSON string ``data`` to ``room``.
+
+    ``target`` is a server, or a manager such as a write-only
+    ``AsyncRedisManager`` (whose ``emit`` takes the namespace, not ``to``).
+    """
+    if isinstance(target, socketio.AsyncServer):
+        await target.emit(EVENT, data, room=room)
+    else:
+        await target.emit(EVENT, data, namespace="/", room=room)
+
+
+async def _home(request: Request) -> HTMLResponse:
+    return HTMLResponse(HOME_HTML)
+
+
+def create_realtime_app(sio: socketio.AsyncServer) -> socketio.ASGIApp:
+    """The ASGI app of port 5050: Socket.IO at ``/socket.io/`` and the legacy page at ``/``."""
+    home = Starlette(routes=[Route("/", _home, methods=["GET"])])
+    return socketio.ASGIApp(sio, other_asgi_app=home, socketio_path="socket.io")

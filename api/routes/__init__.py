@@ -1,0 +1,1 @@
+"""One router per resource: the legacy shim, the read API and health checks."""

@@ -1,0 +1,44 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import Deps, ReadyCheck
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT = 2.0  # seconds per component: a probe must answer quickly
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving requests."""
+    return {"status": "ok"}
+
+
+async def _run(check: ReadyCheck) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await check()
+    except TimeoutError:
+        return f"timed out after {CHECK_TIMEOUT:g}s"
+    except Exception as exc:  # any failure means "not ready", reported as text
+        return str(exc) or type(exc).__name__
+    return "ok"
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "At least one component is not ready"}},
+)
+async def readyz(deps: Deps) -> JSONResponse:
+    """Each component's readiness (``"ok"`` or the error); 503 unless all are ok."""
+    names = list(deps.ready_checks)
+    results = await asyncio.gather(*(_run(deps.ready_checks[n]) for n in names))
+    report = dict(zip(names, results, strict=True))
+    ok = all(result == "ok" for result in results)
+    return JSONResponse(report, status_code=200 if ok else 503)

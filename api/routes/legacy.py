@@ -1,0 +1,246 @@
+"""The legacy HTTP endpoints of port 5000, kept so old devices work unchanged.
+
+The shim stores nothing: it turns each request into the device message of the
+MQTT contract, checks it with the bridge's own validator (so the two can never
+disagree), publishes it at QoS 1 and answers only once the broker has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+from api.deps import Deps, Publisher, PublisherDep
+from api.legacy_input import field_error, read_body, read_uploads
+from api.pages import HOME_HTML
+from bridge.ids import epoch_ms, valid_ambulance_id
+from bridge.messages import Crash, Rejected, Snap, Tracking
+from bridge.snapshots import sniff
+from bridge.validate import Limits, parse
+from broker.client import MqttError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["legacy"])
+
+ERROR_CODES = b'{"500":"Error on server."}'
+# Legacy body names -> the contract's plain names.
+LEGACY_NAMES = {
+    "tracking_latitude": "lat",
+    "tracking_longitude": "lon",
+    "tracking_speed": "speed",
+    "tracking_heading": "heading",
+}
+OPTIONAL_NAMES = ("seq", "accuracy", "altitude", "dest_lat", "dest_lon")
+SUCCESS = {"success": True}
+_MQTT_HINT = "Deprecated: devices should publish over MQTT to `aoc/<ambulance_id>/{}` instead."
+_LEGACY_BODY = {
+    "required": True,
+    "content": {
+        media: {"schema": {"type": "object", "example": {
+            "ambulance_id": "332", "tracking_latitude": 13.7563, "tracking_longitude": 100.5018,
+            "tracking_speed": 45.5, "tracking_heading": 180,
+        }}}
+        for media in ("application/json", "application/x-www-form-urlencoded")
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Empty or unparseable body"},
+    413: {"description": "Body or file too large, or too many files"},
+    415: {"description": "Unsupported content type, or a file that is not JPEG/PNG"},
+    422: {"description": "A field is missing or invalid (named by its legacy name)"},
+    503: {"description": "The MQTT broker did not acknowledge: retry later"},
+}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def home() -> HTMLResponse:
+    """The legacy status page."""
+    return HTMLResponse(HOME_HTML)
+
+
+@router.get("/error_codes")
+async def error_codes() -> Response:
+    """The legacy error code table, byte for byte."""
+    return Response(ERROR_CODES, media_type="application/json")
+
+
+def _ambulance_id(value: object) -> str:
+    # Legacy clients may send the id as a JSON number.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if value is None:
+        raise field_error("ambulance_id", "field required")
+    if not valid_ambulance_id(value):
+        raise field_error("ambulance_id", "must be 1 to 64 of A-Z a-z 0-9 _ -")
+    assert isinstance(value, str)
+    return value
+
+
+def _number(body: dict[str, Any], name: str) -> float:
+    value = body[name]
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise field_error(name, "must be a number") from None
+    if not math.isfinite(number):
+        raise field_error(name, "must be a finite number")
+    return number
+
+
+def _device_message(body: dict[str, Any], *, crash: bool, received_ms: int) -> dict[str, Any]:
+    """The contract's message for a legacy tracking or crash body."""
+    message: dict[str, Any] = {"ambulance_id": _ambulance_id(body.get("ambulance_id"))}
+    for legacy, plain in LEGACY_NAMES.items():
+        source = legacy if legacy in body else plain
+        if source in body:
+            message[plain] = body[source]
+            if crash and plain == "speed":  # the legacy crash endpoint sends m/s
+                message[plain] = round(_number(body, source) * 3.6, 6)
+    for name in OPTIONAL_NAMES:
+        if name in body:
+            message[name] = body[name]
+    # Receipt time: a redelivery of this message is then recognised as the same point.
+    message["ts"] = received_ms
+    message["legacy"] = body
+    return message
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _legacy_field(reason: str, body: dict[str, Any]) -> str | None:
+    """The body field a ``Rejected`` reason (``"<field>: why"``) names, as the client named it."""
+    field = reason.split(":", 1)[0].strip() if ":" in reason else ""
+    if field in ("", "payload", "topic"):
+        return None
+    field = field.removeprefix("legacy.")
+    if field.startswith("images"):  # the shim built the images from the uploaded files
+        return "files" + field.removeprefix("images").split(".", 1)[0]
+    legacy = {plain: legacy for legacy, plain in LEGACY_NAMES.items()}.get(field)
+    # The contract's plain name only if the client used it; the legacy name otherwise.
+    return field if legacy is None or field in body else legacy
+
+
+def _check(
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    deps: Deps,
+    body: dict[str, Any],
+    expected: type[Tracking] | type[Crash] | type[Snap],
+) -> None:
+    parsed = parse(topic, payload, received_at, Limits.from_settings(deps.settings))
+    if isinstance(parsed, Rejected):
+        name = _legacy_field(parsed.reason, body)
+        if name is None:
+            raise HTTPException(422, detail=parsed.reason)
+        raise field_error(name, parsed.reason)
+    if not isinstance(parsed, expected):  # the topic decides the kind: cannot happen
+        raise HTTPException(422, detail=f"unexpected message kind {type(parsed).__name__}")
+
+
+async def _publish(publisher: Publisher, topic: str, payload: bytes, *, within: float) -> None:
+    try:
+        # The outer bound holds even for a publisher that ignores its timeout.
+        async with asyncio.timeout(within + 1):
+            await publisher.publish(topic, payload, qos=1, timeout=within)
+    except (MqttError, OSError, TimeoutError) as exc:
+        log.warning("legacy shim could not publish to %s: %s", topic, exc)
+        raise HTTPException(
+            503, detail=f"the MQTT broker did not acknowledge: {exc}", headers={"Retry-After": "5"}
+        ) from exc
+
+
+def _now() -> tuple[datetime, int]:
+    now = datetime.now(UTC)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return now, epoch_ms(now)
+
+
+async def _relay(request: Request, deps: Deps, publisher: Publisher, *, crash: bool) -> None:
+    body = await read_body(request)
+    received_at, received_ms = _now()
+    message = _device_message(body, crash=crash, received_ms=received_ms)
+    topic = f"aoc/{message['ambulance_id']}/{'crash' if crash else 'tracking'}"
+    payload = _encode(message)
+    _check(
+        topic, payload, received_at=received_at, deps=deps, body=body,
+        expected=Crash if crash else Tracking,
+    )
+    await _publish(publisher, topic, payload, within=deps.publish_timeout)
+
+
+@router.post(
+    "/api/tracking/postAmbulanceTracking",
+    deprecated=True,
+    description=_MQTT_HINT.format("tracking"),
+    openapi_extra={"requestBody": _LEGACY_BODY},
+    responses=_ERRORS,
+)
+async def post_tracking(request: Request, deps: Deps, publisher: PublisherDep) -> dict[str, bool]:
+    """A GPS point from a legacy device (speed in km/h)."""
+    await _relay(request, deps, publisher, crash=False)
+    return SUCCESS
+
+
+@router.post(
+    "/api/crash/postAmbulanceCrashNotify",
+    deprecated=True,
+    description=_MQTT_HINT.format("crash") + " Legacy `tracking_speed` is m/s here.",
+    openapi_extra={"requestBody": _LEGACY_BODY},
+    responses=_ERRORS,
+)
+async def post_crash(request: Request, deps: Deps, publisher: PublisherDep) -> dict[str, bool]:
+    """A crash alert from a legacy device (speed in m/s, converted to km/h)."""
+    await _relay(request, deps, publisher, crash=True)
+    return SUCCESS
+
+
+@router.post(
+    "/api/snapshot/postAmbulanceImageUpload",
+    deprecated=True,
+    description=_MQTT_HINT.format("snap") + " Multipart: `ambulance_id` and files in `files`.",
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": {
+            "ambulance_id": {"type": "string"},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        }, "required": ["ambulance_id", "files"]},
+    }}}},
+    responses=_ERRORS,
+)
+async def post_snapshot(request: Request, deps: Deps, publisher: PublisherDep) -> dict[str, bool]:
+    """Camera images from a legacy device."""
+    settings = deps.settings
+    fields, uploads = await read_uploads(
+        request, max_files=settings.max_upload_files, max_file_bytes=settings.max_image_bytes
+    )
+    received_at, received_ms = _now()
+    ambulance_id = _ambulance_id(fields.get("ambulance_id"))
+    if not uploads:
+        raise field_error("files", "at least one image is required in field 'files'")
+    images = []
+    for index, upload in enumerate(uploads):
+        if sniff(upload.data) is None:
+            raise field_error(f"files[{index}]", "not a JPEG or PNG image", status=415)
+        name = upload.filename or f"image{index}"
+        images.append({"name": name, "data": base64.b64encode(upload.data).decode("ascii")})
+    topic = f"aoc/{ambulance_id}/snap"
+    payload = _encode({"images": images, "ts": received_ms, "legacy": fields})
+    _check(
+        topic, payload, received_at=received_at, deps=deps, body=fields, expected=Snap
+    )
+    await _publish(publisher, topic, payload, within=deps.publish_timeout)
+    return SUCCESS
