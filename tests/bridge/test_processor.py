@@ -1,0 +1,559 @@
+"""Tests for bridge.processor against the real SQLite and local object stores.
+
+Inputs are built with ``bridge.validate.parse``, the path real messages take.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.crash import static_map_url
+from bridge.geo import haversine_m
+from bridge.messages import Parsed, Plan, Position
+from bridge.processor import Processor
+from bridge.speed import SpeedRules
+from bridge.validate import Limits, parse
+from storage.base import (
+    AMBULANCES,
+    CRASHES,
+    DEAD_LETTERS,
+    IMAGE_HISTORIES,
+    IMAGES,
+    SPEED_VIOLATIONS,
+    TRACKINGS,
+    Document,
+    Query,
+    StoreUnavailable,
+)
+from storage.localfs import LocalObjectStore
+from storage.sqlite import SQLiteDocumentStore
+from tests.images import TINY_JPEG, png
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+RECEIVED = T0 + timedelta(hours=1)
+LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
+AID = "332"
+LAT, LON = 13.7563, 100.5018
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
+    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
+        yield opened  # type: ignore[misc]
+
+
+@pytest.fixture
+async def objects(tmp_path: Path) -> AsyncIterator[LocalObjectStore]:
+    async with LocalObjectStore(tmp_path / "objects") as opened:
+        yield opened  # type: ignore[misc]
+
+
+def processor(
+    store: SQLiteDocumentStore, objects: LocalObjectStore, **options: Any
+) -> Processor:
+    settings: dict[str, Any] = {
+        "rules": SpeedRules(),
+        "crash_dedup_s": 60.0,
+        "maps_key": None,
+        "dead_letter_payload_bytes": 64,
+    } | options
+    return Processor(store=store, objects=objects, **settings)
+
+
+def message(kind: str, body: dict[str, Any] | bytes, aid: str = AID) -> Parsed:
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse(f"aoc/{aid}/{kind}", payload, RECEIVED, LIMITS)
+
+
+def point(i: int, speed: float, **extra: Any) -> Parsed:
+    """Point ``i``: one second and 0.001° of latitude (~111 m) after point ``i - 1``."""
+    body = {"lat": LAT + i * 0.001, "lon": LON, "speed": speed, "heading": 90}
+    body["ts"] = T0_MS + i * 1000
+    return message("tracking", body | extra)
+
+
+async def run(proc: Processor, store: SQLiteDocumentStore, items: list[Parsed]) -> Plan:
+    """Plan a batch and apply its writes, as the bridge does before acknowledging."""
+    plan = await proc.plan(items)
+    await store.apply(plan.writes)
+    return plan
+
+
+async def stored(store: SQLiteDocumentStore, collection: str) -> list[Document]:
+    return (await store.find(Query(collection, limit=1000))).items
+
+
+def rooms(plan: Plan) -> list[tuple[str, Any]]:
+    return [(emit.room, json.loads(emit.data)) for emit in plan.emits]
+
+
+async def test_episodes_cross_80_and_120_and_back(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that crossing 80 and 120 opens episodes, points reference them, and they close."""
+    proc = processor(store, objects)
+    speeds = [50, 90, 130, 125, 100, 80, 70]
+    first = await run(proc, store, [point(i, s) for i, s in enumerate(speeds[:4])])
+    assert first.counts == {"tracking": 4}
+
+    open_eps = {e["threshold"]: e for e in await stored(store, SPEED_VIOLATIONS)}
+    orange_id = f"{AID}:speed_above_80:{T0_MS + 1000}"
+    red_id = f"{AID}:speed_above_120:{T0_MS + 2000}"
+    assert open_eps["speed_above_80"]["_id"] == orange_id
+    assert open_eps["speed_above_80"]["closed"] is False
+    assert open_eps["speed_above_80"]["ended_at"] is None
+    assert open_eps["speed_above_120"]["_id"] == red_id
+    assert open_eps["speed_above_120"]["points"] == 2
+
+    await run(proc, store, [point(i, s) for i, s in enumerate(speeds) if i >= 4])
+    docs = await stored(store, TRACKINGS)
+    assert [d["state"] for d in docs] == [
+        "GREEN", "ORANGE", "RED", "RED", "ORANGE", "GREEN", "GREEN",
+    ]
+    assert [d["speed_above_80"] for d in docs] == [None, *[orange_id] * 4, None, None]
+    assert [d["speed_above_120"] for d in docs] == [None, None, red_id, red_id, None, None, None]
+
+    episodes = {e["threshold"]: e for e in await stored(store, SPEED_VIOLATIONS)}
+    orange, red = episodes["speed_above_80"], episodes["speed_above_120"]
+    assert orange == {
+        "_id": orange_id,
+        "ambulance_id": AID,
+        "threshold": "speed_above_80",
+        "limit_kmh": 80,
+        "started_at": T0 + timedelta(seconds=1),
+        "ended_at": T0 + timedelta(seconds=5),  # the first point at exactly 80
+        "start_location": {"lat": LAT + 0.001, "lon": LON},
+        "end_location": {"lat": LAT + 0.005, "lon": LON},
+        "max_speed": 130,
+        "max_location": {"lat": LAT + 0.002, "lon": LON},
+        "points": 4,
+        "closed": True,
+    }
+    assert red["closed"] is True
+    assert red["ended_at"] == T0 + timedelta(seconds=4)
+    assert red["end_location"] == {"lat": LAT + 0.004, "lon": LON}
+    assert (red["max_speed"], red["points"]) == (130, 2)
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None and state["open_episodes"] == {}
+
+
+async def test_distance_average_and_eta(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test covered distance, mean speed and ETA in the documents, the cache state and MQTT."""
+    proc = processor(store, objects)
+    dest = {"dest_lat": LAT + 0.1, "dest_lon": LON}
+    plan = await run(proc, store, [point(0, 30), point(1, 60, **dest), point(2, 90)])
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
+    here = Position(LAT + 0.002, LON)
+    expected_eta = round(haversine_m(here, Position(LAT + 0.1, LON)) / (60 / 3.6), 1)
+
+    docs = await stored(store, TRACKINGS)
+    assert [d["covered_distance"] for d in docs] == pytest.approx([0, step, 2 * step])
+    assert [d["avg_speed"] for d in docs] == pytest.approx([30, 45, 60])
+    assert docs[0]["estimated_time"] is None  # no destination known yet
+    assert docs[2]["estimated_time"] == pytest.approx(expected_eta)
+    assert docs[0]["source_location"] == docs[2]["source_location"] == {"lat": LAT, "lon": LON}
+    assert docs[2]["destination_location"] == {"lat": LAT + 0.1, "lon": LON}
+    assert docs[0]["count_datetime"] == T0
+    assert docs[0]["received_at"] == RECEIVED
+    assert docs[0]["late"] is False
+
+    latest = plan.states[AID]
+    assert latest["covered_distance"] == pytest.approx(2 * step)
+    assert (latest["speed_sum"], latest["speed_count"]) == (180, 3)
+    assert latest["last_seen"] == T0 + timedelta(seconds=2)
+    assert latest["online"] is True
+    assert await store.get(AMBULANCES, AID) == latest
+
+    [state] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/state"]
+    assert state.retain and state.qos == 1
+    assert json.loads(state.payload) == {
+        "ambulance_id": AID,
+        "location": {"lat": LAT + 0.002, "lon": LON},
+        "speed": 90,
+        "heading": 90,
+        "state": "ORANGE",
+        "last_seen": "2024-05-01T08:00:02.000Z",
+        "online": True,
+        "covered_distance": pytest.approx(2 * step),
+        "avg_speed": 60,
+        "estimated_time": pytest.approx(expected_eta),
+    }
+
+
+async def test_late_point_goes_to_history_only(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a point older than the latest is stored late and moves nothing."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(2, 30), point(3, 40)])
+    before = await store.get(AMBULANCES, AID)
+    plan = await run(proc, store, [point(1, 100)])
+    assert plan.counts == {"late": 1}
+    assert plan.states == {}
+    assert not any(p.topic.endswith("/state") for p in plan.publishes)
+    assert [w.collection for w in plan.writes] == [TRACKINGS]
+    assert await store.get(AMBULANCES, AID) == before
+    assert await stored(store, SPEED_VIOLATIONS) == []  # 100 km/h, but late
+    late = [d for d in await stored(store, TRACKINGS) if d["late"]]
+    assert len(late) == 1
+    assert (late[0]["speed"], late[0]["state"], late[0]["speed_above_80"]) == (100, "ORANGE", None)
+    # The legacy rooms still get it: the old server emitted every body.
+    assert [room for room, _ in rooms(plan)] == [AID, "tracking"]
+
+
+async def test_duplicates_within_and_across_batches(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a repeated id is counted once as duplicate and produces no writes or fan-out."""
+    proc = processor(store, objects)
+    plan = await run(proc, store, [point(0, 30), point(0, 30), point(1, 40, seq=7)])
+    assert plan.counts == {"duplicate": 1, "tracking": 2}
+    assert [w.doc["_id"] for w in plan.writes if w.collection == TRACKINGS] == [
+        f"{AID}:{T0_MS}",
+        f"{AID}:{T0_MS + 1000}:7",
+    ]
+    assert len(plan.emits) == 4
+
+    again = await run(proc, store, [point(1, 40, seq=7), point(0, 30)])
+    assert again.counts == {"duplicate": 2}
+    assert (again.writes, again.emits, again.publishes, again.states) == ([], [], [], {})
+    assert len(await stored(store, TRACKINGS)) == 2
+
+
+async def test_restart_continues_distance_and_open_episodes(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a new Processor on the same store continues distance, average and episodes."""
+    await run(processor(store, objects), store, [point(0, 50), point(1, 100), point(2, 110)])
+    restarted = processor(store, objects)
+    await run(restarted, store, [point(3, 90), point(4, 60)])
+    docs = await stored(store, TRACKINGS)
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
+    assert docs[-1]["covered_distance"] == pytest.approx(4 * step)
+    assert docs[-1]["avg_speed"] == pytest.approx(82)
+    [episode] = await stored(store, SPEED_VIOLATIONS)
+    assert episode["_id"] == f"{AID}:speed_above_80:{T0_MS + 1000}"
+    assert (episode["points"], episode["max_speed"], episode["closed"]) == (3, 110, True)
+    assert docs[3]["speed_above_80"] == episode["_id"]
+
+
+async def test_redelivery_after_a_partial_write_is_not_counted_twice(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test the write order: state upserts land, history does not, the batch comes back."""
+    await run(processor(store, objects), store, [point(0, 30)])
+    plan = await processor(store, objects).plan([point(1, 90)])
+    kinds = [(w.kind, w.collection) for w in plan.writes]
+    assert kinds == [
+        ("upsert", SPEED_VIOLATIONS),
+        ("upsert", AMBULANCES),
+        ("insert", TRACKINGS),
+    ]
+    await store.apply([w for w in plan.writes if w.kind == "upsert"])  # then the process dies
+
+    replay = await run(processor(store, objects), store, [point(1, 90)])
+    assert replay.counts == {"late": 1}
+    # Its state was stored but never fanned out: the replay publishes it.
+    assert replay.states[AID]["speed"] == 90
+    assert [p.topic for p in replay.publishes] == [f"aoc/{AID}/state"]
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
+    assert state["covered_distance"] == pytest.approx(step)
+    assert state["speed_count"] == 2
+    assert len(await stored(store, TRACKINGS)) == 2
+
+
+async def test_crash_record_dedup_window_and_fan_out(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test crash records, the dedup window, and the exact CRASH_NOTIFY / crash / alert output."""
+    proc = processor(store, objects, maps_key="k-123")
+    crash = {"lat": LAT, "lon": LON, "speed": 150, "heading": 90}
+    plan = await run(
+        proc,
+        store,
+        [
+            message("crash", crash | {"ts": T0_MS}),
+            message("crash", crash | {"ts": T0_MS + 5000}),
+            message("crash", crash | {"ts": T0_MS + 60_000, "speed": 80}),
+        ],
+    )
+    assert plan.counts == {"crash": 2, "crash_repeat": 1}
+    docs = await stored(store, CRASHES)
+    first_id = f"crash:{AID}:{T0_MS}"
+    assert [d["_id"] for d in docs] == [
+        first_id, f"crash:{AID}:{T0_MS + 5000}", f"crash:{AID}:{T0_MS + 60000}",
+    ]
+    assert [d["duplicate_of"] for d in docs] == [None, first_id, None]
+    assert [d["state"] for d in docs] == ["RED", "RED", "GREEN"]
+    image = static_map_url(LAT, LON, key="k-123")
+    assert docs[0] == {
+        "_id": first_id,
+        "ambulance_id": AID,
+        "location": {"lat": LAT, "lon": LON},
+        "speed": 150,
+        "heading": 90,
+        "count_datetime": T0,
+        "state": "RED",
+        "location_detail": {"address": None, "image": image},
+        "received_at": RECEIVED,
+        "duplicate_of": None,
+    }
+    assert "key=k-123" in image
+
+    notify = [e.data for e in plan.emits if e.room == f"CRASH_NOTIFY_{AID}"]
+    assert notify[0] == (
+        f'{{"_id":"{first_id}","ambulance_id":"332","location":{{"lat":13.7563,"lon":100.5018}},'
+        '"speed":150,"heading":90,"count_datetime":"2024-05-01T08:00:00.000Z","state":"RED",'
+        f'"location_detail":{{"address":null,"image":"{image}"}},'
+        '"received_at":"2024-05-01T09:00:00.000Z","duplicate_of":null}'
+    )
+    assert len(notify) == 2
+    crash_room = [e.data for e in plan.emits if e.room == "crash"]
+    assert crash_room[0] == (
+        '{"ambulance_id":"332","tracking_latitude":13.7563,"tracking_longitude":100.5018,'
+        f'"tracking_speed":150,"tracking_heading":90,"ts":{T0_MS},"speed_unit":"km/h"}}'
+    )
+    alerts = [p for p in plan.publishes if p.topic == f"aoc/{AID}/alert"]
+    assert [a.retain for a in alerts] == [False, False]
+    assert json.loads(alerts[0].payload)["_id"] == first_id
+    assert plan.states == {}  # a crash does not move the latest position
+
+    # The window survives a restart: it is anchored in the stored state.
+    repeat = message("crash", crash | {"ts": T0_MS + 70_000})
+    later = await run(processor(store, objects), store, [repeat])
+    assert later.counts == {"crash_repeat": 1}
+    assert later.emits == [] and later.publishes == []
+
+
+async def test_crash_redelivered_after_a_partial_write_is_still_broadcast(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a crash whose state landed but whose record did not is broadcast on replay."""
+    crash = message("crash", {"lat": LAT, "lon": LON, "speed": 50, "ts": T0_MS})
+    plan = await processor(store, objects).plan([crash])
+    await store.apply([w for w in plan.writes if w.kind == "upsert"])  # then the process dies
+    replay = await run(processor(store, objects), store, [crash])
+    assert replay.counts == {"crash": 1}
+    [record] = await stored(store, CRASHES)
+    assert record["duplicate_of"] is None
+    assert [e.room for e in replay.emits] == [f"CRASH_NOTIFY_{AID}", "crash"]
+    assert [p.topic for p in replay.publishes] == [f"aoc/{AID}/alert"]
+
+
+async def test_legacy_bodies_are_re_emitted_as_sent(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test the legacy rooms get the shim's `legacy` body, or the device's legacy-named body."""
+    proc = processor(store, objects)
+    legacy = {"ambulance_id": AID, "tracking_latitude": "13.7563", "tracking_longitude": "100.5018",
+              "tracking_speed": "11.5", "tracking_heading": "180"}
+    shim_crash = {"lat": LAT, "lon": LON, "speed": 41.4, "ts": T0_MS, "legacy": legacy}
+    legacy_named = {"tracking_latitude": LAT, "tracking_longitude": LON, "tracking_speed": 45.5,
+                    "ts": T0_MS + 1000, "note": "ไทย"}
+    plan = await run(
+        proc,
+        store,
+        [message("crash", shim_crash), message("tracking", legacy_named),
+         message("tracking", {"lat": LAT, "lon": LON, "speed": 20.0, "ts": T0_MS + 2000,
+                              "legacy": {"ambulance_id": AID, "tracking_speed": 20}})],
+    )
+    emitted = [(e.room, e.data) for e in plan.emits if e.room != f"CRASH_NOTIFY_{AID}"]
+    assert emitted == [
+        ("crash", '{"ambulance_id":"332","tracking_latitude":"13.7563","tracking_longitude":'
+                  '"100.5018","tracking_speed":"11.5","tracking_heading":"180"}'),
+        (AID, f'{{"tracking_latitude":13.7563,"tracking_longitude":100.5018,"tracking_speed":45.5,'
+              f'"ts":{T0_MS + 1000},"note":"ไทย"}}'),
+        ("tracking", f'{{"tracking_latitude":13.7563,"tracking_longitude":100.5018,'
+                     f'"tracking_speed":45.5,"ts":{T0_MS + 1000},"note":"ไทย"}}'),
+        (AID, '{"ambulance_id":"332","tracking_speed":20}'),
+        ("tracking", '{"ambulance_id":"332","tracking_speed":20}'),
+    ]
+
+
+async def test_plain_tracking_body_is_legacy_shaped(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a plain-named body reaches legacy rooms with the legacy names first."""
+    plan = await run(processor(store, objects), store, [point(0, 45.5, seq=3, accuracy=4.0)])
+    expected = (
+        '{"ambulance_id":"332","tracking_latitude":13.7563,"tracking_longitude":100.5018,'
+        f'"tracking_speed":45.5,"tracking_heading":90,"ts":{T0_MS},"seq":3,"accuracy":4}}'
+    )
+    assert [(e.room, e.data, e.event) for e in plan.emits] == [
+        (AID, expected, "data"),
+        ("tracking", expected, "data"),
+    ]
+    [doc] = await stored(store, TRACKINGS)
+    assert (doc["seq"], doc["accuracy"], doc["altitude"]) == (3, 4, None)
+
+
+async def test_snaps_store_objects_then_current_and_history(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test image keys and bytes, the current IMAGES doc, history records and the snap room."""
+    proc = processor(store, objects)
+    first = await run(proc, store, [message("snap", TINY_JPEG)])  # raw bytes: receipt time
+    [history] = await stored(store, IMAGE_HISTORIES)
+    key0 = history["images"]["image0"]
+    assert key0.startswith(f"ambulance_images/{AID}/2024/05/01/09_00/00_00_")
+    assert key0.endswith(".jpg")
+    assert await objects.get(key0) == TINY_JPEG
+    assert rooms(first) == [
+        ("snap", {"body": {"ambulance_id": AID}, "imagesObj": {"image0": key0}}),
+    ]
+    assert first.counts == {"snap": 1, "image": 1}
+    current = await store.get(IMAGES, AID)
+    assert current == {
+        "_id": AID,
+        "ambulance_id": AID,
+        "images": {"image0": key0},
+        "createdAt": RECEIVED,
+        "ambulance_image_histories_id": None,
+    }
+
+    encoded = [
+        {"name": "front.jpg", "data": base64.b64encode(TINY_JPEG).decode()},
+        {"name": "rear.png", "data": base64.b64encode(png()).decode()},
+    ]
+    multi = {
+        "images": encoded,
+        "ts": int((RECEIVED + timedelta(seconds=5)).timestamp() * 1000),
+        "legacy": {"ambulance_id": AID, "note": "x"},
+    }
+    second = await run(proc, store, [message("snap", multi)])
+    histories = await stored(store, IMAGE_HISTORIES)
+    assert len(histories) == 2
+    newer = next(h for h in histories if h["_id"] != history["_id"])
+    keys = newer["images"]
+    assert sorted(keys) == ["image0", "image1"]
+    assert keys["image1"].endswith(".png") and await objects.get(keys["image1"]) == png()
+    assert second.emits[0].data == json.dumps(
+        {"body": {"ambulance_id": AID, "note": "x"}, "imagesObj": keys}, separators=(",", ":")
+    )
+    current = await store.get(IMAGES, AID)
+    assert current is not None
+    assert current["images"] == keys
+    assert current["ambulance_image_histories_id"] == history["_id"]
+
+    # An older snap is history only: the current images stay the newer ones.
+    old = {"images": encoded[1:], "ts": T0_MS}
+    third = await run(proc, store, [message("snap", old)])
+    assert [w.collection for w in third.writes] == [IMAGE_HISTORIES]
+    assert await store.get(IMAGES, AID) == current
+    # A redelivered snap maps to the same id and keys: a duplicate.
+    again = await run(proc, store, [message("snap", multi)])
+    assert again.counts == {"duplicate": 1}
+
+
+async def test_object_store_outage_leaves_state_unchanged(
+    store: SQLiteDocumentStore, objects: LocalObjectStore, tmp_path: Path
+) -> None:
+    """Test that a failing put aborts the plan and the same batch plans cleanly afterwards."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(0, 30)])
+    blocker = tmp_path / "objects" / "ambulance_images"
+    blocker.write_bytes(b"not a directory")  # every put now fails with an OSError
+    batch = [point(1, 90), message("snap", TINY_JPEG)]
+    with pytest.raises(StoreUnavailable):
+        await proc.plan(batch)
+    blocker.unlink()
+    plan = await run(proc, store, batch)
+    assert plan.counts == {"tracking": 1, "snap": 1, "image": 1}
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
+    assert plan.states[AID]["covered_distance"] == pytest.approx(step)
+    assert plan.states[AID]["open_episodes"]["speed_above_80"]["points"] == 1
+
+
+async def test_status_updates_online_and_publishes_state(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that status flips `online` (written only on change) and publishes the state."""
+    proc = processor(store, objects)
+    plan = await run(proc, store, [message("status", b"online")])
+    assert plan.counts == {"status": 1}
+    assert plan.states[AID]["online"] is True
+    [publish] = plan.publishes
+    assert (publish.topic, publish.retain, json.loads(publish.payload)["online"]) == (
+        f"aoc/{AID}/state", True, True,
+    )
+    assert (await store.get(AMBULANCES, AID) or {})["online"] is True
+
+    same = await run(proc, store, [message("status", b'{"status": "online"}')])
+    assert same.writes == []
+    assert [p.payload for p in same.publishes] == [publish.payload]
+
+    off = await run(proc, store, [message("status", b"offline")])
+    assert off.states[AID]["online"] is False
+    assert json.loads(off.publishes[0].payload)["online"] is False
+    assert (await store.get(AMBULANCES, AID) or {})["online"] is False
+
+
+async def test_dead_letters_truncate_and_log_once(
+    store: SQLiteDocumentStore, objects: LocalObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test dead-letter records: reason, topic id, truncation, base64 for binary, one WARNING."""
+    proc = processor(store, objects, dead_letter_payload_bytes=16)
+    long_text = ("{not json " + "é" * 40).encode()
+    binary = b"\xff\xfe\x00 this is not an image at all"
+    with caplog.at_level(logging.WARNING, logger="bridge.processor"):
+        plan = await run(
+            proc,
+            store,
+            [
+                message("tracking", long_text),
+                message("snap", binary),
+                parse("aoc/bad..id!/tracking", b"{}", RECEIVED, LIMITS),
+                message("tracking", long_text),  # the same message again
+            ],
+        )
+    assert plan.counts == {"duplicate": 1, "dead_letter": 3}
+    assert plan.emits == [] and plan.publishes == [] and plan.states == {}
+    letters = {d["topic"]: d for d in await stored(store, DEAD_LETTERS)}
+    text = letters[f"aoc/{AID}/tracking"]
+    assert text["ambulance_id"] == AID
+    assert text["payload"] == "{not json é" + "é" * 2  # 16 bytes, cut on a character
+    assert (text["payload_base64"], text["truncated"]) == (False, True)
+    assert text["payload_size"] == len(long_text)
+    assert text["received_at"] == RECEIVED
+    assert "JSON" in text["reason"]
+    snap = letters[f"aoc/{AID}/snap"]
+    assert snap["payload_base64"] is True
+    assert base64.b64decode(snap["payload"]) == binary[:16]
+    assert (snap["truncated"], snap["payload_size"]) == (True, len(binary))
+    assert letters["aoc/bad..id!/tracking"]["ambulance_id"] is None
+    warnings = [r for r in caplog.records if r.name == "bridge.processor"]
+    assert len(warnings) == 3
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    assert text["reason"] in warnings[0].getMessage()
+
+
+async def test_cache_is_bounded_and_evicted_ambulances_reload(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test the LRU bound: evicted ambulances come back from the store intact."""
+    proc = processor(store, objects, cache_size=2)
+    for aid in ("a1", "a2", "a3"):
+        body = {"lat": 1, "lon": 1, "speed": 10, "ts": T0_MS}
+        await run(proc, store, [message("tracking", body, aid)])
+    assert proc.cached == 2
+    moved = {"lat": 1.001, "lon": 1, "speed": 30, "ts": T0_MS + 1}
+    plan = await run(proc, store, [message("tracking", moved, "a1")])
+    state = plan.states["a1"]
+    assert state["covered_distance"] == pytest.approx(
+        haversine_m(Position(1, 1), Position(1.001, 1))
+    )
+    assert state["avg_speed"] == 20
+    assert proc.cached == 2
