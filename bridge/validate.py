@@ -52,6 +52,7 @@ _MAX_AHEAD = timedelta(minutes=10)
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MAX_NUMBER_TEXT = 64
 _MAX_TS_TEXT = 64
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() would take "²" and "٣"
 _MAX_SEQ = 2**63 - 1  # a signed 64-bit integer in every store
 _MAX_NAME = 255
 # Deeper JSON than this is refused: nobody needs it, and re-serialising it
@@ -302,11 +303,16 @@ def _seq(body: dict[str, Any]) -> int | None:
     value = body.get("seq")
     if value is None:
         return None
-    number = _number("seq", value)
-    if number is None or not number.is_integer() or not 0 <= number <= _MAX_SEQ:
+    seq: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seq = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        seq = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        seq = int(value)
+    if seq is None or not 0 <= seq <= _MAX_SEQ:
         raise _Invalid(f"seq: must be an integer from 0 to 2**63-1, got {_show(value)}")
-    # Exact for integers given as such; a float beyond 2**53 is as exact as it came.
-    return value if isinstance(value, int) else int(number)
+    return seq
 
 
 def _ts(body: dict[str, Any], received_at: datetime) -> datetime:
@@ -324,7 +330,8 @@ def _check_body_id(body: dict[str, Any], aid: str, name: str) -> None:
         return
     value = body["ambulance_id"]
     # Legacy clients may send the id as a JSON number (332).
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    is_number = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**64
+    text = str(value) if is_number else value
     if text != aid:
         raise _Invalid(f"{name}: {_show(value)} does not match the topic's id {aid!r}")
 
@@ -498,13 +505,13 @@ def _utc(value: datetime) -> datetime:
 
 
 def _from_epoch_ms(value: float, shown: object) -> datetime:
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {_show(shown)}")
-    # Far outside 2000..now: refused here, before timedelta could overflow.
+    # Far outside 2000..now: refused here, before float() or timedelta could overflow.
     if value < 0:
         raise ValueError(f"must not be before 2000-01-01, got {_show(shown)}")
     if value > 1e14:
         raise ValueError(f"must not be more than 10 minutes in the future, got {_show(shown)}")
+    if not math.isfinite(value):  # NaN
+        raise ValueError(f"must be a finite number, got {_show(shown)}")
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
 
 
@@ -529,5 +536,8 @@ def _json_type(value: object) -> str:
 
 def _show(value: object) -> str:
     """A short, safe rendering of a value for a reason string."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"a {type(value).__name__} too long to show"
     return text if len(text) <= 40 else text[:37] + "..."
