@@ -30,6 +30,7 @@ __all__ = [
     "parse_timestamp",
     "topic_ambulance_id",
     "valid_ambulance_id",
+    "valid_topic_parts",
 ]
 
 _log = logging.getLogger(__name__)
@@ -150,7 +151,13 @@ def parse_timestamp(value: object, *, now: datetime) -> datetime:
                 raise ValueError(
                     f"must be epoch milliseconds or an ISO 8601 string, got {_show(value)}"
                 ) from None
-            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            elif not 2 <= ts.year <= 9998:
+                # Converting year 1 or 9999 to UTC could leave datetime's range.
+                raise ValueError(f"must not be before 2000-01-01 or far ahead, got {_show(value)}")
+            else:
+                ts = ts.astimezone(UTC)
     else:
         ts = _from_epoch_ms(value, value)
     if ts < _EARLIEST:

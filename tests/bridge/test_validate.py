@@ -360,6 +360,18 @@ def test_ts_future_bound() -> None:
             "ts: must be epoch milliseconds or an ISO 8601 string, got '2024-13-01T00:00:00Z'",
         ),
         ("9" * 100, "ts: must be epoch milliseconds or an ISO 8601 string, got a long string"),
+        (
+            "0001-01-01T00:00:00+01:00",
+            "ts: must not be before 2000-01-01 or far ahead, got '0001-01-01T00:00:00+01:00'",
+        ),
+        (
+            "9999-12-31T23:59:59-01:00",
+            "ts: must not be before 2000-01-01 or far ahead, got '9999-12-31T23:59:59-01:00'",
+        ),
+        (
+            "9999-12-31T23:59:59",
+            "ts: must not be more than 10 minutes in the future, got '9999-12-31T23:59:59'",
+        ),
     ],
 )
 def test_bad_ts(value: object, reason: str) -> None:
@@ -428,7 +440,8 @@ def test_huge_payload_is_refused_before_parsing() -> None:
 
 def test_payload_of_other_buffer_types() -> None:
     """Test that a bytearray payload is parsed like bytes."""
-    result = parse("aoc/332/tracking", bytearray(json.dumps(BASE).encode()), NOW, LIMITS)
+    raw = bytearray(json.dumps(BASE).encode())
+    result = parse("aoc/332/tracking", raw, NOW, LIMITS)  # type: ignore[arg-type]  # on purpose
     assert isinstance(result, Tracking)
 
 
@@ -873,8 +886,20 @@ def test_fuzz_contract_fields_never_raise(topic: str, body: dict[str, Any]) -> N
         assert 0 <= result.speed_kmh <= 500
 
 
-@settings(max_examples=300, deadline=None)
-@given(value=st.text(max_size=40) | st.integers() | st.floats() | _json_values)
+_iso_with_offsets = st.tuples(st.datetimes(), st.integers(-(24 * 60 - 1), 24 * 60 - 1)).map(
+    lambda pair: pair[0].replace(tzinfo=timezone(timedelta(minutes=pair[1]))).isoformat()
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.text(max_size=40)
+    | st.integers()
+    | st.floats()
+    | _json_values
+    | _iso_with_offsets
+    | st.datetimes().map(datetime.isoformat)
+)
 def test_fuzz_parse_timestamp_raises_only_value_error(value: object) -> None:
     """Test that parse_timestamp gives an aware UTC time in range or a ValueError."""
     try:
