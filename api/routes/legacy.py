@@ -79,19 +79,21 @@ def _ambulance_id(value: object) -> str:
         value = str(value)
     if value is None:
         raise field_error("ambulance_id", "field required")
-    if not valid_ambulance_id(value):
+    if not isinstance(value, str) or not valid_ambulance_id(value):
         raise field_error("ambulance_id", "must be 1 to 64 of A-Z a-z 0-9 _ -")
-    assert isinstance(value, str)
     return value
 
 
 def _number(body: dict[str, Any], name: str) -> float:
     value = body[name]
     try:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        # Python's float() also takes "1_000", which the bridge's validator refuses.
+        if isinstance(value, bool) or not isinstance(value, int | float | str) or (
+            isinstance(value, str) and "_" in value
+        ):
             raise ValueError
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise field_error(name, "must be a number") from None
     if not math.isfinite(number):
         raise field_error(name, "must be a finite number")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 
@@ -209,7 +211,10 @@ async def test_plain_names_are_reported_as_sent(http: httpx.AsyncClient, ambulan
 
 
 @pytest.mark.parametrize(
-    ("speed", "reason"), [("fast", "number"), (150, "between")], ids=["non-numeric", "540 km/h"]
+    ("speed", "reason"),
+    [("fast", "number"), (150, "between"), ("1_0", "number"), (10**400, "number"),
+     ("Infinity", "finite"), (None, "required")],
+    ids=["non-numeric", "540 km/h", "underscore", "huge-integer", "infinity", "missing"],
 )
 async def test_bad_crash_speed(
     http: httpx.AsyncClient, ambulance_id: str, speed: object, reason: str
@@ -382,3 +387,20 @@ async def test_openapi_marks_legacy_endpoints_deprecated(http: httpx.AsyncClient
         assert f"aoc/<ambulance_id>/{kind}" in operation["description"]
         assert "MQTT" in operation["description"]
     assert json.dumps(schema)  # the schema is plain JSON
+
+
+async def test_numeric_ambulance_id_is_accepted(
+    http: httpx.AsyncClient, mosquitto: services.Service
+) -> None:
+    """Test that a legacy client sending the id as a JSON number is relayed under that id."""
+    number = int(uuid.uuid4().int % 10**9)
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
+        await watcher.subscribe(f"aoc/{number}/tracking", qos=1)
+        response = await http.post(TRACKING, json=legacy_body(number))  # type: ignore[arg-type]
+        assert response.status_code == 200, response.text
+        async with asyncio.timeout(5):
+            message = await anext(watcher.messages)
+    assert isinstance(message.payload, bytes)
+    payload = json.loads(message.payload)
+    assert payload["ambulance_id"] == str(number)
+    assert payload["legacy"]["ambulance_id"] == number
