@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from aoc.config import Settings
@@ -62,7 +61,9 @@ async def wait_port(child: Child, timeout: float = 30.0) -> None:
 def _binary(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if path is None:
-        raise SystemExit(f"{name} is not installed; `make run` installs it (apt-get install {name})")
+        raise SystemExit(
+            f"{name} is not installed; `make run` installs it (apt-get install {name})"
+        )
     return path
 
 
@@ -79,7 +80,9 @@ def plan(settings: Settings) -> list[Child]:
             ws_port=settings.mqtt_ws_port,
             data_dir=data / "mosquitto" / "data",
         )
-        children.append(Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port))
+        children.append(
+            Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port)
+        )
     redis = urlsplit(settings.redis_url)
     redis_port = redis.port or 6379
     if redis.hostname not in {"127.0.0.1", "localhost"} or port_open(redis_port):
@@ -87,8 +90,17 @@ def plan(settings: Settings) -> list[Child]:
     else:
         (data / "redis").mkdir(parents=True, exist_ok=True)
         argv = [
-            _binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-            "--dir", str(data / "redis"), "--appendonly", "yes", "--save", "",
+            _binary("redis-server"),
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data / "redis"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
         ]
         children.append(Child("redis", argv, redis_port))
     serve = [sys.executable, "-m", "aoc.cli", "serve"]

@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until 127.0.0.1:``port`` accepts TCP connections."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -122,13 +124,19 @@ def _require(binary: str) -> str:
     return path
 
 
-def mosquitto(workdir: Path, *, port: int | None = None, ws_port: int | None = None, extra: str = "") -> Service:
+def mosquitto(
+    workdir: Path, *, port: int | None = None, ws_port: int | None = None, extra: str = ""
+) -> Service:
     """Mosquitto with the project's ``mosquitto.conf``, ports and paths substituted."""
     port = port or free_port()
     ws_port = ws_port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = broker_conf.write(
-        workdir / "mosquitto.conf", mqtt_port=port, ws_port=ws_port, data_dir=workdir / "data", extra=extra
+        workdir / "mosquitto.conf",
+        mqtt_port=port,
+        ws_port=ws_port,
+        data_dir=workdir / "data",
+        extra=extra,
     )
     service = Service("mosquitto", [_require("mosquitto"), "-c", str(conf)], port, workdir)
     service.extra_ports = (ws_port,)
@@ -141,11 +149,16 @@ def redis(workdir: Path, *, port: int | None = None) -> Service:
     port = port or free_port()
     argv = [
         _require("redis-server"),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
     ]
     return Service("redis", argv, port, workdir)
 
@@ -157,13 +170,22 @@ def seaweedfs(workdir: Path) -> Service:
         weed = Path(_require("weed"))
     s3_port, master, volume, filer = (free_port() for _ in range(4))
     argv = [
-        str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        str(weed),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
         f"-dir={workdir / 'data'}",
-        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-        f"-master.port.grpc={free_port()}", f"-volume.port.grpc={free_port()}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-master.port.grpc={free_port()}",
+        f"-volume.port.grpc={free_port()}",
         f"-filer.port.grpc={free_port()}",
-        "-master.volumeSizeLimitMB=64", "-volume.max=20",
-        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=20",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.port.grpc={free_port()}",
     ]
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     return Service("seaweedfs", argv, s3_port, workdir, start_timeout=60.0)

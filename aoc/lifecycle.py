@@ -1,0 +1,233 @@
+"""What each AOC process starts, in what order, and how it stops.
+
+``aoc serve`` runs every part in one process (the one-machine default);
+``aoc bridge``, ``aoc api`` and ``aoc realtime`` run one part each, for
+scale-out, and then reach each other through Mosquitto and Redis only.
+
+Start order: storage, then the MQTT clients, then the consumers and servers.
+Stop order (first SIGINT/SIGTERM): HTTP servers stop accepting and finish
+their requests, the bridge finishes and acknowledges its batch, then MQTT
+disconnects and storage closes, as the exit stack unwinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+
+import socketio
+
+from aoc.config import Settings
+from aoc.servers import EmbeddedServer, server
+from api import ApiDeps, create_app, create_realtime_app, create_sio
+from bridge.processor import Processor
+from bridge.service import SUBSCRIPTIONS, Bridge, Emitter
+from bridge.speed import SpeedRules
+from bridge.validate import Limits
+from broker.client import MqttClient
+from storage import open_document_store, open_object_store
+from storage.base import DocumentStore, ObjectStore, StoreUnavailable
+from storage.cache import StateCache
+
+log = logging.getLogger(__name__)
+
+ReadyChecks = Mapping[str, Callable[[], Awaitable[None]]]
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _open_storage(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[DocumentStore, ObjectStore, StateCache]:
+    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
+    await stack.enter_async_context(store)
+    objects = open_object_store(
+        settings.resolved_objects_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        public_url=settings.objects_public_url or None,
+    )
+    await stack.enter_async_context(objects)
+    cache = StateCache(settings.redis_url)
+    try:
+        await cache.open()
+    except StoreUnavailable as exc:  # the cache is optional: reads fall back to the store
+        log.warning("redis unavailable at start-up, continuing without the cache: %s", exc)
+    stack.push_async_callback(cache.close)
+    return store, objects, cache
+
+
+def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
+    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    return MqttClient(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        client_id=client_id,
+        # The bridge's session outlives it, so the broker queues what it misses.
+        clean_session=not consumer,
+        manual_ack=consumer,
+        subscriptions=SUBSCRIPTIONS if consumer else (),
+        username=settings.mqtt_username,
+        password=password,
+        keepalive=settings.mqtt_keepalive,
+    )
+
+
+def _ready_checks(
+    *, store: DocumentStore, objects: ObjectStore, cache: StateCache, mqtt: MqttClient
+) -> ReadyChecks:
+    async def broker() -> None:
+        if not mqtt.connected:
+            raise ConnectionError("not connected to the MQTT broker")
+
+    return {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
+
+
+def _bridge(
+    settings: Settings,
+    *,
+    mqtt: MqttClient,
+    store: DocumentStore,
+    objects: ObjectStore,
+    cache: StateCache,
+    emitter: Emitter | None,
+) -> Bridge:
+    processor = Processor(
+        store=store,
+        objects=objects,
+        rules=SpeedRules.from_settings(settings),
+        crash_dedup_s=settings.crash_dedup_seconds,
+        maps_key=settings.google_maps_key.get_secret_value() if settings.google_maps_key else None,
+        dead_letter_payload_bytes=settings.dead_letter_payload_bytes,
+    )
+    return Bridge(
+        mqtt=mqtt,
+        processor=processor,
+        store=store,
+        limits=Limits.from_settings(settings),
+        cache=cache,
+        emitter=emitter,
+        batch_size=settings.batch_size,
+        batch_wait=settings.batch_wait_ms / 1000,
+    )
+
+
+async def _run_until_stopped(
+    stop: asyncio.Event, *, servers: list[EmbeddedServer], bridge: Bridge | None
+) -> None:
+    """Run the servers and the bridge until a signal, then stop them in order."""
+
+    async def stopper() -> None:
+        await stop.wait()
+        log.info("stopping")
+        for item in servers:
+            item.stop()
+        if bridge is not None:
+            bridge.stop()
+
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(stopper(), name="stop-on-signal")
+        tasks = [group.create_task(s.serve(), name=f"http-{s.config.port}") for s in servers]
+        if bridge is not None:
+            tasks.append(group.create_task(bridge.run(), name="bridge"))
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # One part ending on its own (a server that failed to bind) ends them all.
+        stop.set()
+        await watcher
+
+
+async def serve(settings: Settings) -> None:
+    """Bridge, HTTP API and Socket.IO server in one process."""
+    stop = _stop_on_signals()
+    async with AsyncExitStack() as stack:
+        store, objects, cache = await _open_storage(settings, stack)
+        consumer = await stack.enter_async_context(
+            _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
+        )
+        publisher = await stack.enter_async_context(
+            _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
+        )
+        sio = create_sio()
+        bridge = _bridge(
+            settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=sio
+        )
+        deps = ApiDeps(
+            settings=settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            publisher=publisher,
+            ready_checks=_ready_checks(store=store, objects=objects, cache=cache, mqtt=consumer),
+        )
+        servers = [
+            server(create_app(deps), host=settings.bind_host, port=settings.http_port),
+            server(create_realtime_app(sio), host=settings.bind_host, port=settings.socketio_port),
+        ]
+        log.info(
+            "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
+            settings.bind_host,
+            settings.http_port,
+            settings.bind_host,
+            settings.socketio_port,
+            settings.mqtt_host,
+            settings.mqtt_port,
+        )
+        await _run_until_stopped(stop, servers=servers, bridge=bridge)
+
+
+async def run_bridge(settings: Settings) -> None:
+    """The bridge alone; it reaches Socket.IO servers through Redis."""
+    stop = _stop_on_signals()
+    async with AsyncExitStack() as stack:
+        store, objects, cache = await _open_storage(settings, stack)
+        consumer = await stack.enter_async_context(
+            _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
+        )
+        emitter = socketio.AsyncRedisManager(settings.redis_url, write_only=True)
+        bridge = _bridge(
+            settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=emitter
+        )
+        await _run_until_stopped(stop, servers=[], bridge=bridge)
+
+
+async def run_api(settings: Settings) -> None:
+    """The HTTP read API and legacy shim alone."""
+    stop = _stop_on_signals()
+    async with AsyncExitStack() as stack:
+        store, objects, cache = await _open_storage(settings, stack)
+        publisher = await stack.enter_async_context(
+            _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
+        )
+        deps = ApiDeps(
+            settings=settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            publisher=publisher,
+            ready_checks=_ready_checks(store=store, objects=objects, cache=cache, mqtt=publisher),
+        )
+        app_server = server(create_app(deps), host=settings.bind_host, port=settings.http_port)
+        await _run_until_stopped(stop, servers=[app_server], bridge=None)
+
+
+async def run_realtime(settings: Settings) -> None:
+    """A Socket.IO server alone, fed by bridges through Redis."""
+    stop = _stop_on_signals()
+    sio = create_sio(client_manager=socketio.AsyncRedisManager(settings.redis_url))
+    rt = server(create_realtime_app(sio), host=settings.bind_host, port=settings.socketio_port)
+    with contextlib.suppress(asyncio.CancelledError):
+        await _run_until_stopped(stop, servers=[rt], bridge=None)

@@ -1,0 +1,266 @@
+"""The bridge's consume loop: MQTT in, durable store, acknowledgement, fan-out.
+
+For each batch of messages, in this order:
+
+1. parse every message (never raises: bad input becomes a dead letter);
+2. plan the batch (object bytes are stored here), retrying while storage is down;
+3. apply the planned writes to the document store, retrying while it is down;
+4. acknowledge the batch to the broker: only now may Mosquitto forget it;
+5. fan out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert`` topics.
+
+Fan-out is best effort by design: dashboards resync from the read API, and
+the cache is rebuilt from the store. A crash anywhere before step 4 makes the
+broker redeliver the batch, and the store's idempotent ids keep it single.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from bridge.messages import Parsed, Plan, Rejected
+from bridge.processor import Processor
+from bridge.validate import Limits, parse
+from broker.client import Message, MqttClient
+from storage.base import AMBULANCES, Document, DocumentStore, Query, StoreUnavailable
+from storage.cache import StateCache
+
+T = TypeVar("T")
+
+SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
+    ("aoc/+/tracking", 1),
+    ("aoc/+/crash", 1),
+    ("aoc/+/snap", 1),
+    ("aoc/+/status", 1),
+)
+
+
+class Emitter(Protocol):
+    """What the bridge needs of Socket.IO: an AsyncServer or a write-only manager."""
+
+    async def emit(self, event: str, data: str, *, room: str) -> None: ...
+
+
+class Backoff:
+    """Jittered, capped exponential delays for retrying an outage."""
+
+    def __init__(self, *, first: float = 0.1, cap: float = 10.0) -> None:
+        self._first = first
+        self._cap = cap
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    async def sleep(self) -> None:
+        delay = self._next * random.uniform(0.5, 1.0)
+        self._next = min(self._next * 2, self._cap)
+        await asyncio.sleep(delay)
+
+
+class Bridge:
+    """Consumes device messages from MQTT and turns them into stored records and fan-out."""
+
+    def __init__(
+        self,
+        *,
+        mqtt: MqttClient,
+        processor: Processor,
+        store: DocumentStore,
+        limits: Limits,
+        cache: StateCache | None = None,
+        emitter: Emitter | None = None,
+        batch_size: int = 200,
+        batch_wait: float = 0.02,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._mqtt = mqtt
+        self._processor = processor
+        self._store = store
+        self._limits = limits
+        self._cache = cache
+        self._emitter = emitter
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait
+        self._log = logger or logging.getLogger(__name__)
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=batch_size * 4)
+        self._stopping = asyncio.Event()
+        self._cache_stale = False
+        self.counts: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Stop taking new batches; the batch in hand is finished and acknowledged."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; the lifecycle of the bridge's own tasks."""
+        async with asyncio.TaskGroup() as group:
+            pump = group.create_task(self._pump(), name="bridge-pump")
+            group.create_task(self._consume(pump), name="bridge-consume")
+
+    async def _pump(self) -> None:
+        # A separate task feeds a bounded queue, so that batching can wait with a
+        # timeout without ever cancelling the client's message iterator.
+        async for message in self._mqtt.messages():
+            await self._queue.put(message)
+
+    async def _consume(self, pump: asyncio.Task[None]) -> None:
+        stop = asyncio.create_task(self._stopping.wait(), name="bridge-stop-wait")
+        try:
+            while not self._stopping.is_set():
+                first = asyncio.create_task(self._queue.get(), name="bridge-next")
+                done, _ = await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if first not in done:
+                    first.cancel()
+                    break
+                batch = await self._fill([first.result()])
+                await self.handle(batch)
+        finally:
+            stop.cancel()
+            pump.cancel()
+
+    async def _fill(self, batch: list[Message]) -> list[Message]:
+        deadline = time.monotonic() + self._batch_wait
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def handle(self, batch: Sequence[Message]) -> Plan:
+        """Store, acknowledge and fan out one batch (steps 1-5 of the module doc)."""
+        received_at = datetime.now(UTC)
+        parsed = [self._parse(message, received_at) for message in batch]
+        plan = await self._retry("storage", lambda: self._plan(batch, parsed, received_at))
+        await self._retry("store", lambda: self._store.apply(plan.writes))
+        for message in batch:
+            self._mqtt.ack(message)
+        for kind, number in plan.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + number
+        await self._fan_out(plan)
+        return plan
+
+    def _parse(self, message: Message, received_at: datetime) -> Parsed:
+        try:
+            return parse(message.topic, message.payload, received_at, self._limits)
+        except Exception as exc:  # parse promises not to raise; a bug must not stop the loop
+            self._log.exception("parse failed on %s", message.topic)
+            return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)
+
+    async def _plan(
+        self, batch: Sequence[Message], parsed: list[Parsed], received_at: datetime
+    ) -> Plan:
+        try:
+            return await self._processor.plan(parsed)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(parsed) == 1:
+                raise
+            # A bug triggered by one message must not lose the good ones around
+            # it: plan them one at a time and dead-letter the culprit.
+            self._log.exception("batch plan failed; retrying message by message")
+        merged = Plan()
+        for message, item in zip(batch, parsed, strict=True):
+            try:
+                single = await self._processor.plan([item])
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                self._log.exception(
+                    "message on %s dead-lettered after a processing error", message.topic
+                )
+                reason = f"processing error: {exc!r}"
+                rejected = Rejected(message.topic, reason, message.payload, received_at)
+                single = await self._processor.plan([rejected])
+            merged.writes.extend(single.writes)
+            merged.states.update(single.states)
+            merged.emits.extend(single.emits)
+            merged.publishes.extend(single.publishes)
+            for kind, number in single.counts.items():
+                merged.counts[kind] = merged.counts.get(kind, 0) + number
+        return merged
+
+    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        backoff = Backoff()
+        failing_since: float | None = None
+        while True:
+            try:
+                result = await attempt()
+            except StoreUnavailable as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    self._log.warning(
+                        "%s unavailable, holding the batch and retrying: %s", what, exc
+                    )
+                await backoff.sleep()
+                continue
+            if failing_since is not None:
+                self._log.warning(
+                    "%s available again after %.1fs", what, time.monotonic() - failing_since
+                )
+            return result
+
+    async def _fan_out(self, plan: Plan) -> None:
+        await self._update_cache(plan)
+        if self._emitter is not None:
+            for emit in plan.emits:
+                try:
+                    await self._emitter.emit(emit.event, emit.data, room=emit.room)
+                except Exception as exc:  # best effort: dashboards resync over HTTP
+                    self._log.warning("socket.io emit to %s failed: %s", emit.room, exc)
+        if plan.publishes:
+            results = await asyncio.gather(
+                *(
+                    self._mqtt.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
+                    for p in plan.publishes
+                ),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                self._log.warning(
+                    "%d MQTT state/alert publishes failed: %s", len(failed), failed[0]
+                )
+
+    async def _update_cache(self, plan: Plan) -> None:
+        if self._cache is None or not plan.states:
+            return
+        try:
+            if self._cache_stale:
+                await self._rebuild_cache()
+            await self._cache.set_many(plan.states)
+        except StoreUnavailable as exc:
+            if not self._cache_stale:
+                self._log.warning("redis unavailable, latest-state cache is stale: %s", exc)
+            self._cache_stale = True
+
+    async def _rebuild_cache(self) -> None:
+        """Refill Redis from the store after an outage (it may have lost everything)."""
+        assert self._cache is not None
+        states: dict[str, Document] = {}
+        cursor: str | None = None
+        while True:
+            page = await self._store.find(Query(AMBULANCES, limit=1000, cursor=cursor))
+            states.update({doc["_id"]: doc for doc in page.items})
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        await self._cache.rebuild(states)
+        self._cache_stale = False
+        self._log.warning("redis cache rebuilt from the store (%d ambulances)", len(states))
