@@ -29,7 +29,7 @@ class Publisher(Protocol):
         *,
         qos: int = 1,
         retain: bool = False,
-        timeout: float = 10.0,  # noqa: ASYNC109 (the client bounds its own wait)
+        timeout: float = 10.0,
     ) -> None:
         """Return once the broker acknowledged; raise on timeout or disconnect."""
 

@@ -249,7 +249,7 @@ class MqttClient:
         return self._connected.is_set()
 
     # The timeout arguments are part of the agreed API: callers pass one per call.
-    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected; ``MqttError`` if not within ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
@@ -267,7 +267,7 @@ class MqttClient:
         *,
         qos: int = 1,
         retain: bool = False,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> None:
         """Publish and wait for the broker's acknowledgement (for QoS 0: until written).
 
