@@ -48,5 +48,7 @@ def configure(*, level: str = "INFO", fmt: str = "text", process: str = "aoc") -
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Per-request and per-connection lines are noise at INFO; errors still show.
-    for name in ("uvicorn.access", "engineio", "socketio", "botocore", "urllib3", "aiohttp.access"):
+    # uvicorn.error carries uvicorn's start-up banner and per-WebSocket lines.
+    quiet = ("uvicorn.error", "uvicorn.access", "engineio", "socketio", "botocore", "urllib3")
+    for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -101,6 +101,8 @@ def plan(settings: Settings) -> list[Child]:
             "yes",
             "--save",
             "",
+            "--loglevel",
+            "warning",
         ]
         children.append(Child("redis", argv, redis_port))
     serve = [sys.executable, "-m", "aoc.cli", "serve"]
@@ -174,6 +176,10 @@ async def up(settings: Settings) -> None:
             for child in started:
                 group.create_task(_keep_alive(child, stopping), name=f"supervise-{child.name}")
             await stopping.wait()
+            # Stop the children here: each supervising task returns only once
+            # its child has exited, and the task group waits for all of them.
+            for child in reversed(started):
+                await _stop(child)
     finally:
         stopping.set()
         for child in reversed(children):
