@@ -233,3 +233,10 @@ def aoc(
         extra_ports=waits[1:],
     )
     return service
+
+
+def port_is_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
