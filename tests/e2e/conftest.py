@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -97,8 +98,9 @@ class Dashboard:
         return [json.loads(data) for data in self.received]
 
 
-@pytest.fixture
-async def dashboard(stack: Stack) -> AsyncIterator[Dashboard]:
+@contextlib.asynccontextmanager
+async def connect_dashboard(url: str) -> AsyncIterator[Dashboard]:
+    """A real python-socketio client connected to ``url``, collecting `data` events."""
     client = socketio.AsyncClient(reconnection=False)
     board = Dashboard(client)
 
@@ -107,9 +109,17 @@ async def dashboard(stack: Stack) -> AsyncIterator[Dashboard]:
         board.received.append(data)
         board.arrived.set()
 
-    await client.connect(stack.socketio_url, transports=["websocket"], wait_timeout=10)
-    yield board
-    await client.disconnect()
+    await client.connect(url, transports=["websocket"], wait_timeout=10)
+    try:
+        yield board
+    finally:
+        await client.disconnect()
+
+
+@pytest.fixture
+async def dashboard(stack: Stack) -> AsyncIterator[Dashboard]:
+    async with connect_dashboard(stack.socketio_url) as board:
+        yield board
 
 
 @pytest.fixture
