@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from aoc import metrics
 from bridge.messages import Parsed, Plan, Rejected
 from bridge.processor import Processor
 from bridge.validate import Limits, parse
@@ -108,6 +109,7 @@ class Bridge:
         # timeout without ever cancelling the client's message iterator.
         async for message in self._mqtt.messages():
             await self._queue.put(message)
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())
 
     async def _consume(self, pump: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self._stopping.wait(), name="bridge-stop-wait")
@@ -144,12 +146,21 @@ class Bridge:
 
     async def handle(self, batch: Sequence[Message]) -> Plan:
         """Store, acknowledge and fan out one batch (steps 1-5 of the module doc)."""
+        started = time.monotonic()
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
         received_at = datetime.now(UTC)
         parsed = [self._parse(message, received_at) for message in batch]
         plan = await self._retry("storage", lambda: self._plan(batch, parsed, received_at))
         await self._retry("store", lambda: self._store.apply(plan.writes))
         for message in batch:
             self._mqtt.ack(message)
+        metrics.observe_batch(
+            (m.topic for m in batch),
+            parsed,
+            plan,
+            seconds=time.monotonic() - started,
+            acked_at=datetime.now(UTC),
+        )
         for kind, number in plan.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + number
         await self._fan_out(plan)
@@ -203,13 +214,17 @@ class Bridge:
             try:
                 result = await attempt()
             except StoreUnavailable as exc:
+                metrics.STORE_RETRIES.labels(what).inc()
                 if failing_since is None:
                     failing_since = time.monotonic()
+                    metrics.STORE_OUTAGES.labels(what).inc()
+                    metrics.STORE_AVAILABLE.labels(what).set(0)
                     self._log.warning(
                         "%s unavailable, holding the batch and retrying: %s", what, exc
                     )
                 await backoff.sleep()
                 continue
+            metrics.STORE_AVAILABLE.labels(what).set(1)
             if failing_since is not None:
                 self._log.warning(
                     "%s available again after %.1fs", what, time.monotonic() - failing_since
@@ -223,7 +238,11 @@ class Bridge:
                 try:
                     await self._emitter.emit(emit.event, emit.data, room=emit.room)
                 except Exception as exc:  # best effort: dashboards resync over HTTP
+                    metrics.FANOUT_FAILURES.labels("socketio").inc()
                     self._log.warning("socket.io emit to %s failed: %s", emit.room, exc)
+                else:
+                    kind = metrics.emit_kind(emit.room)
+                    metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
         if plan.publishes:
             results = await asyncio.gather(
                 *(
@@ -232,7 +251,12 @@ class Bridge:
                 ),
                 return_exceptions=True,
             )
+            for publish, result in zip(plan.publishes, results, strict=True):
+                if not isinstance(result, BaseException):
+                    kind = publish.topic.rsplit("/", 1)[-1]
+                    metrics.MESSAGES_REEMITTED.labels("mqtt", kind).inc()
             failed = [r for r in results if isinstance(r, BaseException)]
+            metrics.FANOUT_FAILURES.labels("mqtt").inc(len(failed))
             if failed:
                 self._log.warning(
                     "%d MQTT state/alert publishes failed: %s", len(failed), failed[0]
@@ -245,7 +269,9 @@ class Bridge:
             if self._cache_stale:
                 await self._rebuild_cache()
             await self._cache.set_many(plan.states)
+            metrics.STORE_AVAILABLE.labels("redis").set(1)
         except StoreUnavailable as exc:
+            metrics.STORE_AVAILABLE.labels("redis").set(0)
             if not self._cache_stale:
                 self._log.warning("redis unavailable, latest-state cache is stale: %s", exc)
             self._cache_stale = True

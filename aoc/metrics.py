@@ -1,0 +1,189 @@
+"""Prometheus metrics of every AOC process, in one module-level registry.
+
+Served at ``/metrics`` by the HTTP API (``aoc serve``, ``aoc api``), by the
+bridge's own small HTTP server (``aoc bridge``) and by the Socket.IO port
+(``aoc realtime``). Labels are low-cardinality by rule: a message kind, a
+fan-out channel or a component name, never an ambulance id or a topic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+from datetime import datetime
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+
+from bridge.messages import Crash, Parsed, Plan, Snap, Tracking
+from storage.base import DEAD_LETTERS
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+# The device topics' last level; anything else (never subscribed) is "other".
+KINDS = ("tracking", "crash", "snap", "status")
+# Processor counts -> the kind of message they were stored as (late points
+# and repeated crashes are stored too, in history).
+_STORED_AS = {
+    "tracking": "tracking",
+    "late": "tracking",
+    "crash": "crash",
+    "crash_repeat": "crash",
+    "snap": "snap",
+    "status": "status",
+}
+
+# The kinds whose messages carry a device timestamp.
+_TIMED: dict[type, str] = {Tracking: "tracking", Crash: "crash", Snap: "snap"}
+
+MESSAGES_RECEIVED = Counter(
+    "aoc_messages_received", "Device messages taken from the broker", ["kind"], registry=REGISTRY
+)
+MESSAGES_STORED = Counter(
+    "aoc_messages_stored", "Device messages stored (history or state)", ["kind"], registry=REGISTRY
+)
+MESSAGES_DEAD_LETTERED = Counter(
+    "aoc_messages_dead_lettered",
+    "Device messages stored as dead letters",
+    ["kind"],
+    registry=REGISTRY,
+)
+MESSAGES_DUPLICATE = Counter(
+    "aoc_messages_duplicate",
+    "Redelivered or repeated device messages that were already stored",
+    ["kind"],
+    registry=REGISTRY,
+)
+MESSAGES_REEMITTED = Counter(
+    "aoc_messages_reemitted",
+    "Fan-out sent: Socket.IO emissions (kind tracking/crash/snap) and MQTT publications "
+    "(kind state/alert)",
+    ["channel", "kind"],
+    registry=REGISTRY,
+)
+FANOUT_FAILURES = Counter(
+    "aoc_fanout_failures",
+    "Fan-out sends that failed (best effort)",
+    ["channel"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "aoc_batch_seconds",
+    "Time from taking a batch to acknowledging it (parse, plan, store)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+MESSAGE_AGE_SECONDS = Histogram(
+    "aoc_message_age_seconds",
+    "Acknowledgement time minus the device's timestamp",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "aoc_batch_size",
+    "Messages per acknowledged batch",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "aoc_bridge_queue_depth",
+    "Messages received from the broker and waiting for a batch (the bridge's lag)",
+    registry=REGISTRY,
+)
+STORE_RETRIES = Counter(
+    "aoc_store_retries",
+    "Failed storage attempts that were retried",
+    ["component"],
+    registry=REGISTRY,
+)
+STORE_OUTAGES = Counter(
+    "aoc_store_outages",
+    "Storage outages seen by the bridge (one per outage)",
+    ["component"],
+    registry=REGISTRY,
+)
+STORE_AVAILABLE = Gauge(
+    "aoc_store_available",
+    "1 while the component answers the bridge, 0 during an outage",
+    ["component"],
+    registry=REGISTRY,
+)
+SOCKETIO_CLIENTS = Gauge(
+    "aoc_socketio_clients", "Socket.IO clients connected to this process", registry=REGISTRY
+)
+PROCESS_RESTARTS = Gauge(
+    "aoc_process_restarts",
+    "Times `aoc up` restarted this process (AOC_RESTART_COUNT)",
+    registry=REGISTRY,
+)
+
+# Every kind shows from the start (at 0), so rates work from the first sample.
+for _kind in KINDS:
+    for _counter in (
+        MESSAGES_RECEIVED,
+        MESSAGES_STORED,
+        MESSAGES_DEAD_LETTERED,
+        MESSAGES_DUPLICATE,
+    ):
+        _counter.labels(_kind)
+
+
+def kind_of(topic: str) -> str:
+    """The message kind of a device topic ``aoc/<id>/<kind>``."""
+    kind = topic.rsplit("/", 1)[-1]
+    return kind if kind in KINDS else "other"
+
+
+def emit_kind(room: str) -> str:
+    """The message kind behind a legacy Socket.IO emission, from its room."""
+    if room == "snap":
+        return "snap"
+    if room == "crash" or room.startswith("CRASH_NOTIFY_"):
+        return "crash"
+    return "tracking"  # the "tracking" room and the ambulance's own room
+
+
+def observe_batch(
+    topics: Iterable[str],
+    parsed: Iterable[Parsed],
+    plan: Plan,
+    *,
+    seconds: float,
+    acked_at: datetime,
+) -> None:
+    """Count an acknowledged batch: what came in, what was stored, how long it took.
+
+    Each message is stored, dead-lettered or a duplicate, so duplicates per kind
+    are what is left of the received ones.
+    """
+    received = Tally(kind_of(topic) for topic in topics)
+    stored: Tally[str] = Tally()
+    for name, number in plan.counts.items():
+        if name in _STORED_AS:
+            stored[_STORED_AS[name]] += number
+    dead = Tally(
+        kind_of(str(write.doc.get("topic", "")))
+        for write in plan.writes
+        if write.collection == DEAD_LETTERS
+    )
+    for kind, number in received.items():
+        MESSAGES_RECEIVED.labels(kind).inc(number)
+        MESSAGES_DUPLICATE.labels(kind).inc(max(number - stored[kind] - dead[kind], 0))
+    for kind, number in stored.items():
+        MESSAGES_STORED.labels(kind).inc(number)
+    for kind, number in dead.items():
+        MESSAGES_DEAD_LETTERED.labels(kind).inc(number)
+    BATCH_SIZE.observe(received.total())
+    BATCH_SECONDS.observe(seconds)
+    for item in parsed:
+        if isinstance(item, Tracking | Crash | Snap):
+            age = (acked_at - item.ts).total_seconds()
+            # A device clock ahead of ours would give a negative age: count it as none.
+            MESSAGE_AGE_SECONDS.labels(_TIMED[type(item)]).observe(max(age, 0.0))
