@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     http_port: int = 5000
     socketio_port: int = 5050
+    # `aoc bridge` alone serves /healthz, /readyz and /metrics here.
+    bridge_http_port: int = 5001
 
     # MQTT broker (Mosquitto).
     mqtt_host: str = "127.0.0.1"
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     # this many messages or when the oldest has waited this long.
     batch_size: int = Field(default=200, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0)
+
+    # Set by `aoc up` for the processes it restarts; exported as a metric.
+    restart_count: int = Field(default=0, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -22,9 +22,11 @@ from contextlib import AsyncExitStack
 
 import socketio
 
+from aoc import metrics
 from aoc.config import Settings
 from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api.routes.health import create_probe_app
 from bridge.processor import Processor
 from bridge.service import SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
@@ -153,6 +155,7 @@ async def _run_until_stopped(
 async def serve(settings: Settings) -> None:
     """Bridge, HTTP API and Socket.IO server in one process."""
     stop = _stop_on_signals()
+    metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
         consumer = await stack.enter_async_context(
@@ -192,6 +195,7 @@ async def serve(settings: Settings) -> None:
 async def run_bridge(settings: Settings) -> None:
     """The bridge alone; it reaches Socket.IO servers through Redis."""
     stop = _stop_on_signals()
+    metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
         consumer = await stack.enter_async_context(
@@ -201,12 +205,26 @@ async def run_bridge(settings: Settings) -> None:
         bridge = _bridge(
             settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=emitter
         )
-        await _run_until_stopped(stop, servers=[], bridge=bridge)
+        # Probes and metrics, so the bridge is observable without the HTTP API.
+        probes = create_probe_app(
+            ApiDeps(
+                settings=settings,
+                store=store,
+                objects=objects,
+                cache=cache,
+                ready_checks=_ready_checks(
+                    store=store, objects=objects, cache=cache, mqtt=consumer
+                ),
+            )
+        )
+        http = server(probes, host=settings.bind_host, port=settings.bridge_http_port)
+        await _run_until_stopped(stop, servers=[http], bridge=bridge)
 
 
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
     stop = _stop_on_signals()
+    metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
         publisher = await stack.enter_async_context(
@@ -227,6 +245,7 @@ async def run_api(settings: Settings) -> None:
 async def run_realtime(settings: Settings) -> None:
     """A Socket.IO server alone, fed by bridges through Redis."""
     stop = _stop_on_signals()
+    metrics.PROCESS_RESTARTS.set(settings.restart_count)
     sio = create_sio(client_manager=socketio.AsyncRedisManager(settings.redis_url))
     rt = server(create_realtime_app(sio), host=settings.bind_host, port=settings.socketio_port)
     with contextlib.suppress(asyncio.CancelledError):

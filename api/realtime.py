@@ -13,11 +13,13 @@ import weakref
 from typing import Any
 
 import socketio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from aoc import metrics
 from api.pages import HOME_HTML
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,9 @@ def connected_clients(sio: socketio.AsyncServer | None = None) -> int:
     return sum(len(sids) for sids in _CONNECTED.values())
 
 
+metrics.SOCKETIO_CLIENTS.set_function(connected_clients)
+
+
 async def emit_legacy(
     target: socketio.AsyncServer | socketio.AsyncManager, room: str, data: str
 ) -> None:
@@ -113,7 +118,14 @@ async def _home(request: Request) -> HTMLResponse:
     return HTMLResponse(HOME_HTML)
 
 
+async def _metrics(request: Request) -> Response:
+    # `aoc realtime` alone has no HTTP API: its metrics (clients) are served here.
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_realtime_app(sio: socketio.AsyncServer) -> socketio.ASGIApp:
-    """The ASGI app of port 5050: Socket.IO at ``/socket.io/`` and the legacy page at ``/``."""
-    home = Starlette(routes=[Route("/", _home, methods=["GET"])])
+    """The ASGI app of port 5050: Socket.IO at ``/socket.io/``, the home page, ``/metrics``."""
+    home = Starlette(
+        routes=[Route("/", _home, methods=["GET"]), Route("/metrics", _metrics, methods=["GET"])]
+    )
     return socketio.ASGIApp(sio, other_asgi_app=home, socketio_path="socket.io")

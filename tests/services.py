@@ -211,18 +211,28 @@ def aoc(
     Its HTTP port is ``port``; ``env`` holds extra ``AOC_*`` settings and may
     override the defaults chosen here.
     """
-    http_port, socketio_port = free_port(), free_port()
+    http_port, socketio_port, bridge_port = free_port(), free_port(), free_port()
     settings = {
         "AOC_MQTT_PORT": str(mqtt_port),
         "AOC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "AOC_HTTP_PORT": str(http_port),
         "AOC_SOCKETIO_PORT": str(socketio_port),
+        "AOC_BRIDGE_HTTP_PORT": str(bridge_port),
         "AOC_DATA_DIR": str(workdir / "data"),
         "AOC_MQTT_CLIENT_ID": f"aoc-bridge-{http_port}",
         "AOC_LOG_LEVEL": "INFO",
         **(env or {}),
     }
-    ports = {"serve": (http_port, socketio_port), "api": (http_port,), "realtime": (socketio_port,)}
+    http_port, socketio_port, bridge_port = (
+        int(settings[name])
+        for name in ("AOC_HTTP_PORT", "AOC_SOCKETIO_PORT", "AOC_BRIDGE_HTTP_PORT")
+    )
+    ports = {
+        "serve": (http_port, socketio_port),
+        "api": (http_port,),
+        "realtime": (socketio_port,),
+        "bridge": (bridge_port,),  # its probes and metrics
+    }
     waits = ports.get(command, ())
     service = Service(
         f"aoc-{command}",

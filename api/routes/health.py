@@ -1,13 +1,15 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus metrics of the process."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import Deps, ReadyCheck
+from aoc.metrics import REGISTRY
+from api.deps import ApiDeps, Deps, ReadyCheck
 
 router = APIRouter(tags=["health"])
 
@@ -42,3 +44,17 @@ async def readyz(deps: Deps) -> JSONResponse:
     report = dict(zip(names, results, strict=True))
     ok = all(result == "ok" for result in results)
     return JSONResponse(report, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """This process's metrics in the Prometheus text format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_probe_app(deps: ApiDeps) -> FastAPI:
+    """The probes and metrics alone: the HTTP face of a process without the API (`aoc bridge`)."""
+    app = FastAPI(title="AOC probes", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.deps = deps
+    app.include_router(router)
+    return app
