@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -111,7 +112,9 @@ def plan(settings: Settings) -> list[Child]:
 
 
 async def _start(child: Child) -> None:
-    child.proc = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True)
+    # The child exports its restart count as a metric (AOC_RESTART_COUNT).
+    env = {**os.environ, "AOC_RESTART_COUNT": str(child.restarts)}
+    child.proc = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True, env=env)
     await wait_port(child)
     log.info("%s started (pid %d)", child.name, child.proc.pid)
 
