@@ -175,6 +175,7 @@ class _Draft:
     emits: list[Emit] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
 
     def count(self, kind: str, number: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + number
@@ -271,6 +272,10 @@ class Processor:
                 self._rejected(item, draft)
         plan = draft.to_plan()
         self._commit(draft.states)
+        # Logged only once the plan is whole: a plan that fails midway (storage
+        # down, or a bug) is planned again, and would log its dead letters twice.
+        for item in draft.rejected:
+            self._log.warning("dead letter from %s: %s", item.topic, item.reason)
         return plan
 
     async def _fresh(self, batch: Sequence[Parsed]) -> list[Parsed]:
@@ -501,4 +506,4 @@ class Processor:
         doc = dead_letter_doc(item, limit=self._dl_bytes)
         draft.insert(DEAD_LETTERS, doc)
         draft.count("dead_letter")
-        self._log.warning("dead letter from %s: %s", item.topic, item.reason)
+        draft.rejected.append(item)
