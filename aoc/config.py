@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     # Public base URL of object links handed to browsers (empty: served by the HTTP API).
     objects_public_url: str = ""
+    # While object storage is down, snapshots wait in this local spool (empty:
+    # data_dir/spool); past spool_max_bytes the bridge holds its batches. 0: no spool.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1024**3, ge=0)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -83,6 +87,11 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         """The document store URL, defaulting to SQLite under ``data_dir``."""
         return self.store_url or f"sqlite:///{(self.data_dir / 'aoc.sqlite3').resolve()}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        """The object spool directory, defaulting to one under ``data_dir``."""
+        return (self.spool_dir or self.data_dir / "spool").resolve()
 
     @property
     def resolved_objects_url(self) -> str:

@@ -35,6 +35,7 @@ from broker.client import MqttClient
 from storage import open_document_store, open_object_store
 from storage.base import DocumentStore, ObjectStore, StoreUnavailable
 from storage.cache import StateCache
+from storage.spool import SpoolingObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _open_storage(
-    settings: Settings, stack: AsyncExitStack
+    settings: Settings, stack: AsyncExitStack, *, spool: bool = True
 ) -> tuple[DocumentStore, ObjectStore, StateCache]:
     store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
     await stack.enter_async_context(store)
@@ -63,6 +64,12 @@ async def _open_storage(
         secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
         public_url=settings.objects_public_url or None,
     )
+    if spool and settings.spool_max_bytes:
+        # Snapshots wait on local disk while object storage is down instead of
+        # holding the bridge's batches (tracking and crash alerts) behind it.
+        objects = SpoolingObjectStore(
+            objects, spool_dir=settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes
+        )
     await stack.enter_async_context(objects)
     cache = StateCache(settings.redis_url)
     try:
@@ -226,7 +233,8 @@ async def run_api(settings: Settings) -> None:
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        store, objects, cache = await _open_storage(settings, stack)
+        # It writes no objects; the bridge owns the spool (and may share data_dir).
+        store, objects, cache = await _open_storage(settings, stack, spool=False)
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
         )
