@@ -9,13 +9,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := mosquitto redis-server
 TEST_PACKAGES := $(RUN_PACKAGES) docker-compose nodejs npm
 
-.PHONY: run test setup setup-run lint typecheck unit clean
+.PHONY: run test bench setup setup-run lint typecheck unit clean
 
 run: setup-run
 	$(BIN)/aoc up
 
 test: setup lint typecheck
 	$(BIN)/pytest
+
+# Benchmarks against real processes (not part of `make test`), e.g.
+# make bench BENCH="latency --rate 100"   or   make bench BENCH="soak --duration 120"
+BENCH ?= throughput
+bench: setup
+	$(BIN)/python -m bench $(BENCH)
 
 setup-run: .stamps/apt-run $(VENV)/.installed-run
 setup: .stamps/apt-test $(VENV)/.installed-test tests/js/node_modules/.installed

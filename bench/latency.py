@@ -1,0 +1,151 @@
+"""``bench latency``: publish -> Socket.IO ``data`` in room ``tracking``, and -> MQTT state.
+
+Points go out at a steady total rate, round robin over a few ambulances. A
+python-socketio client in room ``tracking`` sees each point (matched by its
+ambulance id and ``seq``, which the legacy body carries through); an MQTT
+subscriber sees the retained ``aoc/<id>/state`` (matched by ``last_seen``,
+the device time of the latest point). The bridge publishes one state per
+ambulance per batch, so a state message answers for the newest point of its
+batch only, and there are fewer of them than points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiomqtt
+import socketio
+
+from bench import stack as stack_mod
+from bench.stack import Stack
+from bench.stats import summary_ms
+
+_GRACE = 10.0  # seconds to wait for the last points after publishing stops
+
+
+@dataclass
+class Latencies:
+    """Publish times and the delays measured against them, in seconds."""
+
+    published: dict[tuple[str, int], float] = field(default_factory=dict)  # (id, seq) -> t
+    by_ts: dict[tuple[str, int], float] = field(default_factory=dict)  # (id, ts ms) -> t
+    socketio: list[float] = field(default_factory=list)
+    state: list[float] = field(default_factory=list)
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    expected: int = 0
+    complete: asyncio.Event = field(default_factory=asyncio.Event)  # every point seen
+
+
+def _epoch_ms(text: str) -> int:
+    return round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def _dashboard(url: str, prefix: str, lat: Latencies) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    joined = asyncio.Event()
+
+    @client.on("data")  # type: ignore[untyped-decorator]
+    async def on_data(data: object) -> None:
+        now = time.monotonic()
+        if data == "room joined: tracking":
+            joined.set()
+            return
+        if not isinstance(data, str):
+            return
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            body = json.loads(data)
+            key = (str(body["ambulance_id"]), int(body["seq"]))
+            if key[0].startswith(prefix) and key in lat.published and key not in lat.seen:
+                lat.seen.add(key)
+                lat.socketio.append(now - lat.published[key])
+                if len(lat.socketio) >= lat.expected:
+                    lat.complete.set()
+
+    await client.connect(url, transports=["websocket"], wait_timeout=10)
+    await client.emit("room_join", "tracking")
+    async with asyncio.timeout(10):
+        await joined.wait()
+    return client
+
+
+async def _states(client: aiomqtt.Client, prefix: str, lat: Latencies) -> None:
+    async for message in client.messages:
+        now = time.monotonic()
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            body = json.loads(bytes(message.payload))
+            aid = str(body["ambulance_id"])
+            if not aid.startswith(prefix) or message.retain:
+                continue  # retained: an old state replayed on subscribe, not a new one
+            published = lat.by_ts.get((aid, _epoch_ms(body["last_seen"])))
+            if published is not None:
+                lat.state.append(now - published)
+
+
+async def latency(stack: Stack, *, devices: int, rate: float, duration: float) -> Latencies:
+    """Publish for ``duration`` seconds at ``rate`` points/s; print latency percentiles."""
+    probe_s = await stack.probe()
+    print(f"pipeline up (first point stored {probe_s:.2f}s after the first try)", flush=True)
+    prefix = f"LAT-{uuid.uuid4().hex[:6]}-"
+    ids = [f"{prefix}{i:03d}" for i in range(devices)]
+    seqs = dict.fromkeys(ids, 0)
+    last_ts = dict.fromkeys(ids, 0)
+    total = max(1, round(rate * duration))
+    lat = Latencies(expected=total)
+    board = await _dashboard(stack.socketio_url, prefix, lat)
+    try:
+        async with (
+            stack.mqtt() as subscriber,
+            stack.mqtt() as publisher,
+            asyncio.TaskGroup() as group,
+        ):
+            await subscriber.subscribe("aoc/+/state", qos=1)
+            listener = group.create_task(_states(subscriber, prefix, lat), name="state-listener")
+            pending: set[asyncio.Task[None]] = set()
+            print(f"publishing {total} points at {rate:g}/s over {devices} ambulances", flush=True)
+            start = time.monotonic()
+            next_report = start + 5
+            for n in range(total):
+                await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+                aid = ids[n % devices]
+                seq = seqs[aid]
+                seqs[aid] += 1
+                ts = max(stack_mod.now_ms(), last_ts[aid] + 1)  # unique per ambulance
+                last_ts[aid] = ts
+                body = {"lat": 13.75, "lon": round(100.5 + seq * 1e-5, 6), "speed": 40}
+                body |= {"heading": 90, "ts": ts, "seq": seq}
+                now = time.monotonic()
+                lat.published[(aid, seq)] = now
+                lat.by_ts[(aid, ts)] = now
+                # Publishing without waiting for PUBACK keeps the rate steady.
+                task = asyncio.create_task(
+                    publisher.publish(f"aoc/{aid}/tracking", json.dumps(body), qos=1)
+                )
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                if now >= next_report:
+                    next_report += 5
+                    print(
+                        f"  {now - start:5.1f}s  published {n + 1}"
+                        f"  socket.io {len(lat.socketio)}  state {len(lat.state)}",
+                        flush=True,
+                    )
+            await asyncio.gather(*pending)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_GRACE):
+                    await lat.complete.wait()
+            listener.cancel()
+    finally:
+        await board.disconnect()
+    missing = total - len(lat.socketio)
+    print(f"publish -> Socket.IO data (room tracking): {summary_ms(lat.socketio)}")
+    if missing:
+        print(f"  {missing} of {total} points never reached the dashboard within {_GRACE:.0f}s")
+    print(f"publish -> MQTT aoc/<id>/state:           {summary_ms(lat.state)}")
+    print(f"  ({len(lat.state)} state messages for {total} points: one per ambulance per batch)")
+    return lat

@@ -1,0 +1,67 @@
+"""The benchmark harness runs end to end with tiny numbers and prints its figures.
+
+Only that it runs and reports: no figure is compared with a threshold here
+(timings on a shared machine make poor assertions).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def test_throughput_prints_each_run_and_the_median() -> None:
+    """Test that every message of every run is stored and the median rate is printed."""
+    out = _bench("throughput", "--devices", "2", "--messages", "200", "--runs", "2")
+    runs = re.findall(r"run (\d): (\d+)/(\d+) stored", out)
+    assert runs == [("1", "200", "200"), ("2", "200", "200")], out
+    assert re.search(r"median of 2 runs: \d+ msg/s", out), out
+    assert "bridge batches:" in out, out  # the bridge's /metrics batch histogram is read
+
+
+def test_latency_prints_percentiles_for_socketio_and_state() -> None:
+    """Test that points reach the Socket.IO room and the state topic, with percentiles."""
+    out = _bench("latency", "--devices", "2", "--rate", "20", "--duration", "2")
+    socketio = re.search(r"Socket\.IO data \(room tracking\): n=(\d+)\s+p50\s+[\d.]+ ms", out)
+    state = re.search(r"aoc/<id>/state:\s+n=(\d+)\s+p50\s+[\d.]+ ms", out)
+    assert socketio is not None and int(socketio.group(1)) == 40, out
+    assert state is not None and int(state.group(1)) > 0, out
+    assert "p99" in out and "max" in out, out
+
+
+def test_soak_samples_memory_of_every_process_and_prints_a_verdict() -> None:
+    """Test that a short soak prints an RSS row per process and the growth ratios."""
+    # A huge tolerance: ten seconds is all warm-up, and this test is about the harness.
+    out = _bench(
+        "soak",
+        "--ambulances", "3",
+        "--duration", "10",
+        "--interval", "1",
+        "--tolerance", "10000",
+    )  # fmt: skip
+    for process in ("mosquitto", "redis", "aoc-serve", "simulator"):
+        assert re.search(rf"^{process}\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.MULTILINE), out
+    assert re.search(r"verdict: memory FLAT after warm-up .*aoc-serve x\d\.\d{3}", out), out
+    assert re.search(r"stored [1-9]\d* tracking points", out), out
