@@ -270,8 +270,9 @@ async def test_storage_outage_is_counted_and_logged_once(
         workdir,
         mqtt_port=broker.port,
         redis_port=redis_server.port,
-        # A long batch window keeps the snap and the bad message in one batch.
-        env={"AOC_LOG_FORMAT": "json", "AOC_BATCH_WAIT_MS": "1000"},
+        # A long batch window keeps the snap and the bad message in one batch;
+        # without the object spool, the outage holds the batch.
+        env={"AOC_LOG_FORMAT": "json", "AOC_BATCH_WAIT_MS": "1000", "AOC_SPOOL_MAX_BYTES": "0"},
     )
     with service:
         port = service.env["AOC_BRIDGE_HTTP_PORT"]
