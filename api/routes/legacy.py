@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import math
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from api.deps import Deps, Publisher, PublisherDep
 from api.legacy_input import field_error, read_body, read_uploads
 from api.pages import HOME_HTML
 from bridge.ids import epoch_ms, valid_ambulance_id
+from bridge.jsjson import dumps
 from bridge.messages import Crash, Rejected, Snap, Tracking
 from bridge.snapshots import sniff
 from bridge.validate import Limits, parse
@@ -119,7 +119,11 @@ def _device_message(body: dict[str, Any], *, crash: bool, received_ms: int) -> d
 
 
 def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # As JSON.stringify writes it, not json.dumps: a lone surrogate ("\ud800", which
+    # JSON.parse accepts) stays escaped instead of failing to encode (a 500), and an
+    # overflowing number (1e400, Infinity to JSON.parse) becomes null instead of an
+    # invalid Infinity that refused the whole body.
+    return dumps(message).encode("utf-8")
 
 
 def _legacy_field(reason: str, body: dict[str, Any]) -> str | None:
