@@ -119,11 +119,12 @@ async def test_json_tracking_is_re_emitted_as_json_stringify_wrote_it(
         f'{{"ambulance_id":"{two}","tracking_latitude":13.75,"tracking_longitude":100.5,'
         f'"tracking_speed":0,"tracking_heading":0}}',
         # String numbers, unknown fields of every kind, non-ASCII, an integer-like key
-        # (JavaScript lists it first), -0, 1e21, 1e-7 and an integer beyond 2**53.
+        # (JavaScript lists it first), -0, 1e21, 1e-7, an integer beyond 2**53, a number
+        # that overflows (Infinity: null), a lone surrogate and an escaped pair (🚑).
         f'{{"ambulance_id":"{one}","tracking_latitude":"13.7564","tracking_longitude":"100.5019",'
         f'"tracking_speed":"90","tracking_heading":"90","driver":"สมชาย \\"A\\"",'
         f'"1":"x","extra":{{"b":1e2,"a":[1.0,-0.0,1e21,1e-7,123456789012345678901234567890]}},'
-        f'"flag":true,"none":null}}',
+        f'"flag":true,"none":null,"big":1e400,"odd":"\\ud800|\\ud83d\\ude91"}}',
         f'{{"ambulance_id":"{two}","tracking_latitude":13.76,"tracking_longitude":100.51,'
         f'"tracking_speed":121,"tracking_heading":359.5}}',
     ]
