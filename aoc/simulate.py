@@ -26,6 +26,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 import sys
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 KINDS = ("tracking", "snap", "crash", "status")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PUBLISH_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 5.0  # paho's socket connect, then again for the CONNACK
+_SIGN_OFF_TIMEOUT = 5.0
 _MAX_BACKOFF = 10.0
 
 
@@ -125,7 +128,9 @@ class _Fleet:
     async def _publish(
         self, client: aiomqtt.Client, topic: str, payload: bytes, kind: str, retain: bool = False
     ) -> None:
-        await client.publish(topic, payload, qos=1, retain=retain, timeout=_PUBLISH_TIMEOUT)
+        # Our own timeout: aiomqtt's is a 3.11 wait_for, which can swallow a cancellation.
+        async with asyncio.timeout(_PUBLISH_TIMEOUT):
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)
 
     async def _tracking(self, amb: _Ambulance, client: aiomqtt.Client, point: Point) -> None:
@@ -188,80 +193,175 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def _say_offline(fleet: _Fleet, ambulances: list[_Ambulance], client: aiomqtt.Client) -> None:
-    """Best effort, bounded: we are stopping and the broker may be gone."""
-    for amb in ambulances:
+class _Link:
+    """One MQTT connection carrying ``ambulances``: reconnected until ``stop``, then signed off.
+
+    Links are told to stop through ``stop`` and are never cancelled: on Python 3.11 a
+    cancellation can be lost inside aiomqtt (its ``wait_for`` returns a result that lands
+    with the cancel; a ``TaskGroup`` whose child fails at that moment raises the child's
+    error instead), which left a link driving on, or gone without a word. Cut
+    mid-connect, aiomqtt also leaves a live connection that nobody owns: no ``offline``,
+    and no Last Will either, since the socket never closes.
+    """
+
+    def __init__(
+        self,
+        fleet: _Fleet,
+        ambulances: list[_Ambulance],
+        offsets: list[float],
+        stop: asyncio.Event,
+        *,
+        host: str,
+        port: int,
+        username: str | None,
+        password: str | None,
+        identifier: str,
+    ) -> None:
+        self.fleet = fleet
+        self.ambulances = ambulances
+        self.offsets = offsets
+        self.stop = stop
+        self.host, self.port = host, port
+        self.username, self.password = username, password
+        self.identifier = identifier
+        # A device's Last Will can name one topic only, so only a dedicated connection has one.
+        single = ambulances[0] if len(ambulances) == 1 else None
+        self.will = (
+            aiomqtt.Will(single.topics["status"], b"offline", qos=1, retain=True)
+            if single
+            else None
+        )
+        self.client: aiomqtt.Client | None = None  # set while connected
+
+    async def run(self) -> None:
+        """Publish until ``stop`` is set, reconnecting on failures; then say ``offline``."""
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                await self._connect()
+                backoff = 0.5
+                await self._drive()
+            except Exception as exc:  # a lost connection or a failed publish: reconnect
+                self.fleet.stats.errors += 1
+                if _only_mqtt_errors(exc):
+                    log.warning(
+                        "simulator connection %s: %s; retrying in %.1fs",
+                        self.identifier, str(exc) or type(exc).__name__, backoff,
+                    )
+                else:
+                    log.exception("simulator connection %s failed; retrying", self.identifier)
+                await self._close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff * random.uniform(0.5, 1.0)):
+                        await self.stop.wait()
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+        await self._sign_off()
+
+    def _new_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=self.identifier,
+            will=self.will,
+            clean_session=True,
+            keepalive=30,
+            timeout=_CONNECT_TIMEOUT,  # bounds the CONNACK and the DISCONNECT waits
+        )
+
+    async def _connect(self) -> None:
+        """Connect; a cancellation waits for the attempt to land and keeps what it opened."""
+        client = self._new_client()
+        # Entering is not cut short (aiomqtt bounds it): see the class docstring.
+        entering = asyncio.ensure_future(client.__aenter__())
         try:
-            async with asyncio.timeout(2.0):
-                await fleet.status(amb, client, online=False)
-        except (aiomqtt.MqttError, TimeoutError):
-            fleet.stats.errors += 1
-            return
+            await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            await asyncio.wait({entering})
+            if not entering.cancelled() and entering.exception() is None:
+                self.client = client  # so that whoever cancelled us can close it
+            raise
+        self.client = client
+
+    async def _drive(self) -> None:
+        """Say ``online``, then publish every ambulance's points until ``stop`` is set."""
+        client = self.client
+        assert client is not None
+        for amb in self.ambulances:
+            await self.fleet.status(amb, client, online=True)
+        start = asyncio.get_running_loop().time()
+        drivers = [
+            asyncio.create_task(
+                self.fleet.drive(amb, client, start + offset), name=f"sim-{amb.ambulance_id}"
+            )
+            for amb, offset in zip(self.ambulances, self.offsets, strict=True)
+        ]
+        stopping = asyncio.create_task(self.stop.wait(), name=f"sim-stop-{self.identifier}")
+        try:
+            done, _ = await asyncio.wait([*drivers, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*drivers, stopping):
+                task.cancel()
+            _, stuck = await asyncio.wait([*drivers, stopping], timeout=_PUBLISH_TIMEOUT)
+            for task in stuck:  # not expected: every await in a driver obeys cancellation
+                log.error("simulator task %s ignored its cancellation", task.get_name())
+        for task in drivers:
+            if task in done:  # drivers run until cancelled, so this one failed
+                if task.cancelled():
+                    raise aiomqtt.MqttError(f"{task.get_name()} was cancelled")
+                raise task.exception() or aiomqtt.MqttError(f"{task.get_name()} stopped")
+
+    async def _sign_off(self) -> None:
+        """Publish ``offline`` for every ambulance and disconnect, bounded; never raises.
+
+        Stopped between connections (after a failure, or before the first one), the link
+        connects once more to say it: a device going offline always says so.
+        """
+        try:
+            async with asyncio.timeout(_SIGN_OFF_TIMEOUT):
+                if self.client is None:
+                    await self._connect()
+                assert self.client is not None
+                for amb in self.ambulances:
+                    await self.fleet.status(amb, self.client, online=False)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            self.fleet.stats.errors += 1
+            log.warning(
+                "simulator connection %s could not say offline: %s",
+                self.identifier, str(exc) or type(exc).__name__,
+            )
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        """Disconnect cleanly, if connected; bounded by the client's own timeout."""
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
 
 
-async def _run_link(
-    fleet: _Fleet,
-    ambulances: list[_Ambulance],
-    offsets: list[float],
-    *,
-    host: str,
-    port: int,
-    username: str | None,
-    password: str | None,
-    identifier: str,
-) -> None:
-    """One MQTT connection carrying ``ambulances``, reconnected until cancelled."""
-    # A device's Last Will can name one topic only, so only a dedicated connection has one.
-    single = ambulances[0] if len(ambulances) == 1 else None
-    will = (
-        aiomqtt.Will(single.topics["status"], b"offline", qos=1, retain=True) if single else None
-    )
-    loop = asyncio.get_running_loop()
-    backoff = 0.5
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for ``tasks`` to end even if cancelled meanwhile (their sign-off is bounded)."""
+    interrupted: asyncio.CancelledError | None = None
     while True:
         try:
-            async with aiomqtt.Client(
-                host,
-                port,
-                username=username,
-                password=password,
-                identifier=identifier,
-                will=will,
-                clean_session=True,
-                keepalive=30,
-            ) as client:
-                backoff = 0.5
-                try:
-                    for amb in ambulances:
-                        await fleet.status(amb, client, online=True)
-                    start = loop.time()
-                    async with asyncio.TaskGroup() as group:
-                        for amb, offset in zip(ambulances, offsets, strict=True):
-                            group.create_task(
-                                fleet.drive(amb, client, start + offset),
-                                name=f"sim-{amb.ambulance_id}",
-                            )
-                except asyncio.CancelledError:
-                    await _say_offline(fleet, ambulances, client)
-                    raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a lost connection or a failed publish: reconnect
-            fleet.stats.errors += 1
-            if _only_mqtt_errors(exc):
-                log.warning(
-                    "simulator connection %s: %s; retrying in %.1fs", identifier, exc, backoff
-                )
-            else:
-                log.exception("simulator connection %s failed; retrying", identifier)
-        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-        backoff = min(backoff * 2, _MAX_BACKOFF)
+            await asyncio.wait(tasks)
+            break
+        except asyncio.CancelledError as exc:  # a second Ctrl-C: still let every link sign off
+            interrupted = exc
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("simulator %s crashed", task.get_name(), exc_info=task.exception())
+    if interrupted is not None:
+        raise interrupted
 
 
 def _only_mqtt_errors(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_mqtt_errors(inner) for inner in exc.exceptions)
-    return isinstance(exc, aiomqtt.MqttError)
+    return isinstance(exc, aiomqtt.MqttError | TimeoutError)
 
 
 async def _report(stats: SimStats, stream: TextIO, started: float, interval: float = 0.5) -> None:
@@ -317,7 +417,8 @@ async def simulate(
     """Run a fleet of ``ambulances`` publishing to ``host:port`` for ``duration`` seconds.
 
     ``duration=None`` runs until cancelled (Ctrl-C); either way every ambulance
-    publishes ``offline`` before its connection closes. ``snap_every <= 0``
+    publishes ``offline`` before its connection closes, within a few seconds
+    (a second cancellation does not cut that short). ``snap_every <= 0``
     turns snapshots off. A progress line goes to ``stream`` when ``progress``
     is set and ``stream`` is a terminal (or ``force_progress``). Raises
     ``ValueError`` for impossible arguments; connection failures are retried
@@ -357,18 +458,20 @@ async def simulate(
     )
     loop = asyncio.get_running_loop()
     started = loop.time()
+    stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            _run_link(
+            _Link(
                 fleet,
                 fleet_members[k::links],
                 offsets[k::links],
+                stop,
                 host=host,
                 port=port,
                 username=username,
                 password=password,
                 identifier=f"{id_prefix}-sim-{run_id}-{k}",
-            ),
+            ).run(),
             name=f"sim-link-{k}",
         )
         for k in range(links)
@@ -380,9 +483,8 @@ async def simulate(
     try:
         await asyncio.wait(tasks, timeout=duration)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stop.set()
+        await _settle(tasks)
         stats.elapsed = loop.time() - started
         if reporter is not None:
             reporter.cancel()

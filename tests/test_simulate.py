@@ -20,6 +20,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -164,9 +165,31 @@ async def collect(port: int, prefix: str) -> AsyncIterator[Received]:
         try:
             yield received
         finally:
+            # Bounded, so a failing test fails instead of hanging in teardown; leaving the
+            # client is bounded by its own timeout (10 s).
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=10.0)
+
+
+@contextlib.asynccontextmanager
+async def running(**kwargs: Any) -> AsyncIterator[asyncio.Task[SimStats]]:
+    """``simulate(**kwargs)`` in a task, cancelled (bounded) when the block ends however it ends."""
+    task = asyncio.create_task(simulate(**kwargs))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=30.0)
+
+
+async def interrupt(task: asyncio.Task[SimStats], times: int = 1) -> None:
+    """Cancel ``task`` as Ctrl-C does (``times`` over) and check that it ends, cancelled."""
+    for _ in range(times):
+        task.cancel()
+        await asyncio.sleep(0)  # a second Ctrl-C lands while the first is being handled
+    # A guard against a hang, not a timing assertion: signing off takes well under a second.
+    await asyncio.wait({task}, timeout=30.0)
+    assert task.cancelled()
 
 
 def payload(message: aiomqtt.Message) -> bytes:
@@ -327,19 +350,63 @@ async def test_last_will_marks_a_killed_device_offline(mosquitto: services.Servi
 async def test_cancellation_publishes_offline(mosquitto: services.Service) -> None:
     """Test that cancelling a run with no duration (Ctrl-C) still says `offline` for each device."""
     ids = prefix()
-    async with collect(mosquitto.port, ids) as received:
-        task = asyncio.create_task(
-            simulate(
-                host="127.0.0.1", port=mosquitto.port, ambulances=2, rate=5, duration=None,
-                seed=2, id_prefix=ids, progress=False,
-            )
-        )
+    async with (
+        collect(mosquitto.port, ids) as received,
+        running(
+            host="127.0.0.1", port=mosquitto.port, ambulances=2, rate=5, duration=None,
+            seed=2, id_prefix=ids, progress=False,
+        ) as task,
+    ):
         await received.until(lambda r: r.with_payload(b"online") >= 2)
         await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await received.until(lambda r: r.with_payload(b"offline") >= 2, 5.0)
+        await interrupt(task)
+        await received.until(lambda r: r.with_payload(b"offline") >= 2, 15.0)
+    offline = {m.topic.value for m in received if payload(m) == b"offline"}
+    assert offline == {f"aoc/{ids}001/status", f"aoc/{ids}002/status"}
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.003, 0.01, 0.05])
+async def test_cancellation_while_connecting_publishes_offline(
+    mosquitto: services.Service, delay: float
+) -> None:
+    """Test that a Ctrl-C landing mid-connect still says `offline` and leaves no connection open.
+
+    Cut inside aiomqtt's connect, a link used to leave a live connection behind: no `offline`,
+    and no Last Will either, as that socket never closed.
+    """
+    ids = prefix()
+    async with (
+        collect(mosquitto.port, ids) as received,
+        running(
+            host="127.0.0.1", port=mosquitto.port, ambulances=2, rate=20, duration=None,
+            seed=4, id_prefix=ids, progress=False,
+        ) as task,
+    ):
+        await asyncio.sleep(delay)
+        await interrupt(task)
+        await received.until(lambda r: r.with_payload(b"offline") >= 2, 15.0)
+    offline = {m.topic.value for m in received if payload(m) == b"offline"}
+    assert offline == {f"aoc/{ids}001/status", f"aoc/{ids}002/status"}
+
+
+async def test_second_cancellation_does_not_cut_the_sign_off_short(
+    mosquitto: services.Service,
+) -> None:
+    """Test that a second Ctrl-C still lets every ambulance of a shared connection say `offline`."""
+    ids = prefix()
+    async with (
+        collect(mosquitto.port, ids) as received,
+        running(
+            host="127.0.0.1", port=mosquitto.port, ambulances=4, rate=5, duration=None,
+            seed=5, id_prefix=ids, progress=False, max_connections=1,
+        ) as task,
+    ):
+        await received.until(lambda r: r.with_payload(b"online") >= 4)
+        await interrupt(task, times=3)
+        # A shared connection has no will: these are the explicit publishes.
+        await received.until(lambda r: r.with_payload(b"offline") >= 4, 15.0)
+    offline = {m.topic.value for m in received if payload(m) == b"offline"}
+    assert offline == {f"aoc/{ids}00{i}/status" for i in range(1, 5)}
 
 
 async def test_unreachable_broker_is_counted_not_raised() -> None:
