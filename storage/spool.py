@@ -157,13 +157,18 @@ class SpoolingObjectStore(ObjectStore):
                 await self._inner.ping()
                 return
             except StoreUnavailable:
-                if self._bytes < self._max_bytes:
+                if not self._refusing:
                     return
                 raise
-        if self._bytes >= self._max_bytes:
+        if self._refusing:
             raise StoreUnavailable(
                 f"object store unavailable and spool full ({self._bytes} bytes)"
             )
+
+    @property
+    def _refusing(self) -> bool:
+        # A put was refused since the last upload freed space, or no byte is left.
+        return self._full or self._bytes >= self._max_bytes
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store in ``inner``; while it is unavailable, durably in the spool."""
@@ -242,8 +247,7 @@ class SpoolingObjectStore(ObjectStore):
         if self._by_key.get(entry.key) is entry:
             del self._by_key[entry.key]
         self._bytes -= entry.size
-        if self._bytes < self._max_bytes:
-            self._full = False
+        self._full = False
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self._dir / entry.name)
 
