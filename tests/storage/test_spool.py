@@ -13,12 +13,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiomqtt
+import httpx
 import pytest
 
 from storage.base import StoreUnavailable
 from storage.localfs import LocalObjectStore
 from storage.spool import SpoolingObjectStore
 from tests import services
+from tests.images import TINY_JPEG
 from tests.storage.conftest import open_s3, s3_store, unique_bucket
 from tests.storage.test_objects import HOSTILE_KEYS, JPEG
 
@@ -356,3 +359,57 @@ async def test_seaweedfs_outage_and_restart_lose_nothing(
         assert entries(spool_dir) == []
     finally:
         weed.kill()
+
+
+async def wait_http(
+    http: httpx.AsyncClient, path: str, condition: Callable[[httpx.Response], bool]
+) -> httpx.Response:
+    """GET ``path`` until ``condition`` holds for the response; fail after a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = await http.get(path)
+        if condition(response):
+            return response
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: {response.status_code} {response.text[-2000:]}")
+        await asyncio.sleep(0.1)
+
+
+def snaps_stored(response: httpx.Response) -> bool:
+    return 'aoc_messages_stored_total{kind="snap"} 1.0' in response.text
+
+
+@pytest.mark.e2e
+async def test_the_bridge_acknowledges_snaps_while_object_storage_is_down(
+    tmp_path: Path,
+    mosquitto: services.Service,
+    redis_server: services.Service,
+    ambulance_id: str,
+) -> None:
+    """Test that `aoc bridge` stores a snap while its object store is down, then uploads it."""
+    workdir = tmp_path / "bridge"
+    outage = Outage(workdir / "data" / "objects")
+    outage.start()  # down from start-up on
+    service = services.aoc(
+        "bridge", workdir, mqtt_port=mosquitto.port, redis_port=redis_server.port,
+        env={"AOC_MQTT_CLIENT_ID": f"spool-{ambulance_id}"},
+    )
+    with service:
+        port = service.env["AOC_BRIDGE_HTTP_PORT"]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port) as device:
+                await device.publish(f"aoc/{ambulance_id}/snap", TINY_JPEG, qos=1)
+            # Stored and acknowledged although the objects directory is unusable.
+            await wait_http(http, "/metrics", snaps_stored)
+            spool_dir = workdir / "data" / "spool"
+            assert len(entries(spool_dir)) == 1
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["objects"] == "ok"
+            outage.end()
+            await wait_for(lambda: entries(spool_dir) == [])
+    stored = list((workdir / "data" / "objects" / "ambulance_images" / ambulance_id).rglob("*.*"))
+    assert [p.read_bytes() for p in stored] == [TINY_JPEG]
+    log = service.log_path.read_text()
+    assert log.count("object store unavailable at start-up, spooling") == 1
+    assert log.count("object store back: uploaded 1 spooled objects") == 1
