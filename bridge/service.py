@@ -91,7 +91,11 @@ class Bridge:
         self._log = logger or logging.getLogger(__name__)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=batch_size * 4)
         self._stopping = asyncio.Event()
-        self._cache_stale = False
+        # Set when Redis may have lost the cache; ``_heal_cache`` rebuilds it.
+        self._cache_stale = asyncio.Event()
+        # A rebuild reads the store then replaces the cache: no set_many may
+        # land in between, or a batch's newer states would be overwritten.
+        self._cache_lock = asyncio.Lock()
         self.counts: dict[str, int] = {}
 
     def stop(self) -> None:
@@ -102,7 +106,8 @@ class Bridge:
         """Consume until ``stop()``; the lifecycle of the bridge's own tasks."""
         async with asyncio.TaskGroup() as group:
             pump = group.create_task(self._pump(), name="bridge-pump")
-            group.create_task(self._consume(pump), name="bridge-consume")
+            heal = group.create_task(self._heal_cache(), name="bridge-cache-heal")
+            group.create_task(self._consume(pump, heal), name="bridge-consume")
 
     async def _pump(self) -> None:
         # A separate task feeds a bounded queue, so that batching can wait with a
@@ -111,7 +116,7 @@ class Bridge:
             await self._queue.put(message)
             metrics.QUEUE_DEPTH.set(self._queue.qsize())
 
-    async def _consume(self, pump: asyncio.Task[None]) -> None:
+    async def _consume(self, *helpers: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self._stopping.wait(), name="bridge-stop-wait")
         try:
             while not self._stopping.is_set():
@@ -124,7 +129,8 @@ class Bridge:
                 await self.handle(batch)
         finally:
             stop.cancel()
-            pump.cancel()
+            for helper in helpers:
+                helper.cancel()
 
     async def _fill(self, batch: list[Message]) -> list[Message]:
         deadline = time.monotonic() + self._batch_wait
@@ -263,18 +269,41 @@ class Bridge:
                 )
 
     async def _update_cache(self, plan: Plan) -> None:
-        if self._cache is None or not plan.states:
-            return
-        try:
-            if self._cache_stale:
-                await self._rebuild_cache()
-            await self._cache.set_many(plan.states)
-            metrics.STORE_AVAILABLE.labels("redis").set(1)
-        except StoreUnavailable as exc:
-            metrics.STORE_AVAILABLE.labels("redis").set(0)
-            if not self._cache_stale:
+        if self._cache is None or not plan.states or self._cache_stale.is_set():
+            return  # while stale, the healer's rebuild reads this batch from the store
+        async with self._cache_lock:
+            try:
+                built = await self._cache.set_many(plan.states)
+                metrics.STORE_AVAILABLE.labels("redis").set(1)
+            except StoreUnavailable as exc:
+                metrics.STORE_AVAILABLE.labels("redis").set(0)
                 self._log.warning("redis unavailable, latest-state cache is stale: %s", exc)
-            self._cache_stale = True
+                built = False
+        if not built:
+            # Down, or back empty without any call failing: the other
+            # ambulances' states are missing until rebuilt from the store.
+            self._cache_stale.set()
+
+    async def _heal_cache(self) -> None:
+        """Rebuild the cache as soon as Redis answers again, with or without traffic."""
+        if self._cache is None:
+            return
+        backoff = Backoff(first=0.5, cap=5.0)
+        while True:
+            await self._cache_stale.wait()
+            try:
+                async with self._cache_lock:
+                    await self._rebuild_cache()
+            except StoreUnavailable:
+                await backoff.sleep()
+                continue
+            except Exception:  # a bug here must not stop the bridge: the cache is best effort
+                self._log.exception("rebuilding the redis cache failed")
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            self._cache_stale.clear()
+            metrics.STORE_AVAILABLE.labels("redis").set(1)
 
     async def _rebuild_cache(self) -> None:
         """Refill Redis from the store after an outage (it may have lost everything)."""
@@ -288,5 +317,4 @@ class Bridge:
                 break
             cursor = page.next_cursor
         await self._cache.rebuild(states)
-        self._cache_stale = False
         self._log.warning("redis cache rebuilt from the store (%d ambulances)", len(states))

@@ -6,7 +6,9 @@ the state document as JSON in the codec of ``storage.codec`` (datetimes as
 store holds, with tz-aware datetimes. A second hash, ``<prefix>:latest:seen``,
 holds each state's last_seen for ordering racing writers (see ``_SET_NEWER``).
 Redis is a cache: the store is the truth, and ``rebuild`` refills Redis after
-it lost its data.
+it lost its data. Only ``rebuild`` sets the key ``<prefix>:latest:built``, so a
+Redis that restarted empty is noticed by the next ``set_many`` even when no
+call ever failed (it restarted between two writes).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ T = TypeVar("T")
 # which orders like the instants themselves. A state is written unless the
 # stored one is strictly newer; a state without last_seen cannot be ordered
 # and is always written.
-# KEYS: states hash, last_seen hash. ARGV: triples (ambulance id, JSON, last_seen or "").
+# KEYS: states hash, last_seen hash, built marker. ARGV: triples (ambulance id,
+# JSON, last_seen or ""). Returns the number written, or -1 when the marker is
+# missing: the cache was never rebuilt into this Redis, which may have lost it.
 _SET_NEWER = """
 local written = 0
+local built = redis.call('EXISTS', KEYS[3])
 for i = 1, #ARGV, 3 do
   local field, doc, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[2], field)
@@ -48,6 +53,9 @@ for i = 1, #ARGV, 3 do
     end
     written = written + 1
   end
+end
+if built == 0 then
+  return -1
 end
 return written
 """
@@ -72,6 +80,7 @@ class StateCache:
         self._url = url
         self._key = f"{prefix}:latest"
         self._seen_key = f"{prefix}:latest:seen"
+        self._built_key = f"{prefix}:latest:built"
         self._log = logger or logging.getLogger(__name__)
         self._redis: aioredis.Redis[bytes] | None = None
         self._set_newer: Any = None
@@ -107,15 +116,22 @@ class StateCache:
         """Raise ``StoreUnavailable`` unless Redis answers."""
         await self._call(lambda r: r.ping())
 
-    async def set_many(self, states: Mapping[str, Document]) -> None:
-        """Store each ambulance's state unless Redis already holds a newer one."""
+    async def set_many(self, states: Mapping[str, Document]) -> bool:
+        """Store each ambulance's state unless Redis already holds a newer one.
+
+        Returns False when Redis holds no rebuilt cache (first use, or it
+        restarted empty): the states are written, but the others are missing
+        until the caller runs ``rebuild``.
+        """
         if not states:
-            return
+            return True
         args: list[str] = []
         for ambulance_id, state in states.items():
             args += [ambulance_id, codec.encode(state), _last_seen(state)]
         script = self._set_newer  # EVALSHA, falling back to EVAL after a Redis restart
-        await self._call(lambda r: script(keys=[self._key, self._seen_key], args=args))
+        keys = [self._key, self._seen_key, self._built_key]
+        written = await self._call(lambda r: script(keys=keys, args=args))
+        return int(written) >= 0
 
     async def get(self, ambulance_id: str) -> Document | None:
         """The cached state of one ambulance."""
@@ -147,6 +163,7 @@ class StateCache:
                     pipe.hset(self._key, mapping=mapping)
                 if seen:
                     pipe.hset(self._seen_key, mapping=seen)
+                pipe.set(self._built_key, "1")
                 await pipe.execute()
 
         await self._call(replace)
