@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 
@@ -38,6 +39,34 @@ from storage.cache import StateCache
 from storage.spool import SpoolingObjectStore
 
 log = logging.getLogger(__name__)
+
+
+class _Throttle(logging.Filter):
+    """Lets each distinct message through at most once per ``seconds``.
+
+    python-socketio's Redis manager logs two errors per emit while Redis is
+    down (and never raises), so without this one outage floods the bridge's log.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last = self._last.get(record.msg)
+        if last is not None and now - last < self._seconds:
+            return False
+        self._last[record.msg] = now
+        return True
+
+
+def _fan_out_logger() -> logging.Logger:
+    fan_out = logging.getLogger("socketio.fan_out")
+    if not fan_out.filters:
+        fan_out.addFilter(_Throttle(60.0))
+    return fan_out
 
 ReadyChecks = Mapping[str, Callable[[], Awaitable[None]]]
 
@@ -208,7 +237,9 @@ async def run_bridge(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
-        emitter = socketio.AsyncRedisManager(settings.redis_url, write_only=True)
+        emitter = socketio.AsyncRedisManager(
+            settings.redis_url, write_only=True, logger=_fan_out_logger()
+        )
         bridge = _bridge(
             settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=emitter
         )
