@@ -186,6 +186,10 @@ def seaweedfs(workdir: Path) -> Service:
         "-s3",
         f"-s3.port={s3_port}",
         f"-s3.port.grpc={free_port()}",
+        # Listeners with fixed default ports would collide between parallel runs.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
     ]
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     return Service("seaweedfs", argv, s3_port, workdir, start_timeout=60.0)
