@@ -1,0 +1,110 @@
+"""Simulated devices for the fault scenarios: real MQTT clients that count what was acknowledged.
+
+A device publishes numbered points at QoS 1, one at a time, and records the
+moment each PUBACK arrived. When the connection drops it reconnects and
+publishes the unacknowledged point again (same ``ts`` and ``seq``, so the same
+idempotent id), as a real device with a persistent session would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a fixed past: ids are reproducible
+BASE_LAT, BASE_LON = 13.7563, 100.5018
+
+
+def point_id(ambulance_id: str, i: int) -> str:
+    """The store's id of point ``i`` (``bridge.ids.tracking_id`` with ts and seq)."""
+    return f"{ambulance_id}:{T0_MS + i * 1000}:{i}"
+
+
+def point(i: int) -> bytes:
+    """Point ``i``: one second after point ``i - 1``, 10 m further north, speed encodes ``i``."""
+    body = {
+        "lat": BASE_LAT + i * 0.0001,
+        "lon": BASE_LON,
+        "speed": float(i % 150),
+        "heading": 0,
+        "ts": T0_MS + i * 1000,
+        "seq": i,
+    }
+    return json.dumps(body).encode()
+
+
+@dataclass
+class Fleet:
+    """What a set of devices sent and when the broker acknowledged each point."""
+
+    port: int
+    acked: dict[str, float] = field(default_factory=dict)  # point id -> monotonic PUBACK time
+    attempts: int = 0  # publishes sent, resends included
+    reconnects: int = 0
+
+    async def device(
+        self,
+        ambulance_id: str,
+        points: Iterable[int],
+        *,
+        pace: float = 0.0,
+        persistent: bool = False,
+    ) -> None:
+        """Publish ``points`` in order; reconnect and resend on any connection failure."""
+        todo = list(points)
+        topic = f"aoc/{ambulance_id}/tracking"
+        while todo:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    self.port,
+                    identifier=f"dev-{ambulance_id}",
+                    clean_session=not persistent,
+                    timeout=3,
+                ) as client:
+                    while todo:
+                        self.attempts += 1
+                        await client.publish(topic, point(todo[0]), qos=1, timeout=3)
+                        self.acked[point_id(ambulance_id, todo[0])] = time.monotonic()
+                        todo.pop(0)
+                        if pace:
+                            await asyncio.sleep(pace)
+            except (aiomqtt.MqttError, OSError):
+                self.reconnects += 1
+                await asyncio.sleep(0.1)
+
+    async def run(self, ambulance_ids: Iterable[str], count: int, **options: object) -> None:
+        """``count`` points from each device, all devices at once."""
+        async with asyncio.TaskGroup() as group:
+            for aid in ambulance_ids:
+                group.create_task(self.device(aid, range(count), **options))  # type: ignore[arg-type]
+
+
+async def wait_until(
+    check: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = ""
+) -> float:
+    """Poll ``check`` until truthy; returns the seconds it took, or fails after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what or check}")
+        await asyncio.sleep(interval)
+
+
+async def until_async(
+    check: Callable[[], Awaitable[object]], *, timeout: float, interval: float = 0.2, what: str = ""
+) -> float:
+    """``wait_until`` for an async ``check``."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what or check}")
+        await asyncio.sleep(interval)
+    return time.monotonic() - start
