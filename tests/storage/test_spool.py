@@ -314,11 +314,7 @@ async def test_seaweedfs_outage_and_restart_lose_nothing(
     tmp_path: Path, spool_dir: Path, ambulance_id: str
 ) -> None:
     """Test that puts during a SeaweedFS outage are spooled, survive a restart, and are uploaded."""
-    weed = services.seaweedfs(tmp_path / "weed")
-    # Its Iceberg and Lance listeners default to fixed ports, which the session's
-    # SeaweedFS already holds (and a second bind is fatal): this one needs neither.
-    weed.argv = [*weed.argv, "-s3.port.iceberg=0", "-s3.port.lance=0"]
-    weed.start()
+    weed = services.seaweedfs(tmp_path / "weed").start()
     try:
         endpoint = f"http://127.0.0.1:{weed.port}"
         bucket = unique_bucket()
