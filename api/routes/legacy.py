@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import math
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,6 +115,11 @@ def _device_message(body: dict[str, Any], *, crash: bool, received_ms: int) -> d
             message[name] = body[name]
     # Receipt time: a redelivery of this message is then recognised as the same point.
     message["ts"] = received_ms
+    if not crash and "seq" not in message:
+        # The point's id is (ambulance, ts, seq). Two posts from one ambulance in
+        # the same millisecond (or on two shim processes) must stay two points,
+        # so a legacy post without a sequence number gets a random one.
+        message["seq"] = secrets.randbits(62)
     message["legacy"] = body
     return message
 

@@ -91,6 +91,20 @@ async def test_tracking_json_is_published_after_puback(
     assert (await store.find(Query(TRACKINGS, ambulance_id=ambulance_id))).items == []
 
 
+async def test_two_identical_posts_stay_two_points(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that identical legacy posts get distinct point ids even within one millisecond."""
+    body = legacy_body(ambulance_id)
+    for _ in range(2):
+        assert (await http.post(TRACKING, json=body)).status_code == 200
+    first, second = (await subscriber.next())[1], (await subscriber.next())[1]
+    # A point's id is (ambulance, ts, seq): the same millisecond is possible, the
+    # seq the shim assigns keeps the two ids apart.
+    assert isinstance(first["seq"], int) and isinstance(second["seq"], int)
+    assert first["seq"] != second["seq"]
+
+
 async def test_tracking_urlencoded_keeps_strings_in_order(
     http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
 ) -> None:
