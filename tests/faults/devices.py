@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiomqtt
+import httpx
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a fixed past: ids are reproducible
 BASE_LAT, BASE_LON = 13.7563, 100.5018
@@ -108,3 +109,41 @@ async def until_async(
             raise AssertionError(f"not within {timeout}s: {what or check}")
         await asyncio.sleep(interval)
     return time.monotonic() - start
+
+
+@dataclass
+class LegacyDevices:
+    """Legacy devices POSTing tracking to the HTTP shim; a 200 means the broker has it."""
+
+    base_url: str
+    answered: dict[tuple[str, int], float] = field(default_factory=dict)  # (id, seq) -> time
+    failed: int = 0
+
+    async def device(
+        self, ambulance_id: str, count: int, *, pace: float = 0.0, give_up: bool = False
+    ) -> None:
+        """POST ``count`` points (``seq`` 0..count-1); a failed one is skipped, or ends all."""
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+            for i in range(count):
+                body = {
+                    "ambulance_id": ambulance_id,
+                    "tracking_latitude": BASE_LAT + i * 0.0001,
+                    "tracking_longitude": BASE_LON,
+                    "tracking_speed": 40,
+                    "tracking_heading": 0,
+                    "seq": i,
+                }
+                try:
+                    response = await http.post("/api/tracking/postAmbulanceTracking", json=body)
+                except httpx.HTTPError:
+                    self.failed += 1
+                    if give_up:
+                        return
+                    await asyncio.sleep(0.2)
+                    continue
+                if response.status_code == 200:
+                    self.answered[(ambulance_id, i)] = time.monotonic()
+                else:
+                    self.failed += 1
+                if pace:
+                    await asyncio.sleep(pace)

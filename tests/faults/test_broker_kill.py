@@ -41,7 +41,7 @@ async def test_broker_crash_loses_only_the_unsaved_window(rig: Rig) -> None:
     rig.mosquitto.kill()
     killed_at = time.monotonic()
     acked_before = dict(fleet.acked)
-    rig.mosquitto.start()
+    await asyncio.to_thread(rig.mosquitto.start)
     broker_back = time.monotonic() - killed_at
     await asyncio.wait_for(stream, 60)
     sent = DEVICES * POINTS
