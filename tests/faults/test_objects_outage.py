@@ -47,8 +47,6 @@ async def camera(port: int, aid: str, sent: list[tuple[str, int]]) -> None:
 async def test_s3_outage_spools_snapshots_and_uploads_them_all(rig: Rig) -> None:
     """Test that snapshots sent while S3 is dead all reach the bucket once it is back."""
     weed = services.seaweedfs(rig.workdir / "weed")
-    # Fixed default ports another SeaweedFS may hold; this one needs neither listener.
-    weed.argv = [*weed.argv, "-s3.port.iceberg=0", "-s3.port.lance=0"]
     rig.started.append(weed)
     await asyncio.to_thread(weed.start)
     endpoint, bucket = f"http://127.0.0.1:{weed.port}", unique_bucket()
