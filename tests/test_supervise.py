@@ -55,6 +55,8 @@ def test_up_restarts_a_crashed_part_and_stops_everything(tmp_path: Path) -> None
         )
     try:
         _wait_for(lambda: _healthy(ports["http"]), 60, "the stack to come up")
+        # `aoc up` logs the child's pid once it has seen its port open itself.
+        _wait_for(lambda: _serve_pid(log) is not None, 60, "the start line")
         first = _serve_pid(log)
         assert first is not None
         os.kill(first, signal.SIGKILL)
