@@ -317,4 +317,4 @@ class Bridge:
                 break
             cursor = page.next_cursor
         await self._cache.rebuild(states)
-        self._log.warning("redis cache rebuilt from the store (%d ambulances)", len(states))
+        self._log.info("redis cache rebuilt from the store (%d ambulances)", len(states))
