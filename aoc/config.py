@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mqtt_password: SecretStr | None = None
     mqtt_client_id: str = "aoc-bridge"
     mqtt_keepalive: int = 30
+    # Received messages held in memory before the bridge stops reading its
+    # socket (backpressure: the broker keeps the rest queued, nothing is dropped).
+    mqtt_queue_size: int = Field(default=10000, gt=0)
 
     # Where the embedded defaults keep their files.
     data_dir: Path = Path("./data")

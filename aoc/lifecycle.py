@@ -122,6 +122,7 @@ def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
         username=settings.mqtt_username,
         password=password,
         keepalive=settings.mqtt_keepalive,
+        queue_size=settings.mqtt_queue_size,
     )
 
 
@@ -139,6 +140,7 @@ def _bridge(
     settings: Settings,
     *,
     mqtt: MqttClient,
+    publisher: MqttClient,
     store: DocumentStore,
     objects: ObjectStore,
     cache: StateCache,
@@ -154,6 +156,7 @@ def _bridge(
     )
     return Bridge(
         mqtt=mqtt,
+        publisher=publisher,
         processor=processor,
         store=store,
         limits=Limits.from_settings(settings),
@@ -202,7 +205,13 @@ async def serve(settings: Settings) -> None:
         )
         sio = create_sio()
         bridge = _bridge(
-            settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=sio
+            settings,
+            mqtt=consumer,
+            publisher=publisher,
+            store=store,
+            objects=objects,
+            cache=cache,
+            emitter=sio,
         )
         deps = ApiDeps(
             settings=settings,
@@ -237,11 +246,20 @@ async def run_bridge(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
+        publisher = await stack.enter_async_context(
+            _mqtt(settings, client_id=f"aoc-bridge-out-{os.getpid()}", consumer=False)
+        )
         emitter = socketio.AsyncRedisManager(
             settings.redis_url, write_only=True, logger=_fan_out_logger()
         )
         bridge = _bridge(
-            settings, mqtt=consumer, store=store, objects=objects, cache=cache, emitter=emitter
+            settings,
+            mqtt=consumer,
+            publisher=publisher,
+            store=store,
+            objects=objects,
+            cache=cache,
+            emitter=emitter,
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(

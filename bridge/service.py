@@ -71,6 +71,7 @@ class Bridge:
         self,
         *,
         mqtt: MqttClient,
+        publisher: MqttClient,
         processor: Processor,
         store: DocumentStore,
         limits: Limits,
@@ -81,6 +82,11 @@ class Bridge:
         logger: logging.Logger | None = None,
     ) -> None:
         self._mqtt = mqtt
+        # Outbound state/alert messages go on a connection of their own: the
+        # consumer stops reading its socket while its inbound queue is full (a
+        # backlog after a restart), and a PUBACK stuck behind that backlog made
+        # every batch wait out the publish timeout.
+        self._publisher = publisher
         self._processor = processor
         self._store = store
         self._limits = limits
@@ -252,7 +258,7 @@ class Bridge:
         if plan.publishes:
             results = await asyncio.gather(
                 *(
-                    self._mqtt.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
+                    self._publisher.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
                     for p in plan.publishes
                 ),
                 return_exceptions=True,
