@@ -17,13 +17,11 @@ import contextlib
 import logging
 import os
 import signal
-import time
-from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 
 import socketio
 
-from aoc import metrics
+from aoc import logs, metrics
 from aoc.config import Settings
 from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
@@ -39,36 +37,6 @@ from storage.cache import StateCache
 from storage.spool import SpoolingObjectStore
 
 log = logging.getLogger(__name__)
-
-
-class _Throttle(logging.Filter):
-    """Lets each distinct message through at most once per ``seconds``.
-
-    python-socketio's Redis manager logs two errors per emit while Redis is
-    down (and never raises), so without this one outage floods the bridge's log.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._seconds = seconds
-        self._last: dict[object, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        last = self._last.get(record.msg)
-        if last is not None and now - last < self._seconds:
-            return False
-        self._last[record.msg] = now
-        return True
-
-
-def _fan_out_logger() -> logging.Logger:
-    fan_out = logging.getLogger("socketio.fan_out")
-    if not fan_out.filters:
-        fan_out.addFilter(_Throttle(60.0))
-    return fan_out
-
-ReadyChecks = Mapping[str, Callable[[], Awaitable[None]]]
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -126,14 +94,30 @@ def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
     )
 
 
-def _ready_checks(
-    *, store: DocumentStore, objects: ObjectStore, cache: StateCache, mqtt: MqttClient
-) -> ReadyChecks:
+def _api_deps(
+    settings: Settings,
+    *,
+    store: DocumentStore,
+    objects: ObjectStore,
+    cache: StateCache,
+    mqtt: MqttClient,
+    publisher: MqttClient | None = None,
+) -> ApiDeps:
+    """What the HTTP routes need; ``mqtt`` is the connection readiness reports on."""
+
     async def broker() -> None:
         if not mqtt.connected:
             raise ConnectionError("not connected to the MQTT broker")
 
-    return {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
+    checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
+    return ApiDeps(
+        settings=settings,
+        store=store,
+        objects=objects,
+        cache=cache,
+        publisher=publisher,
+        ready_checks=checks,
+    )
 
 
 def _bridge(
@@ -213,13 +197,8 @@ async def serve(settings: Settings) -> None:
             cache=cache,
             emitter=sio,
         )
-        deps = ApiDeps(
-            settings=settings,
-            store=store,
-            objects=objects,
-            cache=cache,
-            publisher=publisher,
-            ready_checks=_ready_checks(store=store, objects=objects, cache=cache, mqtt=consumer),
+        deps = _api_deps(
+            settings, store=store, objects=objects, cache=cache, mqtt=consumer, publisher=publisher
         )
         servers = [
             server(create_app(deps), host=settings.bind_host, port=settings.http_port),
@@ -250,7 +229,9 @@ async def run_bridge(settings: Settings) -> None:
             _mqtt(settings, client_id=f"aoc-bridge-out-{os.getpid()}", consumer=False)
         )
         emitter = socketio.AsyncRedisManager(
-            settings.redis_url, write_only=True, logger=_fan_out_logger()
+            settings.redis_url,
+            write_only=True,
+            logger=logs.throttled("socketio.fan_out", seconds=60.0),
         )
         bridge = _bridge(
             settings,
@@ -263,15 +244,7 @@ async def run_bridge(settings: Settings) -> None:
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(
-            ApiDeps(
-                settings=settings,
-                store=store,
-                objects=objects,
-                cache=cache,
-                ready_checks=_ready_checks(
-                    store=store, objects=objects, cache=cache, mqtt=consumer
-                ),
-            )
+            _api_deps(settings, store=store, objects=objects, cache=cache, mqtt=consumer)
         )
         http = server(probes, host=settings.bind_host, port=settings.bridge_http_port)
         await _run_until_stopped(stop, servers=[http], bridge=bridge)
@@ -287,13 +260,8 @@ async def run_api(settings: Settings) -> None:
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
         )
-        deps = ApiDeps(
-            settings=settings,
-            store=store,
-            objects=objects,
-            cache=cache,
-            publisher=publisher,
-            ready_checks=_ready_checks(store=store, objects=objects, cache=cache, mqtt=publisher),
+        deps = _api_deps(
+            settings, store=store, objects=objects, cache=cache, mqtt=publisher, publisher=publisher
         )
         app_server = server(create_app(deps), host=settings.bind_host, port=settings.http_port)
         await _run_until_stopped(stop, servers=[app_server], bridge=None)

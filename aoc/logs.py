@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,3 +53,32 @@ def configure(*, level: str = "INFO", fmt: str = "text", process: str = "aoc") -
     quiet = ("uvicorn.error", "uvicorn.access", "engineio", "socketio", "botocore", "urllib3")
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Throttle(logging.Filter):
+    """Lets each distinct message through at most once per ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last = self._last.get(record.msg)
+        if last is not None and now - last < self._seconds:
+            return False
+        self._last[record.msg] = now
+        return True
+
+
+def throttled(name: str, *, seconds: float) -> logging.Logger:
+    """A logger that repeats each message at most once per ``seconds``.
+
+    For libraries that log on every call during an outage: python-socketio's
+    Redis manager logs two errors per emit while Redis is down, and never raises.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, Throttle) for f in logger.filters):
+        logger.addFilter(Throttle(seconds))
+    return logger
