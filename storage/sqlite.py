@@ -92,7 +92,9 @@ class SQLiteDocumentStore(DocumentStore):
         message = str(exc).lower()
         if "locked" in message or "busy" in message:
             return
-        self._log.warning("SQLite error, reconnecting on next use: %s", exc)
+        # DEBUG: the caller gets StoreUnavailable with this reason and logs the
+        # outage once; a line per retry here would repeat it every backoff step.
+        self._log.debug("SQLite error, reconnecting on next use: %s", exc)
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
