@@ -460,6 +460,12 @@ class Processor:
         images: dict[str, str] = {}
         for index, image in enumerate(item.images):
             key = image_key(aid, item.ts, image.data, index=index)
+            salt = index
+            while key in images.values():
+                # Four digits can collide between images of one snap; probe
+                # deterministically so a redelivered snap picks the same keys.
+                salt += len(item.images)
+                key = image_key(aid, item.ts, image.data, index=salt)
             # The bytes must be durable before any metadata names them: the batch
             # is acknowledged once the plan's writes are applied.
             await self._objects.put(key, image.data, image.content_type)

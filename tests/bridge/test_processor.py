@@ -19,6 +19,7 @@ from bridge.crash import static_map_url
 from bridge.geo import haversine_m
 from bridge.messages import Parsed, Plan, Position
 from bridge.processor import Processor
+from bridge.snapshots import image_key
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
 from storage.base import (
@@ -557,3 +558,32 @@ async def test_cache_is_bounded_and_evicted_ambulances_reload(
     )
     assert state["avg_speed"] == 20
     assert proc.cached == 2
+
+
+async def test_images_of_one_snap_never_share_a_key(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that two images whose 4 digits collide in the same second still get two keys."""
+    taken = RECEIVED + timedelta(seconds=7)
+    first = png(rgb=(0, 0, 0))
+    wanted = image_key(AID, taken, first, index=0)
+    # Search for a second image whose derived key collides with the first one's.
+    second = next(
+        candidate
+        for n in range(1, 200_000)
+        if image_key(AID, taken, candidate := png(rgb=(n % 256, n // 256 % 256, 1)), index=1)
+        == wanted
+    )
+    snap = {
+        "images": [
+            {"name": "a.png", "data": base64.b64encode(first).decode()},
+            {"name": "b.png", "data": base64.b64encode(second).decode()},
+        ],
+        "ts": int(taken.timestamp() * 1000),
+    }
+    await run(processor(store, objects), store, [message("snap", snap)])
+    [history] = await stored(store, IMAGE_HISTORIES)
+    keys = history["images"]
+    assert keys["image0"] != keys["image1"]
+    assert await objects.get(keys["image0"]) == first
+    assert await objects.get(keys["image1"]) == second
