@@ -127,12 +127,19 @@ class S3ObjectStore(ObjectStore):
         """Store ``data`` under ``key`` (S3 acknowledges only durably stored objects)."""
         validate_key(key)
         body = bytes(data)
-        await self._run(
-            f"put {key}",
-            lambda: self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
-            ),
-        )
+        try:
+            await self._run(
+                f"put {key}",
+                lambda: self._client.put_object(
+                    Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
+                ),
+            )
+        except ClientError as exc:
+            # The key is already validated, so no answer means "this request is
+            # wrong": denied, expired credentials, a bucket lost in a MinIO
+            # restart are all operator-fixable outages. As StoreUnavailable they
+            # send the image to the spool instead of losing the snapshot.
+            raise StoreUnavailable(f"S3 put {key}: {exc}") from exc
 
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``; ``KeyError`` if absent."""
