@@ -88,6 +88,7 @@ def new_ambulance(ambulance_id: str) -> Document:
         "heading": None,
         "state": None,
         "last_seen": None,  # device ts of the latest in-order point
+        "last_point_id": None,  # and its id, to tell a redelivery from a same-instant point
         "received_at": None,
         "online": False,
         "covered_distance": 0.0,
@@ -317,26 +318,38 @@ class Processor:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def forget(self) -> None:
+        """Drop the in-memory states; they reload from the store on next use.
+
+        For a caller that planned items whose writes it then discarded.
+        """
+        self._cache.clear()
+
     def _tracking(self, item: Tracking, draft: _Draft) -> None:
         aid = item.ambulance_id
         state = draft.states[aid]
         last_seen: datetime | None = state["last_seen"]
-        late = last_seen is not None and item.ts <= last_seen
+        point_id = tracking_id(aid, item.ts, item.seq)
+        # The latest point itself, redelivered after a partial write (its state
+        # stored, its history not). Another point of the same instant (another
+        # seq) is a new point. States stored before ids were kept have None.
+        redelivered = item.ts == last_seen and state.get("last_point_id") in (None, point_id)
+        late = last_seen is not None and (item.ts < last_seen or redelivered)
         refs: dict[str, str | None] = dict.fromkeys(THRESHOLDS)
         if not late:
             self._advance(item, state, refs, draft)
+            state["last_point_id"] = point_id
             draft.dirty.add(aid)
             draft.moved.add(aid)
-        elif item.ts == last_seen:
-            # Most likely the latest point itself, redelivered after a partial write:
-            # its state was stored but never fanned out, so publish it (again).
+        elif redelivered:
+            # Its state was stored but never fanned out, so publish it (again).
             draft.moved.add(aid)
         draft.count("late" if late else "tracking")
         destination = position_doc(item.destination) or state["destination_location"]
         draft.insert(
             TRACKINGS,
             {
-                "_id": tracking_id(aid, item.ts, item.seq),
+                "_id": point_id,
                 "ambulance_id": aid,
                 "location": position_doc(item.position),
                 "source_location": state["source_location"],

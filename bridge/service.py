@@ -16,6 +16,7 @@ broker redeliver the batch, and the store's idempotent ids keep it single.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -58,10 +59,18 @@ class Backoff:
     def reset(self) -> None:
         self._next = self._first
 
-    async def sleep(self) -> None:
+    def delay(self) -> float:
+        """The next delay, each about twice the last, jittered, up to the cap."""
         delay = self._next * random.uniform(0.5, 1.0)
         self._next = min(self._next * 2, self._cap)
-        await asyncio.sleep(delay)
+        return delay
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay())
+
+
+class _Abandoned(Exception):
+    """A batch left unacknowledged because the bridge is stopping during an outage."""
 
 
 class Bridge:
@@ -132,7 +141,16 @@ class Bridge:
                     first.cancel()
                     break
                 batch = await self._fill([first.result()])
-                await self.handle(batch)
+                try:
+                    await self.handle(batch)
+                except _Abandoned as exc:
+                    self._log.warning(
+                        "stopping with %d messages unacknowledged (%s unavailable);"
+                        " the broker redelivers them",
+                        len(batch),
+                        exc,
+                    )
+                    break
         finally:
             stop.cancel()
             for helper in helpers:
@@ -193,16 +211,18 @@ class Bridge:
         except StoreUnavailable:
             raise
         except Exception:
-            if len(parsed) == 1:
-                raise
             # A bug triggered by one message must not lose the good ones around
-            # it: plan them one at a time and dead-letter the culprit.
+            # it, nor crash-loop the bridge on redelivery (a single message too):
+            # plan them one at a time and dead-letter the culprit.
             self._log.exception("batch plan failed; retrying message by message")
         merged = Plan()
         for message, item in zip(batch, parsed, strict=True):
             try:
                 single = await self._processor.plan([item])
             except StoreUnavailable:
+                # The items planned so far advanced the processor's memory but
+                # their writes are dropped with this attempt: reload from the store.
+                self._processor.forget()
                 raise
             except Exception as exc:
                 self._log.exception(
@@ -226,6 +246,10 @@ class Bridge:
             try:
                 result = await attempt()
             except StoreUnavailable as exc:
+                if self._stopping.is_set():
+                    # Shutting down mid-outage: leave the batch unacknowledged;
+                    # the broker redelivers it to the next bridge.
+                    raise _Abandoned(what) from exc
                 metrics.STORE_RETRIES.labels(what).inc()
                 if failing_since is None:
                     failing_since = time.monotonic()
@@ -234,7 +258,10 @@ class Bridge:
                     self._log.warning(
                         "%s unavailable, holding the batch and retrying: %s", what, exc
                     )
-                await backoff.sleep()
+                # Wait out the backoff, but wake at once for a stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff.delay()):
+                        await self._stopping.wait()
                 continue
             metrics.STORE_AVAILABLE.labels(what).set(1)
             if failing_since is not None:

@@ -587,3 +587,18 @@ async def test_images_of_one_snap_never_share_a_key(
     assert keys["image0"] != keys["image1"]
     assert await objects.get(keys["image0"]) == first
     assert await objects.get(keys["image1"]) == second
+
+
+async def test_a_second_point_of_the_same_instant_moves_the_state(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a same-ts point with another seq advances the state; its redelivery does not."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(0, 50, seq=1)])
+    plan = await run(proc, store, [point(1, 130, seq=2), point(1, 135, seq=3)])
+    assert plan.counts == {"tracking": 2}
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None and state["speed"] == 135 and state["state"] == "RED"
+    # The same point again, after a restart (a fresh processor), is a redelivery.
+    replay = await processor(store, objects).plan([point(1, 135, seq=3)])
+    assert replay.counts.get("tracking", 0) == 0
