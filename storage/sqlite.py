@@ -301,7 +301,9 @@ def _after(cursor: str, newest_first: bool) -> tuple[str, list[Any]]:
     """The keyset condition for rows after the cursor's (t, _id) in the query's order."""
     position = codec.decode_cursor(cursor)
     if len(position) != 2 or not isinstance(position[1], str) or not (
-        position[0] is None or isinstance(position[0], int | float)
+        position[0] is None
+        # Epoch seconds: SQLite cannot bind a huge integer (a crafted cursor).
+        or (isinstance(position[0], int | float) and abs(position[0]) < 1e12)
     ):
         raise ValueError("invalid cursor")
     last_t, last_id = position

@@ -59,7 +59,12 @@ OptionalAmbulanceId = Annotated[str | None, Query(pattern=AMBULANCE_ID_PATTERN)]
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    try:
+        # Normalised here: year 1 or 9999 with an offset overflows, and would
+        # otherwise do so deep in the store as a 500.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, detail="since/until: out of the representable range") from None
 
 
 def _models(model: type[M], docs: list[Document]) -> list[M]:

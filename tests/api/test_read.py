@@ -19,6 +19,7 @@ from storage.base import (
     Write,
 )
 from storage.cache import StateCache
+from storage.codec import encode_cursor
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
@@ -165,6 +166,24 @@ async def test_bad_track_query_is_422(
     response = await http.get(f"/api/v1/ambulances/{ambulance_id}/track", params=params)
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == loc
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "0001-01-01T00:00:00+05:00"},
+        {"until": "9999-12-31T23:59:59-05:00"},
+        {"cursor": encode_cursor([10**30, "x"])},
+    ],
+    ids=["since-year-1", "until-year-9999", "huge-cursor"],
+)
+async def test_extreme_query_values_are_422_not_500(
+    http: httpx.AsyncClient, ambulance_id: str, params: dict[str, Any]
+) -> None:
+    """Test that dates and cursors that overflow underneath are refused, not a 500."""
+    for url in (f"/api/v1/ambulances/{ambulance_id}/track", "/api/v1/crashes"):
+        response = await http.get(url, params=params)
+        assert response.status_code == 422, response.text
 
 
 async def test_crashes(
