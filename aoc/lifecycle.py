@@ -230,6 +230,8 @@ async def run_bridge(settings: Settings) -> None:
         )
         emitter = socketio.AsyncRedisManager(
             settings.redis_url,
+            # An unreachable (not refusing) Redis must not hang the consume loop.
+            redis_options={"socket_connect_timeout": 2, "socket_timeout": 5},
             write_only=True,
             logger=logs.throttled("socketio.fan_out", seconds=60.0),
         )
