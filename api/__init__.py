@@ -1,13 +1,13 @@
 """The HTTP API (read API, legacy shim, health) and the Socket.IO server.
 
 ``create_app(deps)`` builds the FastAPI app of port 5000; ``create_sio()`` and
-``create_realtime_app(sio)`` the Socket.IO app of port 5050; the bridge emits
-to dashboards with ``emit_legacy``.
+``create_realtime_app(sio)`` the Socket.IO app of port 5050, to which the
+bridge emits directly or through Redis.
 """
 
 from api.app import create_app
 from api.deps import ApiDeps, Publisher
-from api.realtime import connected_clients, create_realtime_app, create_sio, emit_legacy
+from api.realtime import connected_clients, create_realtime_app, create_sio
 
 __all__ = [
     "ApiDeps",
@@ -16,5 +16,4 @@ __all__ = [
     "create_app",
     "create_realtime_app",
     "create_sio",
-    "emit_legacy",
 ]

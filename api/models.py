@@ -7,7 +7,6 @@ bridge (running sums, open episodes) never leaks into responses.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -128,8 +127,3 @@ class DeadLetter(_Record):
 class DeadLetterPage(BaseModel):
     items: list[DeadLetter]
     next_cursor: str | None = None
-
-
-def documents(model: type[_Doc], docs: list[dict[str, Any]]) -> list[Any]:
-    """``docs`` validated as ``model``."""
-    return [model.model_validate(doc) for doc in docs]

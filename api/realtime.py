@@ -2,8 +2,9 @@
 
 Dashboards join rooms (an ambulance id, ``tracking``, ``snap``, ``crash``,
 ``CRASH_NOTIFY_<id>``) and receive event ``data`` whose payload is a JSON
-string. The bridge emits through ``emit_legacy``, either on this process's
-server or, from a separate process, through a write-only Redis manager.
+string. The bridge emits with ``emit("data", payload, room=...)``, on this
+process's server or, from a separate process, through a write-only Redis
+manager.
 """
 
 from __future__ import annotations
@@ -98,20 +99,6 @@ def connected_clients(sio: socketio.AsyncServer | None = None) -> int:
 
 
 metrics.SOCKETIO_CLIENTS.set_function(connected_clients)
-
-
-async def emit_legacy(
-    target: socketio.AsyncServer | socketio.AsyncManager, room: str, data: str
-) -> None:
-    """Emit event ``data`` with the JSON string ``data`` to ``room``.
-
-    ``target`` is a server, or a manager such as a write-only
-    ``AsyncRedisManager`` (whose ``emit`` takes the namespace, not ``to``).
-    """
-    if isinstance(target, socketio.AsyncServer):
-        await target.emit(EVENT, data, room=room)
-    else:
-        await target.emit(EVENT, data, namespace="/", room=room)
 
 
 async def _home(request: Request) -> HTMLResponse:

@@ -25,7 +25,7 @@ from bridge.ids import epoch_ms, valid_ambulance_id
 from bridge.jsjson import dumps
 from bridge.messages import Crash, Rejected, Snap, Tracking
 from bridge.snapshots import sniff
-from bridge.validate import Limits, parse
+from bridge.validate import LEGACY_ALIASES, Limits, parse
 from broker.client import MqttError
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["legacy"])
 
 ERROR_CODES = b'{"500":"Error on server."}'
-# Legacy body names -> the contract's plain names.
-LEGACY_NAMES = {
-    "tracking_latitude": "lat",
-    "tracking_longitude": "lon",
-    "tracking_speed": "speed",
-    "tracking_heading": "heading",
-}
+# Legacy body names -> the contract's plain names: the bridge's own table.
+LEGACY_NAMES = LEGACY_ALIASES
 OPTIONAL_NAMES = ("seq", "accuracy", "altitude", "dest_lat", "dest_lon")
 SUCCESS = {"success": True}
 _MQTT_HINT = "Deprecated: devices should publish over MQTT to `aoc/<ambulance_id>/{}` instead."

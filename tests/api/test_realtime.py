@@ -13,7 +13,7 @@ import pytest
 import socketio
 
 from aoc.servers import server
-from api import connected_clients, create_realtime_app, create_sio, emit_legacy
+from api import connected_clients, create_realtime_app, create_sio
 from tests import services
 
 PAYLOAD = '{"ambulance_id":"332","tracking_latitude":13.7563,"note":"ไทย","tracking_speed":45}'
@@ -123,7 +123,7 @@ async def test_join_reply_goes_to_the_joiner_only(
     sio, url = local_url
     async with dashboards(url, 2) as (joiner, bystander):
         await joiner.join(raw, "332")
-        await emit_legacy(sio, "332", PAYLOAD)
+        await sio.emit("data", PAYLOAD, room="332")
         assert await joiner.wait_for(lambda d: d == PAYLOAD) == PAYLOAD
         await asyncio.sleep(0.2)
         assert bystander.received == []
@@ -139,14 +139,14 @@ async def test_rooms_are_isolated_and_leave_stops_delivery(
         await in_332.join('"332"', "332")
         await in_333.join("333", "333")
         await in_tracking.join("tracking", "tracking")
-        await emit_legacy(sio, "332", PAYLOAD)
-        await emit_legacy(sio, "tracking", PAYLOAD)
+        await sio.emit("data", PAYLOAD, room="332")
+        await sio.emit("data", PAYLOAD, room="tracking")
         await in_332.wait_for(lambda d: d == PAYLOAD)
         await in_tracking.wait_for(lambda d: d == PAYLOAD)
         await in_332.client.emit("room_leave", "'332'")
         await asyncio.sleep(0.2)  # the leave is handled before later emits
-        await emit_legacy(sio, "332", '{"after":"leave"}')
-        await emit_legacy(sio, "333", '{"for":"333"}')
+        await sio.emit("data", '{"after":"leave"}', room="332")
+        await sio.emit("data", '{"for":"333"}', room="333")
         await in_333.wait_for(lambda d: d == '{"for":"333"}')
         await asyncio.sleep(0.2)
         assert in_332.received == ["room joined: 332", PAYLOAD]
@@ -215,16 +215,16 @@ async def test_write_only_redis_manager_reaches_the_rooms(redis_url: str) -> Non
         # The server subscribes to the channel in the background: probe until it listens.
         async with asyncio.timeout(10):
             while "probe" not in in_332.received:
-                await emit_legacy(bridge, "332", "probe")
+                await bridge.emit("data", "probe", room="332")
                 await asyncio.sleep(0.1)
-        await emit_legacy(bridge, "332", PAYLOAD)
-        await emit_legacy(bridge, "333", '{"for":"333"}')
+        await bridge.emit("data", PAYLOAD, room="332")
+        await bridge.emit("data", '{"for":"333"}', room="333")
         assert await in_332.wait_for(lambda d: d == PAYLOAD) == PAYLOAD
         await in_333.wait_for(lambda d: d == '{"for":"333"}')
         await in_332.client.emit("room_leave", "332")
         await asyncio.sleep(0.2)
-        await emit_legacy(bridge, "332", '{"after":"leave"}')
-        await emit_legacy(bridge, "333", '{"second":"333"}')
+        await bridge.emit("data", '{"after":"leave"}', room="332")
+        await bridge.emit("data", '{"second":"333"}', room="333")
         await in_333.wait_for(lambda d: d == '{"second":"333"}')
         await asyncio.sleep(0.2)
     assert '{"after":"leave"}' not in in_332.received
