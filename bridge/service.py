@@ -34,6 +34,9 @@ from storage.cache import StateCache
 
 T = TypeVar("T")
 
+# Payloads above this size are parsed on a worker thread.
+LARGE_PAYLOAD = 256 * 1024
+
 SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("aoc/+/tracking", 1),
     ("aoc/+/crash", 1),
@@ -179,7 +182,14 @@ class Bridge:
         started = time.monotonic()
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
         received_at = datetime.now(UTC)
-        parsed = [self._parse(message, received_at) for message in batch]
+        parsed = [
+            # Base64 and hashing of a multi-megabyte snapshot would stall the
+            # event loop (and, in `aoc serve`, HTTP and Socket.IO with it).
+            await asyncio.to_thread(self._parse, message, received_at)
+            if len(message.payload) > LARGE_PAYLOAD
+            else self._parse(message, received_at)
+            for message in batch
+        ]
         plan = await self._retry("storage", lambda: self._plan(batch, parsed, received_at))
         await self._retry("store", lambda: self._store.apply(plan.writes))
         for message in batch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import time
 from typing import Any
 
@@ -248,3 +249,17 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_survive(
     assert "lat" in reasons
     assert "ambulance id" in reasons
     assert "JPEG or PNG" in reasons
+
+
+async def test_a_large_snapshot_is_stored_intact(
+    stack: Stack, dashboard: Dashboard, ambulance_id: str
+) -> None:
+    """Test that a snapshot over the worker-thread threshold (256 KiB) is stored byte for byte."""
+    await dashboard.join("snap")
+    large = png(width=400, height=400) + os.urandom(400_000)  # trailing bytes: still a PNG
+    async with stack.mqtt() as device:
+        await device.publish(f"aoc/{ambulance_id}/snap", large, qos=1)
+    emitted = json.loads(await dashboard.wait_for(lambda d: ambulance_id in d))
+    key = emitted["imagesObj"]["image0"]
+    assert key.endswith(".png")
+    assert (stack.data_dir / "objects" / key).read_bytes() == large
