@@ -254,3 +254,18 @@ def port_is_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
+
+
+def up_settings(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Free ports and the environment for an ``aoc up`` of the tests' own."""
+    ports = {name: free_port() for name in ("mqtt", "ws", "http", "sio", "redis")}
+    env = {
+        **os.environ,
+        "AOC_DATA_DIR": str(data_dir),
+        "AOC_MQTT_PORT": str(ports["mqtt"]),
+        "AOC_MQTT_WS_PORT": str(ports["ws"]),
+        "AOC_HTTP_PORT": str(ports["http"]),
+        "AOC_SOCKETIO_PORT": str(ports["sio"]),
+        "AOC_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+    }
+    return ports, env

@@ -359,16 +359,7 @@ def test_kinds_are_low_cardinality() -> None:
 @pytest.mark.e2e
 def test_up_passes_the_restart_count_to_the_restarted_child(tmp_path: Path) -> None:
     """Test that after `aoc up` restarts a killed `aoc serve`, its /metrics says 1 restart."""
-    ports = {name: services.free_port() for name in ("mqtt", "ws", "http", "sio", "redis")}
-    env = {
-        **os.environ,
-        "AOC_DATA_DIR": str(tmp_path / "data"),
-        "AOC_MQTT_PORT": str(ports["mqtt"]),
-        "AOC_MQTT_WS_PORT": str(ports["ws"]),
-        "AOC_HTTP_PORT": str(ports["http"]),
-        "AOC_SOCKETIO_PORT": str(ports["sio"]),
-        "AOC_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
-    }
+    ports, env = services.up_settings(tmp_path / "data")
     log = tmp_path / "up.log"
     metrics_url = f"http://127.0.0.1:{ports['http']}/metrics"
 

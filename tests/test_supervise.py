@@ -38,16 +38,7 @@ def _serve_pid(log: Path) -> int | None:
 
 def test_up_restarts_a_crashed_part_and_stops_everything(tmp_path: Path) -> None:
     """Test that `aoc up` restarts a killed `aoc serve`, logs the cause, and Ctrl-C stops all."""
-    ports = {name: services.free_port() for name in ("mqtt", "ws", "http", "sio", "redis")}
-    env = {
-        **os.environ,
-        "AOC_DATA_DIR": str(tmp_path / "data"),
-        "AOC_MQTT_PORT": str(ports["mqtt"]),
-        "AOC_MQTT_WS_PORT": str(ports["ws"]),
-        "AOC_HTTP_PORT": str(ports["http"]),
-        "AOC_SOCKETIO_PORT": str(ports["sio"]),
-        "AOC_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
-    }
+    ports, env = services.up_settings(tmp_path / "data")
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
