@@ -7,7 +7,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := mosquitto redis-server
-TEST_PACKAGES := $(RUN_PACKAGES) docker-compose nodejs npm
 
 .PHONY: run test bench setup setup-run lint typecheck unit clean
 
@@ -40,9 +39,12 @@ typecheck: setup
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(RUN_PACKAGES) python3-venv; fi
 	@mkdir -p .stamps && touch $@
 
+# Only the packages whose command is missing: a machine whose Node.js did not
+# come from Debian refuses Debian's nodejs package ("held broken packages").
 .stamps/apt-test: .stamps/apt-run
-	@missing=""; for c in docker-compose node npm; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_PACKAGES); fi
+	@missing=""; for pair in docker-compose:docker-compose node:nodejs npm:npm; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	@touch $@
 
 $(VENV)/bin/python:
