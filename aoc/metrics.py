@@ -20,6 +20,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from bridge import rooms
 from bridge.messages import Crash, Parsed, Plan, Snap, Tracking
 from storage.base import DEAD_LETTERS
 
@@ -143,11 +144,7 @@ def kind_of(topic: str) -> str:
 
 def emit_kind(room: str) -> str:
     """The message kind behind a legacy Socket.IO emission, from its room."""
-    if room == "snap":
-        return "snap"
-    if room == "crash" or room.startswith("CRASH_NOTIFY_"):
-        return "crash"
-    return "tracking"  # the "tracking" room and the ambulance's own room
+    return rooms.kind_of(room)
 
 
 def observe_batch(

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Path, Request
+from pydantic import AfterValidator
 
 from aoc.config import Settings
 from bridge.ids import AMBULANCE_ID
+from bridge.rooms import reserved_reason
 from storage.base import DocumentStore, ObjectStore
 
 if TYPE_CHECKING:
@@ -17,6 +19,17 @@ if TYPE_CHECKING:
 
 # The contract's ambulance id: it becomes a storage path, a topic level and a room name.
 AMBULANCE_ID_PATTERN = f"^{AMBULANCE_ID.pattern}$"
+
+
+def not_reserved(value: str | None) -> str | None:
+    """``value`` unless it names a shared Socket.IO room (then a 422 saying so)."""
+    reason = None if value is None else reserved_reason(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+NotReserved = AfterValidator(not_reserved)
 
 
 class Publisher(Protocol):
@@ -68,5 +81,7 @@ def get_publisher(deps: Annotated[ApiDeps, Depends(get_deps)]) -> Publisher:
 Deps = Annotated[ApiDeps, Depends(get_deps)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 AmbulanceId = Annotated[
-    str, Path(pattern=AMBULANCE_ID_PATTERN, description="Ambulance id (letters, digits, _ and -)")
+    str,
+    Path(pattern=AMBULANCE_ID_PATTERN, description="Ambulance id (letters, digits, _ and -)"),
+    NotReserved,
 ]

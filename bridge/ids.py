@@ -12,9 +12,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from bridge.messages import Snap
+from bridge.rooms import reserved_reason
 
 __all__ = [
     "AMBULANCE_ID",
+    "ambulance_id_problem",
     "crash_id",
     "dead_letter_id",
     "epoch_ms",
@@ -31,9 +33,21 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
+def ambulance_id_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid ambulance id, or None when it is one.
+
+    Valid: a string of 1 to 64 of ``A-Z a-z 0-9 _ -`` that names no shared
+    Socket.IO room (``bridge.rooms``). Every entry point (MQTT topics, the
+    legacy shim, the read API) refuses an id with this reason.
+    """
+    if not isinstance(value, str) or AMBULANCE_ID.fullmatch(value) is None:
+        return f"must match {AMBULANCE_ID.pattern}"
+    return reserved_reason(value)
+
+
 def valid_ambulance_id(value: object) -> bool:
-    """Whether ``value`` is a string of 1 to 64 of ``A-Z a-z 0-9 _ -``."""
-    return isinstance(value, str) and AMBULANCE_ID.fullmatch(value) is not None
+    """Whether ``value`` is a valid ambulance id (see ``ambulance_id_problem``)."""
+    return ambulance_id_problem(value) is None
 
 
 def epoch_ms(value: datetime) -> int:
@@ -59,11 +73,14 @@ def snap_id(snap: Snap) -> str:
 
     A snap without a device ``ts`` has ``ts == received_at`` (``bridge.validate``
     guarantees the two differ, to the millisecond, when the device gave one), and
-    its id then depends on the image bytes only.
+    its id then depends on the image bytes only. A device ts clamped to the
+    receipt time is in ``device_ts``, and the id is built from it.
     """
-    given = epoch_ms(snap.ts) != epoch_ms(snap.received_at)
+    given = snap.device_ts
+    if given is None and epoch_ms(snap.ts) != epoch_ms(snap.received_at):
+        given = snap.ts
     images = [image.data for image in snap.images]
-    return snap_id_of(snap.ambulance_id, images, snap.ts if given else None)
+    return snap_id_of(snap.ambulance_id, images, given)
 
 
 def snap_id_of(ambulance_id: str, images: list[bytes], ts: datetime | None) -> str:

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from api.deps import Deps, Publisher, PublisherDep
 from api.legacy_input import field_error, read_body, read_uploads
 from api.pages import HOME_HTML
-from bridge.ids import epoch_ms, valid_ambulance_id
+from bridge.ids import ambulance_id_problem, epoch_ms
 from bridge.jsjson import dumps
 from bridge.messages import Crash, Rejected, Snap, Tracking
 from bridge.snapshots import sniff
@@ -75,8 +75,10 @@ def _ambulance_id(value: object) -> str:
         value = str(value)
     if value is None:
         raise field_error("ambulance_id", "field required")
-    if not isinstance(value, str) or not valid_ambulance_id(value):
-        raise field_error("ambulance_id", "must be 1 to 64 of A-Z a-z 0-9 _ -")
+    problem = ambulance_id_problem(value)
+    if problem is not None:
+        raise field_error("ambulance_id", problem)
+    assert isinstance(value, str)  # ambulance_id_problem refuses anything else
     return value
 
 

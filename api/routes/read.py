@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from api.deps import AMBULANCE_ID_PATTERN, AmbulanceId, Deps
+from api.deps import AMBULANCE_ID_PATTERN, AmbulanceId, Deps, NotReserved
 from api.models import (
     AmbulanceList,
     AmbulanceState,
@@ -53,7 +53,7 @@ Since = Annotated[datetime | None, Query(description="inclusive, ISO 8601")]
 Until = Annotated[datetime | None, Query(description="exclusive, ISO 8601")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
-OptionalAmbulanceId = Annotated[str | None, Query(pattern=AMBULANCE_ID_PATTERN)]
+OptionalAmbulanceId = Annotated[str | None, Query(pattern=AMBULANCE_ID_PATTERN), NotReserved]
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -267,6 +267,21 @@ async def test_bad_body(
     assert reason in response.json()["detail"]
 
 
+@pytest.mark.parametrize("aid", ["crash", "snap", "tracking", "Tracking", "CRASH_NOTIFY_332"])
+async def test_an_ambulance_id_naming_a_room_is_refused(
+    http: httpx.AsyncClient, subscriber: Subscriber, aid: str
+) -> None:
+    """Test that an id that is a shared room's name is a 422 saying so, on every endpoint."""
+    for path in (TRACKING, CRASH):
+        response = await http.post(path, json=legacy_body(aid))
+        assert_field_error(response, 422, "ambulance_id")
+        assert "is reserved" in response.json()["detail"][0]["msg"]
+    response = await http.post(SNAPSHOT, **upload(aid, ("files", TINY_JPEG)))
+    assert_field_error(response, 422, "ambulance_id")
+    assert "is reserved" in response.json()["detail"][0]["msg"]
+    await subscriber.nothing()
+
+
 def upload(ambulance_id: str | None, *files: tuple[str, bytes], **fields: str) -> dict[str, Any]:
     data = dict(fields)
     if ambulance_id is not None:

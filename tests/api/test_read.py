@@ -121,6 +121,19 @@ async def test_invalid_ambulance_id_is_422(http: httpx.AsyncClient, bad: str, su
     assert response.json()["detail"][0]["loc"] == ["path", "ambulance_id"]
 
 
+@pytest.mark.parametrize("suffix", ["", "/track", "/snapshots"])
+@pytest.mark.parametrize("aid", ["crash", "CRASH_NOTIFY_7"])
+async def test_a_room_name_is_no_ambulance_id(
+    http: httpx.AsyncClient, aid: str, suffix: str
+) -> None:
+    """Test that an id naming a shared Socket.IO room is a 422 saying it is reserved."""
+    response = await http.get(f"/api/v1/ambulances/{aid}{suffix}")
+    assert response.status_code == 422, response.text
+    assert "is reserved" in response.json()["detail"][0]["msg"]
+    crashes = await http.get("/api/v1/crashes", params={"ambulance_id": aid})
+    assert crashes.status_code == 422, crashes.text
+
+
 async def test_track_pages_with_the_cursor(
     http: httpx.AsyncClient, store: SQLiteDocumentStore, ambulance_id: str
 ) -> None:
