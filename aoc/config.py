@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     speed_orange_kmh: float = 80.0
     speed_red_kmh: float = 120.0
     crash_dedup_seconds: float = 60.0
+    # How far ahead of the receipt time a device clock may be; a message stamped
+    # later than that is taken at its receipt time (the contract says why).
+    max_clock_ahead_seconds: float = Field(default=5.0, ge=0)
     google_maps_key: SecretStr | None = None
 
     # Input limits.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -34,14 +35,23 @@ def static_map_url(
     return f"{STATIC_MAPS_URL}?{urlencode(params)}"
 
 
-def is_repeat(previous_at: datetime | None, ts: datetime, *, window_s: float) -> bool:
-    """Whether a crash at ``ts`` repeats the last broadcast one at ``previous_at``.
+def repeat_of(
+    broadcast: Sequence[tuple[datetime, str]], ts: datetime, *, window_s: float
+) -> str | None:
+    """The id of the broadcast crash that a crash at ``ts`` repeats, or None.
 
-    A repeat is strictly less than ``window_s`` away, before or after (a late
-    redelivery of an earlier alert is a repeat too). The window is anchored on
-    the last *broadcast* crash, not the last repeat, so a device that keeps
-    alerting is still heard once per window instead of never again.
+    ``broadcast`` holds the (time, id) of the ambulance's recent broadcast
+    crashes. A crash repeats the nearest of them strictly less than ``window_s``
+    away, before or after: a delayed alert that arrives after a newer one is
+    checked against the crashes around its own time, not only the newest. The
+    windows are anchored on *broadcast* crashes, never on repeats, so a device
+    that keeps alerting is still heard once per window instead of never again.
     """
-    if previous_at is None or window_s <= 0:
-        return False
-    return abs((ts - previous_at).total_seconds()) < window_s
+    if window_s <= 0:
+        return None
+    nearest: tuple[float, str] | None = None
+    for at, crash in broadcast:
+        gap = abs((ts - at).total_seconds())
+        if gap < window_s and (nearest is None or gap < nearest[0]):
+            nearest = (gap, crash)
+    return None if nearest is None else nearest[1]

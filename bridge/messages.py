@@ -31,12 +31,20 @@ class Tracking:
     heading: float | None
     ts: datetime  # device time (UTC); server receipt time when the device sent none
     received_at: datetime
+    # The device's own ts when its clock was ahead of the receipt time by more
+    # than the bound, and ``ts`` was clamped to the receipt time; else None.
+    device_ts: datetime | None = None
     seq: int | None = None
     accuracy: float | None = None
     altitude: float | None = None
     destination: Position | None = None
-    # The JSON object as the device sent it, re-emitted to legacy Socket.IO rooms.
+    # What legacy Socket.IO rooms receive (shaped by bridge.validate).
     body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id_ts(self) -> datetime:
+        """The time the record's id is built from: the device's, even when clamped."""
+        return self.device_ts or self.ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,13 @@ class Crash:
     heading: float | None
     ts: datetime
     received_at: datetime
+    device_ts: datetime | None = None  # as in Tracking
     body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id_ts(self) -> datetime:
+        """The time the record's id is built from: the device's, even when clamped."""
+        return self.device_ts or self.ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,7 @@ class Snap:
     images: tuple[Image, ...]
     ts: datetime  # capture time if given, else receipt time
     received_at: datetime
+    device_ts: datetime | None = None  # as in Tracking
     # Form fields / JSON fields other than the images, for the legacy `snap` room.
     body: dict[str, Any] = field(default_factory=dict)
 

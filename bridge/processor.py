@@ -16,10 +16,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from bridge.crash import is_repeat, static_map_url
+from bridge import rooms
+from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc, position_from_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
 from bridge.jsjson import dumps
@@ -100,8 +101,9 @@ def new_ambulance(ambulance_id: str) -> Document:
         "source_location": None,
         # Threshold name -> the open episode's document, so a restart continues it.
         "open_episodes": {},
-        "last_crash_at": None,  # ts of the last broadcast crash (the dedup anchor)
-        "last_crash_id": None,
+        # The recent broadcast crashes, oldest first: [{"at": ts, "id": record id}],
+        # the anchors of crash deduplication (see _remember_crash).
+        "crashes": [],
         # The current images: the snap (history) id, its time, and what it replaced.
         "images_id": None,
         "images_at": None,
@@ -147,21 +149,44 @@ def _at_store_precision(item: Parsed) -> Parsed:
     a restarted bridge reads back, and a redelivery would count its distance twice.
     """
     if isinstance(item, Tracking | Crash | Snap):
-        return replace(item, ts=utc(item.ts), received_at=utc(item.received_at))
+        device_ts = None if item.device_ts is None else utc(item.device_ts)
+        return replace(
+            item, ts=utc(item.ts), received_at=utc(item.received_at), device_ts=device_ts
+        )
     return replace(item, received_at=utc(item.received_at))
 
 
 def _key(item: Parsed) -> tuple[str, str] | None:
     """The history collection and idempotency id of a message (None: no id)."""
     if isinstance(item, Tracking):
-        return TRACKINGS, tracking_id(item.ambulance_id, item.ts, item.seq)
+        return TRACKINGS, tracking_id(item.ambulance_id, item.id_ts, item.seq)
     if isinstance(item, Crash):
-        return CRASHES, crash_id(item.ambulance_id, item.ts)
+        return CRASHES, crash_id(item.ambulance_id, item.id_ts)
     if isinstance(item, Snap):
         return IMAGE_HISTORIES, snap_id(item)
     if isinstance(item, Rejected):
         return DEAD_LETTERS, dead_letter_id(item.topic, item.payload)
     return None
+
+
+def _clock_ahead(item: Tracking | Crash) -> Document:
+    """The device's own time, on a record whose ts was clamped because its clock ran ahead."""
+    return {} if item.device_ts is None else {"device_ts": item.device_ts}
+
+
+# Broadcast crashes remembered per ambulance for deduplication: enough for any
+# realistic burst, and older than this they no longer matter.
+_CRASHES_KEPT = 32
+_CRASHES_HORIZON = timedelta(hours=1)
+
+
+def _remember_crash(state: Document, ts: datetime, record_id: str) -> None:
+    """Add a broadcast crash to ``state["crashes"]``, oldest first, bounded."""
+    crashes: list[Document] = [*state["crashes"], {"at": ts, "id": record_id}]
+    crashes.sort(key=lambda crash: crash["at"])
+    newest: datetime = crashes[-1]["at"]
+    crashes = [crash for crash in crashes if newest - crash["at"] <= _CRASHES_HORIZON]
+    state["crashes"] = crashes[-_CRASHES_KEPT:]
 
 
 @dataclass
@@ -329,7 +354,7 @@ class Processor:
         aid = item.ambulance_id
         state = draft.states[aid]
         last_seen: datetime | None = state["last_seen"]
-        point_id = tracking_id(aid, item.ts, item.seq)
+        point_id = tracking_id(aid, item.id_ts, item.seq)
         # The latest point itself, redelivered after a partial write (its state
         # stored, its history not). Another point of the same instant (another
         # seq) is a new point. States stored before ids were kept have None.
@@ -369,13 +394,14 @@ class Processor:
                 "accuracy": item.accuracy,
                 "altitude": item.altitude,
                 "late": late,
-            },
+            }
+            | _clock_ahead(item),
         )
         # Late points are re-emitted too: the legacy server emitted every body, and
         # a redelivery after a partial write has not been emitted yet.
         # ``body`` is already the legacy-room body (shaped by bridge.validate).
         draft.emit(aid, item.body)
-        draft.emit("tracking", item.body)
+        draft.emit(rooms.TRACKING, item.body)
 
     def _advance(
         self, item: Tracking, state: Document, refs: dict[str, str | None], draft: _Draft
@@ -428,13 +454,13 @@ class Processor:
     def _crash(self, item: Crash, draft: _Draft) -> None:
         aid = item.ambulance_id
         state = draft.states[aid]
-        record_id = crash_id(aid, item.ts)
-        anchor: datetime | None = state["last_crash_at"]
-        # The anchor itself, redelivered after a partial write, is no repeat of
-        # itself: it was never broadcast, since fan-out follows the writes.
-        repeat = record_id != state["last_crash_id"] and is_repeat(
-            anchor, item.ts, window_s=self._crash_dedup_s
-        )
+        record_id = crash_id(aid, item.id_ts)
+        broadcast = [(crash["at"], crash["id"]) for crash in state["crashes"]]
+        # A crash already among the broadcast ones is a redelivery after a partial
+        # write: it was never broadcast, since fan-out follows the writes.
+        known = any(crash == record_id for _, crash in broadcast)
+        window_s = self._crash_dedup_s
+        duplicate_of = None if known else repeat_of(broadcast, item.ts, window_s=window_s)
         record: Document = {
             "_id": record_id,
             "ambulance_id": aid,
@@ -448,20 +474,21 @@ class Processor:
                 "image": static_map_url(item.position.lat, item.position.lon, key=self._maps_key),
             },
             "received_at": item.received_at,
-            "duplicate_of": state["last_crash_id"] if repeat else None,
-        }
+            # How long after the crash the alert arrived: a dispatcher reads an
+            # alert delayed in a dead zone for what it is, not as a new crash.
+            "delay_s": round(max(0.0, (item.received_at - item.ts).total_seconds()), 3),
+            "duplicate_of": duplicate_of,
+        } | _clock_ahead(item)
         draft.insert(CRASHES, record)
-        if repeat:
+        if duplicate_of is not None:
             draft.count("crash_repeat")
             return
         draft.count("crash")
-        # The dedup anchor only moves forward: a late alert does not reopen old windows.
-        if anchor is None or item.ts > anchor:
-            state["last_crash_at"] = item.ts
-            state["last_crash_id"] = record_id
+        if not known:
+            _remember_crash(state, item.ts, record_id)
             draft.dirty.add(aid)
-        draft.emit(f"CRASH_NOTIFY_{aid}", record)
-        draft.emit("crash", item.body)
+        draft.emit(rooms.crash_notify(aid), record)
+        draft.emit(rooms.CRASH, item.body)
         draft.publishes.append(
             Publish(f"aoc/{aid}/alert", dumps(record).encode("utf-8"), retain=False, qos=1)
         )
@@ -509,7 +536,7 @@ class Processor:
                 },
             )
         # ``body`` is the legacy form fields, or {"ambulance_id": id} (bridge.validate).
-        draft.emit("snap", {"body": item.body, "imagesObj": images})
+        draft.emit(rooms.SNAP, {"body": item.body, "imagesObj": images})
 
     def _status(self, item: Status, draft: _Draft) -> None:
         state = draft.states[item.ambulance_id]

@@ -208,7 +208,9 @@ class Bridge:
 
     def _parse(self, message: Message, received_at: datetime) -> Parsed:
         try:
-            return parse(message.topic, message.payload, received_at, self._limits)
+            return parse(
+                message.topic, message.payload, received_at, self._limits, retained=message.retain
+            )
         except Exception as exc:  # parse promises not to raise; a bug must not stop the loop
             self._log.exception("parse failed on %s", message.topic)
             return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)

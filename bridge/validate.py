@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bridge.ids import AMBULANCE_ID, epoch_ms, valid_ambulance_id
+from bridge.ids import AMBULANCE_ID, ambulance_id_problem, epoch_ms, valid_ambulance_id
 from bridge.messages import Crash, Image, Parsed, Position, Rejected, Snap, Status, Tracking
 from bridge.snapshots import sniff
 
@@ -44,10 +44,11 @@ LEGACY_ALIASES = {
     "tracking_speed": "speed",
     "tracking_heading": "heading",
 }
-_PLAIN_NAMES = frozenset(LEGACY_ALIASES.values())
 
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_MAX_AHEAD = timedelta(minutes=10)
+# Past this, a time is no clock error but garbage (and near datetime's range).
+_LATEST_YEAR = 9998
+_LATEST_MS = epoch_ms(datetime(_LATEST_YEAR + 1, 1, 1, tzinfo=UTC))
 # Accepted spellings of a number in a string: what JavaScript's Number() takes,
 # minus hex/Infinity, and without the underscores Python's float() would allow.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -70,6 +71,8 @@ class Limits:
     max_upload_files: int
     # A tracking/crash/status payload is a few hundred bytes; this is generous.
     max_record_bytes: int = 64 * 1024
+    # How far ahead of its receipt a device's ts may be; beyond, ts is clamped.
+    max_clock_ahead: timedelta = timedelta(seconds=5)
 
     @classmethod
     def from_settings(cls, settings: _LimitSettings) -> Limits:
@@ -77,6 +80,7 @@ class Limits:
         return cls(
             max_image_bytes=settings.max_image_bytes,
             max_upload_files=settings.max_upload_files,
+            max_clock_ahead=timedelta(seconds=settings.max_clock_ahead_seconds),
         )
 
     @property
@@ -89,6 +93,7 @@ class Limits:
 class _LimitSettings(Protocol):
     max_image_bytes: int
     max_upload_files: int
+    max_clock_ahead_seconds: float
 
 
 class _Invalid(Exception):
@@ -101,8 +106,9 @@ def valid_topic_parts(topic: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[0] != "aoc":
         raise ValueError(f"topic: expected aoc/<ambulance_id>/<kind>, got {_show(topic)}")
     _, ambulance_id, kind = parts
-    if not valid_ambulance_id(ambulance_id):
-        raise ValueError(f"topic: ambulance id must match {AMBULANCE_ID.pattern}")
+    problem = ambulance_id_problem(ambulance_id)
+    if problem is not None:
+        raise ValueError(f"topic: ambulance id {problem}")
     if kind not in KINDS:
         raise ValueError(f"topic: unknown message kind {_show(kind)} (expected {', '.join(KINDS)})")
     return ambulance_id, kind
@@ -116,10 +122,16 @@ def topic_ambulance_id(topic: str) -> str | None:
     return None
 
 
-def parse(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Parsed:
-    """One MQTT message as a typed message, or ``Rejected`` with a reason. Never raises."""
+def parse(
+    topic: str, payload: bytes, received_at: datetime, limits: Limits, *, retained: bool = False
+) -> Parsed:
+    """One MQTT message as a typed message, or ``Rejected`` with a reason. Never raises.
+
+    ``retained``: the broker delivered it as a retained message (the MQTT
+    retain flag), i.e. an old message replayed on (re)subscription.
+    """
     try:
-        return _parse(topic, payload, received_at, limits)
+        return _parse(topic, payload, received_at, limits, retained=retained)
     except _Invalid as exc:
         reason = str(exc)
     except RecursionError:
@@ -130,11 +142,12 @@ def parse(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> 
     return Rejected(topic, reason, _as_bytes(payload), received_at)
 
 
-def parse_timestamp(value: object, *, now: datetime) -> datetime:
+def parse_timestamp(value: object) -> datetime:
     """A device time (epoch ms number or string, or ISO 8601) as an aware UTC datetime.
 
     Raises ``ValueError`` with a reason when it is malformed, before 2000-01-01,
-    or more than 10 minutes after ``now``. ISO times without an offset are UTC.
+    or after the year 9998. ISO times without an offset are UTC. How far ahead
+    of the receipt time a device clock may be is the caller's rule.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"must be epoch milliseconds or an ISO 8601 string, got {_show(value)}")
@@ -153,7 +166,7 @@ def parse_timestamp(value: object, *, now: datetime) -> datetime:
                 ) from None
             if ts.tzinfo is None:
                 ts = ts.replace(tzinfo=UTC)
-            elif not 2 <= ts.year <= 9998:
+            elif not 2 <= ts.year <= _LATEST_YEAR:
                 # Converting year 1 or 9999 to UTC could leave datetime's range.
                 raise ValueError(f"must not be before 2000-01-01 or far ahead, got {_show(value)}")
             else:
@@ -162,52 +175,77 @@ def parse_timestamp(value: object, *, now: datetime) -> datetime:
         ts = _from_epoch_ms(value, value)
     if ts < _EARLIEST:
         raise ValueError(f"must not be before 2000-01-01, got {_show(value)}")
-    if ts > _utc(now) + _MAX_AHEAD:
-        raise ValueError(f"must not be more than 10 minutes in the future, got {_show(value)}")
+    if ts.year > _LATEST_YEAR:
+        raise ValueError(f"must not be after the year {_LATEST_YEAR}, got {_show(value)}")
     return ts
 
 
 # --- internals -------------------------------------------------------------------------
 
 
-def _parse(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Parsed:
+def _parse(
+    topic: str, payload: bytes, received_at: datetime, limits: Limits, *, retained: bool
+) -> Parsed:
     try:
         ambulance_id, kind = valid_topic_parts(topic)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
+    if retained and kind != "status":
+        # The broker replays a retained message on every (re)subscription: taken
+        # as device data, one old crash would alert again at each reconnect.
+        raise _Invalid(
+            f"retain: a retained {kind} message is an old message replayed by the broker;"
+            " device data is never taken from one (only status may be retained)"
+        )
     payload = _as_bytes(payload)
     if kind in {"tracking", "crash"}:
         body = _json_object(payload, limits.max_record_bytes)
-        return _record(kind, ambulance_id, body, received_at)
+        return _record(kind, ambulance_id, body, received_at, limits)
     if kind == "snap":
         return _snap(ambulance_id, payload, received_at, limits)
     return _status(ambulance_id, payload, received_at, limits)
 
 
-def _record(kind: str, aid: str, body: dict[str, Any], received_at: datetime) -> Tracking | Crash:
+def _record(
+    kind: str, aid: str, body: dict[str, Any], received_at: datetime, limits: Limits
+) -> Tracking | Crash:
     _check_body_id(body, aid, "ambulance_id")
     legacy = _optional_object(body, "legacy")
-    if legacy is not None:
-        _check_body_id(legacy, aid, "legacy.ambulance_id")
     lat = _required(body, "lat", -90.0, 90.0)
     lon = _required(body, "lon", -180.0, 180.0)
     speed = _required(body, "speed", 0.0, 500.0)
     heading = _field(body, "heading", 0.0, 360.0)
-    ts = _ts(body, received_at)
+    ts, device_ts = _ts(body, received_at, limits)
     position = Position(lat, lon)
-    emitted = _legacy_body(
-        body, legacy=legacy, aid=aid, position=position, speed=speed, heading=heading
-    )
+    values = {"lat": lat, "lon": lon, "speed": speed, "heading": heading}
     if kind == "crash":
-        if legacy is None:
-            # Legacy crash bodies carried m/s; ours carry km/h and say so.
-            emitted["speed_unit"] = "km/h"
-        return Crash(aid, position, speed, heading, ts, received_at, body=emitted)
+        if legacy is not None:
+            # The legacy crash endpoint took m/s; the shim converted it to km/h.
+            _check_legacy(legacy, aid, values, speed_factor=3.6)
+            emitted = legacy
+        else:
+            emitted = _room_body(aid, values, ts, {}) | {"speed_unit": "km/h"}
+        return Crash(aid, position, speed, heading, ts, received_at, device_ts, body=emitted)
     dest_lat = _field(body, "dest_lat", -90.0, 90.0)
     dest_lon = _field(body, "dest_lon", -180.0, 180.0)
     if (dest_lat is None) != (dest_lon is None):
         missing = "dest_lon" if dest_lon is None else "dest_lat"
         raise _Invalid(f"{missing}: required when the other destination coordinate is given")
+    seq = _seq(body)
+    accuracy = _field(body, "accuracy", 0.0, math.inf)
+    altitude = _field(body, "altitude", -math.inf, math.inf)
+    if legacy is not None:
+        _check_legacy(legacy, aid, values, speed_factor=1.0)
+        emitted = legacy
+    else:
+        optional = {
+            "seq": seq,
+            "accuracy": accuracy,
+            "altitude": altitude,
+            "dest_lat": dest_lat,
+            "dest_lon": dest_lon,
+        }
+        emitted = _room_body(aid, values, ts, optional)
     return Tracking(
         aid,
         position,
@@ -215,40 +253,58 @@ def _record(kind: str, aid: str, body: dict[str, Any], received_at: datetime) ->
         heading,
         ts,
         received_at,
-        seq=_seq(body),
-        accuracy=_field(body, "accuracy", 0.0, math.inf),
-        altitude=_field(body, "altitude", -math.inf, math.inf),
+        device_ts,
+        seq=seq,
+        accuracy=accuracy,
+        altitude=altitude,
         destination=None if dest_lat is None or dest_lon is None else Position(dest_lat, dest_lon),
         body=emitted,
     )
 
 
-def _legacy_body(
-    body: dict[str, Any],
-    *,
-    legacy: dict[str, Any] | None,
-    aid: str,
-    position: Position,
-    speed: float,
-    heading: float | None,
+def _room_body(
+    aid: str, values: dict[str, float | None], ts: datetime, optional: dict[str, Any]
 ) -> dict[str, Any]:
-    """What legacy Socket.IO rooms receive (see the contract)."""
-    if legacy is not None:
-        return legacy
-    if any(name in body for name in LEGACY_ALIASES):
-        return dict(body)
-    shaped: dict[str, Any] = {
-        "ambulance_id": aid,
-        "tracking_latitude": position.lat,
-        "tracking_longitude": position.lon,
-        "tracking_speed": speed,
-        "tracking_heading": heading,
-    }
-    for name, value in body.items():
-        # Added fields never remove or rename the old ones.
-        if name not in _PLAIN_NAMES and name not in shaped and name != "legacy":
-            shaped[name] = value
+    """What legacy Socket.IO rooms receive of a device message: its validated values only.
+
+    Legacy names first (old dashboards read them), then the contract's optional
+    fields the device gave. Nothing else the device sent reaches a room: a room
+    shows what was stored, never text a device made up.
+    """
+    shaped: dict[str, Any] = {"ambulance_id": aid}
+    shaped.update((_ALIAS_OF[name], value) for name, value in values.items())
+    shaped["ts"] = epoch_ms(ts)
+    shaped.update((name, value) for name, value in optional.items() if value is not None)
     return shaped
+
+
+def _check_legacy(
+    legacy: dict[str, Any], aid: str, values: dict[str, float | None], *, speed_factor: float
+) -> None:
+    """Refuse a ``legacy`` body that says anything other than the validated message.
+
+    The shim's ``legacy`` is the request body exactly as the old device sent it,
+    and legacy rooms receive it as it is: so it must name this ambulance and
+    carry the very position, speed and heading that are stored, under either
+    name. ``speed_factor`` converts its speed to km/h (3.6 for the m/s of the
+    legacy crash endpoint).
+    """
+    if "ambulance_id" not in legacy:
+        raise _Invalid("legacy.ambulance_id: required")
+    _check_body_id(legacy, aid, "legacy.ambulance_id")
+    for plain, stored in values.items():
+        legacy_name = _ALIAS_OF[plain]
+        names = [name for name in (legacy_name, plain) if legacy.get(name) is not None]
+        if not names and stored is not None:
+            raise _Invalid(f"legacy.{legacy_name}: required, the message carries {plain}")
+        for name in names:
+            given = _number(f"legacy.{name}", legacy[name])
+            if given is not None and plain == "speed":
+                given *= speed_factor
+            if given is None or stored is None or not math.isclose(
+                given, stored, rel_tol=1e-9, abs_tol=1e-6
+            ):
+                raise _Invalid(f"legacy.{name}: {legacy[name]!r} disagrees with {plain} {stored!r}")
 
 
 def _required(body: dict[str, Any], name: str, low: float, high: float) -> float:
@@ -322,14 +378,26 @@ def _seq(body: dict[str, Any]) -> int | None:
     return seq
 
 
-def _ts(body: dict[str, Any], received_at: datetime) -> datetime:
+def _ts(
+    body: dict[str, Any], received_at: datetime, limits: Limits
+) -> tuple[datetime, datetime | None]:
+    """``(ts, device_ts)``: the message's time, and the device's own when it was clamped.
+
+    A device clock too far ahead would pin the ambulance's latest state on its
+    point and make every real point after it "late"; such a point is taken at
+    its receipt time instead (its id keeps the device's time, so a redelivery
+    is still recognised).
+    """
     value = body.get("ts")
     if value is None:
-        return received_at
+        return received_at, None
     try:
-        return parse_timestamp(value, now=received_at)
+        ts = parse_timestamp(value)
     except ValueError as exc:
         raise _Invalid(f"ts: {exc}") from None
+    if ts > _utc(received_at) + limits.max_clock_ahead:
+        return received_at, ts
+    return ts, None
 
 
 def _check_body_id(body: dict[str, Any], aid: str, name: str) -> None:
@@ -367,18 +435,24 @@ def _snap(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Sn
     _check_body_id(body, aid, "ambulance_id")
     legacy = _optional_object(body, "legacy")
     if legacy is not None:
+        # The `snap` room receives the legacy form fields as they are: they must
+        # name this ambulance, or the room gets a snapshot of nobody.
+        if "ambulance_id" not in legacy:
+            raise _Invalid("legacy.ambulance_id: required")
         _check_body_id(legacy, aid, "legacy.ambulance_id")
     images = _images(body.get("images"), limits)
-    if body.get("ts") is None:
-        ts = received_at
-    else:
-        ts = _ts(body, received_at)
-        if epoch_ms(ts) == epoch_ms(received_at):
-            # bridge.ids.snap_id tells a device time from none by ts != received_at
-            # (to the ms); a message received in the very ms it was taken is nudged.
-            received_at = received_at + _ONE_MS
+    ts, device_ts = _ts(body, received_at, limits)
+    if body.get("ts") is not None and epoch_ms(ts) == epoch_ms(received_at):
+        # bridge.ids.snap_id tells a device time from none by ts != received_at
+        # (to the ms); a message received in the very ms it was taken is nudged.
+        received_at = received_at + _ONE_MS
     return Snap(
-        aid, images, ts, received_at, body=legacy if legacy is not None else {"ambulance_id": aid}
+        aid,
+        images,
+        ts,
+        received_at,
+        device_ts,
+        body=legacy if legacy is not None else {"ambulance_id": aid},
     )
 
 
@@ -512,11 +586,11 @@ def _utc(value: datetime) -> datetime:
 
 
 def _from_epoch_ms(value: float, shown: object) -> datetime:
-    # Far outside 2000..now: refused here, before float() or timedelta could overflow.
+    # Far outside 2000..9998: refused here, before float() or timedelta could overflow.
     if value < 0:
         raise ValueError(f"must not be before 2000-01-01, got {_show(shown)}")
-    if value > 1e14:
-        raise ValueError(f"must not be more than 10 minutes in the future, got {_show(shown)}")
+    if value > _LATEST_MS:
+        raise ValueError(f"must not be after the year {_LATEST_YEAR}, got {_show(shown)}")
     if not math.isfinite(value):  # NaN
         raise ValueError(f"must be a finite number, got {_show(shown)}")
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
-from bridge.crash import is_repeat, static_map_url
+from bridge.crash import repeat_of, static_map_url
 
 
 def test_url_without_key_has_no_key_parameter() -> None:
@@ -43,9 +43,20 @@ def test_coordinates_are_rounded_not_noisy() -> None:
 def test_repeat_window() -> None:
     """Test the dedup rule: strictly inside the window (either side) repeats, at it does not."""
     t = datetime(2024, 5, 1, tzinfo=UTC)
-    assert not is_repeat(None, t, window_s=60)
-    assert is_repeat(t, t, window_s=60)
-    assert is_repeat(t, t + timedelta(seconds=59.9), window_s=60)
-    assert not is_repeat(t, t + timedelta(seconds=60), window_s=60)
-    assert is_repeat(t, t - timedelta(seconds=30), window_s=60)
-    assert not is_repeat(t, t, window_s=0)
+    anchor = [(t, "a")]
+    assert repeat_of([], t, window_s=60) is None
+    assert repeat_of(anchor, t, window_s=60) == "a"
+    assert repeat_of(anchor, t + timedelta(seconds=59.9), window_s=60) == "a"
+    assert repeat_of(anchor, t + timedelta(seconds=60), window_s=60) is None
+    assert repeat_of(anchor, t - timedelta(seconds=30), window_s=60) == "a"
+    assert repeat_of(anchor, t, window_s=0) is None
+
+
+def test_a_repeat_is_of_the_nearest_broadcast_crash_on_either_side() -> None:
+    """Test that every broadcast crash anchors a window, not only the newest."""
+    t = datetime(2024, 5, 1, tzinfo=UTC)
+    broadcast = [(t - timedelta(seconds=120), "old"), (t, "new")]
+    assert repeat_of(broadcast, t - timedelta(seconds=110), window_s=60) == "old"
+    assert repeat_of(broadcast, t - timedelta(seconds=70), window_s=60) == "old"
+    assert repeat_of(broadcast, t - timedelta(seconds=50), window_s=60) == "new"
+    assert repeat_of(broadcast, t - timedelta(seconds=240), window_s=60) is None

@@ -17,6 +17,7 @@ import pytest
 
 from bridge.crash import static_map_url
 from bridge.geo import haversine_m
+from bridge.ids import epoch_ms
 from bridge.messages import Parsed, Plan, Position
 from bridge.processor import Processor
 from bridge.snapshots import image_key
@@ -310,6 +311,7 @@ async def test_crash_record_dedup_window_and_fan_out(
         "state": "RED",
         "location_detail": {"address": None, "image": image},
         "received_at": RECEIVED,
+        "delay_s": 3600.0,
         "duplicate_of": None,
     }
     assert "key=k-123" in image
@@ -319,7 +321,7 @@ async def test_crash_record_dedup_window_and_fan_out(
         f'{{"_id":"{first_id}","ambulance_id":"332","location":{{"lat":13.7563,"lon":100.5018}},'
         '"speed":150,"heading":90,"count_datetime":"2024-05-01T08:00:00.000Z","state":"RED",'
         f'"location_detail":{{"address":null,"image":"{image}"}},'
-        '"received_at":"2024-05-01T09:00:00.000Z","duplicate_of":null}'
+        '"received_at":"2024-05-01T09:00:00.000Z","delay_s":3600,"duplicate_of":null}'
     )
     assert len(notify) == 2
     crash_room = [e.data for e in plan.emits if e.room == "crash"]
@@ -357,30 +359,34 @@ async def test_crash_redelivered_after_a_partial_write_is_still_broadcast(
 async def test_legacy_bodies_are_re_emitted_as_sent(
     store: SQLiteDocumentStore, objects: LocalObjectStore
 ) -> None:
-    """Test the legacy rooms get the shim's `legacy` body, or the device's legacy-named body."""
+    """Test the legacy rooms get the shim's `legacy` body as sent, else the validated values."""
     proc = processor(store, objects)
     legacy = {"ambulance_id": AID, "tracking_latitude": "13.7563", "tracking_longitude": "100.5018",
               "tracking_speed": "11.5", "tracking_heading": "180"}
-    shim_crash = {"lat": LAT, "lon": LON, "speed": 41.4, "ts": T0_MS, "legacy": legacy}
-    legacy_named = {"tracking_latitude": LAT, "tracking_longitude": LON, "tracking_speed": 45.5,
+    shim_crash = {"lat": LAT, "lon": LON, "speed": 41.4, "heading": 180, "ts": T0_MS,
+                  "legacy": legacy}
+    legacy_named = {"tracking_latitude": LAT, "tracking_longitude": LON, "tracking_speed": "45.5",
                     "ts": T0_MS + 1000, "note": "ไทย"}
+    shim_point = {"ambulance_id": 332, "lat": LAT, "lon": LON, "speed": 20}
     plan = await run(
         proc,
         store,
         [message("crash", shim_crash), message("tracking", legacy_named),
          message("tracking", {"lat": LAT, "lon": LON, "speed": 20.0, "ts": T0_MS + 2000,
-                              "legacy": {"ambulance_id": AID, "tracking_speed": 20}})],
+                              "legacy": shim_point})],
     )
     emitted = [(e.room, e.data) for e in plan.emits if e.room != f"CRASH_NOTIFY_{AID}"]
+    shaped = (
+        '{"ambulance_id":"332","tracking_latitude":13.7563,"tracking_longitude":100.5018,'
+        f'"tracking_speed":45.5,"tracking_heading":null,"ts":{T0_MS + 1000}}}'
+    )
     assert emitted == [
         ("crash", '{"ambulance_id":"332","tracking_latitude":"13.7563","tracking_longitude":'
                   '"100.5018","tracking_speed":"11.5","tracking_heading":"180"}'),
-        (AID, f'{{"tracking_latitude":13.7563,"tracking_longitude":100.5018,"tracking_speed":45.5,'
-              f'"ts":{T0_MS + 1000},"note":"ไทย"}}'),
-        ("tracking", f'{{"tracking_latitude":13.7563,"tracking_longitude":100.5018,'
-                     f'"tracking_speed":45.5,"ts":{T0_MS + 1000},"note":"ไทย"}}'),
-        (AID, '{"ambulance_id":"332","tracking_speed":20}'),
-        ("tracking", '{"ambulance_id":"332","tracking_speed":20}'),
+        (AID, shaped),
+        ("tracking", shaped),
+        (AID, '{"ambulance_id":332,"lat":13.7563,"lon":100.5018,"speed":20}'),
+        ("tracking", '{"ambulance_id":332,"lat":13.7563,"lon":100.5018,"speed":20}'),
     ]
 
 
@@ -602,3 +608,99 @@ async def test_a_second_point_of_the_same_instant_moves_the_state(
     # The same point again, after a restart (a fresh processor), is a redelivery.
     replay = await processor(store, objects).plan([point(1, 135, seq=3)])
     assert replay.counts.get("tracking", 0) == 0
+
+
+def message_at(received_at: datetime, kind: str, body: dict[str, Any]) -> Parsed:
+    return parse(f"aoc/{AID}/{kind}", json.dumps(body).encode(), received_at, LIMITS)
+
+
+async def test_a_point_from_a_clock_ahead_does_not_freeze_the_latest_state(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a point stamped 9 min 50 s ahead leaves the real points after it current."""
+    proc = processor(store, objects)
+    ahead = T0 + timedelta(minutes=9, seconds=50)
+    body = {"lat": 1.0, "lon": 1.0, "speed": 10}
+    await run(proc, store, [message_at(T0, "tracking", body | {"ts": epoch_ms(ahead)})])
+    for i in range(1, 6):
+        now = T0 + timedelta(seconds=i)
+        plan = await run(proc, store, [message_at(now, "tracking", body | {"ts": epoch_ms(now)})])
+        assert plan.counts == {"tracking": 1}
+        assert plan.states[AID]["last_seen"] == now
+        state_topic = json.loads(plan.publishes[0].payload)  # the retained aoc/<id>/state
+        assert state_topic["last_seen"] == f"{now:%Y-%m-%dT%H:%M:%S}.000Z"
+    docs = await stored(store, TRACKINGS)
+    assert [d["late"] for d in docs] == [False] * 6
+    assert docs[0]["count_datetime"] == T0
+    assert docs[0]["device_ts"] == ahead
+    assert docs[0]["_id"] == f"{AID}:{epoch_ms(ahead)}"
+    assert "device_ts" not in docs[1]
+
+    # A redelivery of the clamped point, received later, is still the same point.
+    replay = message_at(T0 + timedelta(seconds=9), "tracking", body | {"ts": epoch_ms(ahead)})
+    assert (await run(proc, store, [replay])).counts == {"duplicate": 1}
+
+
+async def test_a_crash_from_a_clock_ahead_anchors_no_window_in_the_future(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that after a crash stamped ahead, real crashes within the window are repeats."""
+    proc = processor(store, objects, crash_dedup_s=5.0)
+    crash = {"lat": LAT, "lon": LON, "speed": 50}
+    ahead = T0 + timedelta(minutes=9)
+    first = await run(proc, store, [message_at(T0, "crash", crash | {"ts": epoch_ms(ahead)})])
+    assert first.counts == {"crash": 1}
+    for i in range(1, 11):
+        now = T0 + timedelta(milliseconds=400 * i)
+        plan = await run(proc, store, [message_at(now, "crash", crash | {"ts": epoch_ms(now)})])
+        assert plan.counts == {"crash_repeat": 1}
+        assert plan.emits == [] and plan.publishes == []
+
+
+async def test_a_delayed_crash_is_broadcast_once_marked_with_its_delay(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test crash dedup on both sides: a late crash is checked against the ones around it."""
+    proc = processor(store, objects)
+    crash = {"lat": LAT, "lon": LON, "speed": 50}
+    now = T0 + timedelta(minutes=10)
+    newer = message_at(now, "crash", crash | {"ts": epoch_ms(now)})
+    assert (await run(proc, store, [newer])).counts == {"crash": 1}
+
+    delayed_at = now - timedelta(seconds=120)
+    delayed = message_at(now + timedelta(seconds=1), "crash", crash | {"ts": epoch_ms(delayed_at)})
+    plan = await run(proc, store, [delayed])
+    assert plan.counts == {"crash": 1}
+    [record] = [json.loads(e.data) for e in plan.emits if e.room == f"CRASH_NOTIFY_{AID}"]
+    assert record["delay_s"] == 121.0
+    assert record["count_datetime"] == "2024-05-01T08:08:00.000Z"
+    assert [p.topic for p in plan.publishes] == [f"aoc/{AID}/alert"]
+
+    # Its redelivery, and a crash near it (not near the newest), are not alerts again.
+    again = await run(proc, store, [delayed])
+    assert again.counts == {"duplicate": 1} and again.emits == []
+    near = message_at(now, "crash", crash | {"ts": epoch_ms(delayed_at + timedelta(seconds=10))})
+    repeat = await run(proc, store, [near])
+    assert repeat.counts == {"crash_repeat": 1} and repeat.emits == []
+    docs = {d["_id"]: d for d in await stored(store, CRASHES)}
+    near_id = f"crash:{AID}:{epoch_ms(delayed_at + timedelta(seconds=10))}"
+    assert docs[near_id]["duplicate_of"] == f"crash:{AID}:{epoch_ms(delayed_at)}"
+
+    # The windows survive a restart: they are kept in the stored state.
+    restarted = processor(store, objects)
+    later = message_at(now, "crash", crash | {"ts": epoch_ms(delayed_at - timedelta(seconds=30))})
+    assert (await run(restarted, store, [later])).counts == {"crash_repeat": 1}
+
+
+@pytest.mark.parametrize("aid", ["crash", "snap", "tracking", "CRASH_NOTIFY_332"])
+async def test_an_ambulance_id_naming_a_room_reaches_no_room(
+    store: SQLiteDocumentStore, objects: LocalObjectStore, aid: str
+) -> None:
+    """Test that points on aoc/<room name>/tracking are dead letters, emitted nowhere."""
+    body = {"lat": LAT, "lon": LON, "speed": 50, "legacy": {"tracking_speed": 50}}
+    plan = await run(processor(store, objects), store, [message("tracking", body, aid=aid)])
+    assert plan.counts == {"dead_letter": 1}
+    assert plan.emits == [] and plan.publishes == [] and plan.states == {}
+    [letter] = await stored(store, DEAD_LETTERS)
+    assert "is reserved" in letter["reason"]
+    assert letter["ambulance_id"] is None
