@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -1064,17 +1063,6 @@ def test_huge_int_outside_json_is_shown_safely() -> None:
     """Test that the shim passing a huge Python int gets a ValueError, not a crash."""
     with pytest.raises(ValueError, match="must not be after the year 9998"):
         parse_timestamp(10**5000)
-
-
-def test_parse_is_fast_enough_for_the_hot_path() -> None:
-    """Test that a tracking message parses in well under a millisecond (target: ~10 µs)."""
-    raw = json.dumps({**BASE, "heading": 90, "ts": epoch_ms(NOW), "seq": 1}).encode()
-    rounds = 2000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        parse("aoc/332/tracking", raw, NOW, LIMITS)
-    per_message = (time.perf_counter() - start) / rounds
-    assert per_message < 200e-6  # generous: CI machines are slow and shared
 
 
 def test_offset_received_at_is_accepted() -> None:
