@@ -418,3 +418,30 @@ async def test_numeric_ambulance_id_is_accepted(
     payload = json.loads(message.payload)
     assert payload["ambulance_id"] == str(number)
     assert payload["legacy"]["ambulance_id"] == number
+
+
+@pytest.mark.parametrize("depth", [30, 958])
+async def test_deeply_nested_body_is_400(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str, depth: int
+) -> None:
+    """Test that a body nested past the bridge's bound is a 400 naming it, not a 500."""
+    # Written as text: json.dumps itself recurses once per level.
+    nested = '{"x": ' * depth + "{}" + "}" * depth
+    body = json.dumps(legacy_body(ambulance_id))[:-1] + f', "extra": {nested}}}'
+    response = await http.post(TRACKING, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested" in response.json()["detail"]
+    await subscriber.nothing()
+
+
+async def test_nesting_within_the_bound_is_published(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that a body as deep as the bridge accepts (one level below its message) passes."""
+    nested: Any = {}
+    for _ in range(29):  # message -> legacy body -> extra -> 29 more levels: 32 in all
+        nested = {"x": nested}
+    response = await http.post(TRACKING, json=legacy_body(ambulance_id, extra=nested))
+    assert response.status_code == 200, response.text
+    topic, _ = await subscriber.next()
+    assert topic == f"aoc/{ambulance_id}/tracking"

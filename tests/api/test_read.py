@@ -174,8 +174,13 @@ async def test_bad_track_query_is_422(
         {"since": "0001-01-01T00:00:00+05:00"},
         {"until": "9999-12-31T23:59:59-05:00"},
         {"cursor": encode_cursor([10**30, "x"])},
+        {"cursor": encode_cursor([True, "x"])},
+        {"cursor": encode_cursor([[1.5], "x"])},
+        {"cursor": "WzEuNSwgeyJhIjogMX1d"},  # [1.5, {"a": 1}]
+        {"cursor": "W05hTiwgIngiXQ"},  # [NaN, "x"]
     ],
-    ids=["since-year-1", "until-year-9999", "huge-cursor"],
+    ids=["since-year-1", "until-year-9999", "huge-cursor", "bool-cursor", "list-in-cursor",
+         "object-in-cursor", "nan-cursor"],
 )
 async def test_extreme_query_values_are_422_not_500(
     http: httpx.AsyncClient, ambulance_id: str, params: dict[str, Any]
