@@ -159,6 +159,7 @@ def _http_server(app: FastAPI, settings: Settings) -> EmbeddedServer:
         port=settings.http_port,
         max_connections=settings.http_max_connections,
         body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
     )
 
 
@@ -171,6 +172,7 @@ def _socketio_server(app: socketio.ASGIApp, settings: Settings) -> EmbeddedServe
         port=settings.socketio_port,
         max_connections=settings.socketio_max_connections,
         body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
     )
 
 
@@ -277,6 +279,7 @@ async def run_bridge(settings: Settings) -> None:
             port=settings.bridge_http_port,
             max_connections=settings.http_max_connections,
             body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
         )
         await _run_until_stopped(stop, servers=[http], bridge=bridge)
 

@@ -15,6 +15,12 @@ Bounds, so that one client cannot hold what every other client needs:
 - ``body_timeout``: a request body that has not fully arrived this many
   seconds after its headers gets ``408 Request Timeout`` and the connection is
   closed (``BodyTimeout``); uvicorn alone waits for a body forever.
+- ``header_timeout``: a connection whose request headers have not fully
+  arrived this many seconds after it opened (or after the request began) is
+  closed without an answer (``HeaderTimeoutProtocol``). Uvicorn times only
+  idle keep-alive connections, so a client that never finishes its headers
+  would otherwise hold a connection (counted against ``max_connections``) for
+  as long as it likes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import uvicorn
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 BODY_TIMEOUT_DETAIL = b'{"detail":"the request body did not arrive in time"}'
 
@@ -90,6 +97,47 @@ class BodyTimeout:
             await send({"type": "http.response.body", "body": BODY_TIMEOUT_DETAIL})
 
 
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """Uvicorn's httptools protocol, closing connections whose headers come too slowly."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def _protocol(header_timeout: float) -> type[HeaderTimeoutProtocol]:
+    return type("BoundedProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
+
+
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its owner."""
 
@@ -109,15 +157,18 @@ def server(
     port: int,
     max_connections: int | None = None,
     body_timeout: float | None = None,
+    header_timeout: float | None = None,
     graceful_timeout: float = 5.0,
 ) -> EmbeddedServer:
     """An embedded server for ``app``; logging stays as ``aoc.logs`` configured it."""
     if body_timeout is not None:
         app = BodyTimeout(app, seconds=body_timeout)
+    http: Any = "auto" if header_timeout is None else _protocol(header_timeout)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http,
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import socketio
 
 from aoc.servers import server
-from api import ApiDeps, create_app
+from api import ApiDeps, create_app, create_realtime_app, create_sio
 from api.routes import legacy
 from tests import services
 from tests.api.conftest import Subscriber, client_for
@@ -165,3 +166,44 @@ async def test_uploads_past_the_bound_get_503_with_retry_after(
     assert accepted.status_code == 200, accepted.text
     assert again.status_code == 200, again.text
     assert deps.upload_slots.used == 0
+
+
+async def test_headers_that_never_finish_are_closed(deps: ApiDeps) -> None:
+    """Test that a connection whose request headers never complete is closed by the server."""
+    async with serving(create_app(deps), header_timeout=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: never complete
+        await writer.drain()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # EOF without an answer
+        writer.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_dashboards_outlive_the_timeouts(transport: str) -> None:
+    """Test that a Socket.IO dashboard stays connected and served past every server timeout."""
+    sio = create_sio()
+    bounds = {"max_connections": 10, "body_timeout": 0.3, "header_timeout": 0.3,
+              "graceful_timeout": 1.0}
+    async with serving(create_realtime_app(sio), **bounds) as port:
+        client = socketio.AsyncClient(reconnection=False)
+        received: asyncio.Queue[Any] = asyncio.Queue()
+        client.on("data", handler=received.put)
+        await client.connect(f"http://127.0.0.1:{port}", transports=[transport], wait_timeout=5)
+        try:
+            for room in ("tracking", "332"):
+                await asyncio.sleep(1.0)  # idle past both timeouts
+                await client.emit("room_join", room)
+                async with asyncio.timeout(10):
+                    assert await received.get() == f"room joined: {room}"
+                await sio.emit("data", f"to {room}", room=room)
+                async with asyncio.timeout(10):
+                    assert await received.get() == f"to {room}"
+            assert client.connected
+        finally:
+            # A polling client's disconnect waits out its pending long poll: not our concern.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await client.disconnect()
