@@ -88,7 +88,7 @@ if #ids == 0 then
 end
 return {ids, redis.call('HMGET', KEYS[2], unpack(ids))}
 """
-# Past this many states, decoding them moves off the event loop.
+# Past this many states, encoding or decoding them moves off the event loop.
 _DECODE_INLINE = 100
 
 
@@ -100,6 +100,15 @@ def _last_seen(state: Document) -> str:
         except ValueError:
             return ""
     return codec.format_datetime(value) if isinstance(value, datetime) else ""
+
+
+def _encode_all(
+    states: Mapping[str, Document],
+) -> tuple[dict[str | bytes, str], dict[str | bytes, str]]:
+    """The hash fields of ``states`` (JSON) and of their last_seen values."""
+    mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
+    seen: dict[str | bytes, str] = {k: when for k, v in states.items() if (when := _last_seen(v))}
+    return mapping, seen
 
 
 class StateCache:
@@ -210,10 +219,12 @@ class StateCache:
 
     async def rebuild(self, states: Mapping[str, Document]) -> None:
         """Replace every cached state with ``states`` in one transaction."""
-        mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
-        seen: dict[str | bytes, str] = {
-            k: when for k, v in states.items() if (when := _last_seen(v))
-        }
+        if len(states) > _DECODE_INLINE:
+            # Tens of thousands of states take a noticeable time to encode: off
+            # the event loop, which the bridge shares with the HTTP servers.
+            mapping, seen = await asyncio.to_thread(_encode_all, states)
+        else:
+            mapping, seen = _encode_all(states)
 
         async def replace(r: aioredis.Redis[bytes]) -> None:
             async with r.pipeline(transaction=True) as pipe:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from storage import codec
 from storage.base import StoreUnavailable
 from storage.cache import StateCache
 from tests import services
@@ -219,3 +221,30 @@ async def test_states_without_an_index_ask_for_a_rebuild(
     finally:
         await client.connection_pool.disconnect()
     assert await cache.set_many({"332": state("332", 1)}) is False
+
+
+async def test_a_large_rebuild_encodes_off_the_event_loop(
+    cache: StateCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that while a large rebuild encodes its states, the event loop keeps running."""
+    gate, waiting = threading.Event(), threading.Event()
+    real = codec.encode
+
+    def gated(doc: Any) -> str:
+        waiting.set()
+        # On the event loop this would block the very loop that opens the gate.
+        assert gate.wait(10), "the rebuild encoded on the event loop"
+        return real(doc)
+
+    monkeypatch.setattr(codec, "encode", gated)
+
+    async def open_gate() -> None:
+        if await asyncio.to_thread(waiting.wait, 10):
+            gate.set()
+
+    opener = asyncio.create_task(open_gate())
+    states = {f"R{i:04d}": state(f"R{i:04d}", i) for i in range(500)}
+    await cache.rebuild(states)
+    await opener
+    monkeypatch.undo()
+    assert (await cache.page(after=None, limit=1000))[0] == list(states.values())
