@@ -445,3 +445,37 @@ async def test_nesting_within_the_bound_is_published(
     assert response.status_code == 200, response.text
     topic, _ = await subscriber.next()
     assert topic == f"aoc/{ambulance_id}/tracking"
+
+
+async def test_upload_over_the_message_bound_is_413(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that files and form fields too big together for one MQTT message are a 413."""
+    fields = {f"note{i}": "x" * 60_000 for i in range(2)}
+    response = await http.post(SNAPSHOT, **upload(ambulance_id, ("files", TINY_JPEG), **fields))
+    assert response.status_code == 413, response.text
+    assert "over the limit" in response.json()["detail"]
+    await subscriber.nothing()
+
+
+async def test_upload_names_are_checked_by_the_bridge_validator(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that what the validator checks of each image (its name) is still refused."""
+    files = [("files", ("n" * 300 + ".jpg", TINY_JPEG, "image/jpeg"))]
+    response = await http.post(SNAPSHOT, data={"ambulance_id": ambulance_id}, files=files)
+    assert_field_error(response, 422, "files[0]")
+    await subscriber.nothing()
+
+
+async def test_uploaded_images_are_published_whole(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that images longer than the part the shim validates are published whole."""
+    image = TINY_JPEG + bytes(range(256)) * ((MAX_IMAGE_BYTES - len(TINY_JPEG)) // 256)
+    assert 3 * 1024 < len(image) <= MAX_IMAGE_BYTES
+    files = [("files", ("big.jpg", image, "image/jpeg"))]
+    response = await http.post(SNAPSHOT, data={"ambulance_id": ambulance_id}, files=files)
+    assert response.status_code == 200, response.text
+    _, message = await subscriber.next()
+    assert base64.b64decode(message["images"][0]["data"]) == image
