@@ -25,7 +25,7 @@ from api.models import (
     TrackPage,
     TrackPoint,
 )
-from bridge.ids import valid_ambulance_id
+from bridge.ids import AMBULANCE_ID
 from storage import codec
 from storage.base import (
     AMBULANCES,
@@ -103,7 +103,9 @@ def _fleet_cursor(cursor: str) -> _FleetCursor:
         position[1], str
     ):
         raise _bad_cursor("invalid cursor: not a next_cursor of this listing")
-    if position[0] == "cache" and not valid_ambulance_id(position[1]):
+    # The id's alphabet only: an id stored before a rule reserved some names
+    # must still be a place to continue from.
+    if position[0] == "cache" and not AMBULANCE_ID.fullmatch(position[1]):
         raise _bad_cursor("invalid cursor: not a next_cursor of this listing")
     return _FleetCursor(position[0], position[1])
 
