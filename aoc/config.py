@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(default=10, gt=0)
     dead_letter_payload_bytes: int = Field(default=4096, gt=0)
 
+    # HTTP servers: bounds that keep one client from holding the shared event
+    # loop or every file descriptor. A connection past a server's bound gets a
+    # 503 (uvicorn's limit_concurrency), a body slower than http_body_timeout a
+    # 408, headers slower than http_header_timeout a closed connection, a legacy
+    # upload past max_concurrent_uploads a 503 with Retry-After.
+    http_max_connections: int = Field(default=1000, gt=0)
+    # Dashboards hold one Socket.IO connection each for hours: room for many.
+    socketio_max_connections: int = Field(default=4000, gt=0)
+    http_body_timeout: float = Field(default=60.0, gt=0)
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    # Each legacy upload holds about 7x its size in memory while it is encoded.
+    max_concurrent_uploads: int = Field(default=2, gt=0)
+
     # Bridge batching: a batch is written (and then acknowledged) when it holds
     # this many messages or when the oldest has waited this long.
     batch_size: int = Field(default=200, gt=0)

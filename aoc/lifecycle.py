@@ -20,6 +20,7 @@ import signal
 from contextlib import AsyncExitStack
 
 import socketio
+from fastapi import FastAPI
 
 from aoc import logs, metrics
 from aoc.config import Settings
@@ -151,6 +152,30 @@ def _bridge(
     )
 
 
+def _http_server(app: FastAPI, settings: Settings) -> EmbeddedServer:
+    return server(
+        app,
+        host=settings.bind_host,
+        port=settings.http_port,
+        max_connections=settings.http_max_connections,
+        body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
+    )
+
+
+def _socketio_server(app: socketio.ASGIApp, settings: Settings) -> EmbeddedServer:
+    # Long-polling POSTs have bodies too; WebSocket connections are not timed,
+    # only counted (each dashboard holds one for hours).
+    return server(
+        app,
+        host=settings.bind_host,
+        port=settings.socketio_port,
+        max_connections=settings.socketio_max_connections,
+        body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
+    )
+
+
 async def _run_until_stopped(
     stop: asyncio.Event, *, servers: list[EmbeddedServer], bridge: Bridge | None
 ) -> None:
@@ -201,8 +226,8 @@ async def serve(settings: Settings) -> None:
             settings, store=store, objects=objects, cache=cache, mqtt=consumer, publisher=publisher
         )
         servers = [
-            server(create_app(deps), host=settings.bind_host, port=settings.http_port),
-            server(create_realtime_app(sio), host=settings.bind_host, port=settings.socketio_port),
+            _http_server(create_app(deps), settings),
+            _socketio_server(create_realtime_app(sio), settings),
         ]
         log.info(
             "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
@@ -248,7 +273,14 @@ async def run_bridge(settings: Settings) -> None:
         probes = create_probe_app(
             _api_deps(settings, store=store, objects=objects, cache=cache, mqtt=consumer)
         )
-        http = server(probes, host=settings.bind_host, port=settings.bridge_http_port)
+        http = server(
+            probes,
+            host=settings.bind_host,
+            port=settings.bridge_http_port,
+            max_connections=settings.http_max_connections,
+            body_timeout=settings.http_body_timeout,
+        header_timeout=settings.http_header_timeout,
+        )
         await _run_until_stopped(stop, servers=[http], bridge=bridge)
 
 
@@ -265,7 +297,7 @@ async def run_api(settings: Settings) -> None:
         deps = _api_deps(
             settings, store=store, objects=objects, cache=cache, mqtt=publisher, publisher=publisher
         )
-        app_server = server(create_app(deps), host=settings.bind_host, port=settings.http_port)
+        app_server = _http_server(create_app(deps), settings)
         await _run_until_stopped(stop, servers=[app_server], bridge=None)
 
 
@@ -274,6 +306,6 @@ async def run_realtime(settings: Settings) -> None:
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     sio = create_sio(client_manager=socketio.AsyncRedisManager(settings.redis_url))
-    rt = server(create_realtime_app(sio), host=settings.bind_host, port=settings.socketio_port)
+    rt = _socketio_server(create_realtime_app(sio), settings)
     with contextlib.suppress(asyncio.CancelledError):
         await _run_until_stopped(stop, servers=[rt], bridge=None)

@@ -50,6 +50,29 @@ class Publisher(Protocol):
 ReadyCheck = Callable[[], Awaitable[None]]
 
 
+class Slots:
+    """A bound on concurrent work that refuses at once instead of queueing.
+
+    A queue would hold each waiting client's connection (and its body, once
+    read) for as long as the work ahead of it takes; a refusal costs nothing.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free; the caller must ``release`` it."""
+        if self.used >= self.size:
+            return False
+        self.used += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken by ``try_take``."""
+        self.used -= 1
+
+
 @dataclass
 class ApiDeps:
     """Everything the routes use; built once by the entry point."""
@@ -63,6 +86,11 @@ class ApiDeps:
     ready_checks: Mapping[str, ReadyCheck] = field(default_factory=dict)
     # How long the legacy shim waits for the broker's PUBACK before answering 503.
     publish_timeout: float = 5.0
+    # Legacy uploads being read and encoded at once (settings.max_concurrent_uploads).
+    upload_slots: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_slots = Slots(self.settings.max_concurrent_uploads)
 
 
 def get_deps(request: Request) -> ApiDeps:

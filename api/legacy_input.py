@@ -17,6 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
+from bridge.validate import nesting_error
+
 # Legacy bodies are a handful of fields; anything bigger is not a device talking.
 MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 100
@@ -91,10 +93,18 @@ def _reject_constant(name: str) -> NoReturn:
 def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise HTTPException(400, detail=f"invalid JSON body: {exc}") from exc
+    except RecursionError as exc:
+        raise HTTPException(400, detail="invalid JSON body: nested too deeply") from exc
     if not isinstance(body, dict):
         raise HTTPException(400, detail="the JSON body must be an object")
+    # The body travels one level down in the MQTT message (its "legacy" field),
+    # which must stay within the bridge's nesting bound (and far from Python's
+    # recursion limit when it is re-serialised).
+    reason = nesting_error(body, depth=2)
+    if reason is not None:
+        raise HTTPException(400, detail=f"invalid JSON body: {reason.removeprefix('payload: ')}")
     return body
 
 

@@ -45,6 +45,9 @@ class AmbulanceState(_Doc):
 class AmbulanceList(BaseModel):
     items: list[AmbulanceState]
     source: str = Field(description="where the states came from: cache or store")
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class TrackPoint(_Record):

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from bench import stack
 from bench.latency import latency
+from bench.limits import fleet, slow, upload
 from bench.soak import soak
 from bench.throughput import throughput
+from tests import services
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +58,32 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="growth after warm-up, in percent, still called flat (printed with the verdict)",
     )
+    lim = commands.add_parser("limits", help="what one heavy HTTP client costs everyone else")
+    lim.add_argument("scenario", choices=("upload", "slow", "fleet"))
+    lim.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
+    lim.add_argument("--files", type=int, default=10, help="upload: files per upload")
+    lim.add_argument("--size-mb", type=float, default=5.0, help="upload: MB per file")
+    lim.add_argument("--connections", type=int, default=200, help="slow: unfinished POSTs")
+    lim.add_argument("--cap", type=float, default=90.0, help="slow: seconds to watch them")
+    lim.add_argument("--ambulances", type=int, default=20000, help="fleet: its size")
+    lim.add_argument("--source", choices=("cache", "store"), default="cache",
+                     help="fleet: store = aoc serve with an unreachable Redis")
+    lim.add_argument("--aoc-pythonpath", default=None,
+                     help="run the aoc process from this checkout (e.g. the code before a change)")
+    lim.add_argument("--env", action="append", default=[], metavar="AOC_X=V",
+                     help="an extra setting of the aoc process (repeatable)")
     return parser
+
+
+def _limits(args: argparse.Namespace, running: stack.Stack) -> None:
+    if args.scenario == "upload":
+        size = int(args.size_mb * 2**20)
+        asyncio.run(upload(running, runs=args.runs, files=args.files, size=size))
+    elif args.scenario == "slow":
+        asyncio.run(slow(running, connections=args.connections, cap=args.cap))
+    else:
+        cache = args.source == "cache"
+        asyncio.run(fleet(running, runs=args.runs, count=args.ambulances, cache=cache))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "batch_size", None):
         env["AOC_BATCH_SIZE"] = str(args.batch_size)
     command = getattr(args, "process", "serve")
+    if args.command == "limits":
+        if args.aoc_pythonpath:
+            env["PYTHONPATH"] = args.aoc_pythonpath
+        if args.scenario == "fleet" and args.source == "store":
+            env["AOC_REDIS_URL"] = f"redis://127.0.0.1:{services.free_port()}/0"
+        env.update(item.split("=", 1) for item in args.env)
     print(f"starting mosquitto, redis and aoc {command} ...", flush=True)
     with stack.running(command=command, env=env, keep=args.keep) as running:
         print(
@@ -85,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     timeout=args.timeout,
                 )
             )
+            return 0
+        if args.command == "limits":
+            _limits(args, running)
             return 0
         if args.command == "latency":
             asyncio.run(

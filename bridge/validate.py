@@ -557,9 +557,22 @@ def _json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
     return value
 
 
-def _check_depth(value: dict[str, Any]) -> None:
+def nesting_error(value: dict[str, Any], *, depth: int = 1) -> str | None:
+    """Why ``value`` (at ``depth`` in a payload) nests too deep for a payload, or None.
+
+    For callers that build a payload around client input (the HTTP shim): the
+    same bound as ``parse``, checked before the input is re-serialised.
+    """
+    try:
+        _check_depth(value, depth)
+    except _Invalid as exc:
+        return str(exc)
+    return None
+
+
+def _check_depth(value: dict[str, Any], depth: int = 1) -> None:
     """Refuse nesting deeper than ``_MAX_DEPTH`` (iteratively: no recursion on input)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
         node, depth = stack.pop()
         if depth > _MAX_DEPTH:

@@ -4,7 +4,10 @@ One hash, ``<prefix>:latest`` (``aoc:latest``): field = ambulance id, value =
 the state document as JSON in the codec of ``storage.codec`` (datetimes as
 ``{"$date": "<ISO 8601, ms, Z>"}``), so ``get`` returns the same document the
 store holds, with tz-aware datetimes. A second hash, ``<prefix>:latest:seen``,
-holds each state's last_seen for ordering racing writers (see ``_SET_NEWER``).
+holds each state's last_seen for ordering racing writers (see ``_SET_NEWER``),
+and a sorted set, ``<prefix>:latest:ids``, every cached ambulance id (score 0,
+so it is ordered by id as bytes), so a page of the fleet is read without the
+whole hash (see ``page``). The script and ``rebuild`` keep the three together.
 Redis is a cache: the store is the truth, and ``rebuild`` refills Redis after
 it lost its data. Only ``rebuild`` sets the key ``<prefix>:latest:built``, so a
 Redis that restarted empty is noticed by the next ``set_many`` even when no
@@ -13,6 +16,7 @@ call ever failed (it restarted between two writes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,17 +39,22 @@ T = TypeVar("T")
 # which orders like the instants themselves. A state is written unless the
 # stored one is strictly newer; a state without last_seen cannot be ordered
 # and is always written.
-# KEYS: states hash, last_seen hash, built marker. ARGV: triples (ambulance id,
-# JSON, last_seen or ""). Returns the number written, or -1 when the marker is
-# missing: the cache was never rebuilt into this Redis, which may have lost it.
+# KEYS: states hash, last_seen hash, built marker, id index. ARGV: triples
+# (ambulance id, JSON, last_seen or ""). Returns the number written, or -1 when
+# the marker is missing (the cache was never rebuilt into this Redis, which may
+# have lost it) or the states have no index yet (written by an older version).
 _SET_NEWER = """
 local written = 0
 local built = redis.call('EXISTS', KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 0 and redis.call('HLEN', KEYS[1]) > 0 then
+  built = 0
+end
 for i = 1, #ARGV, 3 do
   local field, doc, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[2], field)
   if seen == '' or not old or seen >= old then
     redis.call('HSET', KEYS[1], field, doc)
+    redis.call('ZADD', KEYS[4], 0, field)
     if seen == '' then
       redis.call('HDEL', KEYS[2], field)
     else
@@ -60,6 +69,28 @@ end
 return written
 """
 
+# One page of the fleet in id order, read atomically (a write between reading
+# the ids and their states cannot be seen half). Ids are only ever added to
+# the index (a rebuild replaces it with a superset: the store keeps every
+# ambulance), so paging by "ids after the last one seen" returns each id once
+# and skips none that existed when the listing started.
+# KEYS: id index, states hash. ARGV: the last id of the previous page ("" for
+# the first), the page size. Returns ids then their states (up to size + 1 of
+# each: one more than asked says whether a next page exists).
+_PAGE = """
+local low = '-'
+if ARGV[1] ~= '' then
+  low = '(' .. ARGV[1]
+end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
+if #ids == 0 then
+  return {{}, {}}
+end
+return {ids, redis.call('HMGET', KEYS[2], unpack(ids))}
+"""
+# Past this many states, encoding or decoding them moves off the event loop.
+_DECODE_INLINE = 100
+
 
 def _last_seen(state: Document) -> str:
     value = state.get("last_seen")
@@ -69,6 +100,15 @@ def _last_seen(state: Document) -> str:
         except ValueError:
             return ""
     return codec.format_datetime(value) if isinstance(value, datetime) else ""
+
+
+def _encode_all(
+    states: Mapping[str, Document],
+) -> tuple[dict[str | bytes, str], dict[str | bytes, str]]:
+    """The hash fields of ``states`` (JSON) and of their last_seen values."""
+    mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
+    seen: dict[str | bytes, str] = {k: when for k, v in states.items() if (when := _last_seen(v))}
+    return mapping, seen
 
 
 class StateCache:
@@ -81,9 +121,11 @@ class StateCache:
         self._key = f"{prefix}:latest"
         self._seen_key = f"{prefix}:latest:seen"
         self._built_key = f"{prefix}:latest:built"
+        self._ids_key = f"{prefix}:latest:ids"
         self._log = logger or logging.getLogger(__name__)
         self._redis: aioredis.Redis[bytes] | None = None
         self._set_newer: Any = None
+        self._page: Any = None
 
     async def _call(self, fn: Callable[[aioredis.Redis[bytes]], Awaitable[T]]) -> T:
         if self._redis is None:
@@ -103,6 +145,7 @@ class StateCache:
                 self._url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
             )
             self._set_newer = self._redis.register_script(_SET_NEWER)
+            self._page = self._redis.register_script(_PAGE)
         await self.ping()
 
     async def close(self) -> None:
@@ -129,7 +172,7 @@ class StateCache:
         for ambulance_id, state in states.items():
             args += [ambulance_id, codec.encode(state), _last_seen(state)]
         script = self._set_newer  # EVALSHA, falling back to EVAL after a Redis restart
-        keys = [self._key, self._seen_key, self._built_key]
+        keys = [self._key, self._seen_key, self._built_key, self._ids_key]
         written = await self._call(lambda r: script(keys=keys, args=args))
         return int(written) >= 0
 
@@ -149,18 +192,46 @@ class StateCache:
                 states[ambulance_id] = state
         return states
 
+    async def page(self, *, after: str | None, limit: int) -> tuple[list[Document], bool]:
+        """Up to ``limit`` states in ambulance-id order, with ids after ``after``.
+
+        Returns the states and whether more follow. Reads only the page, not
+        the whole hash; an empty cache gives an empty page.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        script = self._page
+        keys = [self._ids_key, self._key]
+        ids, values = await self._call(lambda r: script(keys=keys, args=[after or "", limit]))
+        more = len(ids) > limit
+        pairs = [
+            (field.decode() if isinstance(field, bytes) else str(field), value)
+            for field, value in zip(ids[:limit], values[:limit], strict=True)
+            if value is not None  # indexed but not (or no longer) cached: cannot happen
+        ]
+        if len(pairs) > _DECODE_INLINE:
+            return await asyncio.to_thread(self._decode_pairs, pairs), more
+        return self._decode_pairs(pairs), more
+
+    def _decode_pairs(self, pairs: list[tuple[str, bytes]]) -> list[Document]:
+        decoded = (self._decode(ambulance_id, raw) for ambulance_id, raw in pairs)
+        return [state for state in decoded if state is not None]
+
     async def rebuild(self, states: Mapping[str, Document]) -> None:
         """Replace every cached state with ``states`` in one transaction."""
-        mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
-        seen: dict[str | bytes, str] = {
-            k: when for k, v in states.items() if (when := _last_seen(v))
-        }
+        if len(states) > _DECODE_INLINE:
+            # Tens of thousands of states take a noticeable time to encode: off
+            # the event loop, which the bridge shares with the HTTP servers.
+            mapping, seen = await asyncio.to_thread(_encode_all, states)
+        else:
+            mapping, seen = _encode_all(states)
 
         async def replace(r: aioredis.Redis[bytes]) -> None:
             async with r.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key, self._seen_key)
+                pipe.delete(self._key, self._seen_key, self._ids_key)
                 if mapping:
                     pipe.hset(self._key, mapping=mapping)
+                    pipe.zadd(self._ids_key, dict.fromkeys(mapping, 0))
                 if seen:
                     pipe.hset(self._seen_key, mapping=seen)
                 pipe.set(self._built_key, "1")

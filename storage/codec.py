@@ -138,15 +138,27 @@ def encode_cursor(position: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> list[Any]:
-    """The position in a token from ``encode_cursor``; ``ValueError`` if it is not one."""
+    """The position in a token from ``encode_cursor``; ``ValueError`` if it is not one.
+
+    A position holds only what ``encode_cursor`` is given: strings, finite
+    numbers and nulls. Anything else (``true``, a nested list, ``NaN``) is a
+    forged token, refused here so no backend binds it (Python's bool is an int).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        position = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
+        position = json.loads(raw, parse_constant=_no_constant)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("invalid cursor: not a next_cursor of this API") from exc
     if not isinstance(position, list):
-        raise ValueError("invalid cursor")
+        raise ValueError("invalid cursor: not a next_cursor of this API")
+    for value in position:
+        if isinstance(value, bool) or not (value is None or isinstance(value, str | int | float)):
+            raise ValueError(f"invalid cursor: holds a {type(value).__name__} value")
     return position
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
 
 
 def validate_key(key: str) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -24,6 +25,7 @@ from api.models import (
     TrackPage,
     TrackPoint,
 )
+from bridge.ids import AMBULANCE_ID
 from storage import codec
 from storage.base import (
     AMBULANCES,
@@ -46,7 +48,7 @@ files_router = APIRouter(tags=["read"])
 
 M = TypeVar("M", bound=BaseModel)
 MAX_LIMIT = 1000
-MAX_FLEET = 10_000  # states read from the store when the cache cannot answer
+FLEET_PAGE = 1000  # ambulances per page of the fleet list unless asked otherwise
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 
 Since = Annotated[datetime | None, Query(description="inclusive, ISO 8601")]
@@ -82,38 +84,102 @@ async def _find(deps: Deps, query: StoreQuery) -> Page:
     try:
         return await deps.store.find(query)
     except ValueError as exc:  # an invalid cursor: the store checks what it decodes
-        detail = [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
-        raise HTTPException(422, detail=detail) from exc
+        raise _bad_cursor(str(exc)) from exc
 
 
-async def _cached_states(deps: Deps) -> dict[str, Document]:
-    if deps.cache is None:
-        return {}
+class _FleetCursor(NamedTuple):
+    """Where a fleet listing continues: after an id in the cache, or at a store cursor."""
+
+    source: str  # "cache" or "store"
+    position: str  # the last ambulance id listed, or the store's own next_cursor
+
+
+def _fleet_cursor(cursor: str) -> _FleetCursor:
     try:
-        return await deps.cache.get_all()
+        position = codec.decode_cursor(cursor)
+    except ValueError as exc:
+        raise _bad_cursor(str(exc)) from exc
+    if len(position) != 2 or position[0] not in ("cache", "store") or not isinstance(
+        position[1], str
+    ):
+        raise _bad_cursor("invalid cursor: not a next_cursor of this listing")
+    # The id's alphabet only: an id stored before a rule reserved some names
+    # must still be a place to continue from.
+    if position[0] == "cache" and not AMBULANCE_ID.fullmatch(position[1]):
+        raise _bad_cursor("invalid cursor: not a next_cursor of this listing")
+    return _FleetCursor(position[0], position[1])
+
+
+def _bad_cursor(msg: str) -> HTTPException:
+    detail = [{"loc": ["query", "cursor"], "msg": msg, "type": "value_error"}]
+    return HTTPException(422, detail=detail)
+
+
+async def _cache_page(
+    deps: Deps, *, after: str | None, limit: int
+) -> tuple[list[Document], bool] | None:
+    """A page of the cache, or None when there is no cache or Redis is unreachable."""
+    if deps.cache is None:
+        return None
+    try:
+        return await deps.cache.page(after=after, limit=limit)
     except StoreUnavailable as exc:
         log.warning("state cache unavailable, reading the store: %s", exc)
-        return {}
+        return None
 
 
-@router.get("/ambulances", response_model=AmbulanceList)
-async def list_ambulances(deps: Deps) -> AmbulanceList:
-    """The latest state of every ambulance (Redis cache, else the store)."""
-    states = await _cached_states(deps)
-    source = "cache"
-    if not states:
+def _fleet_json(docs: list[Document], source: str, next_cursor: str | None) -> bytes:
+    # A page of a thousand states is tens of milliseconds of validation and
+    # encoding: done on a worker thread, so the shared event loop keeps serving.
+    listing = AmbulanceList(
+        items=_models(AmbulanceState, docs), source=source, next_cursor=next_cursor
+    )
+    return listing.model_dump_json().encode()
+
+
+@router.get(
+    "/ambulances",
+    response_model=AmbulanceList,
+    responses={503: {"description": "A cache cursor while the cache is unreachable"}},
+)
+async def list_ambulances(
+    deps: Deps, limit: Limit = FLEET_PAGE, cursor: Cursor = None
+) -> Response:
+    """The latest state of every ambulance, a page at a time (Redis cache, else the store).
+
+    Follow ``next_cursor`` until it is null. From the cache, ambulances come
+    in id order and each appears exactly once across the pages, even while
+    the bridge writes. From the store (Redis down or empty), they come in
+    ``last_seen`` order: an ambulance updated during the listing can appear
+    again on a later page (with its newer state), none is skipped.
+    """
+    at = None if cursor is None else _fleet_cursor(cursor)
+    docs: list[Document] | None = None
+    next_cursor = None
+    if at is None or at.source == "cache":
+        cached = await _cache_page(deps, after=at.position if at else None, limit=limit)
+        if cached is None and at is not None:
+            raise HTTPException(
+                503,
+                detail="the state cache this cursor pages is unavailable; "
+                "list again without a cursor to read the store",
+                headers={"Retry-After": "5"},
+            )
+        # An empty cache on a first page: not filled yet (or Redis lost it).
+        if cached is not None and (cached[0] or at is not None):
+            docs, more = cached
+            if more and docs:
+                next_cursor = codec.encode_cursor(["cache", docs[-1]["ambulance_id"]])
+            source = "cache"
+    if docs is None:
+        store_cursor = at.position if at is not None else None
+        page = await _find(deps, StoreQuery(AMBULANCES, limit=limit, cursor=store_cursor))
+        docs = page.items
+        if page.next_cursor is not None:
+            next_cursor = codec.encode_cursor(["store", page.next_cursor])
         source = "store"
-        query = StoreQuery(AMBULANCES, limit=MAX_LIMIT)
-        docs: list[Document] = []
-        while len(docs) < MAX_FLEET:
-            page = await _find(deps, query)
-            docs += page.items
-            if page.next_cursor is None:
-                break
-            query = StoreQuery(AMBULANCES, limit=MAX_LIMIT, cursor=page.next_cursor)
-        states = {doc["ambulance_id"]: doc for doc in docs if "ambulance_id" in doc}
-    items = _models(AmbulanceState, [states[aid] for aid in sorted(states)])
-    return AmbulanceList(items=items, source=source)
+    body = await asyncio.to_thread(_fleet_json, docs, source, next_cursor)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

@@ -433,3 +433,64 @@ async def test_numeric_ambulance_id_is_accepted(
     payload = json.loads(message.payload)
     assert payload["ambulance_id"] == str(number)
     assert payload["legacy"]["ambulance_id"] == number
+
+
+@pytest.mark.parametrize("depth", [30, 958])
+async def test_deeply_nested_body_is_400(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str, depth: int
+) -> None:
+    """Test that a body nested past the bridge's bound is a 400 naming it, not a 500."""
+    # Written as text: json.dumps itself recurses once per level.
+    nested = '{"x": ' * depth + "{}" + "}" * depth
+    body = json.dumps(legacy_body(ambulance_id))[:-1] + f', "extra": {nested}}}'
+    response = await http.post(TRACKING, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested" in response.json()["detail"]
+    await subscriber.nothing()
+
+
+async def test_nesting_within_the_bound_is_published(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that a body as deep as the bridge accepts (one level below its message) passes."""
+    nested: Any = {}
+    for _ in range(29):  # message -> legacy body -> extra -> 29 more levels: 32 in all
+        nested = {"x": nested}
+    response = await http.post(TRACKING, json=legacy_body(ambulance_id, extra=nested))
+    assert response.status_code == 200, response.text
+    topic, _ = await subscriber.next()
+    assert topic == f"aoc/{ambulance_id}/tracking"
+
+
+async def test_upload_over_the_message_bound_is_413(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that files and form fields too big together for one MQTT message are a 413."""
+    fields = {f"note{i}": "x" * 60_000 for i in range(2)}
+    response = await http.post(SNAPSHOT, **upload(ambulance_id, ("files", TINY_JPEG), **fields))
+    assert response.status_code == 413, response.text
+    assert "over the limit" in response.json()["detail"]
+    await subscriber.nothing()
+
+
+async def test_upload_names_are_checked_by_the_bridge_validator(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that what the validator checks of each image (its name) is still refused."""
+    files = [("files", ("n" * 300 + ".jpg", TINY_JPEG, "image/jpeg"))]
+    response = await http.post(SNAPSHOT, data={"ambulance_id": ambulance_id}, files=files)
+    assert_field_error(response, 422, "files[0]")
+    await subscriber.nothing()
+
+
+async def test_uploaded_images_are_published_whole(
+    http: httpx.AsyncClient, subscriber: Subscriber, ambulance_id: str
+) -> None:
+    """Test that images longer than the part the shim validates are published whole."""
+    image = TINY_JPEG + bytes(range(256)) * ((MAX_IMAGE_BYTES - len(TINY_JPEG)) // 256)
+    assert 3 * 1024 < len(image) <= MAX_IMAGE_BYTES
+    files = [("files", ("big.jpg", image, "image/jpeg"))]
+    response = await http.post(SNAPSHOT, data={"ambulance_id": ambulance_id}, files=files)
+    assert response.status_code == 200, response.text
+    _, message = await subscriber.next()
+    assert base64.b64decode(message["images"][0]["data"]) == image

@@ -187,8 +187,13 @@ async def test_bad_track_query_is_422(
         {"since": "0001-01-01T00:00:00+05:00"},
         {"until": "9999-12-31T23:59:59-05:00"},
         {"cursor": encode_cursor([10**30, "x"])},
+        {"cursor": encode_cursor([True, "x"])},
+        {"cursor": encode_cursor([[1.5], "x"])},
+        {"cursor": "WzEuNSwgeyJhIjogMX1d"},  # [1.5, {"a": 1}]
+        {"cursor": "W05hTiwgIngiXQ"},  # [NaN, "x"]
     ],
-    ids=["since-year-1", "until-year-9999", "huge-cursor"],
+    ids=["since-year-1", "until-year-9999", "huge-cursor", "bool-cursor", "list-in-cursor",
+         "object-in-cursor", "nan-cursor"],
 )
 async def test_extreme_query_values_are_422_not_500(
     http: httpx.AsyncClient, ambulance_id: str, params: dict[str, Any]
@@ -327,3 +332,101 @@ async def test_openapi_documents_the_read_models(http: httpx.AsyncClient) -> Non
     assert ok == {"$ref": "#/components/schemas/TrackPage"}
     for name in ("AmbulanceState", "CrashPage", "Snapshots", "DeadLetterPage", "AmbulanceList"):
         assert name in schema["components"]["schemas"]
+
+
+async def _fleet(http: httpx.AsyncClient, **params: Any) -> tuple[list[str], list[str]]:
+    """Every ambulance id of the fleet list, following next_cursor; and each page's source."""
+    ids: list[str] = []
+    sources: list[str] = []
+    while True:
+        response = await http.get("/api/v1/ambulances", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        ids += [item["ambulance_id"] for item in body["items"]]
+        sources.append(body["source"])
+        if body["next_cursor"] is None:
+            return ids, sources
+        params = {**params, "cursor": body["next_cursor"]}
+
+
+async def test_fleet_is_paged_never_truncated(http: httpx.AsyncClient, cache: StateCache) -> None:
+    """Test that a call without parameters gets the first 1000 and a cursor to the rest."""
+    fleet = {f"amb-{i:04d}": state(f"amb-{i:04d}") for i in range(1001)}
+    await cache.rebuild(fleet)
+    first = (await http.get("/api/v1/ambulances")).json()
+    assert len(first["items"]) == 1000 and first["source"] == "cache"
+    assert first["next_cursor"]
+    ids, sources = await _fleet(http)
+    assert ids == sorted(fleet) and set(sources) == {"cache"}
+    ids, _ = await _fleet(http, limit=7)
+    assert ids == sorted(fleet)
+
+
+async def test_fleet_pages_stay_consistent_while_the_bridge_writes(
+    http: httpx.AsyncClient, cache: StateCache
+) -> None:
+    """Test that states written between pages neither repeat nor skip an ambulance."""
+    await cache.rebuild({f"m-{i:02d}": state(f"m-{i:02d}") for i in range(30)})
+    ids: list[str] = []
+    params: dict[str, Any] = {"limit": 4}
+    for step in range(1, 100):
+        body = (await http.get("/api/v1/ambulances", params=params)).json()
+        ids += [item["ambulance_id"] for item in body["items"]]
+        later = T0 + timedelta(seconds=step)
+        await cache.set_many({f"m-{i:02d}": state(f"m-{i:02d}", at=later) for i in range(30)})
+        await cache.set_many({f"a-{step}": state(f"a-{step}"), f"z-{step}": state(f"z-{step}")})
+        if body["next_cursor"] is None:
+            break
+        params["cursor"] = body["next_cursor"]
+    assert len(ids) == len(set(ids))
+    assert [aid for aid in ids if aid.startswith("m-")] == [f"m-{i:02d}" for i in range(30)]
+
+
+async def test_fleet_from_the_store_pages_with_its_cursor(
+    deps: ApiDeps, store: SQLiteDocumentStore
+) -> None:
+    """Test that without a cache the store's pages list every ambulance once."""
+    docs = [state(f"s-{i:02d}", at=T0 + timedelta(seconds=i % 5)) for i in range(23)]
+    await put(store, AMBULANCES, *docs)
+    deps.cache = None
+    async with client_for(deps) as http:
+        ids, sources = await _fleet(http, limit=5)
+    assert sorted(ids) == sorted(d["ambulance_id"] for d in docs)
+    assert len(ids) == len(set(ids))
+    assert set(sources) == {"store"}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        encode_cursor([True, "x"]),
+        encode_cursor(["cache", "../etc"]),
+        encode_cursor(["elsewhere", "x"]),
+        encode_cursor(["cache"]),
+        encode_cursor(["store", "garbage"]),
+    ],
+    ids=["garbage", "bool", "bad-id", "unknown-source", "short", "bad-store-cursor"],
+)
+async def test_bad_fleet_cursor_is_422(http: httpx.AsyncClient, cursor: str) -> None:
+    """Test that a cursor this listing never gave is a 422 naming the cursor."""
+    response = await http.get("/api/v1/ambulances", params={"cursor": cursor})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+async def test_fleet_cache_cursor_without_the_cache_is_503(
+    deps: ApiDeps, cache: StateCache
+) -> None:
+    """Test that a cache cursor while Redis is unreachable says to list again, with Retry-After."""
+    await cache.rebuild({f"c-{i}": state(f"c-{i}") for i in range(3)})
+    async with client_for(deps) as http:
+        cursor = (await http.get("/api/v1/ambulances", params={"limit": 1})).json()["next_cursor"]
+    dead = StateCache(f"redis://127.0.0.1:{services.free_port()}/0", prefix="nothing")
+    deps.cache = dead
+    async with client_for(deps) as http:
+        response = await http.get("/api/v1/ambulances", params={"cursor": cursor})
+    await dead.close()
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert "without a cursor" in response.json()["detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from storage import codec
 from storage.base import StoreUnavailable
 from storage.cache import StateCache
 from tests import services
@@ -159,3 +161,90 @@ async def test_open_against_stopped_redis_then_recovers(tmp_path: Path) -> None:
         await cache.close()
     with pytest.raises(StoreUnavailable, match="not open"):
         await cache.get("332")
+
+
+async def _all_pages(cache: StateCache, limit: int) -> list[str]:
+    ids: list[str] = []
+    after = None
+    while True:
+        states, more = await cache.page(after=after, limit=limit)
+        ids += [s["ambulance_id"] for s in states]
+        if not more:
+            return ids
+        after = ids[-1]
+
+
+async def test_page_lists_the_fleet_in_id_order(cache: StateCache) -> None:
+    """Test that pages follow each other in id order, each id once, from set_many and rebuild."""
+    assert await cache.page(after=None, limit=10) == ([], False)
+    await cache.rebuild({f"A{i:02d}": state(f"A{i:02d}", i) for i in range(7)})
+    await cache.set_many({f"B{i}": state(f"B{i}", i) for i in range(3)})
+    first, more = await cache.page(after=None, limit=4)
+    assert [s["ambulance_id"] for s in first] == ["A00", "A01", "A02", "A03"] and more
+    assert first[1] == state("A01", 1)
+    expected = [f"A{i:02d}" for i in range(7)] + ["B0", "B1", "B2"]
+    assert await _all_pages(cache, 4) == expected
+    assert await _all_pages(cache, 10) == expected  # an exact fit says no more
+    assert await cache.page(after="B2", limit=5) == ([], False)
+
+
+async def test_pages_stay_consistent_while_states_are_written(cache: StateCache) -> None:
+    """Test that writes between pages (updates, new ids) never repeat nor skip an id."""
+    await cache.rebuild({f"M{i:02d}": state(f"M{i:02d}", 0) for i in range(20)})
+    seen: list[str] = []
+    after = None
+    step = 0
+    while True:
+        states, more = await cache.page(after=after, limit=3)
+        seen += [s["ambulance_id"] for s in states]
+        step += 1
+        # Every listed and unlisted id moves on; new ids appear before and after the cursor.
+        await cache.set_many({f"M{i:02d}": state(f"M{i:02d}", step) for i in range(20)})
+        await cache.set_many({f"A{step}": state(f"A{step}", 0), f"Z{step}": state(f"Z{step}", 0)})
+        if not more:
+            break
+        after = seen[-1]
+    originals = [f"M{i:02d}" for i in range(20)]
+    assert len(seen) == len(set(seen))
+    assert [aid for aid in seen if aid.startswith("M")] == originals
+    assert not any(aid.startswith("A") for aid in seen)  # added behind the cursor
+
+
+async def test_states_without_an_index_ask_for_a_rebuild(
+    cache: StateCache, redis_url: str, unique_prefix: str
+) -> None:
+    """Test that a cache written before the id index existed is rebuilt, not paged partially."""
+    await cache.rebuild({})
+    client = aioredis.Redis.from_url(redis_url)
+    try:  # as an older version left it: states and the marker, no index
+        await client.hset(f"{unique_prefix}:latest", "old", '{"ambulance_id":"old"}')
+    finally:
+        await client.connection_pool.disconnect()
+    assert await cache.set_many({"332": state("332", 1)}) is False
+
+
+async def test_a_large_rebuild_encodes_off_the_event_loop(
+    cache: StateCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that while a large rebuild encodes its states, the event loop keeps running."""
+    gate, waiting = threading.Event(), threading.Event()
+    real = codec.encode
+
+    def gated(doc: Any) -> str:
+        waiting.set()
+        # On the event loop this would block the very loop that opens the gate.
+        assert gate.wait(10), "the rebuild encoded on the event loop"
+        return real(doc)
+
+    monkeypatch.setattr(codec, "encode", gated)
+
+    async def open_gate() -> None:
+        if await asyncio.to_thread(waiting.wait, 10):
+            gate.set()
+
+    opener = asyncio.create_task(open_gate())
+    states = {f"R{i:04d}": state(f"R{i:04d}", i) for i in range(500)}
+    await cache.rebuild(states)
+    await opener
+    monkeypatch.undo()
+    assert (await cache.page(after=None, limit=1000))[0] == list(states.values())
