@@ -580,8 +580,9 @@ async def test_unknown_ambulances_are_loaded_in_one_read_per_batch(
     tmp_path: Path, objects: LocalObjectStore
 ) -> None:
     """Test that a batch's ambulances not in memory are read in one store call, known ones not."""
-    async with CountingStore(tmp_path / "counted.sqlite3") as store:
-        store.reads = []
+    store = CountingStore(tmp_path / "counted.sqlite3")
+    store.reads = []
+    async with store:
         first = {"lat": 1, "lon": 1, "speed": 10, "ts": T0_MS}
         await run(processor(store, objects), store, [
             message("tracking", first, f"a{n}") for n in range(3)
