@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import stack
+from bench import plan, stack
 from bench.latency import latency
 from bench.soak import soak
 from bench.throughput import throughput
@@ -38,6 +38,25 @@ def _parser() -> argparse.ArgumentParser:
         help="consume with `aoc serve` or `aoc bridge` alone",
     )
     tp.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take")
+    tp.add_argument(
+        "--ambulances",
+        type=int,
+        default=None,
+        help="spread each run's points over this many ambulance ids (default: one per device)",
+    )
+    tp.add_argument(
+        "--same-ids",
+        action="store_true",
+        help="every run uses the same ids: the first meets them new, the later ones known",
+    )
+
+    pl = commands.add_parser(
+        "plan", help="processor + SQLite alone: points from new ids against known ids"
+    )
+    pl.add_argument("--ambulances", type=int, default=20000, help="distinct ambulance ids")
+    pl.add_argument("--messages", type=int, default=20000, help="tracking points per half-run")
+    pl.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
+    pl.add_argument("--batch-size", type=int, default=200, help="points per batch")
 
     lat = commands.add_parser("latency", help="publish -> Socket.IO and MQTT state, percentiles")
     lat.add_argument("--devices", type=int, default=10, help="ambulances, round robin")
@@ -63,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, start the stack, run one benchmark, print its figures."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "plan":
+        plan.run(
+            ambulances=args.ambulances,
+            messages=args.messages,
+            runs=args.runs,
+            batch_size=args.batch_size,
+        )
+        return 0
     env: dict[str, str] = {}
     if getattr(args, "batch_size", None):
         env["AOC_BATCH_SIZE"] = str(args.batch_size)
@@ -83,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs=args.runs,
                     window=args.window,
                     timeout=args.timeout,
+                    ambulances=args.ambulances,
+                    same_ids=args.same_ids,
                 )
             )
             return 0
