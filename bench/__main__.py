@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import plan, stack
+from bench.junk import junk
 from bench.latency import latency
 from bench.soak import soak
 from bench.throughput import throughput
@@ -57,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--messages", type=int, default=20000, help="tracking points per half-run")
     pl.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
     pl.add_argument("--batch-size", type=int, default=200, help="points per batch")
+
+    jk = commands.add_parser(
+        "junk", help="a flood of invalid payloads: disk growth, log lines, good points kept"
+    )
+    jk.add_argument("--messages", type=int, default=20000, help="invalid payloads, in all")
+    jk.add_argument("--publishers", type=int, default=4, help="publisher processes")
+    jk.add_argument("--size", type=int, default=4096, help="bytes per invalid payload")
+    jk.add_argument("--good", type=int, default=200, help="good points published in between")
+    jk.add_argument("--window", type=int, default=50, help="unacknowledged publishes per process")
+    jk.add_argument("--timeout", type=float, default=300.0, help="seconds the flood may take")
 
     lat = commands.add_parser("latency", help="publish -> Socket.IO and MQTT state, percentiles")
     lat.add_argument("--devices", type=int, default=10, help="ambulances, round robin")
@@ -112,6 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     timeout=args.timeout,
                     ambulances=args.ambulances,
                     same_ids=args.same_ids,
+                )
+            )
+            return 0
+        if args.command == "junk":
+            asyncio.run(
+                junk(
+                    running,
+                    messages=args.messages,
+                    publishers=args.publishers,
+                    size=args.size,
+                    good=args.good,
+                    window=args.window,
+                    timeout=args.timeout,
                 )
             )
             return 0
