@@ -32,14 +32,7 @@ from bridge.messages import Parsed, Plan, Rejected
 from bridge.processor import Processor
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import (
-    AMBULANCES,
-    DEAD_LETTERS,
-    Document,
-    DocumentStore,
-    Query,
-    StoreUnavailable,
-)
+from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, Query, StoreUnavailable
 from storage.cache import StateCache
 
 T = TypeVar("T")
