@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     # Each legacy upload holds about 7x its size in memory while it is encoded.
     max_concurrent_uploads: int = Field(default=2, gt=0)
 
+    # Dead-letter bounds. Dead letters are diagnostics that any client can
+    # trigger at will, so they must not fill the disk or hold good messages:
+    # at most dead_letter_rate records a second (bursts of dead_letter_burst)
+    # are written per bridge, the rest counted and dropped; records older than
+    # dead_letter_max_age_days, or beyond the dead_letter_max_count newest,
+    # are pruned every dead_letter_prune_seconds. 10,000 records of at most a
+    # 4 KiB payload are about 50 MB; 7 days spans a weekend before anyone looks.
+    dead_letter_max_count: int = Field(default=10_000, gt=0)
+    dead_letter_max_age_days: float = Field(default=7.0, gt=0)
+    dead_letter_rate: float = Field(default=10.0, gt=0)
+    dead_letter_burst: int = Field(default=200, gt=0)
+    dead_letter_prune_seconds: float = Field(default=60.0, gt=0)
+
     # Bridge batching: a batch is written (and then acknowledged) when it holds
     # this many messages or when the oldest has waited this long.
     batch_size: int = Field(default=200, gt=0)

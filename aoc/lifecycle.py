@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 import socketio
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from aoc.config import Settings
 from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
 from api.routes.health import create_probe_app
+from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
 from bridge.service import SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
@@ -147,6 +149,14 @@ def _bridge(
         limits=Limits.from_settings(settings),
         cache=cache,
         emitter=emitter,
+        dead_letters=DeadLetters(
+            store=store,
+            rate=settings.dead_letter_rate,
+            burst=settings.dead_letter_burst,
+            max_count=settings.dead_letter_max_count,
+            max_age=timedelta(days=settings.dead_letter_max_age_days),
+            prune_every=settings.dead_letter_prune_seconds,
+        ),
         batch_size=settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,
     )

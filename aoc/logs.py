@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,3 +83,46 @@ def throttled(name: str, *, seconds: float) -> logging.Logger:
     if not any(isinstance(f, Throttle) for f in logger.filters):
         logger.addFilter(Throttle(seconds))
     return logger
+
+
+class LineBudget:
+    """At most ``lines`` log lines per window of ``seconds``; counts the lines held back.
+
+    For a line a client can trigger at will (a dead letter): a flood of junk
+    would otherwise become a flood of log lines. The caller logs when ``take()``
+    says so, and logs one summary line when ``held_back()`` returns more than 0.
+    """
+
+    def __init__(
+        self, *, lines: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if lines < 1 or seconds <= 0:
+            raise ValueError("need lines >= 1 and seconds > 0")
+        self.lines = lines
+        self.seconds = seconds
+        self._clock = clock
+        self._start = clock()
+        self._used = 0
+        self._held = 0  # in the current window
+        self._ended = 0  # in windows that have ended, not yet reported
+
+    def _roll(self) -> None:
+        now = self._clock()
+        if now - self._start >= self.seconds:
+            self._ended += self._held
+            self._start, self._used, self._held = now, 0, 0
+
+    def take(self) -> bool:
+        """Whether one more line may be logged now (else it is counted as held back)."""
+        self._roll()
+        if self._used < self.lines:
+            self._used += 1
+            return True
+        self._held += 1
+        return False
+
+    def held_back(self) -> int:
+        """Lines held back in windows that have ended since the last call (then 0 again)."""
+        self._roll()
+        count, self._ended = self._ended, 0
+        return count

@@ -68,6 +68,15 @@ MESSAGES_REEMITTED = Counter(
     ["channel", "kind"],
     registry=REGISTRY,
 )
+# Why a dead-letter record was not kept: over the bridge's write rate, pruned
+# by age or by count, or its write failed (the batch was acknowledged anyway).
+DEAD_LETTER_DROP_REASONS = ("rate", "pruned_age", "pruned_count", "write_failed")
+DEAD_LETTERS_DROPPED = Counter(
+    "aoc_dead_letters_dropped",
+    "Dead-letter records not kept (reason: rate, pruned_age, pruned_count, write_failed)",
+    ["reason"],
+    registry=REGISTRY,
+)
 FANOUT_FAILURES = Counter(
     "aoc_fanout_failures",
     "Fan-out sends that failed (best effort)",
@@ -134,6 +143,8 @@ for _kind in KINDS:
         MESSAGES_DUPLICATE,
     ):
         _counter.labels(_kind)
+for _reason in DEAD_LETTER_DROP_REASONS:
+    DEAD_LETTERS_DROPPED.labels(_reason)
 
 
 def kind_of(topic: str) -> str:

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import stack
+from bench import plan, stack
+from bench.junk import junk
 from bench.latency import latency
 from bench.limits import fleet, slow, upload
 from bench.soak import soak
@@ -40,6 +41,35 @@ def _parser() -> argparse.ArgumentParser:
         help="consume with `aoc serve` or `aoc bridge` alone",
     )
     tp.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take")
+    tp.add_argument(
+        "--ambulances",
+        type=int,
+        default=None,
+        help="spread each run's points over this many ambulance ids (default: one per device)",
+    )
+    tp.add_argument(
+        "--same-ids",
+        action="store_true",
+        help="every run uses the same ids: the first meets them new, the later ones known",
+    )
+
+    pl = commands.add_parser(
+        "plan", help="processor + SQLite alone: points from new ids against known ids"
+    )
+    pl.add_argument("--ambulances", type=int, default=20000, help="distinct ambulance ids")
+    pl.add_argument("--messages", type=int, default=20000, help="tracking points per half-run")
+    pl.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
+    pl.add_argument("--batch-size", type=int, default=200, help="points per batch")
+
+    jk = commands.add_parser(
+        "junk", help="a flood of invalid payloads: disk growth, log lines, good points kept"
+    )
+    jk.add_argument("--messages", type=int, default=20000, help="invalid payloads, in all")
+    jk.add_argument("--publishers", type=int, default=4, help="publisher processes")
+    jk.add_argument("--size", type=int, default=4096, help="bytes per invalid payload")
+    jk.add_argument("--good", type=int, default=200, help="good points published in between")
+    jk.add_argument("--window", type=int, default=50, help="unacknowledged publishes per process")
+    jk.add_argument("--timeout", type=float, default=300.0, help="seconds the flood may take")
 
     lat = commands.add_parser("latency", help="publish -> Socket.IO and MQTT state, percentiles")
     lat.add_argument("--devices", type=int, default=10, help="ambulances, round robin")
@@ -90,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, start the stack, run one benchmark, print its figures."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "plan":
+        plan.run(
+            ambulances=args.ambulances,
+            messages=args.messages,
+            runs=args.runs,
+            batch_size=args.batch_size,
+        )
+        return 0
     env: dict[str, str] = {}
     if getattr(args, "batch_size", None):
         env["AOC_BATCH_SIZE"] = str(args.batch_size)
@@ -114,6 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     devices=args.devices,
                     messages=args.messages,
                     runs=args.runs,
+                    window=args.window,
+                    timeout=args.timeout,
+                    ambulances=args.ambulances,
+                    same_ids=args.same_ids,
+                )
+            )
+            return 0
+        if args.command == "junk":
+            asyncio.run(
+                junk(
+                    running,
+                    messages=args.messages,
+                    publishers=args.publishers,
+                    size=args.size,
+                    good=args.good,
                     window=args.window,
                     timeout=args.timeout,
                 )

@@ -75,18 +75,25 @@ def _payload(seq: int, ts: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def _device(client: aiomqtt.Client, aid: str, count: int, window: int) -> None:
+async def _device(client: aiomqtt.Client, aids: list[str], count: int, window: int) -> None:
     # Device times in the past, one millisecond apart: unique ids, in order.
     base = stack_mod.now_ms() - count - 1000
     seqs = iter(range(count))
-    topic = f"aoc/{aid}/tracking"
 
     async def worker() -> None:
         # Workers share one iterator, so publishes are issued in sequence order.
         for seq in seqs:
+            topic = f"aoc/{aids[seq % len(aids)]}/tracking"
             await client.publish(topic, _payload(seq, base + seq), qos=1, timeout=60)
 
     await asyncio.gather(*(worker() for _ in range(window)))
+
+
+def _ambulance_ids(prefix: str, devices: int, ambulances: int | None) -> list[list[str]]:
+    """Each device's ambulance ids: one each by default, else ``ambulances`` dealt round."""
+    if not ambulances:
+        return [[f"{prefix}{i:04d}"] for i in range(devices)]
+    return [[f"{prefix}{j:06d}" for j in range(i, ambulances, devices)] for i in range(devices)]
 
 
 def _batch_figures(
@@ -140,11 +147,20 @@ async def run_once(
     messages: int,
     window: int,
     timeout: float,
+    ambulances: int | None = None,
+    prefix: str | None = None,
 ) -> tuple[RunResult, str]:
-    """One run: connect, publish everything, wait until it is all stored."""
-    prefix = f"TP-{uuid.uuid4().hex[:6]}-"
+    """One run: connect, publish everything, wait until it is all stored.
+
+    A new id prefix per run unless ``prefix`` is given (then the ids may be known).
+    """
+    prefix = prefix or f"TP-{uuid.uuid4().hex[:6]}-"
     share = [messages // devices + (1 if i < messages % devices else 0) for i in range(devices)]
+    aids = _ambulance_ids(prefix, devices, ambulances)
     source, stored = await _stored_counter(stack, http, prefix)
+    in_store_before = await asyncio.to_thread(
+        stack_mod.stored_with_prefix, stack.store_path, prefix
+    )
     metrics_before = await stack_mod.scrape(http, stack.metrics_url)
     async with contextlib.AsyncExitStack() as exits:
         clients = [
@@ -154,8 +170,8 @@ async def run_once(
         started = time.monotonic()
         publishing = asyncio.gather(
             *(
-                _device(client, f"{prefix}{i:04d}", count, window)
-                for i, (client, count) in enumerate(zip(clients, share, strict=True))
+                _device(client, ids, count, window)
+                for client, ids, count in zip(clients, aids, share, strict=True)
             )
         )
         publish_s: float | None = None
@@ -179,21 +195,42 @@ async def run_once(
         metrics_before, await stack_mod.scrape(http, stack.metrics_url)
     )
     in_store = await asyncio.to_thread(stack_mod.stored_with_prefix, stack.store_path, prefix)
+    in_store -= in_store_before
     result = RunResult(messages, count, publish_s, stored_s, cpu, in_store, batches, batch_messages)
     return result, source
 
 
 async def throughput(
-    stack: Stack, *, devices: int, messages: int, runs: int, window: int, timeout: float
+    stack: Stack,
+    *,
+    devices: int,
+    messages: int,
+    runs: int,
+    window: int,
+    timeout: float,
+    ambulances: int | None = None,
+    same_ids: bool = False,
 ) -> list[RunResult]:
-    """``runs`` runs on one running stack; prints each run and the median."""
+    """``runs`` runs on one running stack; prints each run and the median.
+
+    With ``same_ids`` every run sends from the same ambulance ids: the first run
+    meets them new, the later ones known (their medians are printed apart).
+    """
+    prefix = f"TP-{uuid.uuid4().hex[:6]}-" if same_ids else None
     probe_s = await stack.probe()
     print(f"pipeline up (first point stored {probe_s:.2f}s after the first try)", flush=True)
     results = []
     async with httpx.AsyncClient() as http:
         for number in range(1, runs + 1):
             result, source = await run_once(
-                stack, http, devices=devices, messages=messages, window=window, timeout=timeout
+                stack,
+                http,
+                devices=devices,
+                messages=messages,
+                window=window,
+                timeout=timeout,
+                ambulances=ambulances,
+                prefix=prefix,
             )
             if number == 1:
                 print(f"stored count read from: {source}", flush=True)
@@ -202,6 +239,13 @@ async def throughput(
                 print(f"       INCOMPLETE: timed out after {timeout:.0f}s", flush=True)
             results.append(result)
     rates = [r.rate for r in results]
+    if same_ids and len(results) > 1:
+        known = rates[1:]
+        print(
+            f"first run (new ids): {rates[0]:.0f} msg/s; median of the {len(known)} later runs"
+            f" (known ids): {median(known):.0f} msg/s",
+            flush=True,
+        )
     print(
         f"median of {len(results)} runs: {median(rates):.0f} msg/s stored end to end"
         f"  (min {min(rates):.0f}, max {max(rates):.0f})",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from aoc.logs import LineBudget
 from bridge import rooms
 from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc, position_from_doc
@@ -249,8 +250,10 @@ class Processor:
         maps_key: str | None,
         dead_letter_payload_bytes: int,
         cache_size: int = 100_000,
+        dead_letter_log: LineBudget | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute)."""
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._store = store
@@ -264,6 +267,8 @@ class Processor:
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
         # without bound; an evicted ambulance is simply reloaded from the store.
         self._cache: OrderedDict[str, Document] = OrderedDict()
+        # Any client can send junk at will: its log lines are bounded like its records.
+        self._dl_log = dead_letter_log or LineBudget(lines=10, seconds=60.0)
 
     @property
     def cached(self) -> int:
@@ -300,9 +305,21 @@ class Processor:
         self._commit(draft.states)
         # Logged only once the plan is whole: a plan that fails midway (storage
         # down, or a bug) is planned again, and would log its dead letters twice.
-        for item in draft.rejected:
-            self._log.warning("dead letter from %s: %s", item.topic, item.reason)
+        self._log_dead_letters(draft.rejected)
         return plan
+
+    def _log_dead_letters(self, rejected: Sequence[Rejected]) -> None:
+        # The summary of a window comes with the next batch: an idle bridge owes
+        # it until then, and aoc_messages_dead_lettered_total counts them all.
+        held = self._dl_log.held_back()
+        if held:
+            self._log.warning(
+                "%d more dead letters not logged (at most %d lines per %.0f s)",
+                held, self._dl_log.lines, self._dl_log.seconds,
+            )
+        for item in rejected:
+            if self._dl_log.take():
+                self._log.warning("dead letter from %s: %s", item.topic, item.reason)
 
     async def _fresh(self, batch: Sequence[Parsed]) -> list[Parsed]:
         """The messages of ``batch`` that are neither stored already nor repeated in it."""
@@ -326,13 +343,16 @@ class Processor:
 
     async def _load(self, ambulance_ids: set[str]) -> dict[str, Document]:
         """Working copies of the ambulances' states, from memory or else the store."""
+        # One read for all the unknown ids: one per id made a batch of new
+        # ambulances several times slower than a batch of known ones.
+        unknown = sorted(aid for aid in ambulance_ids if aid not in self._cache)
+        stored = await self._store.get_many(AMBULANCES, unknown) if unknown else {}
         states: dict[str, Document] = {}
         for aid in sorted(ambulance_ids):
             cached = self._cache.get(aid)
             if cached is None:
-                stored = await self._store.get(AMBULANCES, aid)
                 # Merge over the defaults so documents from older versions gain new fields.
-                cached = new_ambulance(aid) | (stored or {})
+                cached = new_ambulance(aid) | stored.get(aid, {})
             states[aid] = copy.deepcopy(cached)
         return states
 

@@ -5,6 +5,8 @@ For each batch of messages, in this order:
 1. parse every message (never raises: bad input becomes a dead letter);
 2. plan the batch (object bytes are stored here), retrying while storage is down;
 3. apply the planned writes to the document store, retrying while it is down;
+   then write the batch's dead letters, once and best effort (``bridge.deadletters``):
+   junk never holds good messages, not even on a full disk;
 4. acknowledge the batch to the broker: only now may Mosquitto forget it;
 5. fan out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert`` topics.
 
@@ -25,11 +27,12 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from aoc import metrics
+from bridge.deadletters import DeadLetters
 from bridge.messages import Parsed, Plan, Rejected
 from bridge.processor import Processor
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import AMBULANCES, Document, DocumentStore, Query, StoreUnavailable
+from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, Query, StoreUnavailable
 from storage.cache import StateCache
 
 T = TypeVar("T")
@@ -89,10 +92,12 @@ class Bridge:
         limits: Limits,
         cache: StateCache | None = None,
         emitter: Emitter | None = None,
+        dead_letters: DeadLetters | None = None,
         batch_size: int = 200,
         batch_wait: float = 0.02,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``)."""
         self._mqtt = mqtt
         # Outbound state/alert messages go on a connection of their own: the
         # consumer stops reading its socket while its inbound queue is full (a
@@ -104,6 +109,7 @@ class Bridge:
         self._limits = limits
         self._cache = cache
         self._emitter = emitter
+        self._dead_letters = dead_letters or DeadLetters(store=store)
         self._batch_size = batch_size
         self._batch_wait = batch_wait
         self._log = logger or logging.getLogger(__name__)
@@ -191,7 +197,9 @@ class Bridge:
             for message in batch
         ]
         plan = await self._retry("storage", lambda: self._plan(batch, parsed, received_at))
-        await self._retry("store", lambda: self._store.apply(plan.writes))
+        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
+        await self._retry("store", lambda: self._store.apply(good))
+        await self._dead_letters.write([w for w in plan.writes if w.collection == DEAD_LETTERS])
         for message in batch:
             self._mqtt.ack(message)
         metrics.observe_batch(
@@ -204,6 +212,7 @@ class Bridge:
         for kind, number in plan.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + number
         await self._fan_out(plan)
+        await self._dead_letters.prune()  # due once a minute: a clock read per batch
         return plan
 
     def _parse(self, message: Message, received_at: datetime) -> Parsed:

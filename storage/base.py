@@ -63,6 +63,14 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """How many documents one ``prune`` deleted, by the bound that deleted them."""
+
+    by_age: int = 0
+    by_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """A page of documents, oldest first unless asked otherwise."""
 
@@ -115,6 +123,14 @@ class DocumentStore(abc.ABC):
         """One document by ``_id``."""
 
     @abc.abstractmethod
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        """The stored documents among ``ids``, keyed by ``_id`` (absent ids are left out).
+
+        One read per slice of ids, however many there are: the bridge loads the
+        states of a batch's unknown ambulances with it.
+        """
+
+    @abc.abstractmethod
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored in ``collection``."""
 
@@ -124,6 +140,17 @@ class DocumentStore(abc.ABC):
 
         Documents without the time field sort first (last when newest first).
         ``ValueError`` for an unknown collection, a bad filter or a foreign cursor.
+        """
+
+    @abc.abstractmethod
+    async def prune(
+        self, collection: str, *, before: datetime | None = None, keep: int | None = None
+    ) -> Pruned:
+        """Delete what is older than ``before``, then all but the ``keep`` newest documents.
+
+        Age and order are the collection's time field (then ``_id``); documents
+        without it are never too old, but are the first to go by count. For
+        bounded collections (dead letters); safe to call again.
         """
 
     async def __aenter__(self) -> DocumentStore:

@@ -42,6 +42,7 @@ from storage.base import (
     Document,
     DocumentStore,
     Page,
+    Pruned,
     Query,
     StoreUnavailable,
     Write,
@@ -198,12 +199,50 @@ class MongoDocumentStore(DocumentStore):
         if per_collection:
             await self._run(write_all)
 
+    async def prune(
+        self, collection: str, *, before: datetime | None = None, keep: int | None = None
+    ) -> Pruned:
+        """Delete by age, then by count (both on the (time, _id) index)."""
+        if keep is not None and keep < 0:
+            raise ValueError("keep must be at least 0")
+        time_field = TIME_FIELDS[codec.check_collection(collection)]
+
+        def delete(db: Database[MongoDoc]) -> Pruned:
+            coll = db[collection]
+            by_age = by_count = 0
+            if before is not None:
+                by_age = coll.delete_many({time_field: {"$lt": codec.utc(before)}}).deleted_count
+            if keep is not None and coll.count_documents({}) > keep:
+                # Null and missing times sort lowest, so last when newest first.
+                order = [(time_field, pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+                excess = [d["_id"] for d in coll.find({}, {"_id": 1}).sort(order).skip(keep)]
+                for chunk in codec.chunks(excess):
+                    by_count += coll.delete_many({"_id": {"$in": list(chunk)}}).deleted_count
+            return Pruned(by_age=by_age, by_count=by_count)
+
+        return await self._run(delete)
+
     # -- reads --------------------------------------------------------------
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """One document by ``_id``."""
         doc = await self._run(lambda db: self._collection(db, collection).find_one({"_id": doc_id}))
         return None if doc is None else codec.normalize(doc)
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        """The stored documents among ``ids``, by ``_id``: one query per slice of ids."""
+        wanted = list(dict.fromkeys(ids))
+
+        def select(db: Database[MongoDoc]) -> list[MongoDoc]:
+            coll = self._collection(db, collection)
+            found: list[MongoDoc] = []
+            for chunk in codec.chunks(wanted):
+                found.extend(coll.find({"_id": {"$in": list(chunk)}}))
+            return found
+
+        codec.check_collection(collection)
+        docs = await self._run(select) if wanted else []
+        return {doc["_id"]: codec.normalize(doc) for doc in docs}
 
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored in ``collection``."""

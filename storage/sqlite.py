@@ -29,6 +29,7 @@ from storage.base import (
     Document,
     DocumentStore,
     Page,
+    Pruned,
     Query,
     StoreUnavailable,
     Write,
@@ -207,6 +208,32 @@ class SQLiteDocumentStore(DocumentStore):
 
         await self._run(write)
 
+    async def prune(
+        self, collection: str, *, before: datetime | None = None, keep: int | None = None
+    ) -> Pruned:
+        """Delete by age, then by count, in one transaction (both walk the (t, _id) index)."""
+        table = codec.check_collection(collection)
+        if keep is not None and keep < 0:
+            raise ValueError("keep must be at least 0")
+        cutoff = None if before is None else codec.epoch_seconds(before)
+
+        def delete(conn: sqlite3.Connection) -> Pruned:
+            conn.execute("BEGIN IMMEDIATE")
+            by_age = by_count = 0
+            if cutoff is not None:
+                by_age = conn.execute(f'DELETE FROM "{table}" WHERE t < ?', (cutoff,)).rowcount
+            if keep is not None:
+                # NULL sorts lowest, so DESC puts the documents without a time last.
+                by_count = conn.execute(
+                    f'DELETE FROM "{table}" WHERE _id IN (SELECT _id FROM "{table}"'
+                    " ORDER BY t DESC, _id DESC LIMIT -1 OFFSET ?)",
+                    (keep,),
+                ).rowcount
+            conn.execute("COMMIT")
+            return Pruned(by_age=by_age, by_count=by_count)
+
+        return await self._run(delete)
+
     # -- reads --------------------------------------------------------------
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
@@ -218,6 +245,23 @@ class SQLiteDocumentStore(DocumentStore):
             ).fetchone()
         )
         return None if row is None else codec.decode(row[0])
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        """The stored documents among ``ids``, by ``_id``: one query per slice of ids."""
+        table = codec.check_collection(collection)
+        wanted = list(dict.fromkeys(ids))
+
+        def select(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for chunk in codec.chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                sql = f'SELECT _id, doc FROM "{table}" WHERE _id IN ({marks})'
+                rows.extend(conn.execute(sql, tuple(chunk)))
+            return rows
+
+        # Decoded here, off the store's thread: it is the bridge's only writer.
+        rows = await self._run(select) if wanted else []
+        return {doc_id: codec.decode(doc) for doc_id, doc in rows}
 
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored in ``collection``."""

@@ -65,3 +65,32 @@ def test_soak_samples_memory_of_every_process_and_prints_a_verdict() -> None:
         assert re.search(rf"^{process}\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.MULTILINE), out
     assert re.search(r"verdict: memory FLAT after warm-up .*aoc-serve x\d\.\d{3}", out), out
     assert re.search(r"stored [1-9]\d* tracking points", out), out
+
+
+def test_throughput_over_many_ids_prints_new_and_known() -> None:
+    """Test that points spread over many reused ids are all stored, first new then known."""
+    out = _bench(
+        "throughput", "--devices", "2", "--messages", "100", "--ambulances", "50",
+        "--same-ids", "--runs", "2",
+    )  # fmt: skip
+    runs = re.findall(r"run (\d): (\d+)/(\d+) stored", out)
+    assert runs == [("1", "100", "100"), ("2", "100", "100")], out
+    assert "the store holds" not in out, out  # each run's own rows, not the earlier runs' too
+    assert re.search(r"first run \(new ids\): \d+ msg/s; median .* \(known ids\): \d+", out), out
+
+
+def test_plan_prints_new_and_known_ids() -> None:
+    """Test that the processor-only benchmark prints both rates per run and their medians."""
+    out = _bench("plan", "--ambulances", "100", "--messages", "200", "--runs", "2")
+    assert len(re.findall(r"run \d: new ids +\d+ msg/s, known ids +\d+ msg/s", out)) == 2, out
+    assert re.search(r"median of 2 runs .* new ids take x[\d.]+ the time", out), out
+
+
+def test_junk_reports_growth_log_lines_and_good_points() -> None:
+    """Test that a small flood is all taken and every good point in between is stored."""
+    out = _bench("junk", "--messages", "300", "--publishers", "2", "--good", "20")
+    assert re.search(r"dead-lettered \(counted\): 300$", out, re.MULTILINE), out
+    assert re.search(r"SQLite growth \(db \+ wal\): [\d.]+ MB", out), out
+    assert re.search(r"WARNING lines logged: \d+", out), out
+    assert "good points stored: 20/20" in out, out
+    assert re.search(r'aoc_dead_letters_dropped_total\{reason="rate"\} \d+', out), out

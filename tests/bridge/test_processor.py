@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -564,6 +564,50 @@ async def test_cache_is_bounded_and_evicted_ambulances_reload(
     )
     assert state["avg_speed"] == 20
     assert proc.cached == 2
+
+
+class CountingStore(SQLiteDocumentStore):
+    """The real SQLite store, counting the reads of ambulance states it serves."""
+
+    reads: list[int]
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        if collection == AMBULANCES:
+            self.reads.append(1)
+        return await super().get(collection, doc_id)
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        if collection == AMBULANCES:
+            self.reads.append(len(ids))
+        return await super().get_many(collection, ids)
+
+
+async def test_unknown_ambulances_are_loaded_in_one_read_per_batch(
+    tmp_path: Path, objects: LocalObjectStore
+) -> None:
+    """Test that a batch's ambulances not in memory are read in one store call, known ones not."""
+    store = CountingStore(tmp_path / "counted.sqlite3")
+    store.reads = []
+    async with store:
+        first = {"lat": 1, "lon": 1, "speed": 10, "ts": T0_MS}
+        await run(processor(store, objects), store, [
+            message("tracking", first, f"a{n}") for n in range(3)
+        ])
+        restarted = processor(store, objects)  # stored states, none in memory
+        store.reads.clear()
+        moved = {"lat": 1.001, "lon": 1, "speed": 30, "ts": T0_MS + 1000}
+        batch = [message("tracking", moved, f"a{n}") for n in range(3)]
+        batch += [message("tracking", first, f"b{n}") for n in range(50)]
+        plan = await run(restarted, store, batch)
+        assert store.reads == [53]
+        assert plan.states["a0"]["covered_distance"] == pytest.approx(
+            haversine_m(Position(1, 1), Position(1.001, 1))
+        )
+        assert plan.states["b0"]["covered_distance"] == 0
+        store.reads.clear()
+        later = {"lat": 1.002, "lon": 1, "speed": 30, "ts": T0_MS + 2000}
+        await run(restarted, store, [message("tracking", later, f"b{n}") for n in range(50)])
+        assert store.reads == []  # all in memory now
 
 
 async def test_images_of_one_snap_never_share_a_key(

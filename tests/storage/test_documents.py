@@ -116,6 +116,74 @@ async def test_get_and_existing_ids(doc_store: DocumentStore) -> None:
     assert await doc_store.existing_ids(TRACKINGS, many) == {"332:0001"}
 
 
+async def test_get_many_returns_the_stored_documents_by_id(doc_store: DocumentStore) -> None:
+    """Test that get_many returns each stored document once, by _id, and leaves out the rest."""
+    await doc_store.apply([ins(tracking(n)) for n in range(3)])
+    ids = ["332:0002", "nope", "332:0000", "332:0002"]
+    assert await doc_store.get_many(TRACKINGS, ids) == {
+        "332:0000": tracking(0), "332:0002": tracking(2),
+    }
+    assert await doc_store.get_many(TRACKINGS, []) == {}
+    assert await doc_store.get_many(CRASHES, ids) == {}  # another collection
+    many = [f"x{i}" for i in range(1200)] + ["332:0001"]  # more than one IN (...) chunk
+    assert await doc_store.get_many(TRACKINGS, many) == {"332:0001": tracking(1)}
+    with pytest.raises(ValueError, match="unknown collection"):
+        await doc_store.get_many("users", ["x"])
+
+
+def dead_letter(n: int, *, at: datetime | None = None) -> dict[str, Any]:
+    return {"_id": f"dl{n:04d}", "topic": "aoc/332/tracking", "reason": "bad",
+            "received_at": at if at is not None else T0 + timedelta(seconds=n)}
+
+
+async def dead_letter_ids(store: DocumentStore) -> list[str]:
+    return [d["_id"] for d in await all_docs(store, Query(DEAD_LETTERS, limit=500))]
+
+
+async def test_prune_by_age_deletes_what_is_older_than_the_cutoff(
+    doc_store: DocumentStore,
+) -> None:
+    """Test that prune(before=) deletes the documents older than the cutoff, and only them."""
+    await doc_store.apply([ins(dead_letter(n), DEAD_LETTERS) for n in range(5)])
+    await doc_store.apply([ins(tracking(0))])  # another collection is left alone
+    pruned = await doc_store.prune(DEAD_LETTERS, before=T0 + timedelta(seconds=3))
+    assert (pruned.by_age, pruned.by_count) == (3, 0)
+    assert await dead_letter_ids(doc_store) == ["dl0003", "dl0004"]
+    assert (await doc_store.prune(DEAD_LETTERS, before=T0 + timedelta(seconds=3))).by_age == 0
+    assert await doc_store.get(TRACKINGS, "332:0000") == tracking(0)
+
+
+async def test_prune_by_count_keeps_the_newest(doc_store: DocumentStore) -> None:
+    """Test that prune(keep=) keeps the newest documents, and drops untimed ones first."""
+    docs = [dead_letter(n) for n in range(1, 6)]
+    untimed = {"_id": "dl9999", "topic": "t", "reason": "old record without a time"}
+    await doc_store.apply([ins(d, DEAD_LETTERS) for d in [*docs, untimed]])
+    pruned = await doc_store.prune(DEAD_LETTERS, keep=5)
+    assert (pruned.by_age, pruned.by_count) == (0, 1)
+    assert await dead_letter_ids(doc_store) == [d["_id"] for d in docs]
+    pruned = await doc_store.prune(DEAD_LETTERS, keep=2)
+    assert pruned.by_count == 3
+    assert await dead_letter_ids(doc_store) == ["dl0004", "dl0005"]
+    assert (await doc_store.prune(DEAD_LETTERS, keep=2)).by_count == 0
+    assert (await doc_store.prune(DEAD_LETTERS, keep=0)).by_count == 2
+    assert await dead_letter_ids(doc_store) == []
+
+
+async def test_prune_by_age_then_count(doc_store: DocumentStore) -> None:
+    """Test that both bounds apply in one call, age first, over more than one id slice."""
+    same_instant = [dead_letter(n, at=T0 + timedelta(hours=1)) for n in range(1, 1201)]
+    await doc_store.apply([ins(d, DEAD_LETTERS) for d in [dead_letter(0, at=T0), *same_instant]])
+    await doc_store.apply([ins(dead_letter(5000, at=T0 - timedelta(days=1)), DEAD_LETTERS)])
+    pruned = await doc_store.prune(DEAD_LETTERS, before=T0 + timedelta(minutes=1), keep=100)
+    assert (pruned.by_age, pruned.by_count) == (2, 1100)
+    # Among documents of one instant, the higher _ids count as newer.
+    assert await dead_letter_ids(doc_store) == [f"dl{n:04d}" for n in range(1101, 1201)]
+    with pytest.raises(ValueError, match="keep"):
+        await doc_store.prune(DEAD_LETTERS, keep=-1)
+    with pytest.raises(ValueError, match="unknown collection"):
+        await doc_store.prune("users", keep=1)
+
+
 async def test_find_by_ambulance_and_time_range(doc_store: DocumentStore) -> None:
     """Test that find filters by ambulance, with `since` inclusive and `until` exclusive."""
     await doc_store.apply(
