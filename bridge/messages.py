@@ -132,8 +132,10 @@ class Publish:
 class Plan:
     """What one batch of messages turns into.
 
-    ``writes`` must be applied (durably) before the batch is acknowledged; the
-    rest is best-effort fan-out done after the acknowledgement.
+    ``writes`` must be applied (durably) before the batch is acknowledged,
+    except its dead letters, which are written once, best effort (see
+    ``bridge.service``); the rest is best-effort fan-out done after the
+    acknowledgement.
     """
 
     writes: list[Write] = field(default_factory=list)
