@@ -61,6 +61,8 @@ def snap_id(snap: Snap) -> str:
     guarantees the two differ, to the millisecond, when the device gave one), and
     its id then depends on the image bytes only.
     """
+    if snap.id is not None:  # computed while the bytes were still there
+        return snap.id
     given = epoch_ms(snap.ts) != epoch_ms(snap.received_at)
     images = [image.data for image in snap.images]
     return snap_id_of(snap.ambulance_id, images, snap.ts if given else None)
