@@ -91,6 +91,7 @@ def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
         password=password,
         keepalive=settings.mqtt_keepalive,
         queue_size=settings.mqtt_queue_size,
+        queue_bytes=settings.mqtt_queue_bytes,
     )
 
 
@@ -148,6 +149,9 @@ def _bridge(
         emitter=emitter,
         batch_size=settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,
+        batch_max_bytes=settings.batch_max_bytes,
+        snap_workers=settings.snap_workers,
+        snap_buffer_bytes=settings.snap_buffer_bytes,
     )
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from aoc.config import Settings
 from bench import stack
 from bench.latency import latency
 from bench.soak import soak
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=float, default=50.0, help="points per second, in all")
     lat.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
     lat.add_argument("--batch-size", type=int, default=None, help="AOC_BATCH_SIZE of the bridge")
+    lat.add_argument("--runs", type=int, default=1, help="runs (medians are printed)")
+    lat.add_argument(
+        "--snap-publishers",
+        type=int,
+        default=0,
+        help="also measure while this many processes send maximum-size snapshots",
+    )
 
     soak = commands.add_parser("soak", help="`aoc simulate` for a while; memory of each process")
     soak.add_argument("--ambulances", type=int, default=50)
@@ -87,8 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "latency":
+            settings = Settings()
             asyncio.run(
-                latency(running, devices=args.devices, rate=args.rate, duration=args.duration)
+                latency(
+                    running,
+                    devices=args.devices,
+                    rate=args.rate,
+                    duration=args.duration,
+                    runs=args.runs,
+                    snap_publishers=args.snap_publishers,
+                    snap_files=settings.max_upload_files,
+                    snap_image_bytes=settings.max_image_bytes,
+                )
             )
             return 0
         flat = asyncio.run(

@@ -19,9 +19,11 @@ still does the short HTTP upgrade synchronously (bounded by ``connect_timeout``)
 Semantics the callers rely on:
 
 - ``messages()`` yields in broker order. The queue stops *reading the socket*
-  when ``queue_size`` messages wait (TCP backpressure up to the broker, whose
-  in-flight window then also fills) instead of dropping: a slow consumer never
-  loses a message. The bound is soft: one socket read may go past it, and until
+  when ``queue_size`` messages, or ``queue_bytes`` of payload, wait (TCP
+  backpressure up to the broker, whose in-flight window then also fills)
+  instead of dropping: a slow consumer never loses a message. The bounds are
+  soft: one packet may go past them (so a payload larger than ``queue_bytes``
+  still gets through, alone), and until
   a (re)connection's SUBACK has arrived reading never pauses, so the broker's
   in-flight window (``max_inflight_messages``) may come on top once.
 - ``ack(message)`` acknowledges only a message received on the *current*
@@ -119,6 +121,7 @@ class MqttClient:
         subscriptions: Sequence[tuple[str, int]] = (),
         will: tuple[str, bytes, int, bool] | None = None,  # topic, payload, qos, retain
         queue_size: int = 10000,
+        queue_bytes: int = 16 * 1024 * 1024,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
         transport: Literal["tcp", "websockets"] = "tcp",
@@ -127,6 +130,8 @@ class MqttClient:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be at least 1, not {queue_bytes}")
         if not 0 < reconnect_min <= reconnect_max:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
         self._host = host
@@ -136,6 +141,7 @@ class MqttClient:
         self._manual_ack = manual_ack
         self._subscriptions = list(subscriptions)
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._connect_timeout = connect_timeout
@@ -157,6 +163,7 @@ class MqttClient:
         self._handshake: asyncio.Future[None] | None = None
         self._subscribe_mid: int | None = None
         self._queue: collections.deque[Message] = collections.deque()
+        self._queued_bytes = 0  # payload bytes in ``_queue``
         self._unacked: dict[int, Message] = {}  # mid -> message, current connection only
         self._pending: dict[int, asyncio.Future[None]] = {}  # mid -> publish() waiting
         self._paused = False
@@ -298,6 +305,7 @@ class MqttClient:
         while True:
             if self._queue:
                 message = self._queue.popleft()
+                self._queued_bytes -= len(message.payload)
                 self._resume_reading()
                 yield message
             elif self._closed:
@@ -490,7 +498,9 @@ class MqttClient:
 
     def _queue_full(self) -> bool:
         # Until the session is up, CONNACK and SUBACK must get through.
-        return self._connected.is_set() and len(self._queue) >= self._queue_size
+        return self._connected.is_set() and (
+            len(self._queue) >= self._queue_size or self._queued_bytes >= self._queue_bytes
+        )
 
     def _resume_reading(self) -> None:
         if self._paused and self._sock is not None and not self._queue_full():
@@ -563,6 +573,7 @@ class MqttClient:
         if self._manual_ack and message.qos > 0:
             self._unacked[message.mid] = message
         self._queue.append(message)
+        self._queued_bytes += len(message.payload)
         self._progress += 1
         self._has_messages.set()
 

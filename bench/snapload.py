@@ -1,0 +1,99 @@
+"""Maximum-size snapshots from separate publisher processes, as background load.
+
+Each publisher is its own process (so building and sending 70 MB payloads
+does not slow the benchmark's own publisher or its clocks) and sends, one
+after the other, JSON snapshots of ``files`` images of ``image_bytes`` each
+(base64, the contract's JSON form): the largest snapshot the bridge accepts.
+Every snapshot differs (its ``ts`` and a few bytes of each image), so none is
+taken for a redelivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from multiprocessing.synchronize import Event as EventType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+JPEG_HEAD = b"\xff\xd8\xff\xe0"
+
+
+def snapshot(files: int, image_bytes: int, serial: int) -> bytes:
+    """One JSON snapshot of ``files`` images of exactly ``image_bytes`` bytes each."""
+    images = []
+    for n in range(files):
+        tail = serial.to_bytes(8, "big") + n.to_bytes(4, "big")
+        data = JPEG_HEAD + os.urandom(image_bytes - len(JPEG_HEAD) - len(tail)) + tail
+        images.append({"name": f"cam{n}.jpg", "data": base64.b64encode(data).decode("ascii")})
+    body = {"images": images, "ts": int(time.time() * 1000)}
+    return json.dumps(body).encode("ascii")
+
+
+def wait_sent(sent: Any, number: int, timeout: float = 300.0) -> None:
+    """Block until ``number`` snapshots were acknowledged (a thread's job, not the loop's)."""
+    deadline = time.monotonic() + timeout
+    while sent.value < number:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {number} snapshots sent within {timeout}s")
+        time.sleep(0.1)
+
+
+def _publish_loop(
+    port: int, ambulance_id: str, sizes: tuple[int, int], stop: EventType, sent: Any
+) -> None:
+    files, image_bytes = sizes
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"snapload-{ambulance_id}")
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    serial = 0
+    try:
+        while not stop.is_set():
+            payload = snapshot(files, image_bytes, serial)
+            info = client.publish(f"aoc/{ambulance_id}/snap", payload, qos=1)
+            info.wait_for_publish(timeout=120)
+            serial += 1
+            with sent.get_lock():
+                sent.value += 1
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+@contextlib.contextmanager
+def flowing(
+    *, port: int, publishers: int, files: int, image_bytes: int, prefix: str
+) -> Iterator[Any]:
+    """Run ``publishers`` snapshot publishers while the block runs.
+
+    Yields a shared integer (``.value``): the snapshots the broker acknowledged so far.
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    sent = context.Value("i", 0)
+    procs = [
+        context.Process(
+            target=_publish_loop,
+            args=(port, f"{prefix}SNAP{n}", (files, image_bytes), stop, sent),
+            name=f"snapload-{n}",
+            daemon=True,
+        )
+        for n in range(publishers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
