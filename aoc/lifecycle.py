@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import socketio
@@ -27,7 +28,7 @@ from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
 from api.routes.health import create_probe_app
 from bridge.processor import Processor
-from bridge.service import SUBSCRIPTIONS, Bridge, Emitter
+from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
 from broker.client import MqttClient
@@ -77,7 +78,13 @@ async def _open_storage(
     return store, objects, cache
 
 
-def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
+def _mqtt(
+    settings: Settings,
+    *,
+    client_id: str,
+    consumer: bool,
+    subscriptions: Sequence[tuple[str, int]] = MAIN_SUBSCRIPTIONS,
+) -> MqttClient:
     password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
     return MqttClient(
         host=settings.mqtt_host,
@@ -86,7 +93,11 @@ def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
         # The bridge's session outlives it, so the broker queues what it misses.
         clean_session=not consumer,
         manual_ack=consumer,
-        subscriptions=SUBSCRIPTIONS if consumer else (),
+        subscriptions=subscriptions if consumer else (),
+        # Sessions of older versions took snapshots on the main connection too.
+        unsubscriptions=[f for f, _ in SNAP_SUBSCRIPTIONS]
+        if consumer and subscriptions == MAIN_SUBSCRIPTIONS
+        else (),
         username=settings.mqtt_username,
         password=password,
         keepalive=settings.mqtt_keepalive,
@@ -121,10 +132,21 @@ def _api_deps(
     )
 
 
+def _snap_mqtt(settings: Settings) -> MqttClient:
+    """The bridge's connection for snapshots: a persistent session of its own."""
+    return _mqtt(
+        settings,
+        client_id=f"{settings.mqtt_client_id}-snap",
+        consumer=True,
+        subscriptions=SNAP_SUBSCRIPTIONS,
+    )
+
+
 def _bridge(
     settings: Settings,
     *,
     mqtt: MqttClient,
+    snap_mqtt: MqttClient,
     publisher: MqttClient,
     store: DocumentStore,
     objects: ObjectStore,
@@ -141,6 +163,7 @@ def _bridge(
     )
     return Bridge(
         mqtt=mqtt,
+        snap_mqtt=snap_mqtt,
         publisher=publisher,
         processor=processor,
         store=store,
@@ -188,6 +211,7 @@ async def serve(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
+        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
         )
@@ -195,6 +219,7 @@ async def serve(settings: Settings) -> None:
         bridge = _bridge(
             settings,
             mqtt=consumer,
+            snap_mqtt=snap_consumer,
             publisher=publisher,
             store=store,
             objects=objects,
@@ -229,6 +254,7 @@ async def run_bridge(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
+        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-bridge-out-{os.getpid()}", consumer=False)
         )
@@ -242,6 +268,7 @@ async def run_bridge(settings: Settings) -> None:
         bridge = _bridge(
             settings,
             mqtt=consumer,
+            snap_mqtt=snap_consumer,
             publisher=publisher,
             store=store,
             objects=objects,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aoc.config import Settings
 from bench import stack
+from bench.flood import flood
 from bench.latency import latency
 from bench.soak import soak
 from bench.throughput import throughput
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="also measure while this many processes send maximum-size snapshots",
     )
+
+    fl = commands.add_parser("flood", help="peak memory of broker and bridge, oversized input")
+    fl.add_argument("scenario", choices=("tracking", "snapshots"))
+    fl.add_argument("--count", type=int, default=None, help="payloads (10 tracking, 6 snapshots)")
+    fl.add_argument("--size", type=int, default=50_000_000, help="bytes per tracking payload")
 
     soak = commands.add_parser("soak", help="`aoc simulate` for a while; memory of each process")
     soak.add_argument("--ambulances", type=int, default=50)
@@ -106,6 +112,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     snap_publishers=args.snap_publishers,
                     snap_files=settings.max_upload_files,
                     snap_image_bytes=settings.max_image_bytes,
+                )
+            )
+            return 0
+        if args.command == "flood":
+            settings = Settings()
+            default_count = 10 if args.scenario == "tracking" else 6
+            asyncio.run(
+                flood(
+                    running,
+                    scenario=args.scenario,
+                    count=args.count or default_count,
+                    size=args.size,
+                    files=settings.max_upload_files,
+                    image_bytes=settings.max_image_bytes,
                 )
             )
             return 0

@@ -28,13 +28,37 @@ JPEG_HEAD = b"\xff\xd8\xff\xe0"
 
 def snapshot(files: int, image_bytes: int, serial: int) -> bytes:
     """One JSON snapshot of ``files`` images of exactly ``image_bytes`` bytes each."""
-    images = []
-    for n in range(files):
-        tail = serial.to_bytes(8, "big") + n.to_bytes(4, "big")
-        data = JPEG_HEAD + os.urandom(image_bytes - len(JPEG_HEAD) - len(tail)) + tail
-        images.append({"name": f"cam{n}.jpg", "data": base64.b64encode(data).decode("ascii")})
-    body = {"images": images, "ts": int(time.time() * 1000)}
-    return json.dumps(body).encode("ascii")
+    return _Snapshots(files, image_bytes).make(serial)
+
+
+class _Snapshots:
+    """Distinct maximum-size snapshots, cheaply: the random body is encoded once.
+
+    Each image ends in 3 bytes (one base64 group) that carry the serial and
+    its index, so every snapshot, and every image, differs; only those 4
+    characters are encoded per snapshot. The publishers' CPU would otherwise
+    compete with the system under test on a small machine.
+    """
+
+    def __init__(self, files: int, image_bytes: int) -> None:
+        self._files = files
+        body_len = image_bytes - 3
+        body = JPEG_HEAD + os.urandom(body_len - len(JPEG_HEAD))
+        # Encoded in groups of 3 bytes: the body must be a multiple of 3 long.
+        cut = body_len - body_len % 3
+        self._head = base64.b64encode(body[:cut])
+        self._rest = body[cut:]
+
+    def make(self, serial: int) -> bytes:
+        # JSON by hand: json.dumps of 70 MB of strings costs the publisher a lot.
+        parts = [b'{"images": [']
+        for n in range(self._files):
+            tail = self._rest + ((serial * 64 + n) % 2**24).to_bytes(3, "big")
+            name = json.dumps(f"cam{n}.jpg").encode()
+            data = self._head + base64.b64encode(tail)
+            parts += [b", " if n else b"", b'{"name": ', name, b', "data": "', data, b'"}']
+        parts.append(b'], "ts": %d}' % int(time.time() * 1000))
+        return b"".join(parts)
 
 
 def wait_sent(sent: Any, number: int, timeout: float = 300.0) -> None:
@@ -46,6 +70,19 @@ def wait_sent(sent: Any, number: int, timeout: float = 300.0) -> None:
         time.sleep(0.1)
 
 
+def publish_one(port: int, ambulance_id: str, sizes: tuple[int, int]) -> None:
+    """Publish one maximum-size snapshot and wait for the broker's PUBACK."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"snapone-{ambulance_id}")
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    try:
+        info = client.publish(f"aoc/{ambulance_id}/snap", snapshot(*sizes, 0), qos=1)
+        info.wait_for_publish(timeout=300)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def _publish_loop(
     port: int, ambulance_id: str, sizes: tuple[int, int], stop: EventType, sent: Any
 ) -> None:
@@ -54,9 +91,10 @@ def _publish_loop(
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
     serial = 0
+    snapshots = _Snapshots(files, image_bytes)
     try:
         while not stop.is_set():
-            payload = snapshot(files, image_bytes, serial)
+            payload = snapshots.make(serial)
             info = client.publish(f"aoc/{ambulance_id}/snap", payload, qos=1)
             info.wait_for_publish(timeout=120)
             serial += 1

@@ -470,15 +470,25 @@ class Processor:
             Publish(f"aoc/{aid}/alert", dumps(record).encode("utf-8"), retain=False, qos=1)
         )
 
-    async def upload(self, item: Snap) -> Snap:
+    async def upload(
+        self,
+        item: Snap,
+        *,
+        digests: Sequence[bytes] | None = None,
+        history_id: str | None = None,
+    ) -> Snap:
         """``item`` with its images stored, their keys and its id set, and its bytes dropped.
 
         For the bridge's snapshot lane, which runs this beside ``plan``: it
-        touches no state of the processor. Raises ``StoreUnavailable``.
+        touches no state of the processor. ``digests`` (the images' SHA-256)
+        and ``history_id`` (``snap_id``) are computed here unless given.
+        Raises ``StoreUnavailable``.
         """
-        digests = await asyncio.to_thread(lambda: [image_digest(i.data) for i in item.images])
+        if digests is None:
+            digests = await asyncio.to_thread(lambda: [image_digest(i.data) for i in item.images])
         keys = await store_images(self._objects, item, digests=digests, digits=self._key_digits)
-        history_id = await asyncio.to_thread(snap_id, item)
+        if history_id is None:
+            history_id = await asyncio.to_thread(snap_id, item)
         light = tuple(replace(image, data=b"") for image in item.images)
         return replace(item, images=light, stored=keys, id=history_id)
 

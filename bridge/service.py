@@ -4,15 +4,17 @@ Two lanes, so that one client's large snapshots never hold back tracking
 points and crash alerts:
 
 - The **snapshot lane** takes ``aoc/+/snap`` messages. Up to ``snap_workers``
-  of them at once are parsed (base64 decoding) on worker threads, hashed, and
-  their images stored in object storage (``Processor.upload``); the snapshot
+  of them at once are parsed (JSON, base64) and hashed in worker processes
+  (``bridge.decode``: on a thread they would still hold the GIL), and their
+  images stored in object storage (``Processor.upload``); the snapshot
   then joins the main lane as a light message: keys and id, no image bytes.
   The raw payloads it holds, from receipt to acknowledgement, are bounded by
   ``snap_buffer_bytes``; past it the lane stops taking messages (backpressure:
   nothing is dropped, the broker keeps the rest).
 - The **main lane** takes everything else, and the snapshots the snapshot lane
   finished, in batches of at most ``batch_size`` messages and about
-  ``batch_max_bytes`` of payload. For each batch, in this order:
+  ``batch_max_bytes`` of payload; it holds at most four batches' worth of
+  payload bytes before it stops reading. For each batch, in this order:
 
   1. parse every message (never raises: bad input becomes a dead letter);
   2. plan the batch, retrying while storage is down (the processor holds the
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from aoc import metrics
+from bridge.decode import Decoded, DecoderDied, Decoders
 from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.validate import Limits, parse
@@ -54,12 +57,16 @@ T = TypeVar("T")
 # What a light (already uploaded) snapshot counts for in a batch's bytes.
 _LIGHT_SNAP_BYTES = 1024
 
-SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
+# The main lane's connection, and the snapshot lane's own: Mosquitto sends
+# each connection its messages in order, so on one connection a tracking point
+# waited behind every byte of the snapshots before it.
+MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("aoc/+/tracking", 1),
     ("aoc/+/crash", 1),
-    ("aoc/+/snap", 1),
     ("aoc/+/status", 1),
 )
+SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (("aoc/+/snap", 1),)
+SUBSCRIPTIONS = MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS
 
 
 class Emitter(Protocol):
@@ -98,9 +105,11 @@ class _Item:
     """A received message on its way through the lanes."""
 
     message: Message
+    client: MqttClient  # the connection it came on, and must be acknowledged on
     received_at: datetime
     parsed: Parsed | None = None  # set by the snapshot lane
-    held: int = 0  # bytes of the snapshot budget to give back once acknowledged
+    budget: ByteBudget | None = None  # holds ``held`` bytes until acknowledged
+    held: int = 0
 
     @property
     def weight(self) -> int:
@@ -152,6 +161,7 @@ class Bridge:
         *,
         mqtt: MqttClient,
         publisher: MqttClient,
+        snap_mqtt: MqttClient | None = None,
         processor: Processor,
         store: DocumentStore,
         limits: Limits,
@@ -165,6 +175,8 @@ class Bridge:
         logger: logging.Logger | None = None,
     ) -> None:
         self._mqtt = mqtt
+        # Snapshots' own connection (``SNAP_SUBSCRIPTIONS``); None: all on ``mqtt``.
+        self._snap_mqtt = snap_mqtt
         # Outbound state/alert messages go on a connection of their own: the
         # consumer stops reading its socket while its inbound queue is full (a
         # backlog after a restart), and a PUBACK stuck behind that backlog made
@@ -184,6 +196,8 @@ class Bridge:
         # Snapshots waiting for a worker; their number is bounded by the budget.
         self._snaps: asyncio.Queue[_Item] = asyncio.Queue()
         self._snap_budget = ByteBudget(snap_buffer_bytes)
+        # The main lane's payloads, taken but not yet acknowledged: a few batches.
+        self._main_budget = ByteBudget(batch_max_bytes * 4)
         self._stopping = asyncio.Event()
         # Set when Redis may have lost the cache; ``_heal_cache`` rebuilds it.
         self._cache_stale = asyncio.Event()
@@ -198,51 +212,83 @@ class Bridge:
 
     async def run(self) -> None:
         """Consume until ``stop()``; the lifecycle of the bridge's own tasks."""
-        async with asyncio.TaskGroup() as group:
+        async with (
+            Decoders(workers=self._snap_workers, limits=self._limits) as decoders,
+            asyncio.TaskGroup() as group,
+        ):
+            clients = [self._mqtt] if self._snap_mqtt is None else [self._mqtt, self._snap_mqtt]
             helpers = [
-                group.create_task(self._pump(), name="bridge-pump"),
+                *(
+                    group.create_task(self._pump(client), name=f"bridge-pump-{n}")
+                    for n, client in enumerate(clients)
+                ),
                 group.create_task(self._heal_cache(), name="bridge-cache-heal"),
                 *(
-                    group.create_task(self._snap_lane(), name=f"bridge-snap-{n}")
+                    group.create_task(self._snap_lane(decoders), name=f"bridge-snap-{n}")
                     for n in range(self._snap_workers)
                 ),
             ]
             group.create_task(self._consume(*helpers), name="bridge-consume")
 
-    async def _pump(self) -> None:
+    async def _pump(self, client: MqttClient) -> None:
         # A separate task feeds the lanes, so that batching can wait with a
         # timeout without ever cancelling the client's message iterator.
-        async for message in self._mqtt.messages():
-            item = _Item(message, datetime.now(UTC))
+        async for message in client.messages():
+            item = _Item(message, client, datetime.now(UTC), held=len(message.payload))
             if _is_snap(message.topic):
-                item.held = len(message.payload)
-                await self._snap_budget.take(item.held)
+                item.budget = self._snap_budget
+                await item.budget.take(item.held)
                 self._snaps.put_nowait(item)
             else:
+                # Bounded by bytes too, or oversized payloads (refused by
+                # length, but held until acknowledged) could pile up here.
+                item.budget = self._main_budget
+                await item.budget.take(item.held)
                 await self._queue.put(item)
             self._observe_depth()
 
     def _observe_depth(self) -> None:
         metrics.QUEUE_DEPTH.set(self._queue.qsize() + self._snaps.qsize())
 
-    async def _snap_lane(self) -> None:
+    async def _snap_lane(self, decoders: Decoders) -> None:
         """Parse a snapshot and store its images, then hand it to the main lane."""
         while True:
             item = await self._snaps.get()
-            # Base64 and hashing of a multi-megabyte snapshot would stall the
-            # event loop (and, in `aoc serve`, HTTP and Socket.IO with it).
-            parsed = await asyncio.to_thread(self._parse, item.message, item.received_at)
-            if isinstance(parsed, Snap):
+            parsed = await self._decode(item, decoders)
+            if isinstance(parsed, Decoded):
                 try:
-                    parsed = await self._upload(item, parsed)
+                    item.parsed = await self._upload(item, parsed)
                 except _Abandoned:
                     return  # stopping during an outage: the broker redelivers it
-            item.parsed = parsed
+            else:
+                item.parsed = parsed
             await self._queue.put(item)
 
-    async def _upload(self, item: _Item, snap: Snap) -> Parsed:
+    async def _decode(self, item: _Item, decoders: Decoders) -> Decoded | Rejected:
+        message = item.message
         try:
-            return await self._retry("storage", lambda: self._processor.upload(snap))
+            # Not on a thread: decoding 70 MB of JSON and base64 holds the GIL,
+            # which froze the event loop (tracking and crashes) as much.
+            decoded = await decoders.decode(message.topic, message.payload, item.received_at)
+        except DecoderDied as exc:
+            self._log.error("snapshot on %s dead-lettered: %s", message.topic, exc)
+            reason = f"processing error: {exc}"
+            return Rejected(message.topic, reason, message.payload, item.received_at)
+        if isinstance(decoded.parsed, Rejected):
+            return decoded.parsed
+        return decoded
+
+    async def _upload(self, item: _Item, decoded: Decoded) -> Parsed:
+        snap = decoded.parsed
+        if not isinstance(snap, Snap):
+            return snap
+        try:
+            return await self._retry(
+                "storage",
+                lambda: self._processor.upload(
+                    snap, digests=decoded.digests, history_id=decoded.snap_id
+                ),
+            )
         except _Abandoned:
             raise
         except Exception as exc:  # a bug, or no free key: dead-letter it, keep going
@@ -309,9 +355,9 @@ class Bridge:
         plan = await self._retry("storage", lambda: self._plan(batch, parsed))
         await self._retry("store", lambda: self._store.apply(plan.writes))
         for item in batch:
-            self._mqtt.ack(item.message)
-            if item.held:
-                self._snap_budget.give(item.held)
+            item.client.ack(item.message)
+            if item.budget is not None:
+                item.budget.give(item.held)
         metrics.observe_batch(
             (item.message.topic for item in batch),
             parsed,

@@ -38,7 +38,8 @@ Semantics the callers rely on:
   drops first; unacknowledged publishes are then dropped, never silently resent,
   so the caller alone decides whether to retry.
 - Connections are re-established forever with jittered, capped exponential
-  backoff; subscriptions are renewed on each connection.
+  backoff; subscriptions are renewed on each connection (and ``unsubscriptions``
+  dropped from the session, for filters an older version subscribed).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class MqttClient:
         keepalive: int = 30,
         manual_ack: bool = True,
         subscriptions: Sequence[tuple[str, int]] = (),
+        unsubscriptions: Sequence[str] = (),
         will: tuple[str, bytes, int, bool] | None = None,  # topic, payload, qos, retain
         queue_size: int = 10000,
         queue_bytes: int = 16 * 1024 * 1024,
@@ -140,6 +142,8 @@ class MqttClient:
         self._keepalive = keepalive
         self._manual_ack = manual_ack
         self._subscriptions = list(subscriptions)
+        # Filters a persistent session may still hold from an older version.
+        self._unsubscriptions = list(unsubscriptions)
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._reconnect_min = reconnect_min
@@ -524,6 +528,8 @@ class MqttClient:
             "MQTT connected to %s:%d as %s (session present: %s)",
             self._host, self._port, self._client_id, flags.session_present,
         )
+        if self._unsubscriptions:
+            self._paho.unsubscribe(self._unsubscriptions)  # what arrives meanwhile is acked too
         if not self._subscriptions:
             self._settle_handshake(None)
             return

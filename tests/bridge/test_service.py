@@ -12,7 +12,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from bridge.service import SUBSCRIPTIONS, Bridge, ByteBudget
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
 from broker.client import MqttClient
-from storage.base import CRASHES, IMAGE_HISTORIES, TRACKINGS, Query
+from storage.base import CRASHES, DEAD_LETTERS, IMAGE_HISTORIES, TRACKINGS, Query, Write
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
@@ -50,6 +50,17 @@ class GatedObjects(LocalObjectStore):
         return await super().put_new(key, data, content_type)
 
 
+class GatedStore(SQLiteDocumentStore):
+    """A real SQLite store whose writes wait until ``gate`` is set (fault injection)."""
+
+    gate: asyncio.Event | None = None
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await super().apply(writes)
+
+
 async def until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
     """Wait until ``condition()`` holds; fail naming ``what`` after ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -70,17 +81,18 @@ def point(n: int) -> bytes:
 
 @asynccontextmanager
 async def running_bridge(
-    mosquitto: services.Service, tmp_path: Path, **options: int
-) -> AsyncIterator[tuple[Bridge, SQLiteDocumentStore, GatedObjects]]:
+    mosquitto: services.Service, tmp_path: Path, *, queue_bytes: int = 1 << 24, **options: int
+) -> AsyncIterator[tuple[Bridge, GatedStore, GatedObjects]]:
     objects = GatedObjects(tmp_path / "objects")
     async with (
-        SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as store,
+        GatedStore(tmp_path / "aoc.sqlite3") as store,
         MqttClient(
             host="127.0.0.1",
             port=mosquitto.port,
             client_id=f"bridge-{uuid.uuid4().hex[:8]}",
             clean_session=True,
             subscriptions=SUBSCRIPTIONS,
+            queue_bytes=queue_bytes,
         ) as mqtt,
         MqttClient(
             host="127.0.0.1",
@@ -113,6 +125,8 @@ async def running_bridge(
             yield bridge, store, objects  # type: ignore[misc]
         finally:
             objects.gate.set()
+            if store.gate is not None:
+                store.gate.set()
             bridge.stop()
             await task
 
@@ -183,6 +197,29 @@ async def test_snapshot_lane_bounds_concurrency_and_bytes(
         objects.gate.set()
         await until_counted(store, IMAGE_HISTORIES, 6)
         assert bridge._snap_budget.used == 0
+
+
+async def test_oversized_tracking_payloads_are_held_within_a_byte_bound(
+    mosquitto: services.Service, tmp_path: Path, device: MqttClient
+) -> None:
+    """Test that while the store is slow, unacknowledged payload bytes stay bounded."""
+    aid = f"O{uuid.uuid4().hex[:8]}"
+    size, count = 100_000, 12  # each over the 64 KiB bound of a tracking payload
+    options = {"batch_max_bytes": 150_000, "queue_bytes": size}
+    async with running_bridge(mosquitto, tmp_path, **options) as (bridge, store, _), device:
+        store.gate = asyncio.Event()
+        for n in range(count):
+            await device.publish(f"aoc/{aid}/tracking", b"%08d" % n + bytes(size - 8))
+        # Four batches' worth in the main lane, one client queue, one packet past it.
+        bound = 4 * 150_000 + size + size
+        mqtt = bridge._mqtt
+        await until(lambda: bridge._main_budget.used >= 4 * 150_000 - size, "the lane full")
+        held = sum(len(m.payload) for m in mqtt._unacked.values())
+        assert held <= bound < count * size
+        store.gate.set()
+        await until_counted(store, DEAD_LETTERS, count)
+        [letter, *_] = (await store.find(Query(DEAD_LETTERS, limit=1))).items
+        assert letter["reason"] == f"payload: {size} bytes, over the limit of 65536 bytes"
 
 
 async def test_byte_budget_waits_for_room_and_lets_one_oversized_through() -> None:
