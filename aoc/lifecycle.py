@@ -114,12 +114,15 @@ def _api_deps(
     cache: StateCache,
     mqtt: MqttClient,
     publisher: MqttClient | None = None,
+    snap_mqtt: MqttClient | None = None,
 ) -> ApiDeps:
-    """What the HTTP routes need; ``mqtt`` is the connection readiness reports on."""
+    """What the HTTP routes need; readiness reports on ``mqtt`` (and ``snap_mqtt``)."""
 
     async def broker() -> None:
         if not mqtt.connected:
             raise ConnectionError("not connected to the MQTT broker")
+        if snap_mqtt is not None and not snap_mqtt.connected:
+            raise ConnectionError("snapshot connection to the MQTT broker is down")
 
     checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
     return ApiDeps(
@@ -227,7 +230,13 @@ async def serve(settings: Settings) -> None:
             emitter=sio,
         )
         deps = _api_deps(
-            settings, store=store, objects=objects, cache=cache, mqtt=consumer, publisher=publisher
+            settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            mqtt=consumer,
+            publisher=publisher,
+            snap_mqtt=snap_consumer,
         )
         servers = [
             server(create_app(deps), host=settings.bind_host, port=settings.http_port),
@@ -277,7 +286,14 @@ async def run_bridge(settings: Settings) -> None:
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(
-            _api_deps(settings, store=store, objects=objects, cache=cache, mqtt=consumer)
+            _api_deps(
+                settings,
+                store=store,
+                objects=objects,
+                cache=cache,
+                mqtt=consumer,
+                snap_mqtt=snap_consumer,
+            )
         )
         http = server(probes, host=settings.bind_host, port=settings.bridge_http_port)
         await _run_until_stopped(stop, servers=[http], bridge=bridge)

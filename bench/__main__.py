@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="also measure while this many processes send maximum-size snapshots",
     )
+    lat.add_argument(
+        "--snap-interval",
+        type=float,
+        default=0.0,
+        help="seconds between one publisher's snapshots (0: back to back, a flood)",
+    )
 
     fl = commands.add_parser("flood", help="peak memory of broker and bridge, oversized input")
     fl.add_argument("scenario", choices=("tracking", "snapshots"))
@@ -112,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     snap_publishers=args.snap_publishers,
                     snap_files=settings.max_upload_files,
                     snap_image_bytes=settings.max_image_bytes,
+                    snap_interval=args.snap_interval,
                 )
             )
             return 0

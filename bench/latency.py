@@ -99,6 +99,7 @@ async def latency(
     snap_publishers: int = 0,
     snap_files: int = 10,
     snap_image_bytes: int = 5 * 1024 * 1024,
+    snap_interval: float = 0.0,
 ) -> list[dict[str, Latencies]]:
     """Publish for ``duration`` seconds at ``rate`` points/s; print latency percentiles.
 
@@ -116,7 +117,8 @@ async def latency(
         if snap_publishers:
             print(
                 f"run {run}: under load: {snap_publishers} processes sending snapshots of"
-                f" {snap_files} x {snap_image_bytes} bytes (JSON, base64)",
+                f" {snap_files} x {snap_image_bytes} bytes (JSON, base64)"
+                + (f", one every {snap_interval:g}s each" if snap_interval else ", back to back"),
                 flush=True,
             )
             prefix = f"LOAD-{uuid.uuid4().hex[:6]}-"
@@ -126,6 +128,7 @@ async def latency(
                 files=snap_files,
                 image_bytes=snap_image_bytes,
                 prefix=prefix,
+                interval=snap_interval,
             ) as sent:
                 # Measure only once snapshots are really flowing into the bridge.
                 await asyncio.to_thread(snapload.wait_sent, sent, snap_publishers)

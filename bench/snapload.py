@@ -84,16 +84,18 @@ def publish_one(port: int, ambulance_id: str, sizes: tuple[int, int]) -> None:
 
 
 def _publish_loop(
-    port: int, ambulance_id: str, sizes: tuple[int, int], stop: EventType, sent: Any
+    port: int, ambulance_id: str, sizes: tuple[int, int, float], stop: EventType, sent: Any
 ) -> None:
-    files, image_bytes = sizes
+    files, image_bytes, interval = sizes
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"snapload-{ambulance_id}")
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
     serial = 0
     snapshots = _Snapshots(files, image_bytes)
+    next_at = time.monotonic()
     try:
-        while not stop.is_set():
+        while not stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += interval
             payload = snapshots.make(serial)
             info = client.publish(f"aoc/{ambulance_id}/snap", payload, qos=1)
             info.wait_for_publish(timeout=120)
@@ -107,9 +109,18 @@ def _publish_loop(
 
 @contextlib.contextmanager
 def flowing(
-    *, port: int, publishers: int, files: int, image_bytes: int, prefix: str
+    *,
+    port: int,
+    publishers: int,
+    files: int,
+    image_bytes: int,
+    prefix: str,
+    interval: float = 0.0,
 ) -> Iterator[Any]:
     """Run ``publishers`` snapshot publishers while the block runs.
+
+    Each sends one snapshot every ``interval`` seconds (0: back to back, as
+    fast as the broker acknowledges: a flood that outruns any bridge).
 
     Yields a shared integer (``.value``): the snapshots the broker acknowledged so far.
     """
@@ -119,7 +130,7 @@ def flowing(
     procs = [
         context.Process(
             target=_publish_loop,
-            args=(port, f"{prefix}SNAP{n}", (files, image_bytes), stop, sent),
+            args=(port, f"{prefix}SNAP{n}", (files, image_bytes, interval), stop, sent),
             name=f"snapload-{n}",
             daemon=True,
         )

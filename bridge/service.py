@@ -266,14 +266,20 @@ class Bridge:
 
     async def _decode(self, item: _Item, decoders: Decoders) -> Decoded | Rejected:
         message = item.message
-        try:
-            # Not on a thread: decoding 70 MB of JSON and base64 holds the GIL,
-            # which froze the event loop (tracking and crashes) as much.
-            decoded = await decoders.decode(message.topic, message.payload, item.received_at)
-        except DecoderDied as exc:
-            self._log.error("snapshot on %s dead-lettered: %s", message.topic, exc)
-            reason = f"processing error: {exc}"
-            return Rejected(message.topic, reason, message.payload, item.received_at)
+        for attempt in (1, 2):
+            try:
+                # Not on a thread: decoding 70 MB of JSON and base64 holds the
+                # GIL, which froze the event loop (tracking and crashes) as much.
+                decoded = await decoders.decode(message.topic, message.payload, item.received_at)
+                break
+            except DecoderDied as exc:
+                if attempt == 1:  # killed from outside, maybe: once more, on a new one
+                    self._log.warning("retrying a snapshot on %s: %s", message.topic, exc)
+                    continue
+                # Twice: this payload kills decoders (out of memory?); stop feeding it.
+                self._log.error("snapshot on %s dead-lettered: %s", message.topic, exc)
+                reason = f"processing error: {exc}"
+                return Rejected(message.topic, reason, message.payload, item.received_at)
         if isinstance(decoded.parsed, Rejected):
             return decoded.parsed
         return decoded
