@@ -6,8 +6,9 @@ still froze the event loop, and with it every tracking point and crash alert
 behind it. ``Decoders`` keeps a few child processes (``serve_stdio``, in
 an interpreter that imports only the validator) and hands each one message
 at a time over its stdin/stdout: length-prefixed frames, the topic and time
-pickled and the payload as is, in; a pickled ``Decoded`` out. The parent only
-moves bytes through pipes.
+pickled and the payload as is, in; a pickled ``Decoded`` without image bytes,
+then each image's bytes, out. The parent only moves bytes through pipes, a
+slice at a time, so that it holds no extra copy of a whole snapshot.
 
 A child that dies (killed, out of memory) is replaced, and the message it
 held fails with ``DecoderDied`` so that the caller can dead-letter it rather
@@ -34,6 +35,7 @@ from bridge.validate import Limits, parse
 __all__ = ["Decoded", "DecoderDied", "Decoders", "decode", "serve_stdio"]
 
 _FRAME = struct.Struct(">Q")
+_SLICE = 1 << 20  # bytes written to a decoder's pipe at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +70,36 @@ class _Worker:
     async def call(self, request: bytes, payload: bytes) -> Decoded:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            # The payload travels as is, not pickled: no copy of it on the loop.
-            for frame in (request, payload):
-                self.proc.stdin.write(_FRAME.pack(len(frame)))
-                self.proc.stdin.write(frame)
-            await self.proc.stdin.drain()
-            (size,) = _FRAME.unpack(await self.proc.stdout.readexactly(_FRAME.size))
-            answer = await self.proc.stdout.readexactly(size)
+            await self._send(request)
+            await self._send(payload)
+            result = pickle.loads(await self._receive())  # our own child, private pipe
+            assert isinstance(result, Decoded)
+            if isinstance(result.parsed, Snap):
+                # Each image came as a frame of its own: one image's bytes at a
+                # time in the pipe's buffer, never the whole snapshot twice.
+                images = [
+                    replace(image, data=await self._receive()) for image in result.parsed.images
+                ]
+                result = replace(result, parsed=replace(result.parsed, images=tuple(images)))
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise DecoderDied(f"decoder process {self.proc.pid} died: {exc!r}") from exc
-        result = pickle.loads(answer)  # our own child, over a private pipe
-        assert isinstance(result, Decoded)
         return result
+
+    async def _send(self, frame: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(_FRAME.pack(len(frame)))
+        # In slices, each drained: the transport would copy what the pipe does
+        # not take at once, i.e. nearly the whole 70 MB payload.
+        view = memoryview(frame)
+        for start in range(0, len(view), _SLICE):
+            self.proc.stdin.write(view[start : start + _SLICE])
+            await self.proc.stdin.drain()
+        await self.proc.stdin.drain()
+
+    async def _receive(self) -> bytes:
+        assert self.proc.stdout is not None
+        (size,) = _FRAME.unpack(await self.proc.stdout.readexactly(_FRAME.size))
+        return await self.proc.stdout.readexactly(size)
 
     async def close(self) -> None:
         if self.proc.returncode is None:
@@ -157,9 +177,16 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         topic, received_at, limits = pickle.loads(stdin.read(size))
         (size,) = _FRAME.unpack(stdin.read(_FRAME.size))
         payload = stdin.read(size)
-        answer = pickle.dumps(decode(topic, payload, received_at, limits), protocol=5)
-        stdout.write(_FRAME.pack(len(answer)))
-        stdout.write(answer)
+        decoded = decode(topic, payload, received_at, limits)
+        del payload
+        images: list[bytes] = []
+        if isinstance(decoded.parsed, Snap):
+            images = [image.data for image in decoded.parsed.images]
+            light = tuple(replace(image, data=b"") for image in decoded.parsed.images)
+            decoded = replace(decoded, parsed=replace(decoded.parsed, images=light))
+        for frame in (pickle.dumps(decoded), *images):
+            stdout.write(_FRAME.pack(len(frame)))
+            stdout.write(frame)
         stdout.flush()
 
 
