@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 import uuid
 
@@ -56,7 +57,7 @@ async def flood(
     """Run one scenario; print and return each process's peak RSS afterwards."""
     await stack.probe()
     pids = {name: pid for name, pid in stack.pids().items() if name != "redis"}
-    before = {name: peak_rss(pid) for name, pid in pids.items()}
+    before: dict[str, int | None] = {name: peak_rss(pid) for name, pid in pids.items()}
     prefix = f"FLOOD-{uuid.uuid4().hex[:6]}-"
     started = time.monotonic()
     if scenario == "tracking":
@@ -76,6 +77,10 @@ async def flood(
             raise TimeoutError(f"the bridge did not take all {count} within {timeout}s")
         await asyncio.sleep(0.2)
     done = time.monotonic() - started
+    # The aoc process's own children (the bridge's snapshot decoders) count too.
+    for n, child in enumerate(_children(stack.app.proc.pid if stack.app.proc else 0)):
+        pids[f"  child {n + 1}"] = child
+        before[f"  child {n + 1}"] = None
     after = {name: peak_rss(pid) for name, pid in pids.items()}
     rows = [
         [name, _mib(before[name]), _mib(after[name])] for name in pids
@@ -89,7 +94,20 @@ async def flood(
 
 
 def _mib(value: int | None) -> str:
-    return "gone" if value is None else mib(value).strip()
+    return "-" if value is None else mib(value).strip()
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux: /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    try:
+        with os.scandir(f"/proc/{pid}/task") as tasks:
+            for task in tasks:
+                with open(f"{task.path}/children") as children:
+                    found += [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+    return found
 
 
 async def _tracking(stack: Stack, prefix: str, count: int, size: int) -> None:
