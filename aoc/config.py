@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Received messages held in memory before the bridge stops reading its
     # socket (backpressure: the broker keeps the rest queued, nothing is dropped).
     mqtt_queue_size: int = Field(default=10000, gt=0)
+    # ... and payload bytes held so, whichever bound comes first (one message
+    # larger than this still gets through, alone).
+    mqtt_queue_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 
     # Where the embedded defaults keep their files.
     data_dir: Path = Path("./data")
@@ -108,6 +111,15 @@ class Settings(BaseSettings):
     # this many messages or when the oldest has waited this long.
     batch_size: int = Field(default=200, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0)
+    # ... or when its payloads reach this many bytes (snapshots count only
+    # their metadata: their images are stored by the snapshot lane).
+    batch_max_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    # The bridge's snapshot lane: snapshots parsed and uploaded at once, and the
+    # raw snapshot payloads held from receipt to acknowledgement. Past that
+    # bound the bridge stops reading from the broker until some are stored.
+    snap_workers: int = Field(default=2, gt=0)
+    snap_buffer_bytes: int = Field(default=160 * 1024 * 1024, gt=0)
 
     # Set by `aoc up` for the processes it restarts; exported as a metric.
     restart_count: int = Field(default=0, ge=0)

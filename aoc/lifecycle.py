@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -30,7 +31,7 @@ from api import ApiDeps, create_app, create_realtime_app, create_sio
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
-from bridge.service import SUBSCRIPTIONS, Bridge, Emitter
+from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
 from broker.client import MqttClient
@@ -80,7 +81,13 @@ async def _open_storage(
     return store, objects, cache
 
 
-def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
+def _mqtt(
+    settings: Settings,
+    *,
+    client_id: str,
+    consumer: bool,
+    subscriptions: Sequence[tuple[str, int]] = MAIN_SUBSCRIPTIONS,
+) -> MqttClient:
     password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
     return MqttClient(
         host=settings.mqtt_host,
@@ -89,11 +96,16 @@ def _mqtt(settings: Settings, *, client_id: str, consumer: bool) -> MqttClient:
         # The bridge's session outlives it, so the broker queues what it misses.
         clean_session=not consumer,
         manual_ack=consumer,
-        subscriptions=SUBSCRIPTIONS if consumer else (),
+        subscriptions=subscriptions if consumer else (),
+        # Sessions of older versions took snapshots on the main connection too.
+        unsubscriptions=[f for f, _ in SNAP_SUBSCRIPTIONS]
+        if consumer and subscriptions == MAIN_SUBSCRIPTIONS
+        else (),
         username=settings.mqtt_username,
         password=password,
         keepalive=settings.mqtt_keepalive,
         queue_size=settings.mqtt_queue_size,
+        queue_bytes=settings.mqtt_queue_bytes,
     )
 
 
@@ -105,12 +117,15 @@ def _api_deps(
     cache: StateCache,
     mqtt: MqttClient,
     publisher: MqttClient | None = None,
+    snap_mqtt: MqttClient | None = None,
 ) -> ApiDeps:
-    """What the HTTP routes need; ``mqtt`` is the connection readiness reports on."""
+    """What the HTTP routes need; readiness reports on ``mqtt`` (and ``snap_mqtt``)."""
 
     async def broker() -> None:
         if not mqtt.connected:
             raise ConnectionError("not connected to the MQTT broker")
+        if snap_mqtt is not None and not snap_mqtt.connected:
+            raise ConnectionError("snapshot connection to the MQTT broker is down")
 
     checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
     return ApiDeps(
@@ -123,10 +138,21 @@ def _api_deps(
     )
 
 
+def _snap_mqtt(settings: Settings) -> MqttClient:
+    """The bridge's connection for snapshots: a persistent session of its own."""
+    return _mqtt(
+        settings,
+        client_id=f"{settings.mqtt_client_id}-snap",
+        consumer=True,
+        subscriptions=SNAP_SUBSCRIPTIONS,
+    )
+
+
 def _bridge(
     settings: Settings,
     *,
     mqtt: MqttClient,
+    snap_mqtt: MqttClient,
     publisher: MqttClient,
     store: DocumentStore,
     objects: ObjectStore,
@@ -143,6 +169,7 @@ def _bridge(
     )
     return Bridge(
         mqtt=mqtt,
+        snap_mqtt=snap_mqtt,
         publisher=publisher,
         processor=processor,
         store=store,
@@ -159,6 +186,9 @@ def _bridge(
         ),
         batch_size=settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,
+        batch_max_bytes=settings.batch_max_bytes,
+        snap_workers=settings.snap_workers,
+        snap_buffer_bytes=settings.snap_buffer_bytes,
     )
 
 
@@ -219,6 +249,7 @@ async def serve(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
+        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
         )
@@ -226,6 +257,7 @@ async def serve(settings: Settings) -> None:
         bridge = _bridge(
             settings,
             mqtt=consumer,
+            snap_mqtt=snap_consumer,
             publisher=publisher,
             store=store,
             objects=objects,
@@ -233,7 +265,13 @@ async def serve(settings: Settings) -> None:
             emitter=sio,
         )
         deps = _api_deps(
-            settings, store=store, objects=objects, cache=cache, mqtt=consumer, publisher=publisher
+            settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            mqtt=consumer,
+            publisher=publisher,
+            snap_mqtt=snap_consumer,
         )
         servers = [
             _http_server(create_app(deps), settings),
@@ -260,6 +298,7 @@ async def run_bridge(settings: Settings) -> None:
         consumer = await stack.enter_async_context(
             _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
         )
+        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
         publisher = await stack.enter_async_context(
             _mqtt(settings, client_id=f"aoc-bridge-out-{os.getpid()}", consumer=False)
         )
@@ -273,6 +312,7 @@ async def run_bridge(settings: Settings) -> None:
         bridge = _bridge(
             settings,
             mqtt=consumer,
+            snap_mqtt=snap_consumer,
             publisher=publisher,
             store=store,
             objects=objects,
@@ -281,7 +321,14 @@ async def run_bridge(settings: Settings) -> None:
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(
-            _api_deps(settings, store=store, objects=objects, cache=cache, mqtt=consumer)
+            _api_deps(
+                settings,
+                store=store,
+                objects=objects,
+                cache=cache,
+                mqtt=consumer,
+                snap_mqtt=snap_consumer,
+            )
         )
         http = server(
             probes,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aoc.config import Settings
+from bridge.validate import Limits
 from broker import conf as broker_conf
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ def plan(settings: Settings) -> list[Child]:
             mqtt_port=settings.mqtt_port,
             ws_port=settings.mqtt_ws_port,
             data_dir=data / "mosquitto" / "data",
+            # The largest packet a device may send follows the snapshot limits.
+            max_packet_size=broker_conf.packet_bound(
+                Limits.from_settings(settings).max_snap_json_bytes
+            ),
         )
         children.append(
             Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port)

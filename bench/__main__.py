@@ -1,4 +1,4 @@
-"""``python -m bench {throughput,latency,soak}``: run from the repository root."""
+"""``python -m bench <command>``: run from the repository root (``--help`` lists them)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
+from aoc.config import Settings
 from bench import plan, stack
+from bench.flood import flood
 from bench.junk import junk
 from bench.latency import latency
 from bench.limits import fleet, slow, upload
@@ -27,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", type=Path, default=None, help="keep logs and data in this directory"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_load(commands)
+    _add_latency_and_memory(commands)
+    _add_limits(commands)
+    return parser
 
+
+def _add_load(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tp = commands.add_parser("throughput", help="stored messages per second, end to end")
     tp.add_argument("--devices", type=int, default=10, help="MQTT clients publishing at once")
     tp.add_argument("--messages", type=int, default=5000, help="tracking points per run, in all")
@@ -71,11 +80,31 @@ def _parser() -> argparse.ArgumentParser:
     jk.add_argument("--window", type=int, default=50, help="unacknowledged publishes per process")
     jk.add_argument("--timeout", type=float, default=300.0, help="seconds the flood may take")
 
+
+def _add_latency_and_memory(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lat = commands.add_parser("latency", help="publish -> Socket.IO and MQTT state, percentiles")
     lat.add_argument("--devices", type=int, default=10, help="ambulances, round robin")
     lat.add_argument("--rate", type=float, default=50.0, help="points per second, in all")
     lat.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
     lat.add_argument("--batch-size", type=int, default=None, help="AOC_BATCH_SIZE of the bridge")
+    lat.add_argument("--runs", type=int, default=1, help="runs (medians are printed)")
+    lat.add_argument(
+        "--snap-publishers",
+        type=int,
+        default=0,
+        help="also measure while this many processes send maximum-size snapshots",
+    )
+    lat.add_argument(
+        "--snap-interval",
+        type=float,
+        default=0.0,
+        help="seconds between one publisher's snapshots (0: back to back, a flood)",
+    )
+
+    fl = commands.add_parser("flood", help="peak memory of broker and bridge, oversized input")
+    fl.add_argument("scenario", choices=("tracking", "snapshots"))
+    fl.add_argument("--count", type=int, default=None, help="payloads (10 tracking, 6 snapshots)")
+    fl.add_argument("--size", type=int, default=50_000_000, help="bytes per tracking payload")
 
     soak = commands.add_parser("soak", help="`aoc simulate` for a while; memory of each process")
     soak.add_argument("--ambulances", type=int, default=50)
@@ -88,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="growth after warm-up, in percent, still called flat (printed with the verdict)",
     )
+
+
+def _add_limits(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lim = commands.add_parser("limits", help="what one heavy HTTP client costs everyone else")
     lim.add_argument("scenario", choices=("upload", "slow", "fleet"))
     lim.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
@@ -102,7 +134,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the aoc process from this checkout (e.g. the code before a change)")
     lim.add_argument("--env", action="append", default=[], metavar="AOC_X=V",
                      help="an extra setting of the aoc process (repeatable)")
-    return parser
 
 
 def _limits(args: argparse.Namespace, running: stack.Stack) -> None:
@@ -145,52 +176,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  batch size {env.get('AOC_BATCH_SIZE', 'default')}  files {running.workdir}",
             flush=True,
         )
-        if args.command == "throughput":
-            asyncio.run(
-                throughput(
-                    running,
-                    devices=args.devices,
-                    messages=args.messages,
-                    runs=args.runs,
-                    window=args.window,
-                    timeout=args.timeout,
-                    ambulances=args.ambulances,
-                    same_ids=args.same_ids,
-                )
-            )
-            return 0
-        if args.command == "junk":
-            asyncio.run(
-                junk(
-                    running,
-                    messages=args.messages,
-                    publishers=args.publishers,
-                    size=args.size,
-                    good=args.good,
-                    window=args.window,
-                    timeout=args.timeout,
-                )
-            )
-            return 0
-        if args.command == "limits":
-            _limits(args, running)
-            return 0
-        if args.command == "latency":
-            asyncio.run(
-                latency(running, devices=args.devices, rate=args.rate, duration=args.duration)
-            )
-            return 0
-        flat = asyncio.run(
-            soak(
-                running,
-                ambulances=args.ambulances,
-                rate=args.rate,
-                duration=args.duration,
-                interval=args.interval,
-                tolerance=args.tolerance,
-            )
-        )
-        return 0 if flat else 1
+        return _run(args, running)
+
+
+def _run(args: argparse.Namespace, running: stack.Stack) -> int:
+    """Run the benchmark ``args`` names against ``running``; 1 if it failed its verdict."""
+    if args.command == "limits":
+        _limits(args, running)
+        return 0
+    settings = Settings()
+    jobs: dict[str, Callable[[], Coroutine[Any, Any, object]]] = {
+        "throughput": lambda: throughput(
+            running, devices=args.devices, messages=args.messages, runs=args.runs,
+            window=args.window, timeout=args.timeout, ambulances=args.ambulances,
+            same_ids=args.same_ids,
+        ),
+        "junk": lambda: junk(
+            running, messages=args.messages, publishers=args.publishers, size=args.size,
+            good=args.good, window=args.window, timeout=args.timeout,
+        ),
+        "latency": lambda: latency(
+            running, devices=args.devices, rate=args.rate, duration=args.duration,
+            runs=args.runs, snap_publishers=args.snap_publishers,
+            snap_files=settings.max_upload_files, snap_image_bytes=settings.max_image_bytes,
+            snap_interval=args.snap_interval,
+        ),
+        "flood": lambda: flood(
+            running, scenario=args.scenario,
+            count=args.count or (10 if args.scenario == "tracking" else 6), size=args.size,
+            files=settings.max_upload_files, image_bytes=settings.max_image_bytes,
+        ),
+        "soak": lambda: soak(
+            running, ambulances=args.ambulances, rate=args.rate, duration=args.duration,
+            interval=args.interval, tolerance=args.tolerance,
+        ),
+    }
+    verdict = asyncio.run(jobs[args.command]())
+    return 1 if verdict is False else 0  # soak's verdict: memory stayed flat or not
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ from datetime import datetime
 import aiomqtt
 import socketio
 
+from bench import snapload
 from bench import stack as stack_mod
 from bench.stack import Stack
-from bench.stats import summary_ms
+from bench.stats import median, percentile, summary_ms, table
 
-_GRACE = 10.0  # seconds to wait for the last points after publishing stops
+_GRACE = 10.0
+SNAPS = "ambulance_image_histories"  # seconds to wait for the last points after publishing stops
 
 
 @dataclass
@@ -87,10 +89,88 @@ async def _states(client: aiomqtt.Client, prefix: str, lat: Latencies) -> None:
                 lat.state.append(now - published)
 
 
-async def latency(stack: Stack, *, devices: int, rate: float, duration: float) -> Latencies:
-    """Publish for ``duration`` seconds at ``rate`` points/s; print latency percentiles."""
+async def latency(
+    stack: Stack,
+    *,
+    devices: int,
+    rate: float,
+    duration: float,
+    runs: int = 1,
+    snap_publishers: int = 0,
+    snap_files: int = 10,
+    snap_image_bytes: int = 5 * 1024 * 1024,
+    snap_interval: float = 0.0,
+) -> list[dict[str, Latencies]]:
+    """Publish for ``duration`` seconds at ``rate`` points/s; print latency percentiles.
+
+    With ``snap_publishers``, each run measures twice: idle, then while that
+    many processes send maximum-size snapshots; the medians over ``runs`` follow.
+    """
     probe_s = await stack.probe()
     print(f"pipeline up (first point stored {probe_s:.2f}s after the first try)", flush=True)
+    results: list[dict[str, Latencies]] = []
+    for run in range(1, runs + 1):
+        phases: dict[str, Latencies] = {}
+        if runs > 1 or snap_publishers:
+            print(f"run {run}: idle", flush=True)
+        phases["idle"] = await _phase(stack, devices=devices, rate=rate, duration=duration)
+        if snap_publishers:
+            print(
+                f"run {run}: under load: {snap_publishers} processes sending snapshots of"
+                f" {snap_files} x {snap_image_bytes} bytes (JSON, base64)"
+                + (f", one every {snap_interval:g}s each" if snap_interval else ", back to back"),
+                flush=True,
+            )
+            prefix = f"LOAD-{uuid.uuid4().hex[:6]}-"
+            with snapload.flowing(
+                port=stack.mqtt_port,
+                publishers=snap_publishers,
+                files=snap_files,
+                image_bytes=snap_image_bytes,
+                prefix=prefix,
+                interval=snap_interval,
+            ) as sent:
+                # Measure only once snapshots are really flowing into the bridge.
+                await asyncio.to_thread(snapload.wait_sent, sent, snap_publishers)
+                phases["snapshots"] = await _phase(
+                    stack, devices=devices, rate=rate, duration=duration
+                )
+                sent_during = sent.value
+            print(f"  {sent_during} snapshots sent during the run", flush=True)
+            # The next idle phase must not measure this phase's backlog.
+            waited = await _drain(stack, prefix, sent.value)
+            print(f"  all {sent.value} snapshots stored {waited:.1f}s after the run", flush=True)
+        results.append(phases)
+    if runs > 1 or snap_publishers:
+        _print_medians(results)
+    return results
+
+
+async def _drain(stack: Stack, prefix: str, number: int, timeout: float = 600.0) -> float:
+    """Seconds until ``number`` snapshots of ambulances ``prefix*`` are stored."""
+    started = time.monotonic()
+    while stack_mod.stored_with_prefix(stack.store_path, prefix, SNAPS) < number:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"snapshots not stored within {timeout}s")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+def _print_medians(results: list[dict[str, Latencies]]) -> None:
+    print(f"tracking publish -> Socket.IO, median of {len(results)} runs:")
+    rows = []
+    for phase in results[0]:
+        figures = []
+        for pct in (50.0, 95.0, 99.0):
+            values = [percentile(run[phase].socketio, pct) * 1000 for run in results]
+            figures.append(f"{median(values):.1f}")
+        lost = median([run[phase].expected - len(run[phase].socketio) for run in results])
+        rows.append([phase, *figures, f"{lost:g}"])
+    print(table(["phase", "p50 ms", "p95 ms", "p99 ms", "missing"], rows))
+
+
+async def _phase(stack: Stack, *, devices: int, rate: float, duration: float) -> Latencies:
+    """One measurement: points at a steady rate, their delays to Socket.IO and MQTT state."""
     prefix = f"LAT-{uuid.uuid4().hex[:6]}-"
     ids = [f"{prefix}{i:03d}" for i in range(devices)]
     seqs = dict.fromkeys(ids, 0)
@@ -146,6 +226,8 @@ async def latency(stack: Stack, *, devices: int, rate: float, duration: float) -
     print(f"publish -> Socket.IO data (room tracking): {summary_ms(lat.socketio)}")
     if missing:
         print(f"  {missing} of {total} points never reached the dashboard within {_GRACE:.0f}s")
+    p95 = percentile(lat.socketio, 95.0) * 1000
+    print(f"  (Socket.IO p95 {p95:.1f} ms)")
     print(f"publish -> MQTT aoc/<id>/state:           {summary_ms(lat.state)}")
     print(f"  ({len(lat.state)} state messages for {total} points: one per ambulance per batch)")
     return lat

@@ -23,6 +23,9 @@ import aiomqtt
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from aoc.config import Settings
+from bridge.validate import Limits
+from broker import conf as broker_conf
 from tests import services
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,14 @@ def running(
         else:
             workdir = keep
             workdir.mkdir(parents=True, exist_ok=True)
-        mosquitto = exits.enter_context(services.mosquitto(workdir / "mosquitto"))
+        # The broker's packet bound follows the snapshot limits, as under `aoc up`.
+        limits = Limits.from_settings(Settings())
+        mosquitto = exits.enter_context(
+            services.mosquitto(
+                workdir / "mosquitto",
+                max_packet_size=broker_conf.packet_bound(limits.max_snap_json_bytes),
+            )
+        )
         redis = exits.enter_context(services.redis(workdir / "redis"))
         app = services.aoc(
             command,
@@ -151,9 +161,9 @@ def stored_points(store: Path, ambulance_id: str | None = None) -> int:
         return 0
 
 
-def stored_with_prefix(store: Path, prefix: str) -> int:
-    """Tracking points stored for ambulances whose id starts with ``prefix``."""
-    sql = f'SELECT count(*) FROM "{TRACKINGS}" WHERE ambulance_id >= ? AND ambulance_id < ?'
+def stored_with_prefix(store: Path, prefix: str, collection: str = TRACKINGS) -> int:
+    """Records (tracking points by default) of ambulances whose id starts with ``prefix``."""
+    sql = f'SELECT count(*) FROM "{collection}" WHERE ambulance_id >= ? AND ambulance_id < ?'
     # Ids are ASCII: every id with the prefix sorts between prefix and prefix + '\x7f'.
     try:
         with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as conn:

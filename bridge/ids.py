@@ -76,6 +76,8 @@ def snap_id(snap: Snap) -> str:
     its id then depends on the image bytes only. A device ts clamped to the
     receipt time is in ``device_ts``, and the id is built from it.
     """
+    if snap.id is not None:  # computed while the bytes were still there
+        return snap.id
     given = snap.device_ts
     if given is None and epoch_ms(snap.ts) != epoch_ms(snap.received_at):
         given = snap.ts

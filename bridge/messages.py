@@ -85,6 +85,11 @@ class Snap:
     device_ts: datetime | None = None  # as in Tracking
     # Form fields / JSON fields other than the images, for the legacy `snap` room.
     body: dict[str, Any] = field(default_factory=dict)
+    # Set once the bridge's snapshot lane stored the images (``Processor.upload``):
+    # their keys in image order, and the snap id, computed before the bytes
+    # were dropped (the images then keep their type and name, not their data).
+    stored: tuple[str, ...] = ()
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

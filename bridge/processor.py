@@ -10,6 +10,7 @@ midway (e.g. the object store is down) can be planned again from scratch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import logging
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aoc.logs import LineBudget
-from bridge import rooms
+from bridge import rooms, snapshots
 from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc, position_from_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
@@ -36,7 +37,7 @@ from bridge.messages import (
     Status,
     Tracking,
 )
-from bridge.snapshots import image_key
+from bridge.snapshots import Digits, image_digest, store_images
 from bridge.speed import THRESHOLDS, Episode, SpeedRules, advance, classify
 from bridge.validate import topic_ambulance_id
 from storage.base import (
@@ -251,9 +252,13 @@ class Processor:
         dead_letter_payload_bytes: int,
         cache_size: int = 100_000,
         dead_letter_log: LineBudget | None = None,
+        key_digits: Digits = snapshots.key_digits,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute)."""
+        """``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute).
+
+        ``key_digits``: the 4-digit draws of image keys (tests force collisions with it).
+        """
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._store = store
@@ -263,6 +268,7 @@ class Processor:
         self._maps_key = maps_key
         self._dl_bytes = dead_letter_payload_bytes
         self._cache_size = cache_size
+        self._key_digits = key_digits  # injectable: tests force key collisions
         self._log = logger or logging.getLogger(__name__)
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
         # without bound; an evicted ambulance is simply reloaded from the store.
@@ -513,23 +519,34 @@ class Processor:
             Publish(f"aoc/{aid}/alert", dumps(record).encode("utf-8"), retain=False, qos=1)
         )
 
+    async def upload(
+        self,
+        item: Snap,
+        *,
+        digests: Sequence[bytes] | None = None,
+        history_id: str | None = None,
+    ) -> Snap:
+        """``item`` with its images stored, their keys and its id set, and its bytes dropped.
+
+        For the bridge's snapshot lane, which runs this beside ``plan``: it
+        touches no state of the processor. ``digests`` (the images' SHA-256)
+        and ``history_id`` (``snap_id``) are computed here unless given.
+        Raises ``StoreUnavailable``.
+        """
+        if digests is None:
+            digests = await asyncio.to_thread(lambda: [image_digest(i.data) for i in item.images])
+        keys = await store_images(self._objects, item, digests=digests, digits=self._key_digits)
+        if history_id is None:
+            history_id = await asyncio.to_thread(snap_id, item)
+        light = tuple(replace(image, data=b"") for image in item.images)
+        return replace(item, images=light, stored=keys, id=history_id)
+
     async def _snap(self, item: Snap, draft: _Draft) -> None:
         aid = item.ambulance_id
         state = draft.states[aid]
         history_id = snap_id(item)
-        images: dict[str, str] = {}
-        for index, image in enumerate(item.images):
-            key = image_key(aid, item.ts, image.data, index=index)
-            salt = index
-            while key in images.values():
-                # Four digits can collide between images of one snap; probe
-                # deterministically so a redelivered snap picks the same keys.
-                salt += len(item.images)
-                key = image_key(aid, item.ts, image.data, index=salt)
-            # The bytes must be durable before any metadata names them: the batch
-            # is acknowledged once the plan's writes are applied.
-            await self._objects.put(key, image.data, image.content_type)
-            images[f"image{index}"] = key
+        keys = item.stored or await store_images(self._objects, item, digits=self._key_digits)
+        images = {f"image{index}": key for index, key in enumerate(keys)}
         draft.count("snap")
         draft.count("image", len(images))
         draft.insert(

@@ -1,18 +1,37 @@
 """The bridge's consume loop: MQTT in, durable store, acknowledgement, fan-out.
 
-For each batch of messages, in this order:
+Two lanes, so that one client's large snapshots never hold back tracking
+points and crash alerts:
 
-1. parse every message (never raises: bad input becomes a dead letter);
-2. plan the batch (object bytes are stored here), retrying while storage is down;
-3. apply the planned writes to the document store, retrying while it is down;
-   then write the batch's dead letters, once and best effort (``bridge.deadletters``):
-   junk never holds good messages, not even on a full disk;
-4. acknowledge the batch to the broker: only now may Mosquitto forget it;
-5. fan out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert`` topics.
+- The **snapshot lane** takes ``aoc/+/snap`` messages. Up to ``snap_workers``
+  of them at once are parsed (JSON, base64) and hashed in worker processes
+  (``bridge.decode``: on a thread they would still hold the GIL), and their
+  images stored in object storage (``Processor.upload``); the snapshot
+  then joins the main lane as a light message: keys and id, no image bytes.
+  The raw payloads it holds, from receipt to acknowledgement, are bounded by
+  ``snap_buffer_bytes``; past it the lane stops taking messages (backpressure:
+  nothing is dropped, the broker keeps the rest).
+- The **main lane** takes everything else, and the snapshots the snapshot lane
+  finished, in batches of at most ``batch_size`` messages and about
+  ``batch_max_bytes`` of payload; it holds at most four batches' worth of
+  payload bytes before it stops reading. For each batch, in this order:
 
-Fan-out is best effort by design: dashboards resync from the read API, and
-the cache is rebuilt from the store. A crash anywhere before step 4 makes the
-broker redeliver the batch, and the store's idempotent ids keep it single.
+  1. parse every message (never raises: bad input becomes a dead letter);
+  2. plan the batch, retrying while storage is down (the processor holds the
+     ambulances' state and plans one batch at a time);
+  3. apply the planned writes to the document store, retrying while it is down;
+     then write the batch's dead letters, once and best effort
+     (``bridge.deadletters``): junk never holds good messages, not even on a
+     full disk;
+  4. acknowledge the batch to the broker: only now may Mosquitto forget it;
+  5. fan out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert`` topics.
+
+Every message is thus acknowledged only once durably stored, snapshots
+included (their image bytes before their records); acknowledgements may go out
+of receipt order, which Mosquitto accepts. Fan-out is best effort by design:
+dashboards resync from the read API, and the cache is rebuilt from the store.
+A crash anywhere before step 4 makes the broker redeliver, and the store's
+idempotent ids (and the images' deterministic keys) keep each message single.
 """
 
 from __future__ import annotations
@@ -23,12 +42,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from aoc import metrics
 from bridge.deadletters import DeadLetters
-from bridge.messages import Parsed, Plan, Rejected
+from bridge.decode import Decoded, DecoderDied, Decoders
+from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
@@ -37,15 +58,19 @@ from storage.cache import StateCache
 
 T = TypeVar("T")
 
-# Payloads above this size are parsed on a worker thread.
-LARGE_PAYLOAD = 256 * 1024
+# What a light (already uploaded) snapshot counts for in a batch's bytes.
+_LIGHT_SNAP_BYTES = 1024
 
-SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
+# The main lane's connection, and the snapshot lane's own: Mosquitto sends
+# each connection its messages in order, so on one connection a tracking point
+# waited behind every byte of the snapshots before it.
+MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("aoc/+/tracking", 1),
     ("aoc/+/crash", 1),
-    ("aoc/+/snap", 1),
     ("aoc/+/status", 1),
 )
+SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (("aoc/+/snap", 1),)
+SUBSCRIPTIONS = MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS
 
 
 class Emitter(Protocol):
@@ -79,6 +104,59 @@ class _Abandoned(Exception):
     """A batch left unacknowledged because the bridge is stopping during an outage."""
 
 
+@dataclass(slots=True)
+class _Item:
+    """A received message on its way through the lanes."""
+
+    message: Message
+    client: MqttClient  # the connection it came on, and must be acknowledged on
+    received_at: datetime
+    parsed: Parsed | None = None  # set by the snapshot lane
+    budget: ByteBudget | None = None  # holds ``held`` bytes until acknowledged
+    held: int = 0
+
+    @property
+    def weight(self) -> int:
+        """What the message counts for in a batch's byte bound."""
+        if isinstance(self.parsed, Snap):
+            return _LIGHT_SNAP_BYTES
+        return len(self.message.payload)
+
+
+class ByteBudget:
+    """A bound on bytes held at once; ``take`` waits until they fit.
+
+    A single message larger than the whole budget still passes, alone, so a
+    budget smaller than the largest accepted payload slows but never blocks.
+    One task takes; any number give back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a byte budget needs a limit of at least 1")
+        self._limit = limit
+        self._used = 0
+        self._freed = asyncio.Event()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    async def take(self, size: int) -> None:
+        while self._used and self._used + size > self._limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self._used += size
+
+    def give(self, size: int) -> None:
+        self._used -= size
+        self._freed.set()
+
+
+def _is_snap(topic: str) -> bool:
+    return topic.rsplit("/", 1)[-1] == "snap"
+
+
 class Bridge:
     """Consumes device messages from MQTT and turns them into stored records and fan-out."""
 
@@ -87,6 +165,7 @@ class Bridge:
         *,
         mqtt: MqttClient,
         publisher: MqttClient,
+        snap_mqtt: MqttClient | None = None,
         processor: Processor,
         store: DocumentStore,
         limits: Limits,
@@ -95,10 +174,15 @@ class Bridge:
         dead_letters: DeadLetters | None = None,
         batch_size: int = 200,
         batch_wait: float = 0.02,
+        batch_max_bytes: int = 1024 * 1024,
+        snap_workers: int = 2,
+        snap_buffer_bytes: int = 160 * 1024 * 1024,
         logger: logging.Logger | None = None,
     ) -> None:
         """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``)."""
         self._mqtt = mqtt
+        # Snapshots' own connection (``SNAP_SUBSCRIPTIONS``); None: all on ``mqtt``.
+        self._snap_mqtt = snap_mqtt
         # Outbound state/alert messages go on a connection of their own: the
         # consumer stops reading its socket while its inbound queue is full (a
         # backlog after a restart), and a PUBACK stuck behind that backlog made
@@ -112,8 +196,15 @@ class Bridge:
         self._dead_letters = dead_letters or DeadLetters(store=store)
         self._batch_size = batch_size
         self._batch_wait = batch_wait
+        self._batch_max_bytes = batch_max_bytes
+        self._snap_workers = snap_workers
         self._log = logger or logging.getLogger(__name__)
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=batch_size * 4)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=batch_size * 4)
+        # Snapshots waiting for a worker; their number is bounded by the budget.
+        self._snaps: asyncio.Queue[_Item] = asyncio.Queue()
+        self._snap_budget = ByteBudget(snap_buffer_bytes)
+        # The main lane's payloads, taken but not yet acknowledged: a few batches.
+        self._main_budget = ByteBudget(batch_max_bytes * 4)
         self._stopping = asyncio.Event()
         # Set when Redis may have lost the cache; ``_heal_cache`` rebuilds it.
         self._cache_stale = asyncio.Event()
@@ -128,17 +219,100 @@ class Bridge:
 
     async def run(self) -> None:
         """Consume until ``stop()``; the lifecycle of the bridge's own tasks."""
-        async with asyncio.TaskGroup() as group:
-            pump = group.create_task(self._pump(), name="bridge-pump")
-            heal = group.create_task(self._heal_cache(), name="bridge-cache-heal")
-            group.create_task(self._consume(pump, heal), name="bridge-consume")
+        async with (
+            Decoders(workers=self._snap_workers, limits=self._limits) as decoders,
+            asyncio.TaskGroup() as group,
+        ):
+            clients = [self._mqtt] if self._snap_mqtt is None else [self._mqtt, self._snap_mqtt]
+            helpers = [
+                *(
+                    group.create_task(self._pump(client), name=f"bridge-pump-{n}")
+                    for n, client in enumerate(clients)
+                ),
+                group.create_task(self._heal_cache(), name="bridge-cache-heal"),
+                *(
+                    group.create_task(self._snap_lane(decoders), name=f"bridge-snap-{n}")
+                    for n in range(self._snap_workers)
+                ),
+            ]
+            group.create_task(self._consume(*helpers), name="bridge-consume")
 
-    async def _pump(self) -> None:
-        # A separate task feeds a bounded queue, so that batching can wait with a
+    async def _pump(self, client: MqttClient) -> None:
+        # A separate task feeds the lanes, so that batching can wait with a
         # timeout without ever cancelling the client's message iterator.
-        async for message in self._mqtt.messages():
-            await self._queue.put(message)
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        async for message in client.messages():
+            item = _Item(message, client, datetime.now(UTC), held=len(message.payload))
+            if _is_snap(message.topic):
+                item.budget = self._snap_budget
+                await item.budget.take(item.held)
+                self._snaps.put_nowait(item)
+            else:
+                # Bounded by bytes too, or oversized payloads (refused by
+                # length, but held until acknowledged) could pile up here.
+                item.budget = self._main_budget
+                await item.budget.take(item.held)
+                await self._queue.put(item)
+            self._observe_depth()
+
+    def _observe_depth(self) -> None:
+        metrics.QUEUE_DEPTH.set(self._queue.qsize() + self._snaps.qsize())
+
+    async def _snap_lane(self, decoders: Decoders) -> None:
+        """Parse a snapshot and store its images, then hand it to the main lane."""
+        while True:
+            item = await self._snaps.get()
+            parsed = await self._decode(item, decoders)
+            if isinstance(parsed, Decoded):
+                try:
+                    item.parsed = await self._upload(item, parsed)
+                except _Abandoned:
+                    return  # stopping during an outage: the broker redelivers it
+            else:
+                item.parsed = parsed
+            await self._queue.put(item)
+
+    async def _decode(self, item: _Item, decoders: Decoders) -> Decoded | Rejected:
+        message = item.message
+        if message.retain:
+            # A replayed retained snapshot: refused by parse before any decoding.
+            parsed = self._parse(message, item.received_at)
+            if isinstance(parsed, Rejected):
+                return parsed
+        for attempt in (1, 2):
+            try:
+                # Not on a thread: decoding 70 MB of JSON and base64 holds the
+                # GIL, which froze the event loop (tracking and crashes) as much.
+                decoded = await decoders.decode(message.topic, message.payload, item.received_at)
+                break
+            except DecoderDied as exc:
+                if attempt == 1:  # killed from outside, maybe: once more, on a new one
+                    self._log.warning("retrying a snapshot on %s: %s", message.topic, exc)
+                    continue
+                # Twice: this payload kills decoders (out of memory?); stop feeding it.
+                self._log.error("snapshot on %s dead-lettered: %s", message.topic, exc)
+                reason = f"processing error: {exc}"
+                return Rejected(message.topic, reason, message.payload, item.received_at)
+        if isinstance(decoded.parsed, Rejected):
+            return decoded.parsed
+        return decoded
+
+    async def _upload(self, item: _Item, decoded: Decoded) -> Parsed:
+        snap = decoded.parsed
+        if not isinstance(snap, Snap):
+            return snap
+        try:
+            return await self._retry(
+                "storage",
+                lambda: self._processor.upload(
+                    snap, digests=decoded.digests, history_id=decoded.snap_id
+                ),
+            )
+        except _Abandoned:
+            raise
+        except Exception as exc:  # a bug, or no free key: dead-letter it, keep going
+            self._log.exception("snapshot on %s dead-lettered", item.message.topic)
+            reason = f"processing error: {exc!r}"
+            return Rejected(item.message.topic, reason, item.message.payload, item.received_at)
 
     async def _consume(self, *helpers: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self._stopping.wait(), name="bridge-stop-wait")
@@ -165,11 +339,13 @@ class Bridge:
             for helper in helpers:
                 helper.cancel()
 
-    async def _fill(self, batch: list[Message]) -> list[Message]:
+    async def _fill(self, batch: list[_Item]) -> list[_Item]:
         deadline = time.monotonic() + self._batch_wait
-        while len(batch) < self._batch_size:
+        size = sum(item.weight for item in batch)
+        while len(batch) < self._batch_size and size < self._batch_max_bytes:
             try:
                 batch.append(self._queue.get_nowait())
+                size += batch[-1].weight
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -181,29 +357,29 @@ class Bridge:
                     batch.append(await self._queue.get())
             except TimeoutError:
                 break
+            size += batch[-1].weight
         return batch
 
-    async def handle(self, batch: Sequence[Message]) -> Plan:
+    async def handle(self, batch: Sequence[_Item]) -> Plan:
         """Store, acknowledge and fan out one batch (steps 1-5 of the module doc)."""
         started = time.monotonic()
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())
-        received_at = datetime.now(UTC)
+        self._observe_depth()
+        # Only small payloads come this way unparsed: tracking, crash and status
+        # payloads over their bound are refused by length before any decoding.
         parsed = [
-            # Base64 and hashing of a multi-megabyte snapshot would stall the
-            # event loop (and, in `aoc serve`, HTTP and Socket.IO with it).
-            await asyncio.to_thread(self._parse, message, received_at)
-            if len(message.payload) > LARGE_PAYLOAD
-            else self._parse(message, received_at)
-            for message in batch
+            item.parsed if item.parsed is not None else self._parse(item.message, item.received_at)
+            for item in batch
         ]
-        plan = await self._retry("storage", lambda: self._plan(batch, parsed, received_at))
+        plan = await self._retry("storage", lambda: self._plan(batch, parsed))
         good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
         await self._retry("store", lambda: self._store.apply(good))
         await self._dead_letters.write([w for w in plan.writes if w.collection == DEAD_LETTERS])
-        for message in batch:
-            self._mqtt.ack(message)
+        for item in batch:
+            item.client.ack(item.message)
+            if item.budget is not None:
+                item.budget.give(item.held)
         metrics.observe_batch(
-            (m.topic for m in batch),
+            (item.message.topic for item in batch),
             parsed,
             plan,
             seconds=time.monotonic() - started,
@@ -224,9 +400,7 @@ class Bridge:
             self._log.exception("parse failed on %s", message.topic)
             return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)
 
-    async def _plan(
-        self, batch: Sequence[Message], parsed: list[Parsed], received_at: datetime
-    ) -> Plan:
+    async def _plan(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
         try:
             return await self._processor.plan(parsed)
         except StoreUnavailable:
@@ -237,7 +411,8 @@ class Bridge:
             # plan them one at a time and dead-letter the culprit.
             self._log.exception("batch plan failed; retrying message by message")
         merged = Plan()
-        for message, item in zip(batch, parsed, strict=True):
+        for entry, item in zip(batch, parsed, strict=True):
+            message = entry.message
             try:
                 single = await self._processor.plan([item])
             except StoreUnavailable:
@@ -250,7 +425,7 @@ class Bridge:
                     "message on %s dead-lettered after a processing error", message.topic
                 )
                 reason = f"processing error: {exc!r}"
-                rejected = Rejected(message.topic, reason, message.payload, received_at)
+                rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
                 single = await self._processor.plan([rejected])
             merged.writes.extend(single.writes)
             merged.states.update(single.states)

@@ -19,9 +19,11 @@ still does the short HTTP upgrade synchronously (bounded by ``connect_timeout``)
 Semantics the callers rely on:
 
 - ``messages()`` yields in broker order. The queue stops *reading the socket*
-  when ``queue_size`` messages wait (TCP backpressure up to the broker, whose
-  in-flight window then also fills) instead of dropping: a slow consumer never
-  loses a message. The bound is soft: one socket read may go past it, and until
+  when ``queue_size`` messages, or ``queue_bytes`` of payload, wait (TCP
+  backpressure up to the broker, whose in-flight window then also fills)
+  instead of dropping: a slow consumer never loses a message. The bounds are
+  soft: one packet may go past them (so a payload larger than ``queue_bytes``
+  still gets through, alone), and until
   a (re)connection's SUBACK has arrived reading never pauses, so the broker's
   in-flight window (``max_inflight_messages``) may come on top once.
 - ``ack(message)`` acknowledges only a message received on the *current*
@@ -36,7 +38,8 @@ Semantics the callers rely on:
   drops first; unacknowledged publishes are then dropped, never silently resent,
   so the caller alone decides whether to retry.
 - Connections are re-established forever with jittered, capped exponential
-  backoff; subscriptions are renewed on each connection.
+  backoff; subscriptions are renewed on each connection (and ``unsubscriptions``
+  dropped from the session, for filters an older version subscribed).
 """
 
 from __future__ import annotations
@@ -117,8 +120,10 @@ class MqttClient:
         keepalive: int = 30,
         manual_ack: bool = True,
         subscriptions: Sequence[tuple[str, int]] = (),
+        unsubscriptions: Sequence[str] = (),
         will: tuple[str, bytes, int, bool] | None = None,  # topic, payload, qos, retain
         queue_size: int = 10000,
+        queue_bytes: int = 16 * 1024 * 1024,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
         transport: Literal["tcp", "websockets"] = "tcp",
@@ -127,6 +132,8 @@ class MqttClient:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be at least 1, not {queue_bytes}")
         if not 0 < reconnect_min <= reconnect_max:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
         self._host = host
@@ -135,7 +142,10 @@ class MqttClient:
         self._keepalive = keepalive
         self._manual_ack = manual_ack
         self._subscriptions = list(subscriptions)
+        # Filters a persistent session may still hold from an older version.
+        self._unsubscriptions = list(unsubscriptions)
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._connect_timeout = connect_timeout
@@ -157,6 +167,7 @@ class MqttClient:
         self._handshake: asyncio.Future[None] | None = None
         self._subscribe_mid: int | None = None
         self._queue: collections.deque[Message] = collections.deque()
+        self._queued_bytes = 0  # payload bytes in ``_queue``
         self._unacked: dict[int, Message] = {}  # mid -> message, current connection only
         self._pending: dict[int, asyncio.Future[None]] = {}  # mid -> publish() waiting
         self._paused = False
@@ -298,6 +309,7 @@ class MqttClient:
         while True:
             if self._queue:
                 message = self._queue.popleft()
+                self._queued_bytes -= len(message.payload)
                 self._resume_reading()
                 yield message
             elif self._closed:
@@ -490,7 +502,9 @@ class MqttClient:
 
     def _queue_full(self) -> bool:
         # Until the session is up, CONNACK and SUBACK must get through.
-        return self._connected.is_set() and len(self._queue) >= self._queue_size
+        return self._connected.is_set() and (
+            len(self._queue) >= self._queue_size or self._queued_bytes >= self._queue_bytes
+        )
 
     def _resume_reading(self) -> None:
         if self._paused and self._sock is not None and not self._queue_full():
@@ -514,6 +528,8 @@ class MqttClient:
             "MQTT connected to %s:%d as %s (session present: %s)",
             self._host, self._port, self._client_id, flags.session_present,
         )
+        if self._unsubscriptions:
+            self._paho.unsubscribe(self._unsubscriptions)  # what arrives meanwhile is acked too
         if not self._subscriptions:
             self._settle_handshake(None)
             return
@@ -563,6 +579,7 @@ class MqttClient:
         if self._manual_ack and message.qos > 0:
             self._unacked[message.mid] = message
         self._queue.append(message)
+        self._queued_bytes += len(message.payload)
         self._progress += 1
         self._has_messages.set()
 

@@ -13,6 +13,15 @@ from pathlib import Path
 
 PROJECT_CONF = Path(__file__).resolve().parent.parent / "mosquitto.conf"
 
+# A PUBLISH packet's bytes besides its payload: fixed header, topic (at most
+# ``aoc/<64-character id>/tracking``), packet id; generously rounded up.
+PACKET_OVERHEAD = 1024
+
+
+def packet_bound(max_payload: int) -> int:
+    """The ``max_packet_size`` that admits payloads of up to ``max_payload`` bytes."""
+    return max_payload + PACKET_OVERHEAD
+
 
 def render(
     *,
@@ -21,8 +30,12 @@ def render(
     data_dir: Path,
     source: Path = PROJECT_CONF,
     extra: str = "",
+    max_packet_size: int | None = None,
 ) -> str:
     """The text of ``source`` with listener ports, persistence path and user replaced.
+
+    ``max_packet_size``, when given, replaces the file's (``packet_bound`` of
+    the largest payload the settings accept: a maximum-size JSON snapshot).
 
     ``data_dir`` receives Mosquitto's persistence file. The broker runs as the
     current user, so it can read and write the files that user prepared
@@ -37,14 +50,32 @@ def render(
     text = re.sub(r"^listener \d+", listener, text, count=2, flags=re.MULTILINE)
     location = f"persistence_location {data_dir.resolve()}/"
     text = re.sub(r"^persistence_location .*$", location, text, flags=re.MULTILINE)
+    if max_packet_size is not None:
+        bound = f"max_packet_size {max_packet_size}"
+        text, found = re.subn(r"^max_packet_size .*$", bound, text, flags=re.MULTILINE)
+        if not found:
+            text += f"\n{bound}\n"
     text += f"\n# Added by broker.conf.render\nuser {getpass.getuser()}\n{extra}\n"
     return text
 
 
 def write(
-    path: Path, *, mqtt_port: int, ws_port: int, data_dir: Path, extra: str = ""
+    path: Path,
+    *,
+    mqtt_port: int,
+    ws_port: int,
+    data_dir: Path,
+    extra: str = "",
+    max_packet_size: int | None = None,
 ) -> Path:
     """Render the configuration into ``path`` and create ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(mqtt_port=mqtt_port, ws_port=ws_port, data_dir=data_dir, extra=extra))
+    text = render(
+        mqtt_port=mqtt_port,
+        ws_port=ws_port,
+        data_dir=data_dir,
+        extra=extra,
+        max_packet_size=max_packet_size,
+    )
+    path.write_text(text)
     return path

@@ -180,6 +180,21 @@ class ObjectStore(abc.ABC):
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` under ``key`` durably (overwrite is allowed and idempotent)."""
 
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """Store ``data`` under ``key`` unless ``key`` already holds other bytes.
+
+        True when ``key`` now holds exactly ``data`` (stored now, or already
+        there: a redelivery); False when it holds different bytes, which are
+        left untouched. Backends override this with a conditional write; this
+        fallback checks then puts, which two concurrent writers could race.
+        """
+        try:
+            return await self.get(key) == data
+        except KeyError:
+            pass
+        await self.put(key, data, content_type)
+        return True
+
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``; ``KeyError`` if absent."""

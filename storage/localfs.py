@@ -68,20 +68,54 @@ class LocalObjectStore(ObjectStore):
         except OSError as exc:
             raise StoreUnavailable(f"cannot store {key}: {exc}") from exc
 
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """Create ``key`` atomically unless it exists; False if it holds other bytes."""
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(self._write_new, path, bytes(data))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot store {key}: {exc}") from exc
+
     def _write(self, path: Path, data: bytes) -> None:
         self._make_dirs(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = self._temporary(path, data)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
+
+    def _write_new(self, path: Path, data: bytes) -> bool:
+        self._make_dirs(path.parent)
+        tmp = self._temporary(path, data)
+        try:
+            # link() fails when the name exists, where rename() would replace it:
+            # a create-if-absent that two writers cannot race.
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes() == data
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        _fsync_dir(path.parent)
+        return True
+
+    @staticmethod
+    def _temporary(path: Path, data: bytes) -> str:
+        """A durable temporary file holding ``data`` next to ``path``."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
 
     def _make_dirs(self, directory: Path) -> None:
         """Create ``directory`` and its missing parents, each made durable in its parent."""

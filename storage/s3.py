@@ -141,6 +141,35 @@ class S3ObjectStore(ObjectStore):
             # send the image to the spool instead of losing the snapshot.
             raise StoreUnavailable(f"S3 put {key}: {exc}") from exc
 
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """A conditional put (``If-None-Match: *``); on 412, compare the stored bytes.
+
+        AWS S3, MinIO and SeaweedFS (4.x, tested) refuse the put with 412 when
+        the key exists; a server that ignored the header would overwrite.
+        """
+        validate_key(key)
+        body = bytes(data)
+        try:
+            await self._run(
+                f"put {key}",
+                lambda: self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                ),
+            )
+        except ClientError as exc:
+            if _status(exc) == 412 or _code(exc) == "PreconditionFailed":
+                try:
+                    return await self.get(key) == body
+                except KeyError:  # deleted meanwhile: the key is free again
+                    return await self.put_new(key, data, content_type)
+            # As in put: an outage for the caller (retry or spool), not a lost snapshot.
+            raise StoreUnavailable(f"S3 put {key}: {exc}") from exc
+        return True
+
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``; ``KeyError`` if absent."""
         validate_key(key)

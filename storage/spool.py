@@ -181,6 +181,33 @@ class SpoolingObjectStore(ObjectStore):
                 self._note_outage(exc)
         await self._spool(key, bytes(data), content_type)
 
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """As ``put``, unless ``key`` holds other bytes in the spool or in ``inner``.
+
+        While ``inner`` cannot be read, only the spool is checked: an object
+        stored in ``inner`` before the outage under the very same key (same
+        ambulance, same second, same 4 digits) could then be overwritten.
+        """
+        validate_key(key)
+        spooled = self._by_key.get(key)
+        if spooled is not None:
+            with contextlib.suppress(KeyError):  # else uploaded meanwhile: ask inner
+                return _split(await self._disk.get(spooled.name))[1] == data
+        if self.degraded is None:
+            try:
+                return await self._inner.put_new(key, data, content_type)
+            except StoreUnavailable as exc:
+                self._note_outage(exc)
+        else:
+            try:
+                return await self._inner.get(key) == data
+            except KeyError:
+                pass
+            except StoreUnavailable:
+                pass  # cannot check: see the docstring
+        await self._spool(key, bytes(data), content_type)
+        return True
+
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``, from the spool if it is there, else from ``inner``."""
         validate_key(key)

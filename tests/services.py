@@ -125,7 +125,12 @@ def _require(binary: str) -> str:
 
 
 def mosquitto(
-    workdir: Path, *, port: int | None = None, ws_port: int | None = None, extra: str = ""
+    workdir: Path,
+    *,
+    port: int | None = None,
+    ws_port: int | None = None,
+    extra: str = "",
+    max_packet_size: int | None = None,
 ) -> Service:
     """Mosquitto with the project's ``mosquitto.conf``, ports and paths substituted."""
     port = port or free_port()
@@ -137,6 +142,7 @@ def mosquitto(
         ws_port=ws_port,
         data_dir=workdir / "data",
         extra=extra,
+        max_packet_size=max_packet_size,
     )
     service = Service("mosquitto", [_require("mosquitto"), "-c", str(conf)], port, workdir)
     service.extra_ports = (ws_port,)

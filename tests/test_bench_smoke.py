@@ -6,6 +6,7 @@ Only that it runs and reports: no figure is compared with a threshold here
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench(*args: str) -> str:
+def _bench(*args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
@@ -26,6 +27,7 @@ def _bench(*args: str) -> str:
         text=True,
         timeout=150,
         check=False,
+        env=None if env is None else os.environ | env,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
@@ -49,6 +51,38 @@ def test_latency_prints_percentiles_for_socketio_and_state() -> None:
     assert socketio is not None and int(socketio.group(1)) == 40, out
     assert state is not None and int(state.group(1)) > 0, out
     assert "p99" in out and "max" in out, out
+
+
+# Small snapshots: the harness is under test here, not the machine.
+SMALL_SNAPS = {"AOC_MAX_IMAGE_BYTES": "50000", "AOC_MAX_UPLOAD_FILES": "2"}
+
+
+def test_latency_under_snapshot_load_prints_idle_and_loaded_medians() -> None:
+    """Test that snapshots from publisher processes flow and both phases get medians."""
+    out = _bench(
+        "latency", "--devices", "2", "--rate", "20", "--duration", "2", "--runs", "2",
+        "--snap-publishers", "1", "--snap-interval", "0.2",
+        env=SMALL_SNAPS,
+    )  # fmt: skip
+    assert "under load: 1 processes sending snapshots of 2 x 50000 bytes" in out, out
+    assert re.search(r"all \d+ snapshots stored", out), out
+    assert re.search(r"^idle\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+0$", out, re.MULTILINE), out
+    assert re.search(r"^snapshots\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+0$", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra", "stored"),
+    [
+        ("tracking", ["--count", "3", "--size", "100000"], "all 3 dead_letters stored"),
+        ("snapshots", ["--count", "2"], "all 2 ambulance_image_histories stored"),
+    ],
+)
+def test_flood_prints_peak_memory(scenario: str, extra: list[str], stored: str) -> None:
+    """Test that a flood is dealt with and the peak RSS of broker and bridge printed."""
+    out = _bench("flood", scenario, *extra, env=SMALL_SNAPS)
+    assert stored in out, out
+    for process in ("mosquitto", "aoc-serve"):
+        assert re.search(rf"^{process}\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE), out
 
 
 def test_soak_samples_memory_of_every_process_and_prints_a_verdict() -> None:

@@ -18,9 +18,9 @@ import pytest
 from bridge.crash import static_map_url
 from bridge.geo import haversine_m
 from bridge.ids import epoch_ms
-from bridge.messages import Parsed, Plan, Position
+from bridge.messages import Parsed, Plan, Position, Snap
 from bridge.processor import Processor
-from bridge.snapshots import image_key
+from bridge.snapshots import KeysExhausted, image_key, store_images
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
 from storage.base import (
@@ -748,3 +748,67 @@ async def test_an_ambulance_id_naming_a_room_reaches_no_room(
     [letter] = await stored(store, DEAD_LETTERS)
     assert "is reserved" in letter["reason"]
     assert letter["ambulance_id"] is None
+
+
+def forced_digits(digest: bytes, draw: int) -> int:
+    """Every image's first draw is 0042, its second 0043...: collisions on demand."""
+    return 42 + draw
+
+
+def same_second_snap(image: bytes, millisecond: int) -> Parsed:
+    """A JSON snap of ``image`` taken in the same second as every other one."""
+    taken = int((RECEIVED + timedelta(seconds=9)).timestamp() * 1000) + millisecond
+    encoded = [{"name": "a.png", "data": base64.b64encode(image).decode()}]
+    return message("snap", {"images": encoded, "ts": taken})
+
+
+@pytest.mark.parametrize("lane", [False, True], ids=["plan", "upload-then-plan"])
+async def test_a_forced_key_collision_never_overwrites_an_image(
+    store: SQLiteDocumentStore, objects: LocalObjectStore, lane: bool
+) -> None:
+    """Test that two snaps drawing the same key keep both images, and a redelivery its key."""
+    proc = processor(store, objects, key_digits=forced_digits)
+    first, second = png(rgb=(1, 2, 3)), png(rgb=(4, 5, 6))
+    snaps = [same_second_snap(first, 100), same_second_snap(second, 200)]
+
+    async def one(item: Parsed) -> Plan:
+        if lane:
+            assert isinstance(item, Snap)
+            item = await proc.upload(item)
+        return await run(proc, store, [item])
+
+    for item in snaps:
+        await one(item)
+    histories = {
+        h["createdAt"].microsecond // 1000: h for h in await stored(store, IMAGE_HISTORIES)
+    }
+    key1, key2 = histories[100]["images"]["image0"], histories[200]["images"]["image0"]
+    assert key1 != key2
+    assert await objects.get(key1) == first
+    assert await objects.get(key2) == second
+    # A redelivery of the second, after a restart, walks the same draws to the same key.
+    again = processor(store, objects, key_digits=forced_digits)
+    assert isinstance(snaps[1], Snap)
+    assert await store_images(objects, snaps[1], digits=again._key_digits) == (key2,)
+    assert (await again.plan([snaps[1]])).counts == {"duplicate": 1}
+    assert await objects.get(key1) == first
+
+
+async def test_draws_are_exhausted_with_a_clear_error(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a digits function that can only collide ends in KeysExhausted, not a loop."""
+    taken = _snap(same_second_snap(png(rgb=(7, 7, 7)), 1))
+    await store_images(objects, taken, digits=forced_digits)
+    stuck = _snap(same_second_snap(png(rgb=(8, 8, 8)), 2))
+    with pytest.raises(KeysExhausted):
+        await store_images(objects, stuck, digits=lambda digest, draw: 42)
+    # With draws that move on, the second image finds the next free key.
+    assert await store_images(objects, stuck, digits=forced_digits) == (
+        image_key(AID, stuck.ts, stuck.images[0].data, index=1, digits=forced_digits),
+    )
+
+
+def _snap(item: Parsed) -> Snap:
+    assert isinstance(item, Snap)
+    return item

@@ -404,3 +404,25 @@ async def test_messages_iterator_ends_when_the_client_closes(
     assert await asyncio.wait_for(consumer, 2) == []
     with pytest.raises(MqttError):
         await mqtt.publish(f"{prefix}/x", b"closed")
+
+
+async def test_queue_is_bounded_by_bytes_too(mosquitto: services.Service, prefix: str) -> None:
+    """Test that payload bytes waiting pause reading like a count does, and nothing is lost."""
+    count, topic, size = 60, f"{prefix}/bytes", 10_000
+    payloads = [b"%04d" % n + bytes(size - 4) for n in range(count)]
+    async with client(mosquitto, f"{prefix}-sub", topic, queue_bytes=3 * size) as sub:
+        await publish_all(mosquitto, topic, payloads)
+        received: list[int] = []
+        most = 0
+        async with asyncio.timeout(20):
+            async for message in sub.messages():
+                most = max(most, sum(len(m.payload) for m in sub._queue) + size)
+                received.append(int(message.payload[:4]))
+                sub.ack(message)
+                if len(received) % 10 == 0:
+                    await asyncio.sleep(0.05)  # a slow store
+                if len(received) == count:
+                    break
+    assert received == list(range(count))
+    # The bound, plus the one packet that may arrive past it.
+    assert most <= 4 * size

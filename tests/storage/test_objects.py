@@ -190,3 +190,24 @@ async def test_s3_unreachable_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await store.get(image_key("332"))
     await store.close()
+
+
+async def test_put_new_never_overwrites_other_bytes(
+    object_store: ObjectStore, ambulance_id: str
+) -> None:
+    """Test that put_new stores a free key, accepts the same bytes again, refuses others."""
+    key = image_key(ambulance_id)
+    other = b"\x89PNG\r\n\x1a\nsecond snap, same key"
+    assert await object_store.put_new(key, JPEG, "image/jpeg")
+    assert await object_store.put_new(key, JPEG, "image/jpeg")  # a redelivery
+    assert not await object_store.put_new(key, other, "image/png")
+    assert await object_store.get(key) == JPEG
+
+
+async def test_put_new_races_leave_one_winner(object_store: ObjectStore, ambulance_id: str) -> None:
+    """Test that of concurrent put_new calls with different bytes exactly one wins the key."""
+    key = image_key(ambulance_id)
+    blobs = [JPEG + bytes([n]) for n in range(8)]
+    won = await asyncio.gather(*(object_store.put_new(key, b, "image/jpeg") for b in blobs))
+    assert sum(won) == 1
+    assert await object_store.get(key) == blobs[won.index(True)]

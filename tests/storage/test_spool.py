@@ -409,3 +409,25 @@ async def test_the_bridge_acknowledges_snaps_while_object_storage_is_down(
     log = service.log_path.read_text()
     assert log.count("object store unavailable at start-up, spooling") == 1
     assert log.count("object store back: uploaded 1 spooled objects") == 1
+
+
+async def test_put_new_sees_spooled_and_stored_objects(
+    spooled: SpoolingObjectStore, root: Path, ambulance_id: str
+) -> None:
+    """Test that put_new refuses other bytes under a key held in the spool or in the store."""
+    stored, spooled_key = key(ambulance_id, 1), key(ambulance_id, 2)
+    assert await spooled.put_new(stored, JPEG, "image/jpeg")
+    outage = Outage(root)
+    outage.start()
+    assert await spooled.put_new(spooled_key, JPEG, "image/jpeg")
+    assert spooled.pending == 1
+    assert not await spooled.put_new(spooled_key, PNG, "image/png")
+    assert await spooled.put_new(spooled_key, JPEG, "image/jpeg")  # a redelivery
+    assert spooled.pending == 1
+    outage.end()
+    await LocalObjectStore(root).put(stored, JPEG, "image/jpeg")  # creates the root again
+    # The store answers reads again while the spool still drains: both are checked.
+    assert not await spooled.put_new(stored, PNG, "image/png")
+    await wait_for(lambda: spooled.pending == 0)
+    assert not await spooled.put_new(spooled_key, PNG, "image/png")
+    assert await spooled.get(spooled_key) == JPEG
