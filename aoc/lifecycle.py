@@ -20,6 +20,7 @@ import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import socketio
 from fastapi import FastAPI
@@ -192,27 +193,35 @@ def _bridge(
     )
 
 
-def _http_server(app: FastAPI, settings: Settings) -> EmbeddedServer:
+def _server(app: Any, settings: Settings, *, port: int, max_connections: int) -> EmbeddedServer:
+    """A server of ``app`` on ``port`` with the HTTP bounds of ``settings``.
+
+    Every port gets the header and body timeouts (Socket.IO's long-polling
+    POSTs have bodies too); WebSocket connections are not timed, only counted,
+    since each dashboard holds one for hours.
+    """
     return server(
         app,
         host=settings.bind_host,
-        port=settings.http_port,
-        max_connections=settings.http_max_connections,
+        port=port,
+        max_connections=max_connections,
         body_timeout=settings.http_body_timeout,
         header_timeout=settings.http_header_timeout,
     )
 
 
+def _http_server(app: FastAPI, settings: Settings) -> EmbeddedServer:
+    return _server(
+        app, settings, port=settings.http_port, max_connections=settings.http_max_connections
+    )
+
+
 def _socketio_server(app: socketio.ASGIApp, settings: Settings) -> EmbeddedServer:
-    # Long-polling POSTs have bodies too; WebSocket connections are not timed,
-    # only counted (each dashboard holds one for hours).
-    return server(
+    return _server(
         app,
-        host=settings.bind_host,
+        settings,
         port=settings.socketio_port,
         max_connections=settings.socketio_max_connections,
-        body_timeout=settings.http_body_timeout,
-        header_timeout=settings.http_header_timeout,
     )
 
 
@@ -330,13 +339,11 @@ async def run_bridge(settings: Settings) -> None:
                 snap_mqtt=snap_consumer,
             )
         )
-        http = server(
+        http = _server(
             probes,
-            host=settings.bind_host,
+            settings,
             port=settings.bridge_http_port,
             max_connections=settings.http_max_connections,
-            body_timeout=settings.http_body_timeout,
-        header_timeout=settings.http_header_timeout,
         )
         await _run_until_stopped(stop, servers=[http], bridge=bridge)
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from storage.base import AMBULANCES, CRASHES, DEAD_LETTERS, TRACKINGS
+from storage.base import AMBULANCES, CRASHES, DEAD_LETTERS, IMAGE_HISTORIES, TRACKINGS
 from tests import services
 from tests.e2e.conftest import Stack, eventually
 from tests.e2e.test_pipeline import find
+from tests.images import TINY_JPEG
 
 pytestmark = pytest.mark.e2e
 
@@ -44,14 +45,14 @@ async def cleared(own_stack: Stack) -> AsyncIterator[None]:
     """Clear the retained messages afterwards: the broker is shared by the whole session."""
     yield
     async with own_stack.mqtt() as device:
-        for kind in ("crash", "tracking"):
+        for kind in ("crash", "tracking", "snap"):
             await device.publish(f"aoc/{AID}/{kind}", b"", qos=1, retain=True)
 
 
 async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
     own_stack: Stack, cleared: None
 ) -> None:
-    """Test that after a bridge restart, retained crash/tracking are dead letters, not data."""
+    """Test that after a bridge restart, retained crash/tracking/snap are dead letters, not data."""
     stack = own_stack
     async with stack.mqtt() as device, stack.mqtt() as watcher:
         await watcher.subscribe(f"aoc/{AID}/alert", qos=1)
@@ -59,13 +60,15 @@ async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
         await device.publish(f"aoc/{AID}/crash", json.dumps(crash).encode(), qos=1, retain=True)
         stale = {"lat": 1.0, "lon": 1.0, "speed": 10}
         await device.publish(f"aoc/{AID}/tracking", json.dumps(stale).encode(), qos=1, retain=True)
+        await device.publish(f"aoc/{AID}/snap", TINY_JPEG, qos=1, retain=True)
         async with asyncio.timeout(10):
             await anext(watcher.messages)  # the live crash: one alert
         fresh = {"lat": 13.76, "lon": 100.51, "speed": 30, "ts": int(time.time() * 1000)}
         await device.publish(f"aoc/{AID}/tracking", json.dumps(fresh).encode(), qos=1)
 
         async def stored_all() -> bool:
-            return len(await find(stack, TRACKINGS, AID)) == 2
+            snaps = await find(stack, IMAGE_HISTORIES, AID)
+            return len(await find(stack, TRACKINGS, AID)) == 2 and len(snaps) == 1
 
         await eventually(stored_all)
         for _ in range(2):
@@ -75,14 +78,16 @@ async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
             async with asyncio.timeout(1.0):
                 await anext(watcher.messages)
 
-    async def both_dead_lettered() -> list[dict[str, object]] | None:
+    async def all_dead_lettered() -> list[dict[str, object]] | None:
         letters = [d for d in await find(stack, DEAD_LETTERS, None) if d["ambulance_id"] == AID]
-        return letters if len(letters) == 2 else None
+        return letters if len(letters) == 3 else None
 
-    letters: list[dict[str, object]] = await eventually(both_dead_lettered)  # type: ignore[assignment]
-    assert {d["topic"] for d in letters} == {f"aoc/{AID}/crash", f"aoc/{AID}/tracking"}
+    letters: list[dict[str, object]] = await eventually(all_dead_lettered)  # type: ignore[assignment]
+    kinds = ("crash", "tracking", "snap")
+    assert {d["topic"] for d in letters} == {f"aoc/{AID}/{kind}" for kind in kinds}
     assert all(str(d["reason"]).startswith("retain: ") for d in letters)
     assert len(await find(stack, CRASHES, AID)) == 1
     assert len(await find(stack, TRACKINGS, AID)) == 2
+    assert len(await find(stack, IMAGE_HISTORIES, AID)) == 1
     [state] = [d for d in await find(stack, AMBULANCES, None) if d["_id"] == AID]
     assert state["location"] == {"lat": 13.76, "lon": 100.51}
