@@ -757,7 +757,7 @@ def forced_digits(digest: bytes, draw: int) -> int:
 
 def same_second_snap(image: bytes, millisecond: int) -> Parsed:
     """A JSON snap of ``image`` taken in the same second as every other one."""
-    taken = int((RECEIVED + timedelta(seconds=9)).timestamp() * 1000) + millisecond
+    taken = int((RECEIVED - timedelta(seconds=9)).timestamp() * 1000) + millisecond
     encoded = [{"name": "a.png", "data": base64.b64encode(image).decode()}]
     return message("snap", {"images": encoded, "ts": taken})
 

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 
@@ -49,11 +50,19 @@ async def test_tracking_reaches_every_consumer(
         await device.publish(f"aoc/{ambulance_id}/tracking", point(0, 45.5, t0=t0), qos=1)
     data = await dashboard.wait_for(lambda d: ambulance_id in d)
     # A dashboard that subscribes afterwards still gets the state: it is retained.
-    async with stack.mqtt() as watcher:
-        await watcher.subscribe(f"aoc/{ambulance_id}/state", qos=1)
-        async with asyncio.timeout(10):
-            state_message = await anext(watcher.messages)
-    assert state_message.retain
+    # (Socket.IO is fanned out before MQTT, so the state may land a moment later:
+    # a subscriber that came first would get it live, without the retain flag.)
+    async def retained_state() -> aiomqtt.Message | None:
+        async with stack.mqtt() as watcher:
+            await watcher.subscribe(f"aoc/{ambulance_id}/state", qos=1)
+            try:
+                async with asyncio.timeout(2):
+                    message = await anext(watcher.messages)
+            except TimeoutError:
+                return None
+        return message if message.retain else None
+
+    state_message: aiomqtt.Message = await eventually(retained_state)  # type: ignore[assignment]
     state = json.loads(state_message.payload)
     assert state["ambulance_id"] == ambulance_id
     assert state["state"] == "GREEN"
