@@ -65,6 +65,7 @@ __all__ = ["Message", "MqttClient", "MqttError"]
 _TICK = 1.0  # how often loop_misc() runs: paho's own loops tick once a second
 _CLOSE_TIMEOUT = 2.0  # how long a clean DISCONNECT may take before the socket is just closed
 _READ_BATCH = 100  # packets read per readiness event before yielding to other tasks
+_RECV_CHUNK = 256 * 1024  # bytes asked of one recv(): a socket rarely holds more
 # No cap on in-flight publishes (paho's default is 20): every publish() caller is
 # already waiting for its PUBACK, and paho rescans its whole queue on each PUBACK
 # when a cap is set, which made a 20,000-message burst 3x slower.
@@ -97,6 +98,11 @@ class _Paho(paho.Client):
         if sock is None:  # paho would connect with a blocking call on the event loop
             raise ConnectionError("no connected socket was handed to paho")
         return sock
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho asks for the whole rest of a packet at once: for a 70 MB snapshot
+        # each recv() allocated (and released) a 70 MB buffer on the event loop.
+        return super()._sock_recv(min(bufsize, _RECV_CHUNK))
 
 
 def _backoff(attempt: int, low: float, high: float) -> float:
