@@ -32,7 +32,7 @@ from bridge.messages import Parsed, Rejected, Snap
 from bridge.snapshots import image_digest
 from bridge.validate import Limits, parse
 
-__all__ = ["Decoded", "DecoderDied", "Decoders", "decode", "serve_stdio"]
+__all__ = ["Decoded", "DecoderDied", "Decoders", "NoDecoder", "decode", "serve_stdio"]
 
 _FRAME = struct.Struct(">Q")
 _SLICE = 1 << 20  # bytes written to a decoder's pipe at a time
@@ -49,6 +49,10 @@ class Decoded:
 
 class DecoderDied(Exception):
     """The worker process decoding a message exited before answering."""
+
+
+class NoDecoder(DecoderDied):
+    """No decoder process could be started: the message is not to blame."""
 
 
 def decode(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Decoded:
@@ -81,7 +85,7 @@ class _Worker:
                     replace(image, data=await self._receive()) for image in result.parsed.images
                 ]
                 result = replace(result, parsed=replace(result.parsed, images=tuple(images)))
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
             raise DecoderDied(f"decoder process {self.proc.pid} died: {exc!r}") from exc
         return result
 
@@ -137,22 +141,46 @@ class Decoders:
         await asyncio.gather(*(worker.close() for worker in workers))
 
     async def _start(self) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from bridge.decode import serve_stdio; serve_stdio()",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=1 << 24,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "from bridge.decode import serve_stdio; serve_stdio()",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 24,
+                # Its own session: a Ctrl-C or SIGTERM sent to the bridge's
+                # process group must not kill the decoder of a snapshot that the
+                # stopping bridge still finishes. It exits at the end of its input.
+                start_new_session=True,
+            )
+        except OSError as exc:  # out of processes or memory: the caller retries
+            raise NoDecoder(f"could not start a decoder process: {exc}") from exc
         worker = _Worker(proc)
         self._all.add(worker)
         return worker
 
+    async def _healthy(self) -> _Worker:
+        """An idle worker that is still running (one that died while idle is replaced)."""
+        worker = await self._idle.get()
+        if worker.proc.returncode is None:
+            return worker
+        self._log.warning(
+            "decoder process %d exited (%s) while idle; starting another",
+            worker.proc.pid,
+            worker.proc.returncode,
+        )
+        self._all.discard(worker)
+        try:
+            return await self._start()
+        except NoDecoder:
+            self._idle.put_nowait(worker)  # keep the slot: the next call tries again
+            raise
+
     async def decode(self, topic: str, payload: bytes, received_at: datetime) -> Decoded:
         """``decode`` in a worker process; ``DecoderDied`` if it died meanwhile."""
         request = pickle.dumps((topic, received_at, self._limits))
-        worker = await self._idle.get()
+        worker = await self._healthy()
         try:
             result = await worker.call(request, payload)
         except BaseException as exc:
@@ -162,7 +190,8 @@ class Decoders:
                 worker.proc.kill()
             await worker.proc.wait()
             if not isinstance(exc, asyncio.CancelledError):  # cancelled: stopping
-                self._idle.put_nowait(await self._start())
+                # Its replacement starts on the next call (``_healthy``).
+                self._idle.put_nowait(worker)
             raise
         self._idle.put_nowait(worker)
         if isinstance(result.parsed, Rejected):
@@ -192,4 +221,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def serve_stdio() -> None:
     """A decoder process's entry point (imported, so answers pickle as ``bridge.decode``)."""
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # Buffered whatever PYTHONUNBUFFERED says: an unbuffered (raw) stdout may
+    # write a frame only in part, which would break the framing.
+    with open(sys.stdout.fileno(), "wb", closefd=False) as stdout:
+        _serve(sys.stdin.buffer, stdout)

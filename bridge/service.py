@@ -48,9 +48,10 @@ from typing import Protocol, TypeVar
 
 from aoc import metrics
 from bridge.deadletters import DeadLetters
-from bridge.decode import Decoded, DecoderDied, Decoders
+from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
+from bridge.snapshots import KeysExhausted
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
 from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, Query, StoreUnavailable
@@ -261,14 +262,20 @@ class Bridge:
         """Parse a snapshot and store its images, then hand it to the main lane."""
         while True:
             item = await self._snaps.get()
-            parsed = await self._decode(item, decoders)
-            if isinstance(parsed, Decoded):
-                try:
+            try:
+                parsed = await self._decode(item, decoders)
+                if isinstance(parsed, Decoded):
                     item.parsed = await self._upload(item, parsed)
-                except _Abandoned:
-                    return  # stopping during an outage: the broker redelivers it
-            else:
-                item.parsed = parsed
+                else:
+                    item.parsed = parsed
+            except _Abandoned:
+                return  # stopping during an outage: the broker redelivers it
+            except Exception as exc:  # a bug must not stop the lane (nor the bridge)
+                self._log.exception("snapshot on %s dead-lettered", item.message.topic)
+                reason = f"processing error: {exc!r}"
+                item.parsed = Rejected(
+                    item.message.topic, reason, item.message.payload, item.received_at
+                )
             await self._queue.put(item)
 
     async def _decode(self, item: _Item, decoders: Decoders) -> Decoded | Rejected:
@@ -278,14 +285,21 @@ class Bridge:
             parsed = self._parse(message, item.received_at)
             if isinstance(parsed, Rejected):
                 return parsed
-        for attempt in (1, 2):
+        deaths = 0
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
             try:
                 # Not on a thread: decoding 70 MB of JSON and base64 holds the
                 # GIL, which froze the event loop (tracking and crashes) as much.
                 decoded = await decoders.decode(message.topic, message.payload, item.received_at)
                 break
+            except NoDecoder as exc:
+                # Not this message's doing: it waits (unacknowledged) for a decoder.
+                self._log.warning("snapshot on %s waits for a decoder: %s", message.topic, exc)
+                await backoff.sleep()
             except DecoderDied as exc:
-                if attempt == 1:  # killed from outside, maybe: once more, on a new one
+                deaths += 1
+                if deaths == 1:  # killed from outside, maybe: once more, on a new one
                     self._log.warning("retrying a snapshot on %s: %s", message.topic, exc)
                     continue
                 # Twice: this payload kills decoders (out of memory?); stop feeding it.
@@ -300,18 +314,25 @@ class Bridge:
         snap = decoded.parsed
         if not isinstance(snap, Snap):
             return snap
-        try:
-            return await self._retry(
-                "storage",
-                lambda: self._processor.upload(
+
+        async def attempt() -> Parsed:
+            try:
+                return await self._processor.upload(
                     snap, digests=decoded.digests, history_id=decoded.snap_id
-                ),
-            )
-        except _Abandoned:
-            raise
-        except Exception as exc:  # a bug, or no free key: dead-letter it, keep going
-            self._log.exception("snapshot on %s dead-lettered", item.message.topic)
-            reason = f"processing error: {exc!r}"
+                )
+            except (StoreUnavailable, KeysExhausted):
+                raise
+            except Exception as exc:
+                # Object storage failing as it should not (a refused request, a
+                # client too old for conditional puts): the images are not stored,
+                # so the snapshot waits unacknowledged, as in an outage; never lost.
+                raise StoreUnavailable(f"object storage: {exc!r}") from exc
+
+        try:
+            return await self._retry("storage", attempt)
+        except KeysExhausted as exc:  # every key this image may take holds other bytes
+            self._log.error("snapshot on %s dead-lettered: %s", item.message.topic, exc)
+            reason = f"processing error: {exc}"
             return Rejected(item.message.topic, reason, item.message.payload, item.received_at)
 
     async def _consume(self, *helpers: asyncio.Task[None]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -43,13 +45,43 @@ async def test_a_rejected_message_keeps_its_payload() -> None:
     assert decoded.parsed.payload == payload
 
 
-async def test_a_dead_decoder_fails_its_message_and_is_replaced() -> None:
-    """Test that a killed child makes its message fail with DecoderDied, then work goes on."""
+async def test_a_decoder_that_died_while_idle_is_replaced_before_use() -> None:
+    """Test that a child killed while idle costs its next message nothing.
+
+    Counting its death against that message made a valid snapshot a dead letter
+    (and so acknowledged and lost) once two idle children had been killed.
+    """
+    async with Decoders(workers=2, limits=LIMITS) as decoders:
+        for worker in list(decoders._all):
+            worker.proc.kill()
+            await worker.proc.wait()
+        for _ in range(2):
+            decoded = await decoders.decode("aoc/332/snap", snap_payload(), NOW)
+            assert isinstance(decoded.parsed, Snap)
+        assert all(worker.proc.returncode is None for worker in decoders._all)
+
+
+async def test_a_decoder_dying_mid_message_fails_it_and_work_goes_on() -> None:
+    """Test that a child killed while it holds a message fails that message only."""
     async with Decoders(workers=1, limits=LIMITS) as decoders:
         [worker] = decoders._all
+        big = b"{" + b" " * (20 * 1024 * 1024) + b"}"  # takes many pipe writes to send
+        call = asyncio.create_task(decoders.decode("aoc/332/snap", big, NOW))
+        await asyncio.sleep(0)  # the call takes the worker and waits on the pipe
+        assert decoders._idle.empty()
         worker.proc.kill()
-        await worker.proc.wait()
         with pytest.raises(DecoderDied):
-            await decoders.decode("aoc/332/snap", snap_payload(), NOW)
+            await call
         decoded = await decoders.decode("aoc/332/snap", snap_payload(), NOW)
         assert isinstance(decoded.parsed, Snap)
+
+
+async def test_decoders_are_out_of_the_bridge_process_group() -> None:
+    """Test that a Ctrl-C or SIGTERM to the bridge's process group spares its decoders.
+
+    A stopping bridge still finishes the snapshot in hand; its decoder killed by
+    the same signal made that snapshot fail, and twice meant a dead letter.
+    """
+    async with Decoders(workers=1, limits=LIMITS) as decoders:
+        [worker] = decoders._all
+        assert os.getpgid(worker.proc.pid) != os.getpgid(0)

@@ -40,6 +40,7 @@ class GatedObjects(LocalObjectStore):
         super().__init__(root)
         self.gate = asyncio.Event()
         self.waiting = 0  # puts waiting at the gate now
+        self.refusals = 0  # puts to refuse with an error that is no outage
 
     async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
         self.waiting += 1
@@ -47,6 +48,9 @@ class GatedObjects(LocalObjectStore):
             await self.gate.wait()
         finally:
             self.waiting -= 1
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("AccessDenied: the bucket policy refused the put")
         return await super().put_new(key, data, content_type)
 
 
@@ -234,3 +238,21 @@ async def test_byte_budget_waits_for_room_and_lets_one_oversized_through() -> No
     budget.give(60)
     await budget.take(500)  # alone: it passes
     assert budget.used == 500
+
+
+async def test_a_snapshot_the_object_store_refuses_waits_and_is_never_lost(
+    mosquitto: services.Service, tmp_path: Path, device: MqttClient
+) -> None:
+    """Test that an unexpected object-store error holds a snapshot instead of dead-lettering it.
+
+    A dead letter is acknowledged and keeps 4 KiB of the payload: a refused put
+    (a policy, a client too old for conditional puts) lost every snapshot.
+    """
+    aid = f"R{uuid.uuid4().hex[:8]}"
+    async with running_bridge(mosquitto, tmp_path) as (_, store, objects), device:
+        objects.refusals = 3
+        objects.gate.set()
+        await device.publish(f"aoc/{aid}/snap", snap(aid, 0))
+        await until_counted(store, IMAGE_HISTORIES, 1)
+        assert objects.refusals == 0
+        assert await count(store, DEAD_LETTERS) == 0
