@@ -191,6 +191,16 @@ def _remember_crash(state: Document, ts: datetime, record_id: str) -> None:
     state["crashes"] = crashes[-_CRASHES_KEPT:]
 
 
+def _upgraded(state: Document) -> Document:
+    """``state`` as this version keeps it, from a document an older version stored."""
+    # Older versions anchored crash dedup on one crash: keep it as the first
+    # window, or the first crash after an upgrade would alert a second time.
+    last_at, last_id = state.pop("last_crash_at", None), state.pop("last_crash_id", None)
+    if last_at is not None and last_id is not None and not state["crashes"]:
+        state["crashes"] = [{"at": last_at, "id": last_id}]
+    return state
+
+
 @dataclass
 class _Draft:
     """A plan being built, over working copies of the ambulances' states."""
@@ -358,7 +368,7 @@ class Processor:
             cached = self._cache.get(aid)
             if cached is None:
                 # Merge over the defaults so documents from older versions gain new fields.
-                cached = new_ambulance(aid) | stored.get(aid, {})
+                cached = _upgraded(new_ambulance(aid) | stored.get(aid, {}))
             states[aid] = copy.deepcopy(cached)
         return states
 

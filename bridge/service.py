@@ -529,6 +529,9 @@ class Bridge:
                 metrics.STORE_AVAILABLE.labels("redis").set(0)
                 self._log.warning("redis unavailable, latest-state cache is stale: %s", exc)
                 built = False
+            except Exception:  # fan-out is best effort: nothing of it may stop ingestion
+                self._log.exception("updating the redis cache failed; it is rebuilt")
+                built = False
         if not built:
             # Down, or back empty without any call failing: the other
             # ambulances' states are missing until rebuilt from the store.

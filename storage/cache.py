@@ -24,8 +24,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from storage import codec
 from storage.base import Document, StoreUnavailable
@@ -132,7 +131,10 @@ class StateCache:
             raise StoreUnavailable("the Redis cache is not open")
         try:
             return await fn(self._redis)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:
+            # Not only a lost connection: a Redis out of memory (OOM), a replica
+            # after a failover (READONLY) or a key of another type refuses too,
+            # and the cache is best effort: callers fall back or heal it.
             raise StoreUnavailable(f"Redis: {exc}") from exc
 
     async def open(self) -> None:

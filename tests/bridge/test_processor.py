@@ -34,6 +34,7 @@ from storage.base import (
     Document,
     Query,
     StoreUnavailable,
+    Write,
 )
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
@@ -812,3 +813,17 @@ async def test_draws_are_exhausted_with_a_clear_error(
 def _snap(item: Parsed) -> Snap:
     assert isinstance(item, Snap)
     return item
+
+
+async def test_the_crash_window_of_an_older_version_survives_the_upgrade(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a state stored with last_crash_at/last_crash_id keeps its dedup window."""
+    old_id = f"crash:{AID}:{T0_MS}"
+    older = {"_id": AID, "ambulance_id": AID, "last_crash_at": T0, "last_crash_id": old_id}
+    await store.apply([Write(AMBULANCES, "upsert", older)])
+    crash = {"lat": LAT, "lon": LON, "speed": 50, "ts": T0_MS + 10_000}
+    plan = await run(processor(store, objects), store, [message("crash", crash)])
+    assert plan.counts == {"crash_repeat": 1}
+    [record] = await stored(store, CRASHES)
+    assert record["duplicate_of"] == old_id

@@ -248,3 +248,25 @@ async def test_a_large_rebuild_encodes_off_the_event_loop(
     await opener
     monkeypatch.undo()
     assert (await cache.page(after=None, limit=1000))[0] == list(states.values())
+
+
+async def test_a_redis_that_refuses_is_unavailable_not_an_error(
+    cache: StateCache, redis_url: str, unique_prefix: str
+) -> None:
+    """Test that Redis refusing a command (here WRONGTYPE) is StoreUnavailable, like an outage.
+
+    OOM, READONLY after a failover, or a key of another type came out as a
+    ResponseError, which escaped the bridge's fan-out after the acknowledgement
+    and stopped `aoc serve` once per batch.
+    """
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(f"{unique_prefix}:latest", "not a hash")
+        with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+            await cache.set_many({"332": state("332", 1)})
+        with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+            await cache.get("332")
+        await cache.rebuild({"332": state("332", 1)})  # the healer's cure
+        assert (await cache.get("332") or {})["ambulance_id"] == "332"
+    finally:
+        await client.aclose()
