@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # Dashboards hold one Socket.IO connection each for hours: room for many.
     socketio_max_connections: int = Field(default=4000, gt=0)
     http_body_timeout: float = Field(default=60.0, gt=0)
+    # Each byte of a body earns time: 1 s per this many bytes (16 KiB/s, 128
+    # kbit/s: a camera on a poor cellular link finishes a 50 MB upload). 0: none.
+    http_body_min_rate: float = Field(default=16384.0, ge=0)
     http_header_timeout: float = Field(default=10.0, gt=0)
     # Each legacy upload holds about 7x its size in memory while it is encoded.
     max_concurrent_uploads: int = Field(default=2, gt=0)

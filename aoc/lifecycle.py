@@ -206,6 +206,7 @@ def _server(app: Any, settings: Settings, *, port: int, max_connections: int) ->
         port=port,
         max_connections=max_connections,
         body_timeout=settings.http_body_timeout,
+        body_min_rate=settings.http_body_min_rate,
         header_timeout=settings.http_header_timeout,
     )
 

@@ -12,9 +12,14 @@ Bounds, so that one client cannot hold what every other client needs:
   Unavailable`` and ``Connection: close`` (a WebSocket handshake gets the same
   503), so the file descriptor is freed right away. Open connections, WebSocket
   ones included, count towards it.
-- ``body_timeout``: a request body that has not fully arrived this many
-  seconds after its headers gets ``408 Request Timeout`` and the connection is
-  closed (``BodyTimeout``); uvicorn alone waits for a body forever.
+- ``body_timeout`` and ``body_min_rate``: a request body gets
+  ``body_timeout`` seconds after its headers, plus one second for every
+  ``body_min_rate`` bytes that have arrived, as Apache's mod_reqtimeout
+  (``MinRate``) gives. Past that it gets ``408 Request Timeout`` and the
+  connection is closed (``BodyTimeout``). A large upload over a slow but
+  steady link (a camera on a cellular network) thus completes, while a client
+  that dribbles bytes to hold a connection cannot; uvicorn alone waits for a
+  body forever.
 - ``header_timeout``: a connection whose request headers have not fully
   arrived this many seconds after it opened (or after the request began) is
   closed without an answer (``HeaderTimeoutProtocol``). Uvicorn times only
@@ -51,11 +56,12 @@ class BodyTooSlow(HTTPException):
 
 
 class BodyTimeout:
-    """ASGI middleware: every ``receive`` of a request body shares one deadline."""
+    """ASGI middleware: a request body's receives share one deadline, moved by what arrives."""
 
-    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+    def __init__(self, app: ASGIApp, *, seconds: float, min_rate: float = 0.0) -> None:
         self.app = app
         self.seconds = seconds
+        self.min_rate = min_rate  # bytes per second that earn one more second; 0: none
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +72,7 @@ class BodyTimeout:
         started = False
 
         async def timed_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, deadline
             if body_done:  # waiting for a disconnect, not for a body: no deadline
                 return await receive()
             try:
@@ -74,6 +80,8 @@ class BodyTimeout:
                     message = await receive()
             except TimeoutError:
                 raise BodyTooSlow from None
+            if self.min_rate > 0:
+                deadline += len(message.get("body", b"")) / self.min_rate
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -157,12 +165,13 @@ def server(
     port: int,
     max_connections: int | None = None,
     body_timeout: float | None = None,
+    body_min_rate: float = 0.0,
     header_timeout: float | None = None,
     graceful_timeout: float = 5.0,
 ) -> EmbeddedServer:
     """An embedded server for ``app``; logging stays as ``aoc.logs`` configured it."""
     if body_timeout is not None:
-        app = BodyTimeout(app, seconds=body_timeout)
+        app = BodyTimeout(app, seconds=body_timeout, min_rate=body_min_rate)
     http: Any = "auto" if header_timeout is None else _protocol(header_timeout)
     config = uvicorn.Config(
         app,

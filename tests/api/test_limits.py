@@ -15,6 +15,10 @@ from typing import Any
 import httpx
 import pytest
 import socketio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from aoc.servers import server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
@@ -69,6 +73,51 @@ async def test_a_body_that_never_finishes_gets_408_and_is_closed(deps: ApiDeps) 
     assert head.startswith(b"http/1.1 408"), response
     assert b"connection: close" in head
     assert b"did not arrive in time" in response
+
+
+async def _body_length(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(await request.body())))
+
+
+async def _chunked_post(port: int, chunks: int, size: int, pause: float) -> bytes:
+    """POST ``chunks`` chunks of ``size`` bytes, ``pause`` s apart; the raw response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Read from the start: a server that gives up answers before the body ends.
+    answer = asyncio.create_task(reader.read(4096))
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    try:
+        for _ in range(chunks):
+            if answer.done():
+                break
+            writer.write(b"%x\r\n%s\r\n" % (size, b"x" * size))
+            await writer.drain()
+            await asyncio.sleep(pause)
+        else:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except ConnectionError:
+        pass  # the server gave up on the body and closed the connection
+    async with asyncio.timeout(10):
+        response = await answer
+    writer.close()
+    return response
+
+
+async def test_a_slow_but_steady_body_earns_its_time(deps: ApiDeps) -> None:
+    """Test that bytes arriving at the minimum rate extend the body deadline, dribbles do not.
+
+    With one deadline for the whole body, a camera on a slow link could never
+    finish a large legacy upload (50 MB in 60 s needs 7 Mbit/s).
+    """
+    app = Starlette(routes=[Route("/", _body_length, methods=["POST"])])
+    async with serving(app, body_timeout=0.5, body_min_rate=1000) as port:
+        # 2 s in all, four times the base timeout: each 1,000 bytes earn a second.
+        steady = await _chunked_post(port, chunks=10, size=1000, pause=0.2)
+        # Bytes too few to matter: a client holding the connection open.
+        dribble = await _chunked_post(port, chunks=50, size=1, pause=0.2)
+    assert steady.startswith(b"HTTP/1.1 200"), steady
+    assert steady.endswith(b"10000")
+    assert dribble.startswith(b"HTTP/1.1 408"), dribble
 
 
 async def test_connections_past_the_bound_get_503_then_service_resumes(deps: ApiDeps) -> None:
