@@ -194,26 +194,31 @@ class StateCache:
                 states[ambulance_id] = state
         return states
 
-    async def page(self, *, after: str | None, limit: int) -> tuple[list[Document], bool]:
+    async def page(
+        self, *, after: str | None, limit: int
+    ) -> tuple[list[Document], str | None]:
         """Up to ``limit`` states in ambulance-id order, with ids after ``after``.
 
-        Returns the states and whether more follow. Reads only the page, not
-        the whole hash; an empty cache gives an empty page.
+        Returns the states and the id to continue after, None when no more
+        follow. That id is the page's last, even when its state could not be
+        decoded, so a page of undecodable states does not end the listing.
+        Reads only the page, not the whole hash; an empty cache gives an empty page.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         script = self._page
         keys = [self._ids_key, self._key]
         ids, values = await self._call(lambda r: script(keys=keys, args=[after or "", limit]))
-        more = len(ids) > limit
+        names = [field.decode() if isinstance(field, bytes) else str(field) for field in ids]
+        next_after = names[limit - 1] if len(names) > limit else None
         pairs = [
-            (field.decode() if isinstance(field, bytes) else str(field), value)
-            for field, value in zip(ids[:limit], values[:limit], strict=True)
+            (name, value)
+            for name, value in zip(names[:limit], values[:limit], strict=True)
             if value is not None  # indexed but not (or no longer) cached: cannot happen
         ]
         if len(pairs) > _DECODE_INLINE:
-            return await asyncio.to_thread(self._decode_pairs, pairs), more
-        return self._decode_pairs(pairs), more
+            return await asyncio.to_thread(self._decode_pairs, pairs), next_after
+        return self._decode_pairs(pairs), next_after
 
     def _decode_pairs(self, pairs: list[tuple[str, bytes]]) -> list[Document]:
         decoded = (self._decode(ambulance_id, raw) for ambulance_id, raw in pairs)

@@ -117,7 +117,7 @@ def _bad_cursor(msg: str) -> HTTPException:
 
 async def _cache_page(
     deps: Deps, *, after: str | None, limit: int
-) -> tuple[list[Document], bool] | None:
+) -> tuple[list[Document], str | None] | None:
     """A page of the cache, or None when there is no cache or Redis is unreachable."""
     if deps.cache is None:
         return None
@@ -166,10 +166,10 @@ async def list_ambulances(
                 headers={"Retry-After": "5"},
             )
         # An empty cache on a first page: not filled yet (or Redis lost it).
-        if cached is not None and (cached[0] or at is not None):
-            docs, more = cached
-            if more and docs:
-                next_cursor = codec.encode_cursor(["cache", docs[-1]["ambulance_id"]])
+        if cached is not None and (cached[0] or cached[1] or at is not None):
+            docs, next_after = cached
+            if next_after is not None:
+                next_cursor = codec.encode_cursor(["cache", next_after])
             source = "cache"
     if docs is None:
         store_cursor = at.position if at is not None else None

@@ -167,25 +167,25 @@ async def _all_pages(cache: StateCache, limit: int) -> list[str]:
     ids: list[str] = []
     after = None
     while True:
-        states, more = await cache.page(after=after, limit=limit)
+        states, after = await cache.page(after=after, limit=limit)
         ids += [s["ambulance_id"] for s in states]
-        if not more:
+        if after is None:
             return ids
-        after = ids[-1]
 
 
 async def test_page_lists_the_fleet_in_id_order(cache: StateCache) -> None:
     """Test that pages follow each other in id order, each id once, from set_many and rebuild."""
-    assert await cache.page(after=None, limit=10) == ([], False)
+    assert await cache.page(after=None, limit=10) == ([], None)
     await cache.rebuild({f"A{i:02d}": state(f"A{i:02d}", i) for i in range(7)})
     await cache.set_many({f"B{i}": state(f"B{i}", i) for i in range(3)})
-    first, more = await cache.page(after=None, limit=4)
-    assert [s["ambulance_id"] for s in first] == ["A00", "A01", "A02", "A03"] and more
+    first, after = await cache.page(after=None, limit=4)
+    assert [s["ambulance_id"] for s in first] == ["A00", "A01", "A02", "A03"]
+    assert after == "A03"
     assert first[1] == state("A01", 1)
     expected = [f"A{i:02d}" for i in range(7)] + ["B0", "B1", "B2"]
     assert await _all_pages(cache, 4) == expected
     assert await _all_pages(cache, 10) == expected  # an exact fit says no more
-    assert await cache.page(after="B2", limit=5) == ([], False)
+    assert await cache.page(after="B2", limit=5) == ([], None)
 
 
 async def test_pages_stay_consistent_while_states_are_written(cache: StateCache) -> None:
@@ -195,15 +195,14 @@ async def test_pages_stay_consistent_while_states_are_written(cache: StateCache)
     after = None
     step = 0
     while True:
-        states, more = await cache.page(after=after, limit=3)
+        states, after = await cache.page(after=after, limit=3)
         seen += [s["ambulance_id"] for s in states]
         step += 1
         # Every listed and unlisted id moves on; new ids appear before and after the cursor.
         await cache.set_many({f"M{i:02d}": state(f"M{i:02d}", step) for i in range(20)})
         await cache.set_many({f"A{step}": state(f"A{step}", 0), f"Z{step}": state(f"Z{step}", 0)})
-        if not more:
+        if after is None:
             break
-        after = seen[-1]
     originals = [f"M{i:02d}" for i in range(20)]
     assert len(seen) == len(set(seen))
     assert [aid for aid in seen if aid.startswith("M")] == originals
@@ -270,3 +269,22 @@ async def test_a_redis_that_refuses_is_unavailable_not_an_error(
         assert (await cache.get("332") or {})["ambulance_id"] == "332"
     finally:
         await client.aclose()
+
+
+async def test_a_page_of_undecodable_states_does_not_end_the_listing(
+    cache: StateCache, redis_url: str, unique_prefix: str
+) -> None:
+    """Test that the listing goes on past states something else wrote in the hash.
+
+    The cursor came from the last decoded state: a page where none decoded had
+    no cursor, and the fleet list ended there without saying so.
+    """
+    await cache.rebuild({aid: state(aid, 0) for aid in ("A", "B", "C", "D")})
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.hset(f"{unique_prefix}:latest", mapping={"A": "{garbage", "B": "[]"})
+    finally:
+        await client.aclose()
+    states, after = await cache.page(after=None, limit=2)
+    assert (states, after) == ([], "B")
+    assert await _all_pages(cache, 2) == ["C", "D"]
