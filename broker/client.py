@@ -50,6 +50,7 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -177,6 +178,7 @@ class MqttClient:
         self._unacked: dict[int, Message] = {}  # mid -> message, current connection only
         self._pending: dict[int, asyncio.Future[None]] = {}  # mid -> publish() waiting
         self._paused = False
+        self._paused_ping_at = 0.0  # when _ping_while_paused last sent a PINGREQ
         self._closing = False
         self._closed = False
         self._progress = 0  # packets handled, to tell a productive read from an idle one
@@ -412,14 +414,35 @@ class MqttClient:
         """paho's keepalive bookkeeping (PINGREQ, dead-broker detection)."""
         while True:
             await asyncio.sleep(_TICK)
-            # While reading is paused a PINGRESP cannot be read, so paho would
-            # wrongly declare the broker dead; our acks keep the session alive.
-            if self._sock is None or self._paused:
+            if self._sock is None:
+                continue
+            if self._paused:
+                self._ping_while_paused()
                 continue
             try:
                 self._paho.loop_misc()
             except Exception:
                 self._log.exception("MQTT keepalive tick failed")
+
+    def _ping_while_paused(self) -> None:
+        """Keep the connection alive while reading is paused.
+
+        The broker drops a client silent for 1.5 keepalives, and while reading
+        is paused nothing else may flow (no acks while the store is down, or
+        while the snapshot lane is full): the dropped session is then
+        redelivered whole. paho's own check would send a PINGREQ but, with the
+        PINGRESP unread, declare the broker dead; so the PINGREQ goes out here
+        and is forgotten (its PINGRESP is read, harmlessly, once reading resumes).
+        """
+        now = time.monotonic()
+        if now - self._paused_ping_at < self._keepalive / 2:
+            return
+        self._paused_ping_at = now
+        try:
+            self._paho._send_pingreq()
+        except Exception:
+            self._log.exception("MQTT keepalive while paused failed")
+        self._paho._ping_t = 0
 
     async def _shutdown(self) -> None:
         self._closing = True

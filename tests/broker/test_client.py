@@ -426,3 +426,26 @@ async def test_queue_is_bounded_by_bytes_too(mosquitto: services.Service, prefix
     assert received == list(range(count))
     # The bound, plus the one packet that may arrive past it.
     assert most <= 4 * size
+
+
+async def test_a_paused_consumer_keeps_its_connection(
+    mosquitto: services.Service, prefix: str
+) -> None:
+    """Test that a consumer whose reading is paused longer than its keepalive stays connected.
+
+    While paused (a full queue: the store down, the snapshot lane full) it sent
+    nothing, so the broker dropped it after 1.5 keepalives, and everything in
+    flight came again, duplicated, on the next connection.
+    """
+    topic = f"{prefix}/paused"
+    payloads = [b"%d" % n for n in range(5)]
+    async with client(mosquitto, f"{prefix}-slow", topic, keepalive=2, queue_size=1) as sub:
+        await publish_all(mosquitto, topic, payloads)
+        await asyncio.sleep(7)  # paused: over three keepalives without reading
+        received = await take(sub, len(payloads))
+        for message in received:
+            sub.ack(message)
+        with pytest.raises(TimeoutError):
+            await take(sub, 1, seconds=1.5)  # nothing comes again
+    assert [m.payload for m in received] == payloads
+    assert not any(m.dup for m in received)
