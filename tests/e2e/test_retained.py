@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from storage.base import AMBULANCES, CRASHES, DEAD_LETTERS, IMAGE_HISTORIES, TRACKINGS
@@ -71,9 +72,22 @@ async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
             return len(await find(stack, TRACKINGS, AID)) == 2 and len(snaps) == 1
 
         await eventually(stored_all)
+
+        async def replays_refused() -> bool:
+            # This process's own count: its replays were taken (as dead letters, or dupes).
+            async with httpx.AsyncClient(base_url=stack.http, timeout=5) as http:
+                text = (await http.get("/metrics")).text
+            counts = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("aoc_messages_received_total{")
+            ]
+            return sum(counts) >= 3
+
         for _ in range(2):
             stack.service.restart()  # each start subscribes again: the broker replays
-            await asyncio.sleep(1.0)
+            await eventually(replays_refused)
+        # An alert of a replay would follow its acknowledgement within milliseconds.
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(1.0):
                 await anext(watcher.messages)
