@@ -8,6 +8,7 @@ name), so a hostile or broken request never turns into a 500 or a hang.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -133,12 +134,18 @@ class Upload:
 
 
 async def read_uploads(
-    request: Request, *, max_files: int, max_file_bytes: int
+    request: Request,
+    *,
+    max_files: int,
+    max_file_bytes: int,
+    before_reading: Callable[[], None] | None = None,
 ) -> tuple[dict[str, str], list[Upload]]:
     """The text fields and the ``files`` of a multipart upload, every size bounded.
 
     The whole body is bounded while it is parsed (so a hostile upload fills
     neither memory nor the temporary directory), then each file on its own.
+    ``before_reading`` runs once the body has arrived (its files spooled to
+    disk), before the files are read into memory; it may refuse by raising.
     """
     # A urlencoded form cannot carry files, but it is read so the error can name 'files'.
     if _media_type(request) not in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -149,6 +156,8 @@ async def read_uploads(
         async with _bounded(request, limit).form(
             max_files=max_files, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_BODY_BYTES
         ) as form:
+            if before_reading is not None:
+                before_reading()
             fields: dict[str, str] = {}
             uploads: list[Upload] = []
             for name, value in form.multi_items():

@@ -239,16 +239,27 @@ async def post_snapshot(request: Request, deps: Deps, publisher: PublisherDep) -
     """Camera images from a legacy device."""
     settings = deps.settings
     slots = deps.upload_slots
-    # Refused before the body is read, so uploads past the bound cost no memory.
-    if not slots.try_take():
-        raise HTTPException(
-            503,
-            detail=f"too many uploads in progress (at most {slots.size}); retry later",
-            headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S), "Connection": "close"},
-        )
+    taken = False
+
+    def take_slot() -> None:
+        # Taken once the body is in (spooled to disk), not before: two slow
+        # uploaders must not keep every other device's snapshot at 503. A
+        # slot bounds what uploads hold in memory while they are encoded.
+        nonlocal taken
+        if not slots.try_take():
+            raise HTTPException(
+                503,
+                detail=f"too many uploads in progress (at most {slots.size}); retry later",
+                headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S), "Connection": "close"},
+            )
+        taken = True
+
     try:
         fields, uploads = await read_uploads(
-            request, max_files=settings.max_upload_files, max_file_bytes=settings.max_image_bytes
+            request,
+            max_files=settings.max_upload_files,
+            max_file_bytes=settings.max_image_bytes,
+            before_reading=take_slot,
         )
         received_at, received_ms = _now()
         ambulance_id = _ambulance_id(fields.get("ambulance_id"))
@@ -264,7 +275,8 @@ async def post_snapshot(request: Request, deps: Deps, publisher: PublisherDep) -
         )
         await _publish(publisher, topic, payload, within=deps.publish_timeout)
     finally:
-        slots.release()
+        if taken:
+            slots.release()
     return SUCCESS
 
 

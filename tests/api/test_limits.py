@@ -175,45 +175,72 @@ async def test_upload_encoding_runs_off_the_event_loop(
     assert topic == f"aoc/{ambulance_id}/snap"
 
 
+def _one_slot(deps: ApiDeps) -> ApiDeps:
+    deps.settings.max_concurrent_uploads = 1
+    return ApiDeps(settings=deps.settings, store=deps.store, objects=deps.objects,
+                   cache=deps.cache, publisher=deps.publisher)
+
+
 async def test_uploads_past_the_bound_get_503_with_retry_after(
+    deps: ApiDeps, subscriber: Subscriber, ambulance_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that an upload while max_concurrent_uploads are being encoded is refused at once."""
+    deps = _one_slot(deps)
+    gate, waiting = threading.Event(), threading.Event()
+    monkeypatch.setattr(legacy, "sniff", _gated(gate, waiting))
+    files = {"data": {"ambulance_id": ambulance_id}}
+    async with client_for(deps) as http:
+        first = asyncio.create_task(
+            http.post(SNAPSHOT, **files, files=[("files", ("a.jpg", TINY_JPEG))])
+        )
+        assert await asyncio.to_thread(waiting.wait, 10)  # the first is encoding, slot held
+        refused = await http.post(SNAPSHOT, **files, files=[("files", ("b.jpg", TINY_JPEG))])
+        gate.set()
+        accepted = await first
+        again = await http.post(SNAPSHOT, **files, files=[("files", ("c.jpg", TINY_JPEG))])
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "5"
+    assert "too many uploads in progress" in refused.json()["detail"]
+    assert accepted.status_code == 200, accepted.text
+    assert again.status_code == 200, again.text
+    assert deps.upload_slots.used == 0
+
+
+async def test_a_slow_upload_holds_no_slot(
     deps: ApiDeps, subscriber: Subscriber, ambulance_id: str
 ) -> None:
-    """Test that an upload while max_concurrent_uploads are in progress is refused at once."""
-    deps.settings.max_concurrent_uploads = 1
-    deps = ApiDeps(settings=deps.settings, store=deps.store, objects=deps.objects,
-                   cache=deps.cache, publisher=deps.publisher)
+    """Test that an upload whose body is still arriving leaves the slots to the others.
+
+    The slot was taken before the body was read: two slow (or hostile)
+    uploaders kept every other device's snapshot at 503 for as long as they
+    kept sending.
+    """
+    deps = _one_slot(deps)
     release = asyncio.Event()
     boundary = "b0undary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"ambulance_id\"\r\n\r\n"
             f"{ambulance_id}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
             f"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
+    started = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield head
+        started.set()
         await release.wait()
         yield TINY_JPEG + tail
 
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     async with client_for(deps) as http:
-        first = asyncio.create_task(http.post(SNAPSHOT, content=slow_body(), headers=headers))
-        for _ in range(1000):  # until the first upload holds its slot
-            if deps.upload_slots.used:
-                break
-            await asyncio.sleep(0.01)
-        refused = await http.post(
+        slow = asyncio.create_task(http.post(SNAPSHOT, content=slow_body(), headers=headers))
+        await started.wait()
+        other = await http.post(
             SNAPSHOT, data={"ambulance_id": ambulance_id}, files=[("files", ("b.jpg", TINY_JPEG))]
         )
         release.set()
-        accepted = await first
-        again = await http.post(
-            SNAPSHOT, data={"ambulance_id": ambulance_id}, files=[("files", ("c.jpg", TINY_JPEG))]
-        )
-    assert refused.status_code == 503, refused.text
-    assert refused.headers["retry-after"] == "5"
-    assert "too many uploads in progress" in refused.json()["detail"]
-    assert accepted.status_code == 200, accepted.text
-    assert again.status_code == 200, again.text
+        finished = await slow
+    assert other.status_code == 200, other.text
+    assert finished.status_code == 200, finished.text
     assert deps.upload_slots.used == 0
 
 
