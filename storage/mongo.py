@@ -99,6 +99,12 @@ class MongoDocumentStore(DocumentStore):
         """A store on the server at ``url`` (``mongodb://`` or ``mongodb+srv://``).
 
         Timeouts default to failing fast; options written in the URL win.
+        Writes are acknowledged only once journaled on a majority of the
+        replica set (``w=majority``, ``journal=true``): the bridge acknowledges
+        MQTT messages right after ``apply``, and a standalone ``mongod`` with
+        its default write concern answers before its journal is on disk, so a
+        crash of ``mongod`` lost batches already acknowledged. A standalone
+        server is its own majority.
         """
         defaults: dict[str, Any] = {
             "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
@@ -106,9 +112,11 @@ class MongoDocumentStore(DocumentStore):
             "socketTimeoutMS": 30_000,
             "retryWrites": True,
             "appname": "aoc",
+            "w": "majority",
+            "journal": True,
         }
-        in_url = url.partition("?")[2].lower()
-        options = {k: v for k, v in defaults.items() if f"{k.lower()}=" not in in_url}
+        in_url = "&" + url.partition("?")[2].lower()
+        options = {k: v for k, v in defaults.items() if f"&{k.lower()}=" not in in_url}
         factory = functools.partial(pymongo.MongoClient, url, tz_aware=True, **options)
         return cls(factory, database=database, logger=logger)
 

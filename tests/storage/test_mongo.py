@@ -90,3 +90,25 @@ def test_transient_errors_are_classified() -> None:
         BulkWriteError({"writeErrors": [{"code": 2}], "writeConcernErrors": []}),
     ):
         assert not _transient(exc), exc
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {"w": "majority", "j": True}),
+        ("?w=1&journal=false", {"w": 1, "j": False}),
+        ("?replicaSet=rs0&w=2", {"w": 2, "j": True}),
+    ],
+)
+def test_writes_wait_for_the_journal_by_default(query: str, expected: dict[str, Any]) -> None:
+    """Test the write concern the store's collections really use, and that the URL overrides it.
+
+    With none set, a standalone mongod acknowledged writes before its journal
+    was flushed: the bridge then acknowledged batches that a crash of mongod lost.
+    """
+    store = MongoDocumentStore.from_url(f"mongodb://127.0.0.1:{free_port()}/{query}")
+    client = store._factory()  # no connection is made until a command runs
+    try:
+        assert client["aoc_v2"][TRACKINGS].write_concern.document == expected
+    finally:
+        client.close()
