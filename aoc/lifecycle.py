@@ -139,6 +139,20 @@ def _api_deps(
     )
 
 
+async def _bridge_connections(
+    settings: Settings, stack: AsyncExitStack, *, publisher_id: str
+) -> tuple[MqttClient, MqttClient, MqttClient]:
+    """The bridge's MQTT connections, open until ``stack`` closes: main, snapshots, outbound."""
+    consumer = await stack.enter_async_context(
+        _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
+    )
+    snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
+    publisher = await stack.enter_async_context(
+        _mqtt(settings, client_id=publisher_id, consumer=False)
+    )
+    return consumer, snap_consumer, publisher
+
+
 def _snap_mqtt(settings: Settings) -> MqttClient:
     """The bridge's connection for snapshots: a persistent session of its own."""
     return _mqtt(
@@ -256,12 +270,8 @@ async def serve(settings: Settings) -> None:
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
-        consumer = await stack.enter_async_context(
-            _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
-        )
-        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
-        publisher = await stack.enter_async_context(
-            _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
+        consumer, snap_consumer, publisher = await _bridge_connections(
+            settings, stack, publisher_id=f"aoc-api-{os.getpid()}"
         )
         sio = create_sio()
         bridge = _bridge(
@@ -305,12 +315,8 @@ async def run_bridge(settings: Settings) -> None:
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
-        consumer = await stack.enter_async_context(
-            _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
-        )
-        snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
-        publisher = await stack.enter_async_context(
-            _mqtt(settings, client_id=f"aoc-bridge-out-{os.getpid()}", consumer=False)
+        consumer, snap_consumer, publisher = await _bridge_connections(
+            settings, stack, publisher_id=f"aoc-bridge-out-{os.getpid()}"
         )
         emitter = socketio.AsyncRedisManager(
             settings.redis_url,
