@@ -9,13 +9,19 @@ idempotent id), as a real device with a persistent session would.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
 import httpx
+import pytest
+
+from bridge.geo import haversine_m
+from bridge.messages import Position
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a fixed past: ids are reproducible
 BASE_LAT, BASE_LON = 13.7563, 100.5018
@@ -84,6 +90,31 @@ class Fleet:
         async with asyncio.TaskGroup() as group:
             for aid in ambulance_ids:
                 group.create_task(self.device(aid, range(count), **options))  # type: ignore[arg-type]
+
+
+def check_aggregates(states: dict[str, Any], points: list[dict[str, Any]]) -> int:
+    """Check each ambulance's state against its stored points; the number of points checked.
+
+    The devices send in order and wait for each PUBACK, so every stored point
+    is in order (never ``late``), and the state must count each exactly once,
+    whatever was redelivered: its distance is the path through the stored
+    points, its counters their number. Ids alone cannot show a point counted
+    twice or skipped (the store's primary key keeps them single anyway).
+    """
+    per_ambulance: dict[str, list[dict[str, Any]]] = {}
+    for doc in points:
+        per_ambulance.setdefault(doc["ambulance_id"], []).append(doc)
+    for aid, docs in per_ambulance.items():
+        docs.sort(key=lambda doc: doc["count_datetime"])
+        assert not [doc["_id"] for doc in docs if doc["late"]], f"{aid}: in-order points late"
+        path = [Position(doc["location"]["lat"], doc["location"]["lon"]) for doc in docs]
+        distance = sum(haversine_m(a, b) for a, b in itertools.pairwise(path))
+        state = states[aid]
+        assert state["speed_count"] == len(docs), aid
+        assert state["speed_sum"] == pytest.approx(sum(doc["speed"] for doc in docs)), aid
+        assert state["covered_distance"] == pytest.approx(distance), aid
+        assert state["last_seen"] == docs[-1]["count_datetime"], aid
+    return len(points)
 
 
 async def wait_until(
