@@ -54,7 +54,7 @@ from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, Query, StoreUnavailable
+from storage.base import AMBULANCES, DEAD_LETTERS, DocumentStore, StoreUnavailable
 from storage.cache import StateCache
 
 T = TypeVar("T")
@@ -561,13 +561,6 @@ class Bridge:
     async def _rebuild_cache(self) -> None:
         """Refill Redis from the store after an outage (it may have lost everything)."""
         assert self._cache is not None
-        states: dict[str, Document] = {}
-        cursor: str | None = None
-        while True:
-            page = await self._store.find(Query(AMBULANCES, limit=1000, cursor=cursor))
-            states.update({doc["_id"]: doc for doc in page.items})
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        states = {doc["_id"]: doc async for doc in self._store.scan(AMBULANCES)}
         await self._cache.rebuild(states)
         self._log.info("redis cache rebuilt from the store (%d ambulances)", len(states))

@@ -15,7 +15,7 @@ every read the system makes is "this ambulance (or all), in this time range".
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +42,7 @@ TIME_FIELDS: Mapping[str, str] = {
     DEAD_LETTERS: "received_at",
 }
 COLLECTIONS: tuple[str, ...] = tuple(TIME_FIELDS)
+SCAN_PAGE = 1000  # documents per read of a whole-collection scan
 
 
 class StoreUnavailable(Exception):
@@ -141,6 +142,27 @@ class DocumentStore(abc.ABC):
         Documents without the time field sort first (last when newest first).
         ``ValueError`` for an unknown collection, a bad filter or a foreign cursor.
         """
+
+    async def scan(
+        self, collection: str, *, page_size: int = SCAN_PAGE
+    ) -> AsyncIterator[Document]:
+        """Every document of ``collection`` in ``find``'s order, read ``page_size`` at a time.
+
+        Each page is one ``find`` after the last document of the previous one,
+        so the scan holds no lock or server cursor between pages: a document
+        written meanwhile behind the scan's position is not seen, and one whose
+        time moved ahead of it (an upserted state) may be seen twice, newer last.
+        """
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        cursor: str | None = None
+        while True:
+            page = await self.find(Query(collection, limit=page_size, cursor=cursor))
+            for doc in page.items:
+                yield doc
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     @abc.abstractmethod
     async def prune(

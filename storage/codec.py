@@ -24,6 +24,7 @@ _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_KEY_BYTES = 1024  # the S3 limit
 MAX_SEGMENT_BYTES = 255  # the usual file-name limit
 ID_CHUNK = 500  # ids per IN (...) query: well under every backend's parameter limit
+INVALID_CURSOR = "invalid cursor: not a next_cursor of this API"
 
 
 def utc(value: datetime) -> datetime:
@@ -148,9 +149,9 @@ def decode_cursor(cursor: str) -> list[Any]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         position = json.loads(raw, parse_constant=_no_constant)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError("invalid cursor: not a next_cursor of this API") from exc
+        raise ValueError(INVALID_CURSOR) from exc
     if not isinstance(position, list):
-        raise ValueError("invalid cursor: not a next_cursor of this API")
+        raise ValueError(INVALID_CURSOR)
     for value in position:
         if isinstance(value, bool) or not (value is None or isinstance(value, str | int | float)):
             raise ValueError(f"invalid cursor: holds a {type(value).__name__} value")

@@ -1,11 +1,12 @@
 """The MongoDB document store: the legacy database ``aoc_v2`` and its collections.
 
 Design decision: this uses pymongo's SYNCHRONOUS ``MongoClient``, called from a
-small dedicated thread pool, not the async client. mongomock imitates only the
-synchronous client, so the code the contract suite runs against mongomock (the
-stand-in for a server, which cannot run in CI) is exactly the code that runs in
-production against a real server. A pool of a few threads is plenty: the
-bridge writes one batch at a time and pymongo pools its sockets.
+small dedicated thread pool (``storage.threaded``), not the async client.
+mongomock imitates only the synchronous client, so the code the contract suite
+runs against mongomock (the stand-in for a server, which cannot run in CI) is
+exactly the code that runs in production against a real server. A pool of a
+few threads is plenty: the bridge writes one batch at a time and pymongo pools
+its sockets.
 
 Documents keep the legacy field shapes; datetimes are BSON dates (millisecond
 precision) and come back tz-aware UTC whatever the driver returns.
@@ -13,17 +14,14 @@ precision) and come back tz-aware UTC whatever the driver returns.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReplaceOne, UpdateOne
-from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     BulkWriteError,
@@ -35,24 +33,23 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from storage import codec
+from storage import codec, paging
 from storage.base import (
     COLLECTIONS,
     TIME_FIELDS,
     Document,
-    DocumentStore,
     Page,
     Pruned,
     Query,
     StoreUnavailable,
     Write,
 )
+from storage.threaded import ThreadedDocumentStore
 
 T = TypeVar("T")
 MongoDoc = dict[str, Any]
 
 _DUPLICATE_KEY = 11000  # two concurrent upserts of one new _id: the loser may retry
-_THREADS = 4
 SERVER_SELECTION_TIMEOUT_MS = 5000  # fail fast when MongoDB is unreachable
 
 
@@ -73,8 +70,12 @@ def _transient(exc: PyMongoError) -> bool:
     return isinstance(exc, OperationFailure) and exc.code == _DUPLICATE_KEY
 
 
-class MongoDocumentStore(DocumentStore):
+class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
     """A ``DocumentStore`` on MongoDB through pymongo's synchronous client."""
+
+    name = "MongoDB"
+    threads = 4
+    thread_name = "aoc-mongo"
 
     def __init__(
         self,
@@ -84,12 +85,12 @@ class MongoDocumentStore(DocumentStore):
         logger: logging.Logger | None = None,
     ) -> None:
         """``client_factory`` builds the client on ``open()`` (tests pass mongomock's)."""
+        super().__init__()
         self._factory = client_factory
         self._database_name = database
         self._log = logger or logging.getLogger(__name__)
         self._client: pymongo.MongoClient[MongoDoc] | None = None
         self._db: Database[MongoDoc] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._indexed = False
 
     @classmethod
@@ -122,14 +123,10 @@ class MongoDocumentStore(DocumentStore):
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _run(self, fn: Callable[[Database[MongoDoc]], T]) -> T:
-        if self._executor is None or self._db is None:
-            raise StoreUnavailable("the MongoDB store is not open")
+    def _call(self, fn: Callable[[Database[MongoDoc]], T]) -> T:
         db = self._db
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, db)
-
-    def _call(self, fn: Callable[[Database[MongoDoc]], T], db: Database[MongoDoc]) -> T:
+        if db is None:  # open() could not build the client, or close() came first
+            raise self._not_open()
         try:
             return fn(db)
         except PyMongoError as exc:
@@ -137,15 +134,10 @@ class MongoDocumentStore(DocumentStore):
                 raise StoreUnavailable(f"MongoDB: {exc}") from exc
             raise
 
-    def _collection(self, db: Database[MongoDoc], name: str) -> Collection[MongoDoc]:
-        return db[codec.check_collection(name)]
-
     # -- lifecycle ----------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect and create the (ambulance_id, time, _id) indexes; idempotent."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="aoc-mongo")
+    async def _connect(self) -> None:
+        """Build the client and create the (ambulance_id, time, _id) indexes."""
         if self._client is None:
             self._client = self._factory()
             self._db = self._client[self._database_name]
@@ -167,17 +159,10 @@ class MongoDocumentStore(DocumentStore):
                 name="time_id",
             )
 
-    async def close(self) -> None:
-        """Close the client and its threads; idempotent."""
+    def _disconnect(self) -> Callable[[], None] | None:
         client, self._client, self._db = self._client, None, None
-        executor, self._executor = self._executor, None
         self._indexed = False
-        if executor is not None:
-            if client is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, client.close)
-            executor.shutdown(wait=True)
-        elif client is not None:
-            client.close()
+        return None if client is None else client.close
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the server answers."""
@@ -234,43 +219,30 @@ class MongoDocumentStore(DocumentStore):
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """One document by ``_id``."""
-        doc = await self._run(lambda db: self._collection(db, collection).find_one({"_id": doc_id}))
+        name = codec.check_collection(collection)
+        doc = await self._run(lambda db: db[name].find_one({"_id": doc_id}))
         return None if doc is None else codec.normalize(doc)
 
     async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
         """The stored documents among ``ids``, by ``_id``: one query per slice of ids."""
-        wanted = list(dict.fromkeys(ids))
-
-        def select(db: Database[MongoDoc]) -> list[MongoDoc]:
-            coll = self._collection(db, collection)
-            found: list[MongoDoc] = []
-            for chunk in codec.chunks(wanted):
-                found.extend(coll.find({"_id": {"$in": list(chunk)}}))
-            return found
-
-        codec.check_collection(collection)
-        docs = await self._run(select) if wanted else []
+        docs = await self._select_ids(
+            collection, ids, lambda db, name, chunk: db[name].find({"_id": {"$in": list(chunk)}})
+        )
         return {doc["_id"]: codec.normalize(doc) for doc in docs}
 
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored in ``collection``."""
-        wanted = list(dict.fromkeys(ids))
-
-        def select(db: Database[MongoDoc]) -> set[str]:
-            coll = self._collection(db, collection)
-            found: set[str] = set()
-            for chunk in codec.chunks(wanted):
-                found.update(d["_id"] for d in coll.find({"_id": {"$in": list(chunk)}}, {"_id": 1}))
-            return found
-
-        codec.check_collection(collection)
-        return await self._run(select) if wanted else set()
+        docs = await self._select_ids(
+            collection, ids,
+            lambda db, name, chunk: db[name].find({"_id": {"$in": list(chunk)}}, {"_id": 1}),
+        )
+        return {doc["_id"] for doc in docs}
 
     async def find(self, query: Query) -> Page:
         """Documents matching ``query`` ordered by (time, ``_id``), one page at a time."""
-        codec.check_query(query)
+        after = paging.after(query)
         time_field = TIME_FIELDS[query.collection]
-        selector = _selector(query, time_field)
+        selector = _selector(query, time_field, after)
         direction = pymongo.DESCENDING if query.newest_first else pymongo.ASCENDING
 
         def select(db: Database[MongoDoc]) -> list[MongoDoc]:
@@ -278,22 +250,14 @@ class MongoDocumentStore(DocumentStore):
                 db[query.collection]
                 .find(selector)
                 .sort([(time_field, direction), ("_id", direction)])
-                .limit(query.limit + 1)
+                .limit(paging.fetch_limit(query))
             )
             return list(cursor)
 
-        docs = [codec.normalize(d) for d in await self._run(select)]
-        more = len(docs) > query.limit
-        docs = docs[: query.limit]
-        next_cursor = None
-        if more:
-            last_t = docs[-1].get(time_field)
-            position = codec.format_datetime(last_t) if isinstance(last_t, datetime) else None
-            next_cursor = codec.encode_cursor([position, docs[-1]["_id"]])
-        return Page(items=docs, next_cursor=next_cursor)
+        return paging.page(query, [codec.normalize(d) for d in await self._run(select)])
 
 
-def _selector(query: Query, time_field: str) -> MongoDoc:
+def _selector(query: Query, time_field: str, after: paging.Position | None) -> MongoDoc:
     clauses: list[MongoDoc] = []
     if query.ambulance_id is not None:
         clauses.append({"ambulance_id": query.ambulance_id})
@@ -306,20 +270,14 @@ def _selector(query: Query, time_field: str) -> MongoDoc:
         clauses.append({time_field: time_range})
     for name, value in query.where.items():
         clauses.append({name: codec.utc(value) if isinstance(value, datetime) else value})
-    if query.cursor is not None:
-        clauses.append(_after(query.cursor, time_field, query.newest_first))
+    if after is not None:
+        clauses.append(_after(after, time_field, query.newest_first))
     return {"$and": clauses} if clauses else {}
 
 
-def _after(cursor: str, time_field: str, newest_first: bool) -> MongoDoc:
-    """Documents after the cursor's (time, _id) in the query's order (null times sort first)."""
-    position = codec.decode_cursor(cursor)
-    if len(position) != 2 or not isinstance(position[1], str) or not (
-        position[0] is None or isinstance(position[0], str)
-    ):
-        raise ValueError("invalid cursor")
-    last_id = position[1]
-    last_t = codec.parse_datetime(position[0]) if position[0] is not None else None
+def _after(position: paging.Position, time_field: str, newest_first: bool) -> MongoDoc:
+    """Documents after ``position``'s (time, _id) in the query's order (null times sort first)."""
+    last_t, last_id = position.time, position.id
     if not newest_first:
         if last_t is None:
             return {"$or": [{time_field: None, "_id": {"$gt": last_id}},

@@ -1,8 +1,9 @@
 """The embedded document store: one SQLite file, one table per collection.
 
-Every call runs on ONE dedicated thread that owns the only connection, so the
-event loop never blocks on disk I/O and SQLite never sees two writers from this
-process. ``apply`` writes a whole batch in one transaction: that is the batching.
+Every call runs on ONE dedicated thread (see ``storage.threaded``) that owns
+the only connection, so the event loop never blocks on disk I/O and SQLite
+never sees two writers from this process. ``apply`` writes a whole batch in
+one transaction: that is the batching.
 
 Each table holds the document as JSON (see ``storage.codec``) next to the two
 columns every read filters and sorts on: ``ambulance_id`` and ``t``, the epoch
@@ -12,28 +13,26 @@ documents sort first, oldest-first, as in MongoDB).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage import codec
+from storage import codec, paging
 from storage.base import (
     COLLECTIONS,
     TIME_FIELDS,
     Document,
-    DocumentStore,
     Page,
     Pruned,
     Query,
     StoreUnavailable,
     Write,
 )
+from storage.threaded import ThreadedDocumentStore
 
 T = TypeVar("T")
 
@@ -49,27 +48,24 @@ def _row_t(collection: str, doc: Document) -> float | None:
     return codec.epoch_seconds(value) if isinstance(value, datetime) else None
 
 
-class SQLiteDocumentStore(DocumentStore):
+class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
     """A ``DocumentStore`` in one SQLite file (WAL mode, fully synchronous commits)."""
+
+    name = "SQLite"
+    thread_name = "aoc-sqlite"
 
     def __init__(
         self, path: Path, *, busy_timeout: float = 5.0, logger: logging.Logger | None = None
     ) -> None:
         """``busy_timeout``: seconds a write waits for another process's lock before failing."""
+        super().__init__()
         self._path = Path(path)
         self._busy_timeout = busy_timeout
         self._log = logger or logging.getLogger(__name__)
-        self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
         self._created = False  # after the first open, never create a missing file again
 
     # -- plumbing -----------------------------------------------------------
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None:
-            raise StoreUnavailable("the SQLite store is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -107,6 +103,8 @@ class SQLiteDocumentStore(DocumentStore):
         # After the first open, "rw": if the file vanished, fail (retryably)
         # rather than silently starting an empty database in its place.
         mode = "rw" if self._created else "rwc"
+        if not self._created:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"{self._path.resolve().as_uri()}?mode={mode}"
         conn = sqlite3.connect(
             uri, uri=True, timeout=self._busy_timeout, isolation_level=None,
@@ -148,27 +146,18 @@ class SQLiteDocumentStore(DocumentStore):
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def open(self) -> None:
-        """Create the file, tables and indexes if needed; idempotent."""
-        if self._executor is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="aoc-sqlite")
+    async def _connect(self) -> None:
+        """Create the file (and its directory), tables and indexes if needed."""
         await self._run(lambda conn: None)
         self._log.debug("SQLite document store open at %s", self._path)
 
-    async def close(self) -> None:
-        """Close the connection and stop the thread; idempotent."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-
+    def _disconnect(self) -> Callable[[], None]:
         def close() -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
-        await asyncio.get_running_loop().run_in_executor(executor, close)
-        executor.shutdown(wait=True)
+        return close
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the file can be read."""
@@ -248,53 +237,36 @@ class SQLiteDocumentStore(DocumentStore):
 
     async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
         """The stored documents among ``ids``, by ``_id``: one query per slice of ids."""
-        table = codec.check_collection(collection)
-        wanted = list(dict.fromkeys(ids))
-
-        def select(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            rows: list[tuple[str, str]] = []
-            for chunk in codec.chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                sql = f'SELECT _id, doc FROM "{table}" WHERE _id IN ({marks})'
-                rows.extend(conn.execute(sql, tuple(chunk)))
-            return rows
-
+        rows = await self._select_ids(
+            collection, ids, lambda conn, table, chunk: conn.execute(
+                f'SELECT _id, doc FROM "{table}" WHERE _id IN ({_marks(chunk)})', tuple(chunk)
+            )
+        )
         # Decoded here, off the store's thread: it is the bridge's only writer.
-        rows = await self._run(select) if wanted else []
         return {doc_id: codec.decode(doc) for doc_id, doc in rows}
 
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored in ``collection``."""
-        table = codec.check_collection(collection)
-        wanted = list(dict.fromkeys(ids))
-
-        def select(conn: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for chunk in codec.chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                sql = f'SELECT _id FROM "{table}" WHERE _id IN ({marks})'
-                found.update(row[0] for row in conn.execute(sql, tuple(chunk)))
-            return found
-
-        return await self._run(select) if wanted else set()
+        rows = await self._select_ids(
+            collection, ids, lambda conn, table, chunk: conn.execute(
+                f'SELECT _id FROM "{table}" WHERE _id IN ({_marks(chunk)})', tuple(chunk)
+            )
+        )
+        return {doc_id for (doc_id,) in rows}
 
     async def find(self, query: Query) -> Page:
         """Documents matching ``query`` ordered by (time, ``_id``), one page at a time."""
-        codec.check_query(query)
-        sql, params = _select(query)
+        sql, params = _select(query, paging.after(query))
         rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        items = [codec.decode(doc) for _, _, doc in rows]
-        next_cursor = None
-        if more:
-            last_t, last_id, _ = rows[-1]
-            next_cursor = codec.encode_cursor([last_t, last_id])
-        return Page(items=items, next_cursor=next_cursor)
+        return paging.page(query, [codec.decode(doc) for (doc,) in rows])
 
 
-def _select(query: Query) -> tuple[str, tuple[Any, ...]]:
-    """The SQL (and its parameters) answering ``query`` plus one row to detect more pages."""
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _select(query: Query, after: paging.Position | None) -> tuple[str, tuple[Any, ...]]:
+    """The SQL (and its parameters) reading one page of ``query``, after ``after``."""
     clauses: list[str] = []
     params: list[Any] = []
     if query.ambulance_id is not None:
@@ -310,17 +282,17 @@ def _select(query: Query) -> tuple[str, tuple[Any, ...]]:
         clause, values = _where(name, value)
         clauses.append(clause)
         params.extend(values)
-    if query.cursor is not None:
-        clause, values = _after(query.cursor, query.newest_first)
+    if after is not None:
+        clause, values = _after(after, query.newest_first)
         clauses.append(clause)
         params.extend(values)
     order = "DESC" if query.newest_first else "ASC"
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = (
-        f'SELECT t, _id, doc FROM "{query.collection}" {where} '
+        f'SELECT doc FROM "{query.collection}" {where} '
         f"ORDER BY t {order}, _id {order} LIMIT ?"
     )
-    params.append(query.limit + 1)
+    params.append(paging.fetch_limit(query))
     return sql, tuple(params)
 
 
@@ -341,16 +313,10 @@ def _where(name: str, value: Any) -> tuple[str, list[Any]]:
     return "(json_type(doc, ?) = 'text' AND json_extract(doc, ?) = ?)", [path, path, value]
 
 
-def _after(cursor: str, newest_first: bool) -> tuple[str, list[Any]]:
-    """The keyset condition for rows after the cursor's (t, _id) in the query's order."""
-    position = codec.decode_cursor(cursor)
-    if len(position) != 2 or not isinstance(position[1], str) or not (
-        position[0] is None
-        # Epoch seconds: SQLite cannot bind a huge integer (a crafted cursor).
-        or (isinstance(position[0], int | float) and abs(position[0]) < 1e12)
-    ):
-        raise ValueError("invalid cursor")
-    last_t, last_id = position
+def _after(position: paging.Position, newest_first: bool) -> tuple[str, list[Any]]:
+    """The keyset condition for rows after ``position``'s (t, _id) in the query's order."""
+    last_id = position.id
+    last_t = None if position.time is None else codec.epoch_seconds(position.time)
     # NULL times sort before every time (ASC) and after every time (DESC).
     if not newest_first:
         if last_t is None:

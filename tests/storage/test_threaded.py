@@ -1,0 +1,47 @@
+"""The threaded stores' shared lifecycle (SQLite, MongoDB): their own threads, open and close."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from storage.base import AMBULANCES, DocumentStore, Query, StoreUnavailable, Write
+from storage.threaded import ThreadedDocumentStore
+
+T0 = datetime(2026, 11, 29, 4, 33, 12, tzinfo=UTC)
+STATE = {"_id": "a1", "ambulance_id": "a1", "last_seen": T0}
+
+
+def threaded(store: DocumentStore) -> ThreadedDocumentStore[object]:
+    assert isinstance(store, ThreadedDocumentStore)
+    return store
+
+
+async def test_driver_calls_run_on_the_store_threads(doc_store: DocumentStore) -> None:
+    """Test that the driver is called on the store's named threads, never the event loop's."""
+    store = threaded(doc_store)
+    name = await store._run(lambda _: threading.current_thread().name)
+    assert name.startswith(store.thread_name)
+    assert name != threading.current_thread().name
+
+
+async def test_closed_store_is_unavailable_and_reopens_with_its_data(
+    doc_store: DocumentStore,
+) -> None:
+    """Test that after close() every call is StoreUnavailable, and open() brings it all back."""
+    await doc_store.apply([Write(AMBULANCES, "upsert", STATE)])
+    await doc_store.close()
+    await doc_store.close()  # idempotent
+    for call in (
+        doc_store.ping(),
+        doc_store.get(AMBULANCES, "a1"),
+        doc_store.find(Query(AMBULANCES)),
+        doc_store.apply([Write(AMBULANCES, "upsert", STATE)]),
+    ):
+        with pytest.raises(StoreUnavailable, match="not open"):
+            await call
+    await doc_store.open()
+    assert await doc_store.get(AMBULANCES, "a1") == STATE
+    assert [doc async for doc in doc_store.scan(AMBULANCES)] == [STATE]
