@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from storage.base import Query
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
 
@@ -73,15 +72,8 @@ class Rig:
 
     async def documents(self, collection: str) -> list[dict[str, Any]]:
         """Every document of ``collection``, read through the project's store."""
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
         async with SQLiteDocumentStore(self.store_path) as store:
-            while True:
-                page = await store.find(Query(collection, limit=1000, cursor=cursor))
-                items.extend(page.items)
-                if page.next_cursor is None:
-                    return items
-                cursor = page.next_cursor
+            return [doc async for doc in store.scan(collection)]
 
     def logs(self) -> str:
         return "\n\n".join(
