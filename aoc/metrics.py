@@ -20,7 +20,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from bridge import rooms
+from bridge import contract
 from bridge.messages import Crash, Parsed, Plan, Snap, Tracking
 from storage.base import DEAD_LETTERS
 
@@ -28,7 +28,7 @@ REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 
 # The device topics' last level; anything else (never subscribed) is "other".
-KINDS = ("tracking", "crash", "snap", "status")
+KINDS = contract.DEVICE_KINDS
 # Processor counts -> the kind of message they were stored as (late points
 # and repeated crashes are stored too, in history).
 _STORED_AS = {
@@ -149,13 +149,13 @@ for _reason in DEAD_LETTER_DROP_REASONS:
 
 def kind_of(topic: str) -> str:
     """The message kind of a device topic ``aoc/<id>/<kind>``."""
-    kind = topic.rsplit("/", 1)[-1]
-    return kind if kind in KINDS else "other"
+    kind = contract.device_kind(topic)
+    return "other" if kind is None else kind
 
 
 def emit_kind(room: str) -> str:
     """The message kind behind a legacy Socket.IO emission, from its room."""
-    return rooms.kind_of(room)
+    return contract.room_kind(room)
 
 
 def observe_batch(

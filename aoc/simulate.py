@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,11 +37,11 @@ import aiomqtt
 
 from aoc import sim_jpeg
 from aoc.sim_motion import Point, Vehicle
+from bridge import contract
 
 log = logging.getLogger(__name__)
 
-KINDS = ("tracking", "snap", "crash", "status")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+KINDS = contract.DEVICE_KINDS
 _PUBLISH_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 5.0  # paho's socket connect, then again for the CONNACK
 _SIGN_OFF_TIMEOUT = 5.0
@@ -89,7 +88,7 @@ class _Ambulance:
     topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.topics = {kind: f"aoc/{self.ambulance_id}/{kind}" for kind in KINDS}
+        self.topics = {kind: contract.topic(self.ambulance_id, kind) for kind in KINDS}
 
 
 class _Fleet:
@@ -390,7 +389,7 @@ def _validate(
         raise ValueError("duration must be >= 0 seconds (or None to run until cancelled)")
     if not 0.0 <= crash_probability <= 1.0:
         raise ValueError("crash_probability must be between 0 and 1")
-    if not _ID.match(f"{id_prefix}{ambulances}"):
+    if not contract.AMBULANCE_ID.fullmatch(f"{id_prefix}{ambulances}"):
         raise ValueError(
             f"id prefix {id_prefix!r} would make invalid ambulance ids: [A-Za-z0-9_-], 64 at most"
         )

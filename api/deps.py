@@ -10,8 +10,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from pydantic import AfterValidator
 
 from aoc.config import Settings
-from bridge.ids import AMBULANCE_ID
-from bridge.rooms import reserved_reason
+from bridge.contract import AMBULANCE_ID, reserved_reason
 from storage.base import DocumentStore, ObjectStore
 
 if TYPE_CHECKING:

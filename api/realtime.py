@@ -1,10 +1,10 @@
 """The Socket.IO server of port 5050, with the legacy room semantics.
 
 Dashboards join rooms (an ambulance id, ``tracking``, ``snap``, ``crash``,
-``CRASH_NOTIFY_<id>``) and receive event ``data`` whose payload is a JSON
-string. The bridge emits with ``emit("data", payload, room=...)``, on this
-process's server or, from a separate process, through a write-only Redis
-manager.
+``CRASH_NOTIFY_<id>``: ``bridge.contract``) and receive event ``data`` whose
+payload is a JSON string. The bridge emits with ``emit("data", payload, room=...)``,
+on this process's server or, from a separate process, through a write-only
+Redis manager.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from starlette.routing import Route
 
 from aoc import metrics
 from api.pages import HOME_HTML
+from bridge.contract import EVENT, JOIN_EVENT, LEAVE_EVENT
 
 log = logging.getLogger(__name__)
 
-EVENT = "data"
 MAX_ROOM_LENGTH = 128
 # Connected session ids per server (weak: a discarded server takes its set along).
 _CONNECTED: weakref.WeakKeyDictionary[socketio.AsyncServer, set[str]] = (
@@ -86,8 +86,10 @@ def create_sio(
         except Exception:  # a handler must never raise into the server
             sio_log.exception("room_leave %r for %s failed", room, sid)
 
-    for handler in (connect, disconnect, room_join, room_leave):
-        sio.on(handler.__name__, handler=handler)
+    sio.on("connect", handler=connect)
+    sio.on("disconnect", handler=disconnect)
+    sio.on(JOIN_EVENT, handler=room_join)
+    sio.on(LEAVE_EVENT, handler=room_leave)
     return sio
 
 

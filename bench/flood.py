@@ -27,6 +27,8 @@ from bench import snapload
 from bench import stack as stack_mod
 from bench.stack import Stack
 from bench.stats import mib, table
+from bridge import contract
+from bridge.contract import Kind
 
 DEAD_LETTERS = "dead_letters"
 SNAPS = "ambulance_image_histories"
@@ -116,7 +118,7 @@ async def _tracking(stack: Stack, prefix: str, count: int, size: int) -> None:
         await asyncio.gather(
             *(
                 client.publish(
-                    f"aoc/{prefix}{n}/tracking",
+                    contract.topic(f"{prefix}{n}", Kind.TRACKING),
                     json.dumps({"lat": 13.75, "lon": 100.5, "speed": 1, "pad": filler}),
                     qos=1,
                     timeout=300,

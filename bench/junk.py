@@ -23,6 +23,8 @@ import httpx
 
 from bench import stack as stack_mod
 from bench.stack import Stack
+from bridge import contract
+from bridge.contract import Kind
 
 _DEAD = 'aoc_messages_dead_lettered_total{kind="tracking"}'
 _STORED = 'aoc_messages_stored_total{kind="tracking"}'
@@ -83,7 +85,7 @@ async def _good(stack: Stack, aid: str, count: int, spread_s: float) -> None:
     async with stack.mqtt() as client:
         for seq in range(count):
             body = {"lat": 13.7 + seq * 1e-5, "lon": 100.5, "speed": 40, "ts": base + seq}
-            await client.publish(f"aoc/{aid}/tracking", json.dumps(body), qos=1)
+            await client.publish(contract.topic(aid, Kind.TRACKING), json.dumps(body), qos=1)
             await asyncio.sleep(spread_s / count)
 
 
@@ -120,7 +122,12 @@ async def junk(
                 target=_publisher,
                 args=(
                     _Flood(
-                        stack.mqtt_port, f"aoc/JUNK-{i}/tracking", starts[i], share[i], size, window
+                        stack.mqtt_port,
+                        contract.topic(f"JUNK-{i}", Kind.TRACKING),
+                        starts[i],
+                        share[i],
+                        size,
+                        window,
                     ),
                 ),
             )

@@ -26,6 +26,8 @@ from bench import snapload
 from bench import stack as stack_mod
 from bench.stack import Stack
 from bench.stats import median, percentile, summary_ms, table
+from bridge import contract
+from bridge.contract import Kind
 
 _GRACE = 10.0
 SNAPS = "ambulance_image_histories"  # seconds to wait for the last points after publishing stops
@@ -52,7 +54,7 @@ async def _dashboard(url: str, prefix: str, lat: Latencies) -> socketio.AsyncCli
     client = socketio.AsyncClient(reconnection=False)
     joined = asyncio.Event()
 
-    @client.on("data")  # type: ignore[untyped-decorator]
+    @client.on(contract.EVENT)  # type: ignore[untyped-decorator]
     async def on_data(data: object) -> None:
         now = time.monotonic()
         if data == "room joined: tracking":
@@ -70,7 +72,7 @@ async def _dashboard(url: str, prefix: str, lat: Latencies) -> socketio.AsyncCli
                     lat.complete.set()
 
     await client.connect(url, transports=["websocket"], wait_timeout=10)
-    await client.emit("room_join", "tracking")
+    await client.emit(contract.JOIN_EVENT, contract.TRACKING_ROOM)
     async with asyncio.timeout(10):
         await joined.wait()
     return client
@@ -184,7 +186,7 @@ async def _phase(stack: Stack, *, devices: int, rate: float, duration: float) ->
             stack.mqtt() as publisher,
             asyncio.TaskGroup() as group,
         ):
-            await subscriber.subscribe("aoc/+/state", qos=1)
+            await subscriber.subscribe(contract.subscription(Kind.STATE), qos=1)
             listener = group.create_task(_states(subscriber, prefix, lat), name="state-listener")
             pending: set[asyncio.Task[None]] = set()
             print(f"publishing {total} points at {rate:g}/s over {devices} ambulances", flush=True)
@@ -204,7 +206,7 @@ async def _phase(stack: Stack, *, devices: int, rate: float, duration: float) ->
                 lat.by_ts[(aid, ts)] = now
                 # Publishing without waiting for PUBACK keeps the rate steady.
                 task = asyncio.create_task(
-                    publisher.publish(f"aoc/{aid}/tracking", json.dumps(body), qos=1)
+                    publisher.publish(contract.topic(aid, Kind.TRACKING), json.dumps(body), qos=1)
                 )
                 pending.add(task)
                 task.add_done_callback(pending.discard)

@@ -39,6 +39,8 @@ import socketio
 from bench import stack as stack_mod
 from bench.stack import Stack
 from bench.stats import median, percentile
+from bridge import contract
+from bridge.contract import Kind
 from storage.base import AMBULANCES, Write
 from storage.cache import StateCache
 from storage.sqlite import SQLiteDocumentStore
@@ -84,7 +86,7 @@ async def _fanout_loop(stack: Stack, probes: Probes) -> None:
     board = socketio.AsyncClient(reconnection=False)
     joined = asyncio.Event()
 
-    @board.on("data")  # type: ignore[untyped-decorator]
+    @board.on(contract.EVENT)  # type: ignore[untyped-decorator]
     async def on_data(data: object) -> None:
         now = time.monotonic()
         if data == "room joined: tracking":
@@ -99,7 +101,7 @@ async def _fanout_loop(stack: Stack, probes: Probes) -> None:
 
     await board.connect(stack.socketio_url, transports=["websocket"], wait_timeout=10)
     try:
-        await board.emit("room_join", "tracking")
+        await board.emit(contract.JOIN_EVENT, contract.TRACKING_ROOM)
         async with asyncio.timeout(10):
             await joined.wait()
         async with stack.mqtt() as client:
@@ -109,7 +111,7 @@ async def _fanout_loop(stack: Stack, probes: Probes) -> None:
                 body = {"lat": 13.75, "lon": 100.5, "speed": 40, "ts": stack_mod.now_ms(),
                         "seq": seq}
                 probes.published[seq] = sent
-                await client.publish(f"aoc/{aid}/tracking", json.dumps(body), qos=1)
+                await client.publish(contract.topic(aid, Kind.TRACKING), json.dumps(body), qos=1)
                 seq += 1
                 await asyncio.sleep(max(0.0, sent + 0.05 - time.monotonic()))
     finally:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.stats import median
+from bridge import contract
+from bridge.contract import Kind
 from bridge.messages import Parsed
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
@@ -36,7 +38,7 @@ def _batches(
     items = []
     for seq in range(messages):
         body = {"lat": 13.7 + seq * 1e-6, "lon": 100.5, "speed": 45.5, "ts": base_ms + seq}
-        topic = f"aoc/{prefix}{seq % ambulances:06d}/tracking"
+        topic = contract.topic(f"{prefix}{seq % ambulances:06d}", Kind.TRACKING)
         items.append(parse(topic, json.dumps(body).encode(), received, _LIMITS))
     return [items[i : i + size] for i in range(0, len(items), size)]
 

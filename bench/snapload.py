@@ -23,6 +23,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge import contract
+from bridge.contract import Kind
+
 JPEG_HEAD = b"\xff\xd8\xff\xe0"
 
 
@@ -76,7 +79,7 @@ def publish_one(port: int, ambulance_id: str, sizes: tuple[int, int]) -> None:
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
     try:
-        info = client.publish(f"aoc/{ambulance_id}/snap", snapshot(*sizes, 0), qos=1)
+        info = client.publish(contract.topic(ambulance_id, Kind.SNAP), snapshot(*sizes, 0), qos=1)
         info.wait_for_publish(timeout=300)
     finally:
         client.loop_stop()
@@ -97,7 +100,7 @@ def _publish_loop(
         while not stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += interval
             payload = snapshots.make(serial)
-            info = client.publish(f"aoc/{ambulance_id}/snap", payload, qos=1)
+            info = client.publish(contract.topic(ambulance_id, Kind.SNAP), payload, qos=1)
             info.wait_for_publish(timeout=120)
             serial += 1
             with sent.get_lock():

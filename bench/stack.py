@@ -24,6 +24,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from aoc.config import Settings
+from bridge import contract
+from bridge.contract import Kind
 from bridge.validate import Limits
 from broker import conf as broker_conf
 from tests import services
@@ -98,7 +100,7 @@ class Stack:
         async with self.mqtt() as client:
             while time.monotonic() - started < timeout:
                 body = {"lat": 13.75, "lon": 100.5, "speed": 1, "ts": now_ms(), "seq": seq}
-                await client.publish(f"aoc/{aid}/tracking", json.dumps(body), qos=1)
+                await client.publish(contract.topic(aid, Kind.TRACKING), json.dumps(body), qos=1)
                 seq += 1
                 for _ in range(20):
                     if stored_points(self.store_path, aid) > 0:

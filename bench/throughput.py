@@ -22,6 +22,8 @@ import httpx
 from bench import stack as stack_mod
 from bench.stack import Stack
 from bench.stats import median
+from bridge import contract
+from bridge.contract import Kind
 
 _POLL = 0.05
 STORED_METRIC = 'aoc_messages_stored_total{kind="tracking"}'
@@ -83,7 +85,7 @@ async def _device(client: aiomqtt.Client, aids: list[str], count: int, window: i
     async def worker() -> None:
         # Workers share one iterator, so publishes are issued in sequence order.
         for seq in seqs:
-            topic = f"aoc/{aids[seq % len(aids)]}/tracking"
+            topic = contract.topic(aids[seq % len(aids)], Kind.TRACKING)
             await client.publish(topic, _payload(seq, base + seq), qos=1, timeout=60)
 
     await asyncio.gather(*(worker() for _ in range(window)))

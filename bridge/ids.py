@@ -8,46 +8,21 @@ device sent (never from the receipt time, which differs on redelivery).
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime, timedelta
 
 from bridge.messages import Snap
-from bridge.rooms import reserved_reason
 
 __all__ = [
-    "AMBULANCE_ID",
-    "ambulance_id_problem",
     "crash_id",
     "dead_letter_id",
     "epoch_ms",
     "snap_id",
     "snap_id_of",
     "tracking_id",
-    "valid_ambulance_id",
 ]
-
-# An ambulance id becomes a storage path and a room name: nothing else gets in.
-AMBULANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-def ambulance_id_problem(value: object) -> str | None:
-    """Why ``value`` is not a valid ambulance id, or None when it is one.
-
-    Valid: a string of 1 to 64 of ``A-Z a-z 0-9 _ -`` that names no shared
-    Socket.IO room (``bridge.rooms``). Every entry point (MQTT topics, the
-    legacy shim, the read API) refuses an id with this reason.
-    """
-    if not isinstance(value, str) or AMBULANCE_ID.fullmatch(value) is None:
-        return f"must match {AMBULANCE_ID.pattern}"
-    return reserved_reason(value)
-
-
-def valid_ambulance_id(value: object) -> bool:
-    """Whether ``value`` is a valid ambulance id (see ``ambulance_id_problem``)."""
-    return ambulance_id_problem(value) is None
 
 
 def epoch_ms(value: datetime) -> int:

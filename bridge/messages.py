@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bridge.contract import EVENT
 from storage.base import Document, Write
 
 
@@ -120,7 +121,7 @@ class Emit:
 
     room: str
     data: str
-    event: str = "data"
+    event: str = EVENT
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aoc.logs import LineBudget
-from bridge import rooms, snapshots
+from bridge import contract, snapshots
 from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc, position_from_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
@@ -39,7 +39,6 @@ from bridge.messages import (
 )
 from bridge.snapshots import Digits, image_digest, store_images
 from bridge.speed import THRESHOLDS, Episode, SpeedRules, advance, classify
-from bridge.validate import topic_ambulance_id
 from storage.base import (
     AMBULANCES,
     CRASHES,
@@ -134,7 +133,7 @@ def dead_letter_doc(item: Rejected, *, limit: int) -> Document:
     return {
         "_id": dead_letter_id(item.topic, payload),
         "topic": item.topic,
-        "ambulance_id": topic_ambulance_id(item.topic),
+        "ambulance_id": contract.topic_ambulance_id(item.topic),
         "reason": item.reason,
         "received_at": item.received_at,
         "payload": stored,
@@ -243,7 +242,8 @@ class _Draft:
             state = copy.deepcopy(self.states[aid])
             plan.states[aid] = state
             payload = dumps(state_message(state)).encode("utf-8")
-            plan.publishes.append(Publish(f"aoc/{aid}/state", payload, retain=True, qos=1))
+            topic = contract.topic(aid, contract.Kind.STATE)
+            plan.publishes.append(Publish(topic, payload, retain=True, qos=1))
         plan.publishes.extend(self.publishes)
         return plan
 
@@ -436,8 +436,8 @@ class Processor:
         # Late points are re-emitted too: the legacy server emitted every body, and
         # a redelivery after a partial write has not been emitted yet.
         # ``body`` is already the legacy-room body (shaped by bridge.validate).
-        draft.emit(aid, item.body)
-        draft.emit(rooms.TRACKING, item.body)
+        draft.emit(contract.ambulance_room(aid), item.body)
+        draft.emit(contract.TRACKING_ROOM, item.body)
 
     def _advance(
         self, item: Tracking, state: Document, refs: dict[str, str | None], draft: _Draft
@@ -523,10 +523,15 @@ class Processor:
         if not known:
             _remember_crash(state, item.ts, record_id)
             draft.dirty.add(aid)
-        draft.emit(rooms.crash_notify(aid), record)
-        draft.emit(rooms.CRASH, item.body)
+        draft.emit(contract.crash_notify_room(aid), record)
+        draft.emit(contract.CRASH_ROOM, item.body)
         draft.publishes.append(
-            Publish(f"aoc/{aid}/alert", dumps(record).encode("utf-8"), retain=False, qos=1)
+            Publish(
+                contract.topic(aid, contract.Kind.ALERT),
+                dumps(record).encode("utf-8"),
+                retain=False,
+                qos=1,
+            )
         )
 
     async def upload(
@@ -583,7 +588,7 @@ class Processor:
                 },
             )
         # ``body`` is the legacy form fields, or {"ambulance_id": id} (bridge.validate).
-        draft.emit(rooms.SNAP, {"body": item.body, "imagesObj": images})
+        draft.emit(contract.SNAP_ROOM, {"body": item.body, "imagesObj": images})
 
     def _status(self, item: Status, draft: _Draft) -> None:
         state = draft.states[item.ambulance_id]

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from aoc import metrics
+from bridge.contract import Kind, device_kind, subscription
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.messages import Parsed, Plan, Rejected, Snap
@@ -66,11 +67,11 @@ _LIGHT_SNAP_BYTES = 1024
 # each connection its messages in order, so on one connection a tracking point
 # waited behind every byte of the snapshots before it.
 MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
-    ("aoc/+/tracking", 1),
-    ("aoc/+/crash", 1),
-    ("aoc/+/status", 1),
+    (subscription(Kind.TRACKING), 1),
+    (subscription(Kind.CRASH), 1),
+    (subscription(Kind.STATUS), 1),
 )
-SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (("aoc/+/snap", 1),)
+SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = ((subscription(Kind.SNAP), 1),)
 SUBSCRIPTIONS = MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS
 
 
@@ -155,7 +156,7 @@ class ByteBudget:
 
 
 def _is_snap(topic: str) -> bool:
-    return topic.rsplit("/", 1)[-1] == "snap"
+    return device_kind(topic) == Kind.SNAP
 
 
 class Bridge:

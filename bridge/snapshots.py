@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from bridge.ids import valid_ambulance_id
+from bridge.contract import valid_ambulance_id
 from bridge.messages import Snap
 from storage.base import ObjectStore
 

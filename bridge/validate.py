@@ -18,24 +18,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bridge.ids import AMBULANCE_ID, ambulance_id_problem, epoch_ms, valid_ambulance_id
+from bridge.contract import DEVICE_KINDS, PREFIX, Kind, ambulance_id_problem
+from bridge.ids import epoch_ms
 from bridge.messages import Crash, Image, Parsed, Position, Rejected, Snap, Status, Tracking
 from bridge.snapshots import sniff
 
 __all__ = [
-    "AMBULANCE_ID",
-    "KINDS",
+    "LEGACY_ALIASES",
     "Limits",
+    "nesting_error",
     "parse",
     "parse_timestamp",
-    "topic_ambulance_id",
-    "valid_ambulance_id",
     "valid_topic_parts",
 ]
 
 _log = logging.getLogger(__name__)
-
-KINDS = ("tracking", "snap", "crash", "status")
 
 # Legacy name -> plain name (the legacy HTTP API's field names).
 LEGACY_ALIASES = {
@@ -100,26 +97,20 @@ class _Invalid(Exception):
     """A validation failure; its message is the ``Rejected`` reason."""
 
 
-def valid_topic_parts(topic: str) -> tuple[str, str]:
+def valid_topic_parts(topic: str) -> tuple[str, Kind]:
     """``(ambulance_id, kind)`` of a device topic; ``ValueError`` naming the problem otherwise."""
     parts = topic.split("/")
-    if len(parts) != 3 or parts[0] != "aoc":
-        raise ValueError(f"topic: expected aoc/<ambulance_id>/<kind>, got {_show(topic)}")
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise ValueError(f"topic: expected {PREFIX}/<ambulance_id>/<kind>, got {_show(topic)}")
     _, ambulance_id, kind = parts
     problem = ambulance_id_problem(ambulance_id)
     if problem is not None:
         raise ValueError(f"topic: ambulance id {problem}")
-    if kind not in KINDS:
-        raise ValueError(f"topic: unknown message kind {_show(kind)} (expected {', '.join(KINDS)})")
-    return ambulance_id, kind
-
-
-def topic_ambulance_id(topic: str) -> str | None:
-    """The valid ambulance id in ``aoc/<id>/...``, else None (for dead-letter records)."""
-    parts = topic.split("/", 2)
-    if len(parts) >= 2 and parts[0] == "aoc" and valid_ambulance_id(parts[1]):
-        return parts[1]
-    return None
+    if kind not in DEVICE_KINDS:
+        raise ValueError(
+            f"topic: unknown message kind {_show(kind)} (expected {', '.join(DEVICE_KINDS)})"
+        )
+    return ambulance_id, Kind(kind)
 
 
 def parse(
@@ -190,7 +181,7 @@ def _parse(
         ambulance_id, kind = valid_topic_parts(topic)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    if retained and kind != "status":
+    if retained and kind != Kind.STATUS:
         # The broker replays a retained message on every (re)subscription: taken
         # as device data, one old crash would alert again at each reconnect.
         raise _Invalid(
@@ -198,10 +189,10 @@ def _parse(
             " device data is never taken from one (only status may be retained)"
         )
     payload = _as_bytes(payload)
-    if kind in {"tracking", "crash"}:
+    if kind in (Kind.TRACKING, Kind.CRASH):
         body = _json_object(payload, limits.max_record_bytes)
         return _record(kind, ambulance_id, body, received_at, limits)
-    if kind == "snap":
+    if kind == Kind.SNAP:
         return _snap(ambulance_id, payload, received_at, limits)
     return _status(ambulance_id, payload, received_at, limits)
 
@@ -218,7 +209,7 @@ def _record(
     ts, device_ts = _ts(body, received_at, limits)
     position = Position(lat, lon)
     values = {"lat": lat, "lon": lon, "speed": speed, "heading": heading}
-    if kind == "crash":
+    if kind == Kind.CRASH:
         if legacy is not None:
             # The legacy crash endpoint took m/s; the shim converted it to km/h.
             _check_legacy(legacy, aid, values, speed_factor=3.6)

@@ -6,8 +6,8 @@ it from the persistent session. aiomqtt 2.x acknowledges on receipt, before user
 code runs, so this adapter sits on paho-mqtt 2.x with ``manual_ack=True``.
 
 Why no thread: paho's own ``loop_start()`` runs the network on a thread, and
-STYLE.md forbids MQTT on threads next to an asyncio server (callbacks racing the
-event loop, locks held across it). Here the event loop drives paho's socket, as
+MQTT on threads next to an asyncio server means callbacks racing the event loop
+and locks held across it. Here the event loop drives paho's socket, as
 in paho's ``examples/loop_asyncio.py``: ``on_socket_open``/``on_socket_close``
 register it with ``add_reader``, ``on_socket_(un)register_write`` with
 ``add_writer``, and a task calls ``loop_misc()`` every second for keepalive.

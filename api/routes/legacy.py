@@ -21,7 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 from api.deps import Deps, Publisher, PublisherDep
 from api.legacy_input import Upload, field_error, read_body, read_uploads
 from api.pages import HOME_HTML
-from bridge.ids import ambulance_id_problem, epoch_ms
+from bridge import contract
+from bridge.contract import Kind, ambulance_id_problem
+from bridge.ids import epoch_ms
 from bridge.jsjson import dumps
 from bridge.messages import Crash, Rejected, Snap, Tracking
 from bridge.snapshots import sniff
@@ -40,7 +42,6 @@ SUCCESS = {"success": True}
 UPLOAD_RETRY_AFTER_S = 5
 # Bytes of each uploaded image the validator sees (a multiple of 3: whole base64).
 _CHECKED_IMAGE_BYTES = 3 * 1024
-_MQTT_HINT = "Deprecated: devices should publish over MQTT to `aoc/<ambulance_id>/{}` instead."
 _LEGACY_BODY = {
     "required": True,
     "content": {
@@ -60,6 +61,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "The MQTT broker did not acknowledge, or (uploads) too many uploads "
           "are in progress: retry after Retry-After seconds"},
 }
+
+
+def _mqtt_hint(kind: Kind) -> str:
+    """The OpenAPI note of a legacy endpoint: the MQTT topic that replaces it."""
+    where = contract.topic("<ambulance_id>", kind)
+    return f"Deprecated: devices should publish over MQTT to `{where}` instead."
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -188,7 +195,7 @@ async def _relay(request: Request, deps: Deps, publisher: Publisher, *, crash: b
     body = await read_body(request)
     received_at, received_ms = _now()
     message = _device_message(body, crash=crash, received_ms=received_ms)
-    topic = f"aoc/{message['ambulance_id']}/{'crash' if crash else 'tracking'}"
+    topic = contract.topic(message["ambulance_id"], Kind.CRASH if crash else Kind.TRACKING)
     payload = _encode(message)
     _check(
         topic, payload, received_at=received_at, deps=deps, body=body,
@@ -200,7 +207,7 @@ async def _relay(request: Request, deps: Deps, publisher: Publisher, *, crash: b
 @router.post(
     "/api/tracking/postAmbulanceTracking",
     deprecated=True,
-    description=_MQTT_HINT.format("tracking"),
+    description=_mqtt_hint(Kind.TRACKING),
     openapi_extra={"requestBody": _LEGACY_BODY},
     responses=_ERRORS,
 )
@@ -213,7 +220,7 @@ async def post_tracking(request: Request, deps: Deps, publisher: PublisherDep) -
 @router.post(
     "/api/crash/postAmbulanceCrashNotify",
     deprecated=True,
-    description=_MQTT_HINT.format("crash") + " Legacy `tracking_speed` is m/s here.",
+    description=_mqtt_hint(Kind.CRASH) + " Legacy `tracking_speed` is m/s here.",
     openapi_extra={"requestBody": _LEGACY_BODY},
     responses=_ERRORS,
 )
@@ -226,7 +233,7 @@ async def post_crash(request: Request, deps: Deps, publisher: PublisherDep) -> d
 @router.post(
     "/api/snapshot/postAmbulanceImageUpload",
     deprecated=True,
-    description=_MQTT_HINT.format("snap") + " Multipart: `ambulance_id` and files in `files`.",
+    description=_mqtt_hint(Kind.SNAP) + " Multipart: `ambulance_id` and files in `files`.",
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "properties": {
             "ambulance_id": {"type": "string"},
@@ -265,7 +272,7 @@ async def post_snapshot(request: Request, deps: Deps, publisher: PublisherDep) -
         ambulance_id = _ambulance_id(fields.get("ambulance_id"))
         if not uploads:
             raise field_error("files", "at least one image is required in field 'files'")
-        topic = f"aoc/{ambulance_id}/snap"
+        topic = contract.topic(ambulance_id, Kind.SNAP)
         # Tens of megabytes to base64, JSON-encode and parse back: on a worker
         # thread, so the event loop (shared with the bridge and Socket.IO in
         # `aoc serve`) keeps serving meanwhile.

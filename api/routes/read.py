@@ -25,7 +25,7 @@ from api.models import (
     TrackPage,
     TrackPoint,
 )
-from bridge.ids import AMBULANCE_ID
+from bridge.contract import AMBULANCE_ID
 from storage import codec
 from storage.base import (
     AMBULANCES,

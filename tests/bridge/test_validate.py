@@ -12,15 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aoc.config import Settings
+from bridge.contract import topic_ambulance_id, valid_ambulance_id
 from bridge.ids import epoch_ms, snap_id
 from bridge.messages import Crash, Parsed, Position, Rejected, Snap, Status, Tracking
-from bridge.validate import (
-    Limits,
-    parse,
-    parse_timestamp,
-    topic_ambulance_id,
-    valid_ambulance_id,
-)
+from bridge.validate import Limits, parse, parse_timestamp
 from tests.images import TINY_JPEG, png
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

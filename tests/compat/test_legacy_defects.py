@@ -1,4 +1,4 @@
-"""The known defects of the legacy server (LEGACY.md), each pinned as fixed.
+"""The known defects of the legacy server (docs/legacy.md), each pinned as fixed.
 
 Each test would have failed against the legacy server: crash states at the
 thresholds, the crash handler's ReferenceError, missing input validation, the
