@@ -1,6 +1,6 @@
 """A fleet of simulated ambulances publishing device traffic over MQTT.
 
-Each ambulance follows ``aoc.sim_motion`` and publishes, as a real device
+Each ambulance follows ``sim.motion`` and publishes, as a real device
 would: tracking points at ``rate`` Hz (QoS 1), a camera snapshot every
 ``snap_every`` seconds (alternately raw JPEG bytes and the JSON/base64 form),
 now and then a crash alert, and its retained ``online``/``offline`` status.
@@ -36,8 +36,8 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from aoc import sim_jpeg
-from aoc.sim_motion import Point, Vehicle
+from sim import jpeg
+from sim.motion import Point, Vehicle
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class _Fleet:
     async def _snap(self, amb: _Ambulance, client: aiomqtt.Client) -> None:
         amb.snaps += 1
         ts = int(time.time() * 1000)
-        image = sim_jpeg.frame(f"{amb.ambulance_id} shot {amb.snaps} at {ts}")
+        image = jpeg.frame(f"{amb.ambulance_id} shot {amb.snaps} at {ts}")
         # Devices send either form; alternate so the bridge sees both.
         if amb.snaps % 2:
             payload = image
