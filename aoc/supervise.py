@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aoc.config import Settings
+from aoc.parts import FIRST_DELAY_S, HEALTHY_AFTER_S, MAX_DELAY_S
 from bridge.validate import Limits
 from broker import conf as broker_conf
 
 log = logging.getLogger(__name__)
-
-# A child that ran this long before dying is considered healthy again: its
-# next restart starts from the shortest delay.
-HEALTHY_AFTER_S = 30.0
 
 
 @dataclass
@@ -132,7 +129,7 @@ async def _start(child: Child) -> None:
 
 
 async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
-    delay = 0.5
+    delay = FIRST_DELAY_S
     while not stopping.is_set():
         assert child.proc is not None
         started = time.monotonic()
@@ -140,12 +137,12 @@ async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
         if stopping.is_set():
             return
         if time.monotonic() - started > HEALTHY_AFTER_S:
-            delay = 0.5
+            delay = FIRST_DELAY_S
         child.restarts += 1
         cause = f"signal {-code}" if code < 0 else f"exit code {code}"
         log.error("%s died (%s); restart #%d in %.1fs", child.name, cause, child.restarts, delay)
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+        delay = min(delay * 2, MAX_DELAY_S)
         try:
             await _start(child)
         except (OSError, RuntimeError, TimeoutError) as exc:
