@@ -12,10 +12,12 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -24,6 +26,7 @@ import pytest
 from aoc import lifecycle
 from aoc.config import Settings
 from aoc.parts import Parts, Running
+from aoc.servers import server
 from bridge.service import Bridge
 from tests import services
 
@@ -280,3 +283,56 @@ async def test_serve_keeps_serving_while_its_bridge_restarts(
     assert failed == ["bridge failed (RuntimeError: injected bridge fault); restart #1 in 0.5s"]
     assert not services.port_is_open(http_port)
     assert not services.port_is_open(sio_port)
+
+
+async def test_a_server_whose_port_is_taken_retries_instead_of_exiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that uvicorn's exit on a taken port fails that part alone; it serves once free."""
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=0.05, max_delay=0.2)
+    healthy = Ticker()
+
+    @contextlib.asynccontextmanager
+    async def http_part() -> AsyncIterator[Running]:
+        embedded = server(ok, host="127.0.0.1", port=port)
+        yield Running(embedded.serve, embedded.stop)
+
+    parts.add("http", http_part)
+    parts.add("healthy", healthy.start)
+    running = asyncio.create_task(parts.run())
+    try:
+        await until(lambda: _true(parts.restarts("http") >= 2), "the server to fail twice")
+        assert "http failed (ServerFailed: could not start serving on 127.0.0.1:" in caplog.text
+        blocker.close()
+
+        async def answers() -> bool:
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except httpx.TransportError:
+                return False
+            return response.text == "ok"
+
+        await until(answers, "the server to start once its port is free")
+        assert healthy.starts == 1
+    finally:
+        blocker.close()
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await running
+    assert not services.port_is_open(port)
