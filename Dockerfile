@@ -20,6 +20,8 @@ COPY api ./api
 COPY bridge ./bridge
 COPY broker ./broker
 COPY storage ./storage
+# The simulator, for `aoc simulate` against a deployment; the services never load it.
+COPY sim ./sim
 RUN pip install --no-deps . && aoc --help > /dev/null
 
 # --- runtime: the virtualenv only, run by an unprivileged user ---------------

@@ -6,7 +6,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-RUN_PACKAGES := mosquitto redis-server
 
 .PHONY: run test bench setup setup-run lint typecheck unit clean
 
@@ -31,20 +30,23 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# Debian packages: installed only when a command is missing, so a machine that
-# has them needs neither root nor the network.
+# Debian packages: only those whose command is missing (scripts/missing-packages
+# decides, one command and its package at a time), so a machine that has them
+# needs neither root nor the network. /usr/sbin: where Debian puts mosquitto,
+# outside a normal user's PATH.
+RUN_COMMANDS := mosquitto:mosquitto redis-server:redis-server
+TEST_COMMANDS := docker-compose:docker-compose node:nodejs npm:npm
+APT_INSTALL = $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
+
 .stamps/apt-run:
-	@missing=""; for p in mosquitto redis-server; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	@missing="$$(PATH="$$PATH:/usr/sbin:/sbin" /bin/sh scripts/missing-packages $(RUN_COMMANDS))" || exit 1; \
 	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(RUN_PACKAGES) python3-venv; fi
+	if [ -n "$$missing" ]; then $(APT_INSTALL) $$missing; fi
 	@mkdir -p .stamps && touch $@
 
-# Only the packages whose command is missing: a machine whose Node.js did not
-# come from Debian refuses Debian's nodejs package ("held broken packages").
 .stamps/apt-test: .stamps/apt-run
-	@missing=""; for pair in docker-compose:docker-compose node:nodejs npm:npm; do \
-	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@missing="$$(/bin/sh scripts/missing-packages $(TEST_COMMANDS))" || exit 1; \
+	if [ -n "$$missing" ]; then $(APT_INSTALL) $$missing; fi
 	@touch $@
 
 $(VENV)/bin/python:

@@ -43,9 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    # Imports are local so `aoc simulate` starts fast and needs no storage driver.
+    # Imports are local: `aoc simulate` starts fast and needs no storage driver,
+    # and the runtime commands never import the simulator (the `sim` package).
     if args.command == "simulate":
-        from aoc.simulate import simulate
+        from sim.fleet import simulate
 
         stats = await simulate(
             host=settings.mqtt_host,

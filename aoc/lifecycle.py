@@ -4,10 +4,13 @@
 ``aoc bridge``, ``aoc api`` and ``aoc realtime`` run one part each, for
 scale-out, and then reach each other through Mosquitto and Redis only.
 
-Start order: storage, then the MQTT clients, then the consumers and servers.
+Start order: storage and the outbound MQTT connection, then the parts (the
+bridge with its consumer connections, the HTTP servers), each supervised by
+``aoc.parts``: a part that fails is restarted alone while the others serve.
 Stop order (first SIGINT/SIGTERM): HTTP servers stop accepting and finish
-their requests, the bridge finishes and acknowledges its batch, then MQTT
-disconnects and storage closes, as the exit stack unwinds.
+their requests, the bridge finishes and acknowledges its batch and closes its
+consumer connections, then the outbound connection and storage close, as the
+exit stack unwinds.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
@@ -27,8 +30,10 @@ from fastapi import FastAPI
 
 from aoc import logs, metrics
 from aoc.config import Settings
+from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api.deps import ReadyCheck
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
@@ -116,18 +121,10 @@ def _api_deps(
     store: DocumentStore,
     objects: ObjectStore,
     cache: StateCache,
-    mqtt: MqttClient,
+    broker: ReadyCheck,
     publisher: MqttClient | None = None,
-    snap_mqtt: MqttClient | None = None,
 ) -> ApiDeps:
-    """What the HTTP routes need; readiness reports on ``mqtt`` (and ``snap_mqtt``)."""
-
-    async def broker() -> None:
-        if not mqtt.connected:
-            raise ConnectionError("not connected to the MQTT broker")
-        if snap_mqtt is not None and not snap_mqtt.connected:
-            raise ConnectionError("snapshot connection to the MQTT broker is down")
-
+    """What the HTTP routes need; readiness asks ``broker`` about the MQTT side."""
     checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
     return ApiDeps(
         settings=settings,
@@ -137,20 +134,6 @@ def _api_deps(
         publisher=publisher,
         ready_checks=checks,
     )
-
-
-async def _bridge_connections(
-    settings: Settings, stack: AsyncExitStack, *, publisher_id: str
-) -> tuple[MqttClient, MqttClient, MqttClient]:
-    """The bridge's MQTT connections, open until ``stack`` closes: main, snapshots, outbound."""
-    consumer = await stack.enter_async_context(
-        _mqtt(settings, client_id=settings.mqtt_client_id, consumer=True)
-    )
-    snap_consumer = await stack.enter_async_context(_snap_mqtt(settings))
-    publisher = await stack.enter_async_context(
-        _mqtt(settings, client_id=publisher_id, consumer=False)
-    )
-    return consumer, snap_consumer, publisher
 
 
 def _snap_mqtt(settings: Settings) -> MqttClient:
@@ -240,63 +223,126 @@ def _socketio_server(app: socketio.ASGIApp, settings: Settings) -> EmbeddedServe
     )
 
 
-async def _run_until_stopped(
-    stop: asyncio.Event, *, servers: list[EmbeddedServer], bridge: Bridge | None
-) -> None:
-    """Run the servers and the bridge until a signal, then stop them in order."""
+class _BridgeWiring:
+    """The bridge and what it is made of: one builder for ``aoc serve`` and ``aoc bridge``.
 
-    async def stopper() -> None:
-        await stop.wait()
-        log.info("stopping")
-        for item in servers:
-            item.stop()
-        if bridge is not None:
-            bridge.stop()
+    Storage and the outbound MQTT connection last as long as the process.
+    The consumer connections and the ``Bridge`` are made afresh at each
+    (re)start of the bridge part (``start``): a restarted bridge gets the
+    messages its failed predecessor held unacknowledged, since the broker
+    redelivers them on new connections of the same persistent sessions.
+    """
 
-    async with asyncio.TaskGroup() as group:
-        watcher = group.create_task(stopper(), name="stop-on-signal")
-        tasks = [group.create_task(s.serve(), name=f"http-{s.config.port}") for s in servers]
-        if bridge is not None:
-            tasks.append(group.create_task(bridge.run(), name="bridge"))
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        # One part ending on its own (a server that failed to bind) ends them all.
-        stop.set()
-        await watcher
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: DocumentStore,
+        objects: ObjectStore,
+        cache: StateCache,
+        publisher: MqttClient,
+        emitter: Emitter,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.objects = objects
+        self.cache = cache
+        self.publisher = publisher
+        self.emitter = emitter
+        self._consumers: tuple[MqttClient, MqttClient] | None = None  # the running bridge's
+
+    @contextlib.asynccontextmanager
+    async def start(self) -> AsyncIterator[Running]:
+        """A new bridge on new consumer connections, closed once it has ended."""
+        async with AsyncExitStack() as stack:
+            consumer = await stack.enter_async_context(
+                _mqtt(self.settings, client_id=self.settings.mqtt_client_id, consumer=True)
+            )
+            snap_consumer = await stack.enter_async_context(_snap_mqtt(self.settings))
+            bridge = _bridge(
+                self.settings,
+                mqtt=consumer,
+                snap_mqtt=snap_consumer,
+                publisher=self.publisher,
+                store=self.store,
+                objects=self.objects,
+                cache=self.cache,
+                emitter=self.emitter,
+            )
+            self._consumers = (consumer, snap_consumer)
+            try:
+                yield Running(bridge.run, bridge.stop)
+            finally:
+                self._consumers = None
+
+    async def broker_ready(self) -> None:
+        """Readiness: the bridge runs and both its consumer connections are up."""
+        if self._consumers is None:
+            raise ConnectionError("the bridge is not running (starting or restarting)")
+        consumer, snap_consumer = self._consumers
+        if not consumer.connected:
+            raise ConnectionError("not connected to the MQTT broker")
+        if not snap_consumer.connected:
+            raise ConnectionError("snapshot connection to the MQTT broker is down")
+
+    def api_deps(self, *, publisher: bool) -> ApiDeps:
+        """The HTTP routes' dependencies; ``publisher``: whether they may publish."""
+        return _api_deps(
+            self.settings,
+            store=self.store,
+            objects=self.objects,
+            cache=self.cache,
+            broker=self.broker_ready,
+            publisher=self.publisher if publisher else None,
+        )
 
 
-async def serve(settings: Settings) -> None:
-    """Bridge, HTTP API and Socket.IO server in one process."""
-    stop = _stop_on_signals()
+async def _wire_bridge(
+    settings: Settings, stack: AsyncExitStack, *, publisher_id: str, emitter: Emitter
+) -> _BridgeWiring:
+    """Open storage and the outbound MQTT connection, until ``stack`` closes."""
+    store, objects, cache = await _open_storage(settings, stack)
+    publisher = await stack.enter_async_context(
+        _mqtt(settings, client_id=publisher_id, consumer=False)
+    )
+    return _BridgeWiring(
+        settings, store=store, objects=objects, cache=cache, publisher=publisher, emitter=emitter
+    )
+
+
+def _connected(client: MqttClient) -> ReadyCheck:
+    async def check() -> None:
+        if not client.connected:
+            raise ConnectionError("not connected to the MQTT broker")
+
+    return check
+
+
+@contextlib.asynccontextmanager
+async def _serving(server: EmbeddedServer) -> AsyncIterator[Running]:
+    yield Running(server.serve, server.stop)
+
+
+def _server_part(make: Callable[[], EmbeddedServer]) -> Start:
+    """A server part: a new server at each (re)start (uvicorn's state is per run)."""
+    return lambda: _serving(make())
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
+    stop = stop or _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        store, objects, cache = await _open_storage(settings, stack)
-        consumer, snap_consumer, publisher = await _bridge_connections(
-            settings, stack, publisher_id=f"aoc-api-{os.getpid()}"
-        )
         sio = create_sio()
-        bridge = _bridge(
-            settings,
-            mqtt=consumer,
-            snap_mqtt=snap_consumer,
-            publisher=publisher,
-            store=store,
-            objects=objects,
-            cache=cache,
-            emitter=sio,
+        wiring = await _wire_bridge(
+            settings, stack, publisher_id=f"aoc-api-{os.getpid()}", emitter=sio
         )
-        deps = _api_deps(
-            settings,
-            store=store,
-            objects=objects,
-            cache=cache,
-            mqtt=consumer,
-            publisher=publisher,
-            snap_mqtt=snap_consumer,
-        )
-        servers = [
-            _http_server(create_app(deps), settings),
-            _socketio_server(create_realtime_app(sio), settings),
-        ]
+        app = create_app(wiring.api_deps(publisher=True))
+        realtime = create_realtime_app(sio)
+        parts = Parts(stop)
+        parts.add("bridge", wiring.start)
+        parts.add("http", _server_part(lambda: _http_server(app, settings)))
+        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         log.info(
             "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
             settings.bind_host,
@@ -306,7 +352,7 @@ async def serve(settings: Settings) -> None:
             settings.mqtt_host,
             settings.mqtt_port,
         )
-        await _run_until_stopped(stop, servers=servers, bridge=bridge)
+        await parts.run()
 
 
 async def run_bridge(settings: Settings) -> None:
@@ -314,10 +360,6 @@ async def run_bridge(settings: Settings) -> None:
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        store, objects, cache = await _open_storage(settings, stack)
-        consumer, snap_consumer, publisher = await _bridge_connections(
-            settings, stack, publisher_id=f"aoc-bridge-out-{os.getpid()}"
-        )
         emitter = socketio.AsyncRedisManager(
             settings.redis_url,
             # An unreachable (not refusing) Redis must not hang the consume loop.
@@ -325,34 +367,25 @@ async def run_bridge(settings: Settings) -> None:
             write_only=True,
             logger=logs.throttled("socketio.fan_out", seconds=60.0),
         )
-        bridge = _bridge(
-            settings,
-            mqtt=consumer,
-            snap_mqtt=snap_consumer,
-            publisher=publisher,
-            store=store,
-            objects=objects,
-            cache=cache,
-            emitter=emitter,
+        wiring = await _wire_bridge(
+            settings, stack, publisher_id=f"aoc-bridge-out-{os.getpid()}", emitter=emitter
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
-        probes = create_probe_app(
-            _api_deps(
-                settings,
-                store=store,
-                objects=objects,
-                cache=cache,
-                mqtt=consumer,
-                snap_mqtt=snap_consumer,
-            )
+        probes = create_probe_app(wiring.api_deps(publisher=False))
+        parts = Parts(stop)
+        parts.add("bridge", wiring.start)
+        parts.add(
+            "http",
+            _server_part(
+                lambda: _server(
+                    probes,
+                    settings,
+                    port=settings.bridge_http_port,
+                    max_connections=settings.http_max_connections,
+                )
+            ),
         )
-        http = _server(
-            probes,
-            settings,
-            port=settings.bridge_http_port,
-            max_connections=settings.http_max_connections,
-        )
-        await _run_until_stopped(stop, servers=[http], bridge=bridge)
+        await parts.run()
 
 
 async def run_api(settings: Settings) -> None:
@@ -366,10 +399,17 @@ async def run_api(settings: Settings) -> None:
             _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
         )
         deps = _api_deps(
-            settings, store=store, objects=objects, cache=cache, mqtt=publisher, publisher=publisher
+            settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            broker=_connected(publisher),
+            publisher=publisher,
         )
-        app_server = _http_server(create_app(deps), settings)
-        await _run_until_stopped(stop, servers=[app_server], bridge=None)
+        app = create_app(deps)
+        parts = Parts(stop)
+        parts.add("http", _server_part(lambda: _http_server(app, settings)))
+        await parts.run()
 
 
 async def run_realtime(settings: Settings) -> None:
@@ -377,6 +417,8 @@ async def run_realtime(settings: Settings) -> None:
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     sio = create_sio(client_manager=socketio.AsyncRedisManager(settings.redis_url))
-    rt = _socketio_server(create_realtime_app(sio), settings)
+    realtime = create_realtime_app(sio)
+    parts = Parts(stop)
+    parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
     with contextlib.suppress(asyncio.CancelledError):
-        await _run_until_stopped(stop, servers=[rt], bridge=None)
+        await parts.run()

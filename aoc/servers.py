@@ -3,7 +3,8 @@
 Uvicorn normally owns the process: it installs signal handlers and re-raises
 the signal when it stops. ``aoc serve`` runs two servers (HTTP and Socket.IO)
 next to the bridge in one event loop, so signals are handled once, by the
-lifecycle in ``aoc.lifecycle``, which then asks each server to exit.
+lifecycle in ``aoc.lifecycle``, which then asks each server to exit; and a
+server that cannot start raises, so that only it is restarted (``aoc.parts``).
 
 Bounds, so that one client cannot hold what every other client needs:
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Generator
 from typing import Any
 
@@ -146,12 +148,29 @@ def _protocol(header_timeout: float) -> type[HeaderTimeoutProtocol]:
     return type("BoundedProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
 
 
+class ServerFailed(Exception):
+    """An embedded server could not start."""
+
+
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its owner."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until ``stop()``; failing to start (a port in use) raises ``ServerFailed``.
+
+        Uvicorn exits the process instead (``sys.exit``), which would take the
+        other parts of ``aoc serve`` down with it; uvicorn has logged the cause.
+        """
+        try:
+            await super().serve(sockets)
+        except SystemExit as exc:
+            raise ServerFailed(
+                f"could not start serving on {self.config.host}:{self.config.port}"
+            ) from exc
 
     def stop(self) -> None:
         """Stop accepting connections; in-flight requests finish (bounded by the config)."""

@@ -15,21 +15,17 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aoc.config import Settings
+from aoc.parts import FIRST_DELAY_S, HEALTHY_AFTER_S, MAX_DELAY_S
 from bridge.validate import Limits
 from broker import conf as broker_conf
 
 log = logging.getLogger(__name__)
-
-# A child that ran this long before dying is considered healthy again: its
-# next restart starts from the shortest delay.
-HEALTHY_AFTER_S = 30.0
 
 
 @dataclass
@@ -44,15 +40,23 @@ class Child:
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
-        return True
-    return False
+async def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether ``host:port`` accepts a connection, without blocking the event loop."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def wait_port(child: Child, timeout: float = 30.0) -> None:
+    """Wait until ``child`` listens on its port; other tasks (supervision, signals) keep running."""
     deadline = time.monotonic() + timeout
-    while child.port is not None and not port_open(child.port):
+    while child.port is not None and not await port_open(child.port):
         if child.proc is not None and child.proc.returncode is not None:
             raise RuntimeError(f"{child.name} exited with {child.proc.returncode} at start-up")
         if time.monotonic() > deadline:
@@ -69,11 +73,11 @@ def _binary(name: str) -> str:
     return path
 
 
-def plan(settings: Settings) -> list[Child]:
+async def plan(settings: Settings) -> list[Child]:
     """The children to run, skipping a broker or Redis that already listens on its port."""
     data = settings.data_dir.resolve()
     children: list[Child] = []
-    if port_open(settings.mqtt_port):
+    if await port_open(settings.mqtt_port):
         log.warning("port %d already serves MQTT: using that broker", settings.mqtt_port)
     else:
         conf = broker_conf.write(
@@ -91,7 +95,7 @@ def plan(settings: Settings) -> list[Child]:
         )
     redis = urlsplit(settings.redis_url)
     redis_port = redis.port or 6379
-    if redis.hostname not in {"127.0.0.1", "localhost"} or port_open(redis_port):
+    if redis.hostname not in {"127.0.0.1", "localhost"} or await port_open(redis_port):
         log.warning("using the Redis server at %s", settings.redis_url)
     else:
         (data / "redis").mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ async def _start(child: Child) -> None:
 
 
 async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
-    delay = 0.5
+    delay = FIRST_DELAY_S
     while not stopping.is_set():
         assert child.proc is not None
         started = time.monotonic()
@@ -133,12 +137,12 @@ async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
         if stopping.is_set():
             return
         if time.monotonic() - started > HEALTHY_AFTER_S:
-            delay = 0.5
+            delay = FIRST_DELAY_S
         child.restarts += 1
         cause = f"signal {-code}" if code < 0 else f"exit code {code}"
         log.error("%s died (%s); restart #%d in %.1fs", child.name, cause, child.restarts, delay)
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+        delay = min(delay * 2, MAX_DELAY_S)
         try:
             await _start(child)
         except (OSError, RuntimeError, TimeoutError) as exc:
@@ -168,7 +172,7 @@ async def up(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    children = plan(settings)
+    children = await plan(settings)
     started: list[Child] = []
     try:
         for child in children:

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import struct
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -25,10 +26,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from aoc import sim_jpeg, sim_motion
-from aoc.simulate import SimStats, simulate
 from bridge.messages import Crash, Snap, Status, Tracking
 from bridge.validate import Limits, parse
+from sim import jpeg, motion
+from sim.fleet import SimStats, simulate
 from tests import services
 
 LIMITS = Limits(max_image_bytes=5 * 1024 * 1024, max_upload_files=10)
@@ -38,12 +39,12 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # -- the motion model, without MQTT ---------------------------------------------------------
 
 
-def drive(seed: int, seconds: int, dt: float = 1.0) -> list[sim_motion.Point]:
-    vehicle = sim_motion.Vehicle(random.Random(seed))
+def drive(seed: int, seconds: int, dt: float = 1.0) -> list[motion.Point]:
+    vehicle = motion.Vehicle(random.Random(seed))
     return [vehicle.step(dt) for _ in range(int(seconds / dt))]
 
 
-def metres(a: sim_motion.Point, b: sim_motion.Point) -> float:
+def metres(a: motion.Point, b: motion.Point) -> float:
     north = (a.lat - b.lat) * 111_320
     east = (a.lon - b.lon) * 111_320 * math.cos(math.radians(a.lat))
     return math.hypot(north, east)
@@ -68,8 +69,8 @@ def test_motion_is_continuous_and_stays_around_bangkok() -> None:
         assert metres(before, after) <= fastest * 0.5 + 0.01
         assert 0 <= after.heading < 360
     for p in points:
-        assert abs(p.lat - sim_motion.CENTER_LAT) < 0.15
-        assert abs(p.lon - sim_motion.CENTER_LON) < 0.15
+        assert abs(p.lat - motion.CENTER_LAT) < 0.15
+        assert abs(p.lon - motion.CENTER_LON) < 0.15
     assert metres(points[0], points[-1]) > 500 or len({(p.lat, p.lon) for p in points}) > 1000
 
 
@@ -78,7 +79,7 @@ def test_accelerations_are_bounded() -> None:
     points = drive(2, 3600)
     for before, after in itertools.pairwise(points):
         change = abs(after.speed_kmh - before.speed_kmh) / 3.6
-        assert change <= sim_motion.HARD_BRAKE + 1e-6
+        assert change <= motion.HARD_BRAKE + 1e-6
 
 
 def test_same_seed_same_route() -> None:
@@ -106,8 +107,8 @@ def jpeg_segments(data: bytes) -> list[int]:
 
 def test_frames_are_valid_distinct_jpegs() -> None:
     """Test that each frame is a well-formed 96x64 baseline JPEG and comments make them differ."""
-    plain = sim_jpeg.frame()
-    first, second = sim_jpeg.frame("A1 shot 1"), sim_jpeg.frame("A1 shot 2")
+    plain = jpeg.frame()
+    first, second = jpeg.frame("A1 shot 1"), jpeg.frame("A1 shot 2")
     for data in (plain, first, second):
         markers = jpeg_segments(data)
         assert markers[0] == 0xE0  # JFIF APP0 stays first
@@ -330,7 +331,7 @@ async def test_last_will_marks_a_killed_device_offline(mosquitto: services.Servi
     code = textwrap.dedent(
         f"""
         import asyncio
-        from aoc.simulate import simulate
+        from sim.fleet import simulate
         asyncio.run(simulate(host="127.0.0.1", port={mosquitto.port}, ambulances=2, rate=2,
                              duration=None, seed=3, id_prefix="{ids}", progress=False))
         """
@@ -443,6 +444,7 @@ async def test_progress_line_only_when_asked(mosquitto: services.Service) -> Non
         {"crash_probability": 1.5},
         {"id_prefix": "bad/prefix"},
         {"id_prefix": "x" * 70},
+        {"id_prefix": "CRASH_NOTIFY_"},
     ],
 )
 async def test_impossible_arguments_are_refused(kwargs: dict[str, object]) -> None:
@@ -461,3 +463,36 @@ def test_stats_summary() -> None:
     assert stats.sent == 17
     assert stats.counts() == {"tracking": 10, "snap": 2, "crash": 1, "status": 4}
     assert "tracking 10" in str(stats) and "8.5 msg/s" in str(stats)
+
+
+# -- the simulator stays out of the runtime -----------------------------------------------
+
+_SIM_LOADED = "print(sorted(m for m in sys.modules if m == 'sim' or m.startswith('sim.')))"
+
+
+def _modules_after(code: str) -> list[str]:
+    """The ``sim`` modules loaded by ``code`` in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}\n{_SIM_LOADED}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    loaded: list[str] = json.loads(result.stdout.strip().replace("'", '"'))
+    return loaded
+
+
+@pytest.mark.parametrize("command", ["serve", "bridge", "api", "realtime", "up", "simulate"])
+def test_the_runtime_does_not_import_the_simulator(command: str) -> None:
+    """Test that the lifecycle, `aoc up` and the parsed command line load nothing of `sim`."""
+    code = textwrap.dedent(
+        f"""
+        import aoc.lifecycle, aoc.supervise
+        from aoc import cli
+        cli._parser().parse_args([{command!r}])
+        """
+    )
+    assert _modules_after(code) == []
+
+
+def test_the_check_sees_the_simulator_once_loaded() -> None:
+    """Test the check itself: `aoc simulate`'s import does show up."""
+    assert "sim.fleet" in _modules_after("from sim.fleet import simulate")

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
+from aoc import supervise
 from tests import services
 
 
@@ -65,3 +71,69 @@ def test_up_restarts_a_crashed_part_and_stops_everything(tmp_path: Path) -> None
         assert not services.port_is_open(ports[name]), f"{name} still listening after Ctrl-C"
     text = log.read_text()
     assert text.index("aoc-serve stopped") < text.index("mosquitto stopped")
+
+
+@contextlib.contextmanager
+def _port_that_never_accepts() -> Iterator[int]:
+    """A listening port whose accept queue is full: new connections hang in SYN_SENT.
+
+    Linux drops SYNs to a listener whose queue is full, so a client's connect
+    neither succeeds nor fails until its own timeout.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # more than the queue holds (backlog 0: one, plus slack)
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def _round_trip() -> bytes:
+    """One message through a local echo server: work that needs the event loop throughout."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    async with server:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(b"ping\n")
+        answer = await reader.readline()
+        writer.close()
+        return answer
+
+
+async def test_waiting_for_a_port_leaves_the_event_loop_running() -> None:
+    """Test that `aoc up` waiting on a port that never answers still runs its other tasks.
+
+    The wait's single attempt (timeout 0) hangs on a listener that accepts
+    nothing; meanwhile another task completes a TCP round trip. A blocking
+    connect would hold the loop for the whole attempt, and the wait would have
+    failed before the other task ever ran.
+    """
+    with _port_that_never_accepts() as port:
+        child = supervise.Child("silent", ["true"], port)
+        waiting = asyncio.create_task(supervise.wait_port(child, timeout=0.0))
+        assert await _round_trip() == b"ping\n"
+        assert not waiting.done(), "the wait ended before the other task could run"
+        with pytest.raises(TimeoutError, match="did not open port"):
+            await waiting
+
+
+async def test_wait_port_sees_a_listening_port() -> None:
+    """Test that the wait ends once the child's port accepts connections."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        child = supervise.Child("listening", ["true"], server.sockets[0].getsockname()[1])
+        await supervise.wait_port(child, timeout=5.0)

@@ -1,6 +1,6 @@
 """A fleet of simulated ambulances publishing device traffic over MQTT.
 
-Each ambulance follows ``aoc.sim_motion`` and publishes, as a real device
+Each ambulance follows ``sim.motion`` and publishes, as a real device
 would: tracking points at ``rate`` Hz (QoS 1), a camera snapshot every
 ``snap_every`` seconds (alternately raw JPEG bytes and the JSON/base64 form),
 now and then a crash alert, and its retained ``online``/``offline`` status.
@@ -35,9 +35,9 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from aoc import sim_jpeg
-from aoc.sim_motion import Point, Vehicle
 from bridge import contract
+from sim import jpeg
+from sim.motion import Point, Vehicle
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class _Fleet:
     async def _snap(self, amb: _Ambulance, client: aiomqtt.Client) -> None:
         amb.snaps += 1
         ts = int(time.time() * 1000)
-        image = sim_jpeg.frame(f"{amb.ambulance_id} shot {amb.snaps} at {ts}")
+        image = jpeg.frame(f"{amb.ambulance_id} shot {amb.snaps} at {ts}")
         # Devices send either form; alternate so the bridge sees both.
         if amb.snaps % 2:
             payload = image
@@ -389,10 +389,10 @@ def _validate(
         raise ValueError("duration must be >= 0 seconds (or None to run until cancelled)")
     if not 0.0 <= crash_probability <= 1.0:
         raise ValueError("crash_probability must be between 0 and 1")
-    if not contract.AMBULANCE_ID.fullmatch(f"{id_prefix}{ambulances}"):
-        raise ValueError(
-            f"id prefix {id_prefix!r} would make invalid ambulance ids: [A-Za-z0-9_-], 64 at most"
-        )
+    # The widest id it makes; a reserved prefix (CRASH_NOTIFY_) makes every id reserved.
+    problem = contract.ambulance_id_problem(f"{id_prefix}{ambulances}")
+    if problem is not None:
+        raise ValueError(f"id prefix {id_prefix!r} would make invalid ambulance ids: {problem}")
 
 
 async def simulate(

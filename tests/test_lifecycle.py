@@ -1,0 +1,338 @@
+"""The parts of one process: a part that fails is restarted alone, stop ends them all.
+
+``aoc.parts.Parts`` on its own with fault-injecting parts, then ``aoc serve``
+in this process against a real Mosquitto and Redis, with a fault-injecting
+bridge whose first run fails while the HTTP API and Socket.IO keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from aoc import lifecycle
+from aoc.config import Settings
+from aoc.parts import Parts, Running
+from aoc.servers import server
+from bridge.service import Bridge
+from tests import services
+
+DEADLINE = 30.0
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``predicate()`` holds; fail after ``DEADLINE`` seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Ticker:
+    """A healthy part: counts its ticks until stopped."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.starts = 0
+        self.ended = 0
+        self._stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def start(self) -> AsyncIterator[Running]:
+        self.starts += 1
+        self._stop = asyncio.Event()
+        yield Running(self.run, self._stop.set)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            self.ticks += 1
+            await asyncio.sleep(0.001)
+        self.ended += 1
+
+
+class FaultInjectingPart:
+    """A part whose first ``failures`` runs raise; later runs work until stopped."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+        self.closed = 0  # its start's clean-up ran, after a failure too
+        self.healthy = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def start(self) -> AsyncIterator[Running]:
+        self._stop = asyncio.Event()
+        try:
+            yield Running(self.run, self._stop.set)
+        finally:
+            self.closed += 1
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise RuntimeError("injected fault")
+        self.healthy.set()
+        await self._stop.wait()
+
+
+def delays(caplog: pytest.LogCaptureFixture, name: str) -> list[float]:
+    pattern = re.compile(rf"^{name} failed \(.*\); restart #\d+ in ([\d.]+)s$")
+    return [
+        float(m.group(1))
+        for record in caplog.records
+        if (m := pattern.match(record.getMessage()))
+    ]
+
+
+async def test_a_failing_part_is_restarted_alone_with_capped_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that a part failing 4 times is restarted each time, others never, then all stop."""
+    caplog.set_level(logging.DEBUG, logger="aoc.parts")
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=0.1, max_delay=0.4)
+    faulty, healthy = FaultInjectingPart(4), Ticker()
+    parts.add("faulty", faulty.start)
+    parts.add("healthy", healthy.start)
+    running = asyncio.create_task(parts.run())
+
+    async def recovered() -> bool:
+        return faulty.healthy.is_set()
+
+    await until(recovered, "the faulty part to run after its failures")
+    ticks = healthy.ticks
+    await until(lambda: _true(healthy.ticks > ticks), "the healthy part to keep ticking")
+    assert (parts.restarts("faulty"), parts.restarts("healthy")) == (4, 0)
+    assert (faulty.runs, faulty.closed, healthy.starts) == (5, 4, 1)
+    assert delays(caplog, "faulty") == [0.1, 0.2, 0.4, 0.4]
+    lines = [r for r in caplog.records if r.getMessage().startswith("faulty failed (")]
+    assert lines[0].getMessage().startswith("faulty failed (RuntimeError: injected fault)")
+    # The traceback at ERROR once, with the first failure; then at DEBUG.
+    assert [r.exc_info is not None for r in lines] == [True, False, False, False]
+    assert sum(r.levelno == logging.DEBUG and r.exc_info is not None for r in caplog.records) == 3
+
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        await running
+    assert (faulty.closed, healthy.ended) == (5, 1)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_part_ending_on_its_own_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """Test that a part whose run returns without a stop is started again."""
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=0.01)
+    runs = 0
+
+    @contextlib.asynccontextmanager
+    async def quitter() -> AsyncIterator[Running]:
+        async def run() -> None:
+            nonlocal runs
+            runs += 1
+
+        yield Running(run, lambda: None)
+
+    parts.add("quitter", quitter)
+    running = asyncio.create_task(parts.run())
+    await until(lambda: _true(runs >= 3), "three runs")
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        await running
+    assert "quitter failed (ended on its own); restart #1" in caplog.text
+
+
+@pytest.mark.parametrize("phase", ["starting", "waiting to restart"])
+async def test_stop_ends_a_part_that_is_starting_or_waiting(phase: str) -> None:
+    """Test that stop does not wait for a start that never completes, nor for a long backoff."""
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=3600.0)
+    entered = asyncio.Event()
+    if phase == "starting":
+
+        @contextlib.asynccontextmanager
+        async def start() -> AsyncIterator[Running]:
+            entered.set()
+            forever = asyncio.Event()
+            await forever.wait()  # a broker that never answers
+
+            async def run() -> None:  # never reached
+                await forever.wait()
+
+            yield Running(run, forever.set)
+
+        parts.add("stuck", start)
+    else:
+        faulty = FaultInjectingPart(1)
+        parts.add("stuck", faulty.start)
+    healthy = Ticker()
+    parts.add("healthy", healthy.start)
+    running = asyncio.create_task(parts.run())
+    if phase == "starting":
+        await entered.wait()
+    else:
+        await until(lambda: _true(parts.restarts("stuck") == 1), "the first failure")
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        await running
+    assert healthy.ended == 1
+
+
+# -- aoc serve, with a bridge that fails once -------------------------------------------------
+
+
+def point(i: int) -> bytes:
+    body = {"lat": 13.7563 + i * 0.001, "lon": 100.5018, "speed": 40.0, "heading": 0,
+            "ts": int(time.time() * 1000) - 60_000 + i * 1000}
+    return json.dumps(body).encode()
+
+
+async def test_serve_keeps_serving_while_its_bridge_restarts(
+    mosquitto: services.Service,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that a bridge failure in `aoc serve` restarts the bridge alone.
+
+    The first bridge fails on demand; /healthz and Socket.IO answer while the
+    next one is held back, a point published before the failure is stored by
+    the restarted bridge, and stop then ends every part and closes the ports.
+    """
+    fail, resume = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    class FaultInjectingBridge(Bridge):
+        """The real bridge, except that its first run fails when told to."""
+
+        async def run(self) -> None:
+            runs.append("started")
+            if len(runs) == 1:
+                await fail.wait()
+                raise RuntimeError("injected bridge fault")
+            await resume.wait()
+            await super().run()
+            runs.append("ended")
+
+    monkeypatch.setattr(lifecycle, "Bridge", FaultInjectingBridge)
+    http_port, sio_port = services.free_port(), services.free_port()
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "data",
+        mqtt_port=mosquitto.port,
+        mqtt_client_id=f"aoc-bridge-{uuid.uuid4().hex[:8]}",
+        redis_url=redis_url,
+        http_port=http_port,
+        socketio_port=sio_port,
+        snap_workers=1,
+    )
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    ambulance_id = f"LC{uuid.uuid4().hex[:8]}"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+
+            async def answers(path: str, *, port: int = http_port) -> bool:
+                try:
+                    response = await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+                except httpx.TransportError:
+                    return False
+                return response.status_code == 200
+
+            await until(lambda: answers("/readyz"), "aoc serve to be ready")
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port) as device:
+                await device.publish(f"aoc/{ambulance_id}/tracking", point(0), qos=1)
+            fail.set()
+            await until(lambda: _true(len(runs) == 2), "the bridge to be restarted")
+            # The bridge is down (its successor held back): the servers still answer.
+            assert await answers("/healthz")
+            assert await answers("/", port=sio_port)
+            resume.set()
+
+            async def stored() -> bool:
+                response = await http.get(f"/api/v1/ambulances/{ambulance_id}", timeout=5)
+                return response.status_code == 200
+
+            await until(stored, "the restarted bridge to store the point")
+            assert await answers("/healthz")
+            await until(lambda: answers("/readyz"), "readiness after the restart")
+    finally:
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await serving
+    assert runs == ["started", "started", "ended"]
+    failed = [r.getMessage() for r in caplog.records if " failed (" in r.getMessage()]
+    assert failed == ["bridge failed (RuntimeError: injected bridge fault); restart #1 in 0.5s"]
+    assert not services.port_is_open(http_port)
+    assert not services.port_is_open(sio_port)
+
+
+async def test_a_server_whose_port_is_taken_retries_instead_of_exiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that uvicorn's exit on a taken port fails that part alone; it serves once free."""
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=0.05, max_delay=0.2)
+    healthy = Ticker()
+
+    @contextlib.asynccontextmanager
+    async def http_part() -> AsyncIterator[Running]:
+        embedded = server(ok, host="127.0.0.1", port=port)
+        yield Running(embedded.serve, embedded.stop)
+
+    parts.add("http", http_part)
+    parts.add("healthy", healthy.start)
+    running = asyncio.create_task(parts.run())
+    try:
+        await until(lambda: _true(parts.restarts("http") >= 2), "the server to fail twice")
+        assert "http failed (ServerFailed: could not start serving on 127.0.0.1:" in caplog.text
+        blocker.close()
+
+        async def answers() -> bool:
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except httpx.TransportError:
+                return False
+            return response.text == "ok"
+
+        await until(answers, "the server to start once its port is free")
+        assert healthy.starts == 1
+    finally:
+        blocker.close()
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await running
+    assert not services.port_is_open(port)

@@ -1,0 +1,131 @@
+"""Fresh-machine set-up: which Debian packages `make setup` and `make run` ask apt for.
+
+Each case builds a PATH of stub commands (present or not), then runs
+``scripts/missing-packages`` itself, or the Makefile's apt rules with a
+fake ``apt-get`` that records how it was called.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "missing-packages"
+TEST_PAIRS = ["docker-compose:docker-compose", "node:nodejs", "npm:npm"]
+# What the Makefile's recipes run besides the commands under test.
+TOOLS = ("mkdir", "touch")
+
+
+def _stub(directory: Path, name: str, body: str = "exit 0") -> None:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def _bin(tmp_path: Path, *present: str) -> Path:
+    """A directory holding stubs of ``present`` (and the tools recipes need): a whole PATH."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    for name in present:
+        _stub(directory, name)
+    for tool in TOOLS:
+        real = shutil.which(tool)
+        assert real is not None
+        (directory / tool).symlink_to(real)
+    return directory
+
+
+def _missing(path: Path, *pairs: str) -> list[str]:
+    result = subprocess.run(
+        ["/bin/sh", str(SCRIPT), *pairs],
+        env={"PATH": str(path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.split()
+
+
+def test_prints_only_the_package_of_a_missing_command(tmp_path: Path) -> None:
+    """Test that node and npm from elsewhere (NodeSource) are not asked for: only docker-compose."""
+    path = _bin(tmp_path, "node", "npm")
+    assert _missing(path, *TEST_PAIRS) == ["docker-compose"]
+
+
+def test_prints_each_missing_package_once_in_order(tmp_path: Path) -> None:
+    """Test that each missing command names its own package (node's is nodejs)."""
+    path = _bin(tmp_path, "npm")
+    assert _missing(path, *TEST_PAIRS) == ["docker-compose", "nodejs"]
+
+
+def test_prints_nothing_when_every_command_is_there(tmp_path: Path) -> None:
+    """Test that a machine with every command gets no package to install."""
+    path = _bin(tmp_path, "docker-compose", "node", "npm")
+    assert _missing(path, *TEST_PAIRS) == []
+
+
+def test_refuses_a_pair_without_a_package(tmp_path: Path) -> None:
+    """Test that a malformed argument is an error, not a silently skipped check."""
+    result = subprocess.run(
+        ["/bin/sh", str(SCRIPT), "node"], env={"PATH": str(_bin(tmp_path))},
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "COMMAND:PACKAGE" in result.stderr
+
+
+def _make_apt(tmp_path: Path, path: Path) -> list[list[str]]:
+    """Run the Makefile's apt rules in a copy of the project; the calls to ``apt-get``."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", project / "Makefile")
+    shutil.copy(SCRIPT, project / "scripts" / SCRIPT.name)
+    calls = tmp_path / "apt-calls"
+    _stub(path, "apt-get", f'echo "$*" >> {calls}')
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    subprocess.run(
+        [make, "--no-print-directory", "-C", str(project), ".stamps/apt-test", "SUDO="],
+        env={"PATH": str(path)},
+        capture_output=True,
+        check=True,
+    )
+    assert (project / ".stamps" / "apt-run").exists()
+    assert (project / ".stamps" / "apt-test").exists()
+    return [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def test_make_asks_apt_for_the_missing_package_alone(tmp_path: Path) -> None:
+    """Test that `make setup` on a NodeSource machine installs docker-compose, not npm."""
+    path = _bin(tmp_path, "mosquitto", "redis-server", "python3", "node", "npm")
+    calls = _make_apt(tmp_path, path)
+    assert calls == [["update", "-qq"], ["install", "-y", "-qq", "docker-compose"]]
+
+
+def test_make_asks_apt_for_what_make_run_needs(tmp_path: Path) -> None:
+    """Test that a missing redis-server and venv module are installed, and nothing else."""
+    path = _bin(tmp_path, "mosquitto", "docker-compose", "node", "npm")
+    _stub(path, "python3", "exit 1")  # `python3 -c "import ensurepip"` fails: no venv module
+    calls = _make_apt(tmp_path, path)
+    assert calls == [["update", "-qq"], ["install", "-y", "-qq", "redis-server", "python3-venv"]]
+
+
+def test_make_does_not_call_apt_when_nothing_is_missing(tmp_path: Path) -> None:
+    """Test that a machine with every command needs neither apt nor root."""
+    path = _bin(tmp_path, "mosquitto", "redis-server", "python3", "docker-compose", "node", "npm")
+    assert _make_apt(tmp_path, path) == []
+
+
+def test_the_script_is_posix_shell() -> None:
+    """Test that the script parses under dash (Debian's /bin/sh), not only bash."""
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.skip("dash is not installed")
+    subprocess.run([dash, "-n", str(SCRIPT)], check=True)
+    assert os.access(SCRIPT, os.X_OK)
