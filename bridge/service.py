@@ -391,9 +391,7 @@ class Bridge:
             item.parsed if item.parsed is not None else self._parse(item.message, item.received_at)
             for item in batch
         ]
-        plan = await self._retry("storage", lambda: self._plan(batch, parsed))
-        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
-        await self._retry("store", lambda: self._store.apply(good))
+        plan = await self._store_batch(batch, parsed)
         await self._dead_letters.write([w for w in plan.writes if w.collection == DEAD_LETTERS])
         for item in batch:
             item.client.ack(item.message)
@@ -421,40 +419,66 @@ class Bridge:
             self._log.exception("parse failed on %s", message.topic)
             return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)
 
-    async def _plan(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+    async def _store_batch(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+        """Plan ``parsed`` and apply its writes, falling back to one message at a time.
+
+        Any error but an outage (which is retried) means some message of the
+        batch cannot be planned or stored: a bug, a MongoDB DocumentTooLarge, an
+        SQLite IntegrityError, a value the codec cannot encode. Raised here it
+        would kill the bridge before the acknowledgement, and the broker would
+        redeliver the same batch to crash it again.
+        """
         try:
-            return await self._processor.plan(parsed)
-        except StoreUnavailable:
+            return await self._plan_and_apply(parsed)
+        except _Abandoned:
             raise
         except Exception:
-            # A bug triggered by one message must not lose the good ones around
-            # it, nor crash-loop the bridge on redelivery (a single message too):
-            # plan them one at a time and dead-letter the culprit.
-            self._log.exception("batch plan failed; retrying message by message")
-        merged = Plan()
+            self._log.exception("storing a batch failed; retrying message by message")
+            # The plan may have advanced the processor's memory past writes
+            # that were never stored: reload from the store.
+            self._processor.forget()
+        return await self._one_by_one(batch, parsed)
+
+    async def _plan_and_apply(self, parsed: Sequence[Parsed]) -> Plan:
+        """Plan ``parsed`` and durably store its writes (not its dead letters), retrying outages."""
+        plan = await self._retry("storage", lambda: self._processor.plan(parsed))
+        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
+        await self._retry("store", lambda: self._store.apply(good))
+        return plan
+
+    async def _one_by_one(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+        """Store each message on its own; dead-letter those that fail.
+
+        Each message is planned and applied before the next is planned: one
+        plan of several messages groups its writes by collection (states
+        before history, see ``bridge.processor``), and merging single plans
+        would break that order, which the store's crash window relies on.
+        The plan returned only records what was done (its writes are already
+        stored, but for the dead letters), for the acknowledgement and fan-out.
+        """
+        done = Plan()
         for entry, item in zip(batch, parsed, strict=True):
             message = entry.message
             try:
-                single = await self._processor.plan([item])
-            except StoreUnavailable:
-                # The items planned so far advanced the processor's memory but
-                # their writes are dropped with this attempt: reload from the store.
-                self._processor.forget()
+                single = await self._plan_and_apply([item])
+            except _Abandoned:
                 raise
             except Exception as exc:
+                # Planned but not stored: the processor's memory went past the store.
+                self._processor.forget()
                 self._log.exception(
                     "message on %s dead-lettered after a processing error", message.topic
                 )
                 reason = f"processing error: {exc!r}"
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
-                single = await self._processor.plan([rejected])
-            merged.writes.extend(single.writes)
-            merged.states.update(single.states)
-            merged.emits.extend(single.emits)
-            merged.publishes.extend(single.publishes)
+                single = await self._plan_and_apply([rejected])
+            done.writes.extend(single.writes)
+            done.states.update(single.states)
+            done.emits.extend(single.emits)
+            done.publishes.extend(single.publishes)
             for kind, number in single.counts.items():
-                merged.counts[kind] = merged.counts.get(kind, 0) + number
-        return merged
+                done.counts[kind] = done.counts.get(kind, 0) + number
+        return done
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         backoff = Backoff()
