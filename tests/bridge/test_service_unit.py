@@ -10,11 +10,13 @@ for conditions, with deadlines, and hold slow parts on gates they open.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
+from aoc import metrics
+from bridge.fanout import Breaker
 from bridge.geo import haversine_m
 from bridge.ids import dead_letter_id, tracking_id
 from bridge.messages import Position, Tracking
@@ -31,7 +36,16 @@ from bridge.service import Bridge
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
 from broker.client import Message
-from storage.base import AMBULANCES, DEAD_LETTERS, TRACKINGS, Query, StoreUnavailable, Write
+from storage.base import (
+    AMBULANCES,
+    DEAD_LETTERS,
+    TRACKINGS,
+    Document,
+    Query,
+    StoreUnavailable,
+    Write,
+)
+from storage.cache import StateCache
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 
@@ -211,9 +225,7 @@ async def stored(store: SQLiteDocumentStore, collection: str) -> list[dict[str, 
 
 def distance(*numbers: int) -> float:
     """The distance covered along the points ``numbers``, in metres."""
-    return sum(
-        haversine_m(position(a), position(b)) for a, b in zip(numbers, numbers[1:], strict=False)
-    )
+    return sum(haversine_m(position(a), position(b)) for a, b in itertools.pairwise(numbers))
 
 
 async def test_a_poison_message_is_dead_lettered_and_its_batch_stored_in_order(
@@ -274,7 +286,8 @@ async def test_a_message_the_processor_fails_on_is_dead_lettered_each_other_stor
         assert state is not None
         assert state["covered_distance"] == pytest.approx(distance(0, 2))
         [letter] = await stored(rig.store, DEAD_LETTERS)
-        assert letter["reason"] == "processing error: RuntimeError('fault injection: a processor bug')"
+        bug = "RuntimeError('fault injection: a processor bug')"
+        assert letter["reason"] == f"processing error: {bug}"
 
 
 async def test_an_outage_holds_the_batch_unacknowledged_and_retries(tmp_path: Path) -> None:
@@ -290,4 +303,208 @@ async def test_an_outage_holds_the_batch_unacknowledged_and_retries(tmp_path: Pa
         assert all(was_stored for _, was_stored in rig.acks)
         state = await rig.store.get(AMBULANCES, AID)
         assert state is not None
-        assert (state["speed_count"], state["covered_distance"]) == (2, pytest.approx(distance(0, 1)))
+        assert state["speed_count"] == 2
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+
+
+class GatedEmitter:
+    """A Socket.IO emitter (fake) whose emits wait for ``gate``, or fail with ``error``."""
+
+    def __init__(self, *, error: Exception | None = None) -> None:
+        self.gate = asyncio.Event()
+        self.error = error
+        self.waiting = 0
+        self.calls = 0
+        self.emitted: list[str] = []  # rooms, in order
+
+    async def emit(self, event: str, data: str, *, room: str) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        self.emitted.append(room)
+
+
+class GatedCache(StateCache):
+    """A real Redis cache whose ``set_many`` waits for ``gate`` (fault injection)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, prefix=f"unit-{uuid.uuid4().hex[:8]}")
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    async def set_many(self, states: Mapping[str, Document]) -> bool:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().set_many(states)
+
+
+@pytest.fixture
+async def cache(redis_url: str) -> AsyncIterator[GatedCache]:
+    opened = GatedCache(redis_url)
+    await opened.open()
+    await opened.rebuild({})  # built, as a bridge left it: updates need no rebuild
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def dropped(channel: str, reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "aoc_fanout_dropped_total", {"channel": channel, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_hanging_fan_out_never_delays_the_next_acknowledgement(
+    tmp_path: Path, cache: GatedCache
+) -> None:
+    """Test that while Socket.IO, Redis and MQTT all hang, the next batch is still acknowledged."""
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0}
+    async with running(tmp_path, cache=cache, emitter=emitter, **options) as rig:
+        cache.gate.clear()
+        rig.publisher.publish_gate = asyncio.Event()
+        rig.feed(0)
+        await until(
+            lambda: (emitter.waiting, cache.waiting, rig.publisher.publishing) == (1, 1, 1),
+            "every fan-out channel hanging",
+        )
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "the next batch acknowledged")
+        assert (emitter.waiting, cache.waiting, rig.publisher.publishing) == (1, 1, 1)
+
+        emitter.gate.set()
+        cache.gate.set()
+        rig.publisher.publish_gate.set()
+        await rig.bridge.drain_fan_out()
+        assert emitter.emitted == [AID, "tracking"] * 2
+        assert rig.publisher.published == [f"aoc/{AID}/state"] * 2
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+
+
+async def test_a_full_fan_out_queue_drops_its_oldest_and_the_cache_heals(
+    tmp_path: Path, cache: GatedCache
+) -> None:
+    """Test that drops are counted per channel, and a dropped cache update is healed.
+
+    With room for one plan per channel, the second of three batches is
+    dropped while the first hangs; the cache is then rebuilt from the store.
+    """
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0, "fan_out_queue": 1}
+    async with running(tmp_path, cache=cache, emitter=emitter, **options) as rig:
+        cache.gate.clear()
+        rig.publisher.publish_gate = asyncio.Event()
+        before = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
+        rig.feed(0)
+        await until(lambda: (emitter.waiting, cache.waiting) == (1, 1), "fan-out hanging")
+        for n in (1, 2):
+            rig.feed(n)
+            await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"point {n} acknowledged")
+        after = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
+        # One state, two emissions (the ambulance's room and `tracking`), one publish.
+        assert {name: after[name] - before[name] for name in after} == {
+            "cache": 1, "socketio": 2, "mqtt": 1
+        }
+        assert rig.bridge._cache_stale.is_set()
+
+        emitter.gate.set()
+        cache.gate.set()
+        rig.publisher.publish_gate.set()
+        await rig.bridge.drain_fan_out()
+        assert emitter.emitted == [AID, "tracking"] * 2  # points 0 and 2
+        await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 1, 2))
+
+
+async def test_a_failing_channel_is_skipped_once_its_breaker_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that Redis errors from Socket.IO never escape, and open the breaker once."""
+    oom = ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+    emitter = GatedEmitter(error=oom)
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_failures": 2, "fan_out_cooldown": 3600.0}
+    before = dropped("socketio", "breaker_open")
+    with caplog.at_level(logging.INFO, logger="bridge.service"):
+        async with running(tmp_path, emitter=emitter, **options) as rig:
+            for n in range(3):
+                rig.feed(n)
+                await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"point {n} acknowledged")
+                await rig.bridge.drain_fan_out()
+            assert emitter.calls == 2  # then open: points 1 and 2 were skipped
+            assert dropped("socketio", "breaker_open") - before == 4
+            assert rig.publisher.published == [f"aoc/{AID}/state"] * 3  # other channels go on
+    lines = [r.getMessage() for r in caplog.records if "fan-out to socketio" in r.getMessage()]
+    assert len(lines) == 1 and "failed 2 times in a row" in lines[0]
+
+
+async def test_stopping_sends_what_is_queued_then_ends(tmp_path: Path) -> None:
+    """Test that on stop the queued fan-out is sent, and what cannot be is dropped and counted."""
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0, "fan_out_drain": 60.0}
+    async with running(tmp_path, emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: emitter.waiting == 1, "an emission hanging")
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "both points acknowledged")
+        rig.bridge.stop()
+        emitter.gate.set()
+    assert emitter.emitted == [AID, "tracking"] * 2
+
+    emitter = GatedEmitter()
+    options["fan_out_drain"] = 0.05
+    before = dropped("socketio", "shutdown")
+    async with running(tmp_path / "2", emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: emitter.waiting == 1, "an emission hanging")
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "both points acknowledged")
+    # Out of time: the hanging plan and the queued one (two emissions each).
+    assert emitter.emitted == []
+    assert dropped("socketio", "shutdown") - before == 4
+
+
+async def test_breaker_opens_after_failures_in_a_row_and_tries_again_after_cooldown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test the breaker's states, and that it logs only when it opens and closes."""
+    now = [0.0]
+    breaker = Breaker("unit", threshold=3, cooldown=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="bridge.fanout"):
+        for _ in range(2):
+            assert breaker.allow()
+            breaker.failure(OSError("refused"))
+        breaker.success()  # a success breaks the streak
+        for _ in range(3):
+            assert breaker.allow()
+            breaker.failure(OSError("refused"))
+        assert breaker.is_open
+        assert not breaker.allow(5)
+        now[0] = 10.0
+        assert breaker.allow()  # one try after the cool-down
+        assert not breaker.allow()
+        breaker.failure(OSError("refused"))  # failed: another cool-down, no new log
+        now[0] = 15.0
+        assert not breaker.allow()
+        now[0] = 20.0
+        assert breaker.allow()
+        breaker.success()
+        assert not breaker.is_open and breaker.allow()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("fan-out to unit failed 3 times in a row")
+    assert lines[1] == "fan-out to unit works again; 7 sends were skipped meanwhile"
