@@ -232,6 +232,10 @@ class Bridge:
         # A rebuild reads the store then replaces the cache: no set_many may
         # land in between, or a batch's newer states would be overwritten.
         self._cache_lock = asyncio.Lock()
+        # The latest state per ambulance that did not reach Redis while it was
+        # stale, written over the rebuild: its read of the store may have
+        # passed an ambulance before that ambulance's newer state was stored.
+        self._cache_missed: dict[str, Document] = {}
         self.counts: dict[str, int] = {}
 
         def channel(
@@ -613,7 +617,8 @@ class Bridge:
         """Write a plan's latest states to Redis (the ``cache`` channel)."""
         assert self._cache is not None
         if self._cache_stale.is_set():
-            return  # while stale, the healer's rebuild reads this batch from the store
+            self._cache_missed.update(plan.states)  # written after the rebuild
+            return
         channel, cache = self._cache_channel, self._cache
         if not channel.breaker.allow(len(plan.states)):
             self._cache_dropped(plan)
@@ -628,17 +633,18 @@ class Bridge:
             written = await channel.call(write)
         metrics.STORE_AVAILABLE.labels("redis").set(1 if written else 0)
         if not written:
-            self._stale(f"Redis did not take a state update: {channel.last_error!r}")
+            self._stale(plan, f"Redis did not take a state update: {channel.last_error!r}")
         elif not built:
             # Back empty without any call failing: the other ambulances' states
             # are missing until rebuilt from the store.
-            self._stale("Redis lost the cache")
+            self._stale(plan, "Redis lost the cache")
 
     def _cache_dropped(self, plan: Plan) -> None:
         """A plan's states never reach Redis: the cache is stale until rebuilt."""
-        self._stale("state updates dropped")
+        self._stale(plan, "state updates dropped")
 
-    def _stale(self, why: str) -> None:
+    def _stale(self, plan: Plan, why: str) -> None:
+        self._cache_missed.update(plan.states)
         if not self._cache_stale.is_set():
             self._log.warning("latest-state cache is stale, rebuilding it from the store: %s", why)
             self._cache_stale.set()
@@ -652,7 +658,7 @@ class Bridge:
             await self._cache_stale.wait()
             try:
                 async with self._cache_lock:
-                    await self._rebuild_cache()
+                    await self._rebuild_cache()  # clears the stale flag when done
             except StoreUnavailable:
                 await backoff.sleep()
                 continue
@@ -661,13 +667,19 @@ class Bridge:
                 await backoff.sleep()
                 continue
             backoff.reset()
-            self._cache_stale.clear()
             metrics.STORE_AVAILABLE.labels("redis").set(1)
             self._cache_channel.breaker.success()  # Redis answers: no need to wait the cool-down
 
     async def _rebuild_cache(self) -> None:
-        """Refill Redis from the store after an outage (it may have lost everything)."""
+        """Refill Redis from the store after an outage (it may have lost everything).
+
+        Then write over it the states that missed Redis during the read, and
+        only then clear the stale flag.
+        """
         assert self._cache is not None
+        # Every state missed so far was stored before it was fanned out: the
+        # read below sees it, or a newer one.
+        self._cache_missed.clear()
         states: dict[str, Document] = {}
         cursor: str | None = None
         while True:
@@ -677,4 +689,13 @@ class Bridge:
                 break
             cursor = page.next_cursor
         await self._cache.rebuild(states)
+        while self._cache_missed:
+            missed = dict(self._cache_missed)
+            if not await self._cache.set_many(missed):
+                raise StoreUnavailable("Redis lost the cache again during its rebuild")
+            for ambulance_id, state in missed.items():
+                if self._cache_missed.get(ambulance_id) is state:
+                    del self._cache_missed[ambulance_id]
+        # No await since the last look at what was missed: nothing can slip in.
+        self._cache_stale.clear()
         self._log.info("redis cache rebuilt from the store (%d ambulances)", len(states))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from aoc import metrics
@@ -41,6 +42,7 @@ from storage.base import (
     DEAD_LETTERS,
     TRACKINGS,
     Document,
+    Page,
     Query,
     StoreUnavailable,
     Write,
@@ -135,6 +137,9 @@ class FaultyStore(SQLiteDocumentStore):
     holding a write it matches raises ``sqlite3.IntegrityError``, as a record
     the store refuses for good would. ``stored`` holds the ids of documents
     whose apply returned; ``applies`` the writes of each successful apply.
+    While ``find_gate`` is set to an unset event, ``find`` reads its page, then
+    waits for the gate before returning it: a slow reader, whose page is old
+    by the time it gets it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -144,6 +149,8 @@ class FaultyStore(SQLiteDocumentStore):
         self.attempts = 0
         self.stored: set[str] = set()
         self.applies: list[list[Write]] = []
+        self.find_gate: asyncio.Event | None = None
+        self.finds_held = 0
 
     async def apply(self, writes: Sequence[Write]) -> None:
         self.attempts += 1
@@ -154,6 +161,13 @@ class FaultyStore(SQLiteDocumentStore):
         await super().apply(writes)
         self.applies.append(list(writes))
         self.stored.update(write.doc["_id"] for write in writes)
+
+    async def find(self, query: Query) -> Page:
+        page = await super().find(query)
+        if self.find_gate is not None:
+            self.finds_held += 1
+            await self.find_gate.wait()
+        return page
 
 
 class FaultyProcessor(Processor):
@@ -333,7 +347,8 @@ class GatedCache(StateCache):
     """A real Redis cache whose ``set_many`` waits for ``gate`` (fault injection)."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(url, prefix=f"unit-{uuid.uuid4().hex[:8]}")
+        self.prefix = f"unit-{uuid.uuid4().hex[:8]}"
+        super().__init__(url, prefix=self.prefix)
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting = 0
@@ -508,3 +523,37 @@ async def test_breaker_opens_after_failures_in_a_row_and_tries_again_after_coold
     assert len(lines) == 2
     assert lines[0].startswith("fan-out to unit failed 3 times in a row")
     assert lines[1] == "fan-out to unit works again; 7 sends were skipped meanwhile"
+
+
+async def test_a_batch_handled_while_the_cache_is_rebuilt_reaches_the_cache(
+    tmp_path: Path, cache: GatedCache, redis_url: str
+) -> None:
+    """Test that a state fanned out while the healer reads the store is not lost.
+
+    The rebuild's read has already passed the ambulance when its next point
+    is stored; the update is skipped while the cache is stale, and the
+    rebuild used to write the older state over it, until the next message.
+    """
+    async with running(tmp_path, cache=cache, batch_size=1) as rig:
+        rig.feed(0)
+        await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+        await rig.bridge.drain_fan_out()
+        # Redis comes back empty; the next update notices and asks for a rebuild,
+        # whose read of the store is held once done.
+        redis = Redis.from_url(redis_url)
+        await redis.delete(*[key async for key in redis.scan_iter(f"{cache.prefix}:*")])
+        await redis.connection_pool.disconnect()
+        rig.store.find_gate = asyncio.Event()
+        rig.feed(0, aid="U2")
+        await until(lambda: rig.store.finds_held == 1, "the rebuild reading the store")
+
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 3, "point 1 acknowledged")
+        await rig.bridge.drain_fan_out()
+        rig.store.find_gate.set()
+        await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["speed_count"] == 2
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+        assert await cache.get("U2") is not None
