@@ -537,7 +537,7 @@ class Bridge:
             except _Abandoned:
                 raise
             except Exception as exc:
-                # Planned but not stored: the processor's memory went past the store.
+                # Its plan may have advanced the processor's memory past the store.
                 self._processor.forget()
                 self._log.exception(
                     "message on %s dead-lettered after a processing error", message.topic
