@@ -83,6 +83,17 @@ FANOUT_FAILURES = Counter(
     ["channel"],
     registry=REGISTRY,
 )
+# Fan-out sends never attempted: the channel's queue was full (its oldest
+# plan dropped), its breaker was open, or the bridge stopped before sending them.
+FANOUT_CHANNELS = ("cache", "socketio", "mqtt")
+FANOUT_DROP_REASONS = ("queue_full", "breaker_open", "shutdown")
+FANOUT_DROPPED = Counter(
+    "aoc_fanout_dropped",
+    "Fan-out sends never attempted (reason: queue_full, breaker_open, shutdown);"
+    " cache sends count ambulance states",
+    ["channel", "reason"],
+    registry=REGISTRY,
+)
 BATCH_SECONDS = Histogram(
     "aoc_batch_seconds",
     "Time from taking a batch to acknowledging it (parse, plan, store)",
@@ -145,6 +156,9 @@ for _kind in KINDS:
         _counter.labels(_kind)
 for _reason in DEAD_LETTER_DROP_REASONS:
     DEAD_LETTERS_DROPPED.labels(_reason)
+for _channel in FANOUT_CHANNELS:
+    for _reason in FANOUT_DROP_REASONS:
+        FANOUT_DROPPED.labels(_channel, _reason)
 
 
 def kind_of(topic: str) -> str:

@@ -19,17 +19,23 @@ points and crash alerts:
   1. parse every message (never raises: bad input becomes a dead letter);
   2. plan the batch, retrying while storage is down (the processor holds the
      ambulances' state and plans one batch at a time);
-  3. apply the planned writes to the document store, retrying while it is down;
-     then write the batch's dead letters, once and best effort
+  3. apply the planned writes to the document store, retrying while it is down.
+     Any other error, in planning or writing (a bug, a record the store
+     refuses for good), sends the batch through again one message at a time,
+     each planned and applied before the next, and the culprit is
+     dead-lettered. Then write the batch's dead letters, once and best effort
      (``bridge.deadletters``): junk never holds good messages, not even on a
      full disk;
   4. acknowledge the batch to the broker: only now may Mosquitto forget it;
-  5. fan out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert`` topics.
+  5. queue the fan-out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert``
+     topics, each sent by a task of its own (``bridge.fanout``), so that a
+     hanging destination never holds the next batch.
 
 Every message is thus acknowledged only once durably stored, snapshots
 included (their image bytes before their records); acknowledgements may go out
 of receipt order, which Mosquitto accepts. Fan-out is best effort by design:
-dashboards resync from the read API, and the cache is rebuilt from the store.
+dashboards resync from the read API, and the cache is rebuilt from the store
+whenever an update of it failed or was dropped.
 A crash anywhere before step 4 makes the broker redeliver, and the store's
 idempotent ids (and the images' deterministic keys) keep each message single.
 """
@@ -44,18 +50,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol, TypeVar
 
 from aoc import metrics
 from bridge.contract import Kind, device_kind, subscription
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
+from bridge.fanout import Breaker, Channel
 from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import AMBULANCES, DEAD_LETTERS, DocumentStore, StoreUnavailable
+from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, StoreUnavailable
 from storage.cache import StateCache
 
 T = TypeVar("T")
@@ -179,9 +187,21 @@ class Bridge:
         batch_max_bytes: int = 1024 * 1024,
         snap_workers: int = 2,
         snap_buffer_bytes: int = 160 * 1024 * 1024,
+        fan_out_queue: int = 100,
+        fan_out_timeout: float = 2.0,
+        fan_out_failures: int = 5,
+        fan_out_cooldown: float = 15.0,
+        fan_out_drain: float = 3.0,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``)."""
+        """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``).
+
+        Fan-out (``bridge.fanout``), per channel: ``fan_out_queue`` plans wait
+        at most; each call has ``fan_out_timeout`` seconds; after
+        ``fan_out_failures`` failures in a row the channel is skipped for
+        ``fan_out_cooldown`` seconds at a time; on stop, what is queued is
+        sent within ``fan_out_drain`` seconds.
+        """
         self._mqtt = mqtt
         # Snapshots' own connection (``SNAP_SUBSCRIPTIONS``); None: all on ``mqtt``.
         self._snap_mqtt = snap_mqtt
@@ -213,7 +233,47 @@ class Bridge:
         # A rebuild reads the store then replaces the cache: no set_many may
         # land in between, or a batch's newer states would be overwritten.
         self._cache_lock = asyncio.Lock()
+        # The latest state per ambulance that did not reach Redis while it was
+        # stale, written over the rebuild: its read of the store may have
+        # passed an ambulance before that ambulance's newer state was stored.
+        self._cache_missed: dict[str, Document] = {}
         self.counts: dict[str, int] = {}
+
+        def channel(
+            name: str,
+            send: Callable[[Plan], Awaitable[None]],
+            sends: Callable[[Plan], int],
+            on_drop: Callable[[Plan], None] | None = None,
+        ) -> Channel:
+            breaker = Breaker(
+                name, threshold=fan_out_failures, cooldown=fan_out_cooldown, logger=self._log
+            )
+            return Channel(
+                name,
+                send,
+                sends=sends,
+                depth=fan_out_queue,
+                timeout=fan_out_timeout,
+                breaker=breaker,
+                drain_timeout=fan_out_drain,
+                on_drop=on_drop,
+                logger=self._log,
+            )
+
+        self._cache_channel = channel(
+            "cache", self._update_cache, lambda plan: len(plan.states), self._cache_dropped
+        )
+        self._socketio_channel = channel("socketio", self._emit, lambda plan: len(plan.emits))
+        self._mqtt_channel = channel("mqtt", self._publish, lambda plan: len(plan.publishes))
+        self._channels = [
+            channel
+            for channel, used in (
+                (self._cache_channel, cache is not None),
+                (self._socketio_channel, emitter is not None),
+                (self._mqtt_channel, True),
+            )
+            if used
+        ]
 
     def stop(self) -> None:
         """Stop taking new batches; the batch in hand is finished and acknowledged."""
@@ -237,7 +297,14 @@ class Bridge:
                     for n in range(self._snap_workers)
                 ),
             ]
+            for channel in self._channels:
+                group.create_task(channel.run(), name=f"bridge-fanout-{channel.name}")
             group.create_task(self._consume(*helpers), name="bridge-consume")
+
+    async def drain_fan_out(self) -> None:
+        """Wait until the fan-out of every batch handled so far is sent (or dropped)."""
+        for channel in self._channels:
+            await channel.drain()
 
     async def _pump(self, client: MqttClient) -> None:
         # A separate task feeds the lanes, so that batching can wait with a
@@ -360,6 +427,8 @@ class Bridge:
             stop.cancel()
             for helper in helpers:
                 helper.cancel()
+            for channel in self._channels:
+                channel.close()  # each sends what is queued, within fan_out_drain
 
     async def _fill(self, batch: list[_Item]) -> list[_Item]:
         deadline = time.monotonic() + self._batch_wait
@@ -383,7 +452,10 @@ class Bridge:
         return batch
 
     async def handle(self, batch: Sequence[_Item]) -> Plan:
-        """Store, acknowledge and fan out one batch (steps 1-5 of the module doc)."""
+        """Store and acknowledge one batch, and queue its fan-out (steps 1-5 of the module doc).
+
+        The fan-out is sent by the channels' tasks that ``run`` starts: see ``drain_fan_out``.
+        """
         started = time.monotonic()
         self._observe_depth()
         # Only small payloads come this way unparsed: tracking, crash and status
@@ -392,9 +464,7 @@ class Bridge:
             item.parsed if item.parsed is not None else self._parse(item.message, item.received_at)
             for item in batch
         ]
-        plan = await self._retry("storage", lambda: self._plan(batch, parsed))
-        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
-        await self._retry("store", lambda: self._store.apply(good))
+        plan = await self._store_batch(batch, parsed)
         await self._dead_letters.write([w for w in plan.writes if w.collection == DEAD_LETTERS])
         for item in batch:
             item.client.ack(item.message)
@@ -409,7 +479,8 @@ class Bridge:
         )
         for kind, number in plan.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + number
-        await self._fan_out(plan)
+        for channel in self._channels:
+            channel.put(plan)  # never waits: a full queue drops its oldest plan
         await self._dead_letters.prune()  # due once a minute: a clock read per batch
         return plan
 
@@ -422,40 +493,66 @@ class Bridge:
             self._log.exception("parse failed on %s", message.topic)
             return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)
 
-    async def _plan(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+    async def _store_batch(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+        """Plan ``parsed`` and apply its writes, falling back to one message at a time.
+
+        Any error but an outage (which is retried) means some message of the
+        batch cannot be planned or stored: a bug, a MongoDB DocumentTooLarge, an
+        SQLite IntegrityError, a value the codec cannot encode. Raised here it
+        would kill the bridge before the acknowledgement, and the broker would
+        redeliver the same batch to crash it again.
+        """
         try:
-            return await self._processor.plan(parsed)
-        except StoreUnavailable:
+            return await self._plan_and_apply(parsed)
+        except _Abandoned:
             raise
         except Exception:
-            # A bug triggered by one message must not lose the good ones around
-            # it, nor crash-loop the bridge on redelivery (a single message too):
-            # plan them one at a time and dead-letter the culprit.
-            self._log.exception("batch plan failed; retrying message by message")
-        merged = Plan()
+            self._log.exception("storing a batch failed; retrying message by message")
+            # The plan may have advanced the processor's memory past writes
+            # that were never stored: reload from the store.
+            self._processor.forget()
+        return await self._one_by_one(batch, parsed)
+
+    async def _plan_and_apply(self, parsed: Sequence[Parsed]) -> Plan:
+        """Plan ``parsed`` and durably store its writes (not its dead letters), retrying outages."""
+        plan = await self._retry("storage", lambda: self._processor.plan(parsed))
+        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
+        await self._retry("store", lambda: self._store.apply(good))
+        return plan
+
+    async def _one_by_one(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+        """Store each message on its own; dead-letter those that fail.
+
+        Each message is planned and applied before the next is planned: one
+        plan of several messages groups its writes by collection (states
+        before history, see ``bridge.processor``), and merging single plans
+        would break that order, which the store's crash window relies on.
+        The plan returned only records what was done (its writes are already
+        stored, but for the dead letters), for the acknowledgement and fan-out.
+        """
+        done = Plan()
         for entry, item in zip(batch, parsed, strict=True):
             message = entry.message
             try:
-                single = await self._processor.plan([item])
-            except StoreUnavailable:
-                # The items planned so far advanced the processor's memory but
-                # their writes are dropped with this attempt: reload from the store.
-                self._processor.forget()
+                single = await self._plan_and_apply([item])
+            except _Abandoned:
                 raise
             except Exception as exc:
+                # Its plan may have advanced the processor's memory past the store.
+                self._processor.forget()
                 self._log.exception(
                     "message on %s dead-lettered after a processing error", message.topic
                 )
                 reason = f"processing error: {exc!r}"
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
-                single = await self._processor.plan([rejected])
-            merged.writes.extend(single.writes)
-            merged.states.update(single.states)
-            merged.emits.extend(single.emits)
-            merged.publishes.extend(single.publishes)
+                single = await self._plan_and_apply([rejected])
+            done.writes.extend(single.writes)
+            done.states.update(single.states)
+            done.emits.extend(single.emits)
+            done.publishes.extend(single.publishes)
             for kind, number in single.counts.items():
-                merged.counts[kind] = merged.counts.get(kind, 0) + number
-        return merged
+                done.counts[kind] = done.counts.get(kind, 0) + number
+        return done
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         backoff = Backoff()
@@ -488,54 +585,69 @@ class Bridge:
                 )
             return result
 
-    async def _fan_out(self, plan: Plan) -> None:
-        await self._update_cache(plan)
-        if self._emitter is not None:
-            for emit in plan.emits:
-                try:
-                    await self._emitter.emit(emit.event, emit.data, room=emit.room)
-                except Exception as exc:  # best effort: dashboards resync over HTTP
-                    metrics.FANOUT_FAILURES.labels("socketio").inc()
-                    self._log.warning("socket.io emit to %s failed: %s", emit.room, exc)
-                else:
-                    kind = metrics.emit_kind(emit.room)
-                    metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
-        if plan.publishes:
-            results = await asyncio.gather(
-                *(
-                    self._publisher.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
-                    for p in plan.publishes
-                ),
-                return_exceptions=True,
-            )
-            for publish, result in zip(plan.publishes, results, strict=True):
-                if not isinstance(result, BaseException):
-                    kind = publish.topic.rsplit("/", 1)[-1]
-                    metrics.MESSAGES_REEMITTED.labels("mqtt", kind).inc()
-            failed = [r for r in results if isinstance(r, BaseException)]
-            metrics.FANOUT_FAILURES.labels("mqtt").inc(len(failed))
-            if failed:
-                self._log.warning(
-                    "%d MQTT state/alert publishes failed: %s", len(failed), failed[0]
+    async def _emit(self, plan: Plan) -> None:
+        """Send a plan's Socket.IO emissions, in order (the ``socketio`` channel)."""
+        assert self._emitter is not None
+        channel, emitter = self._socketio_channel, self._emitter
+        for n, emit in enumerate(plan.emits):
+            if not channel.breaker.allow(len(plan.emits) - n):
+                return  # the rest of the plan is skipped (and counted) too
+            if await channel.call(partial(emitter.emit, emit.event, emit.data, room=emit.room)):
+                kind = metrics.emit_kind(emit.room)
+                metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
+
+    async def _publish(self, plan: Plan) -> None:
+        """Publish a plan's MQTT state and alert messages (the ``mqtt`` channel)."""
+        channel = self._mqtt_channel
+        if not channel.breaker.allow(len(plan.publishes)):
+            return
+        sent = await asyncio.gather(
+            *(
+                channel.call(
+                    partial(self._publisher.publish, p.topic, p.payload, qos=p.qos, retain=p.retain)
                 )
+                for p in plan.publishes
+            )
+        )
+        for publish, ok in zip(plan.publishes, sent, strict=True):
+            if ok:
+                kind = publish.topic.rsplit("/", 1)[-1]
+                metrics.MESSAGES_REEMITTED.labels("mqtt", kind).inc()
 
     async def _update_cache(self, plan: Plan) -> None:
-        if self._cache is None or not plan.states or self._cache_stale.is_set():
-            return  # while stale, the healer's rebuild reads this batch from the store
+        """Write a plan's latest states to Redis (the ``cache`` channel)."""
+        assert self._cache is not None
+        if self._cache_stale.is_set():
+            self._cache_missed.update(plan.states)  # written after the rebuild
+            return
+        channel, cache = self._cache_channel, self._cache
+        if not channel.breaker.allow(len(plan.states)):
+            self._cache_dropped(plan)
+            return
+        built = True
+
+        async def write() -> None:
+            nonlocal built
+            built = await cache.set_many(plan.states)
+
         async with self._cache_lock:
-            try:
-                built = await self._cache.set_many(plan.states)
-                metrics.STORE_AVAILABLE.labels("redis").set(1)
-            except StoreUnavailable as exc:
-                metrics.STORE_AVAILABLE.labels("redis").set(0)
-                self._log.warning("redis unavailable, latest-state cache is stale: %s", exc)
-                built = False
-            except Exception:  # fan-out is best effort: nothing of it may stop ingestion
-                self._log.exception("updating the redis cache failed; it is rebuilt")
-                built = False
-        if not built:
-            # Down, or back empty without any call failing: the other
-            # ambulances' states are missing until rebuilt from the store.
+            written = await channel.call(write)
+        metrics.STORE_AVAILABLE.labels("redis").set(1 if written else 0)
+        if not written:
+            self._stale(plan, f"Redis did not take a state update: {channel.last_error!r}")
+        elif not built:
+            # Back empty without any call failing: the other ambulances' states
+            # are missing until rebuilt from the store.
+            self._stale(plan, "Redis lost the cache")
+
+    def _cache_dropped(self, plan: Plan) -> None:
+        """A plan's states never reach Redis: the cache is stale until rebuilt."""
+        self._stale(plan, "state updates dropped")
+
+    def _stale(self, plan: Plan, why: str) -> None:
+        self._cache_missed.update(plan.states)
+        if not self._cache_stale.is_set():
+            self._log.warning("latest-state cache is stale, rebuilding it from the store: %s", why)
             self._cache_stale.set()
 
     async def _heal_cache(self) -> None:
@@ -547,7 +659,7 @@ class Bridge:
             await self._cache_stale.wait()
             try:
                 async with self._cache_lock:
-                    await self._rebuild_cache()
+                    await self._rebuild_cache()  # clears the stale flag when done
             except StoreUnavailable:
                 await backoff.sleep()
                 continue
@@ -556,12 +668,28 @@ class Bridge:
                 await backoff.sleep()
                 continue
             backoff.reset()
-            self._cache_stale.clear()
             metrics.STORE_AVAILABLE.labels("redis").set(1)
+            self._cache_channel.breaker.success()  # Redis answers: no need to wait the cool-down
 
     async def _rebuild_cache(self) -> None:
-        """Refill Redis from the store after an outage (it may have lost everything)."""
+        """Refill Redis from the store after an outage (it may have lost everything).
+
+        Then write over it the states that missed Redis during the read, and
+        only then clear the stale flag.
+        """
         assert self._cache is not None
+        # Every state missed so far was stored before it was fanned out: the
+        # read below sees it, or a newer one.
+        self._cache_missed.clear()
         states = {doc["_id"]: doc async for doc in self._store.scan(AMBULANCES)}
         await self._cache.rebuild(states)
+        while self._cache_missed:
+            missed = dict(self._cache_missed)
+            if not await self._cache.set_many(missed):
+                raise StoreUnavailable("Redis lost the cache again during its rebuild")
+            for ambulance_id, state in missed.items():
+                if self._cache_missed.get(ambulance_id) is state:
+                    del self._cache_missed[ambulance_id]
+        # No await since the last look at what was missed: nothing can slip in.
+        self._cache_stale.clear()
         self._log.info("redis cache rebuilt from the store (%d ambulances)", len(states))

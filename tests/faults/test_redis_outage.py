@@ -4,17 +4,23 @@ The bridge keeps storing and acknowledging without Redis. When Redis returns
 (empty: it keeps nothing on disk), the latest-state cache is rebuilt from the
 store, even after a quiet outage the bridge never noticed, and the Socket.IO
 fan-out through ``AsyncRedisManager`` reaches dashboards again. The log names
-the outage a bounded number of times, not once per message.
+the outage a bounded number of times, not once per message. A Redis that
+stops answering without refusing (frozen: packets unanswered) holds no batch
+either: fan-out waits in tasks of its own, never in the consume loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import time
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from storage.base import TRACKINGS
 from storage.cache import StateCache
@@ -106,3 +112,52 @@ async def test_redis_outage_heals_cache_and_fan_out(rig: Rig) -> None:
         f" {len(redis_lines)} bridge log lines about Redis"
     )
     assert len(redis_lines) <= 10, "\n".join(redis_lines[:20])
+
+
+async def fanout_failures(port: int, channel: str) -> float:
+    """``aoc_fanout_failures_total{channel}`` on the bridge's /metrics."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "aoc_fanout_failures_total" and sample.labels == {"channel": channel}:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_a_frozen_redis_holds_no_batch(rig: Rig) -> None:
+    """Test that points are stored while Redis accepts connections but never answers.
+
+    Fan-out used to follow each batch inline: every batch waited for Redis
+    (the cache, and Socket.IO through ``AsyncRedisManager``) before the next
+    could be taken, and storing stalled for as long as Redis did. Now the
+    cache update times out, and the cache is rebuilt once Redis answers, with
+    the states stored meanwhile.
+    """
+    bridge = rig.aoc("bridge").start()
+    port = int(bridge.env["AOC_BRIDGE_HTTP_PORT"])
+    fleet = Fleet(rig.mosquitto.port)
+    await fleet.run(FLEET, 5)
+
+    async def cached_up_to(last: int) -> bool:
+        return await cached_last_points(rig) == dict.fromkeys(FLEET, last)
+
+    await until_async(lambda: cached_up_to(4), timeout=20, what="points 0..4 cached")
+    assert rig.redis.proc is not None
+    os.killpg(rig.redis.proc.pid, signal.SIGSTOP)  # frozen: the kernel still accepts
+    try:
+        await fleet.run(FLEET, 30)  # points 0..4 again (duplicates), then 5..29
+        took = await wait_until(
+            lambda: rig.count(TRACKINGS) == 150, timeout=20, what="150 stored, Redis frozen"
+        )
+
+        async def timed_out() -> bool:
+            return await fanout_failures(port, "cache") >= 1
+
+        await until_async(timed_out, timeout=20, what="a cache update timed out")
+    finally:
+        os.killpg(rig.redis.proc.pid, signal.SIGCONT)
+    healed = await until_async(lambda: cached_up_to(29), timeout=30, what="cache healed")
+    print(f"frozen Redis: 125 points stored in {took:.1f}s, cache healed {healed:.1f}s later")
+    log = bridge.log_tail(10_000).splitlines()
+    assert len([line for line in log if REDIS_LINE.search(line)]) <= 10

@@ -1,0 +1,559 @@
+"""Unit tests of the bridge's consume loop (``bridge.service``), one failure at a time.
+
+A real ``Processor`` over a real SQLite store and local object store; the
+store is wrapped to fail on demand (``FaultyStore``, fault injection), and
+the MQTT connections are a fake (``FakeMqtt``) that records what was
+acknowledged and published. Nothing here waits a fixed time: the tests wait
+for conditions, with deadlines, and hold slow parts on gates they open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from aoc import metrics
+from bridge.fanout import Breaker
+from bridge.geo import haversine_m
+from bridge.ids import dead_letter_id, tracking_id
+from bridge.messages import Position, Tracking
+from bridge.processor import Processor
+from bridge.service import Bridge
+from bridge.speed import SpeedRules
+from bridge.validate import Limits, parse
+from broker.client import Message
+from storage.base import (
+    AMBULANCES,
+    DEAD_LETTERS,
+    TRACKINGS,
+    Document,
+    Page,
+    Query,
+    StoreUnavailable,
+    Write,
+)
+from storage.cache import StateCache
+from storage.localfs import LocalObjectStore
+from storage.sqlite import SQLiteDocumentStore
+
+T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
+LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
+AID = "U1"
+POISON_HEADING = 66.0  # the store refuses the records of a point with this heading
+BUG_HEADING = 77.0  # the processor fails on a point with this heading
+
+
+def position(n: int) -> Position:
+    return Position(13.75 + n * 0.001, 100.5)
+
+
+def point(n: int, *, heading: float = 10.0) -> bytes:
+    where = position(n)
+    body = {"lat": where.lat, "lon": where.lon, "speed": 40, "heading": heading, "ts": T0_MS + n}
+    return json.dumps(body).encode()
+
+
+def record_ids(message: Message) -> set[str]:
+    """The ``_id`` the bridge may store ``message`` under: its point's or its dead letter's."""
+    ids = {dead_letter_id(message.topic, message.payload)}
+    item = parse(message.topic, message.payload, datetime.now(UTC), LIMITS)
+    if isinstance(item, Tracking):
+        ids.add(tracking_id(item.ambulance_id, item.id_ts, item.seq))
+    return ids
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait until ``condition()`` holds; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
+class FakeMqtt:
+    """Stands in for ``MqttClient`` (fake): the test feeds messages; acks and publishes are kept.
+
+    ``on_ack`` sees each message as it is acknowledged. While ``publish_gate``
+    is set to an unset event, publishes wait for it (a broker that stopped answering).
+    """
+
+    def __init__(self) -> None:
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._mid = 0
+        self.acked: list[Message] = []
+        self.on_ack: Callable[[Message], None] | None = None
+        self.published: list[str] = []
+        self.publish_gate: asyncio.Event | None = None
+        self.publishing = 0  # publishes waiting at the gate
+
+    def feed(self, topic: str, payload: bytes) -> Message:
+        self._mid += 1
+        message = Message(topic, payload, qos=1, retain=False, mid=self._mid, dup=False)
+        self._inbox.put_nowait(message)
+        return message
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._inbox.get()
+
+    def ack(self, message: Message) -> None:
+        if self.on_ack is not None:
+            self.on_ack(message)
+        self.acked.append(message)
+
+    async def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        if self.publish_gate is not None:
+            self.publishing += 1
+            try:
+                await self.publish_gate.wait()
+            finally:
+                self.publishing -= 1
+        self.published.append(topic)
+
+
+class FaultyStore(SQLiteDocumentStore):
+    """A real SQLite store that fails on demand (fault injection).
+
+    ``outage``: every apply raises ``StoreUnavailable``. ``poison``: an apply
+    holding a write it matches raises ``sqlite3.IntegrityError``, as a record
+    the store refuses for good would. ``stored`` holds the ids of documents
+    whose apply returned; ``applies`` the writes of each successful apply.
+    While ``find_gate`` is set to an unset event, ``find`` reads its page, then
+    waits for the gate before returning it: a slow reader, whose page is old
+    by the time it gets it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.outage = False
+        self.poison: Callable[[Write], bool] = lambda write: False
+        self.attempts = 0
+        self.stored: set[str] = set()
+        self.applies: list[list[Write]] = []
+        self.find_gate: asyncio.Event | None = None
+        self.finds_held = 0
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        self.attempts += 1
+        if self.outage:
+            raise StoreUnavailable("fault injection: the store is down")
+        if any(self.poison(write) for write in writes):
+            raise sqlite3.IntegrityError("fault injection: a record the store refuses")
+        await super().apply(writes)
+        self.applies.append(list(writes))
+        self.stored.update(write.doc["_id"] for write in writes)
+
+    async def find(self, query: Query) -> Page:
+        page = await super().find(query)
+        if self.find_gate is not None:
+            self.finds_held += 1
+            await self.find_gate.wait()
+        return page
+
+
+class FaultyProcessor(Processor):
+    """A real processor with a bug on points of ``BUG_HEADING`` (fault injection)."""
+
+    def _tracking(self, item: Tracking, draft: Any) -> None:
+        if item.heading == BUG_HEADING:
+            raise RuntimeError("fault injection: a processor bug")
+        super()._tracking(item, draft)
+
+
+@dataclass
+class Rig:
+    """A bridge on fakes, its store and its record of acknowledgements."""
+
+    bridge: Bridge
+    store: FaultyStore
+    mqtt: FakeMqtt
+    publisher: FakeMqtt
+    # Each acknowledged message with whether its record was stored when it was acked.
+    acks: list[tuple[Message, bool]] = field(default_factory=list)
+
+    def feed(self, n: int, *, heading: float = 10.0, aid: str = AID) -> Message:
+        return self.mqtt.feed(f"aoc/{aid}/tracking", point(n, heading=heading))
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, *, processor_type: type[Processor] = Processor, **options: Any
+) -> AsyncIterator[Rig]:
+    """A running bridge on fakes; it is stopped (and must end cleanly) on exit."""
+    async with (
+        FaultyStore(tmp_path / "aoc.sqlite3") as store,
+        LocalObjectStore(tmp_path / "objects") as objects,
+    ):
+        processor = processor_type(
+            store=store,
+            objects=objects,
+            rules=SpeedRules(),
+            crash_dedup_s=60.0,
+            maps_key=None,
+            dead_letter_payload_bytes=4096,
+        )
+        mqtt, publisher = FakeMqtt(), FakeMqtt()
+        bridge = Bridge(
+            mqtt=mqtt,  # type: ignore[arg-type]
+            publisher=publisher,  # type: ignore[arg-type]
+            processor=processor,
+            store=store,  # type: ignore[arg-type]
+            limits=LIMITS,
+            snap_workers=1,
+            **({"batch_wait": 0.01} | options),
+        )
+        rig = Rig(bridge, store, mqtt, publisher)  # type: ignore[arg-type]
+        mqtt.on_ack = lambda message: rig.acks.append(
+            (message, bool(record_ids(message) & store.stored))
+        )
+        task = asyncio.create_task(bridge.run(), name="test-bridge")
+        try:
+            yield rig
+        finally:
+            bridge.stop()
+            await asyncio.wait_for(task, 30)
+
+
+async def stored(store: SQLiteDocumentStore, collection: str) -> list[dict[str, Any]]:
+    return (await store.find(Query(collection, limit=1000))).items
+
+
+def distance(*numbers: int) -> float:
+    """The distance covered along the points ``numbers``, in metres."""
+    return sum(haversine_m(position(a), position(b)) for a, b in itertools.pairwise(numbers))
+
+
+async def test_a_poison_message_is_dead_lettered_and_its_batch_stored_in_order(
+    tmp_path: Path,
+) -> None:
+    """Test that a record the store refuses dead-letters its message, not the bridge.
+
+    The good points around it are stored and acknowledged, in order, and the
+    state is computed as if the poison point never came: it did advance the
+    processor's memory, which must be forgotten.
+    """
+    async with running(tmp_path, batch_size=4, batch_wait=0.5) as rig:
+        rig.store.poison = lambda write: write.doc.get("heading") == POISON_HEADING
+        sent = [rig.feed(0), rig.feed(1, heading=POISON_HEADING), rig.feed(2), rig.feed(3)]
+        await until(lambda: len(rig.mqtt.acked) == 4, "the batch acknowledged")
+        assert [message.mid for message in rig.mqtt.acked] == [m.mid for m in sent]
+        assert all(was_stored for _, was_stored in rig.acks)
+        state = await rig.store.get(AMBULANCES, AID)
+        assert state is not None
+        assert state["speed_count"] == 3
+        assert state["covered_distance"] == pytest.approx(distance(0, 2, 3))
+        points = sorted(doc["count_datetime"] for doc in await stored(rig.store, TRACKINGS))
+        assert [int(ts.timestamp() * 1000) - T0_MS for ts in points] == [0, 2, 3]
+        [letter] = await stored(rig.store, DEAD_LETTERS)
+        assert letter["reason"].startswith("processing error: IntegrityError(")
+        assert rig.bridge.counts == {"tracking": 3, "dead_letter": 1}
+
+        # The bridge goes on: the next point continues from the stored state.
+        rig.feed(4)
+        await until(lambda: len(rig.mqtt.acked) == 5, "the next point acknowledged")
+        state = await rig.store.get(AMBULANCES, AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 2, 3, 4))
+
+
+async def test_a_message_the_processor_fails_on_is_dead_lettered_each_other_stored_alone(
+    tmp_path: Path,
+) -> None:
+    """Test that after a planning error each message is planned and applied on its own.
+
+    Merging the single plans into one would store every state before every
+    history record, an order the store's crash window does not allow for.
+    """
+    options: dict[str, Any] = {"batch_size": 3, "batch_wait": 0.5}
+    async with running(tmp_path, processor_type=FaultyProcessor, **options) as rig:
+        rig.feed(0)
+        rig.feed(1, heading=BUG_HEADING, aid="U2")
+        rig.feed(2)
+        await until(lambda: len(rig.mqtt.acked) == 3, "the batch acknowledged")
+        assert all(was_stored for _, was_stored in rig.acks)
+        with_points = [
+            [w.collection for w in writes]
+            for writes in rig.store.applies
+            if any(w.collection == TRACKINGS for w in writes)
+        ]
+        assert with_points == [[AMBULANCES, TRACKINGS], [AMBULANCES, TRACKINGS]]
+        state = await rig.store.get(AMBULANCES, AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 2))
+        [letter] = await stored(rig.store, DEAD_LETTERS)
+        bug = "RuntimeError('fault injection: a processor bug')"
+        assert letter["reason"] == f"processing error: {bug}"
+
+
+async def test_an_outage_holds_the_batch_unacknowledged_and_retries(tmp_path: Path) -> None:
+    """Test that nothing is acknowledged while the store is down, and all of it once it is back."""
+    async with running(tmp_path, batch_size=2, batch_wait=0.5) as rig:
+        rig.store.outage = True
+        rig.feed(0)
+        rig.feed(1)
+        await until(lambda: rig.store.attempts >= 3, "the write retried")
+        assert rig.mqtt.acked == []
+        rig.store.outage = False
+        await until(lambda: len(rig.mqtt.acked) == 2, "the batch acknowledged")
+        assert all(was_stored for _, was_stored in rig.acks)
+        state = await rig.store.get(AMBULANCES, AID)
+        assert state is not None
+        assert state["speed_count"] == 2
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+
+
+class GatedEmitter:
+    """A Socket.IO emitter (fake) whose emits wait for ``gate``, or fail with ``error``."""
+
+    def __init__(self, *, error: Exception | None = None) -> None:
+        self.gate = asyncio.Event()
+        self.error = error
+        self.waiting = 0
+        self.calls = 0
+        self.emitted: list[str] = []  # rooms, in order
+
+    async def emit(self, event: str, data: str, *, room: str) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        self.emitted.append(room)
+
+
+class GatedCache(StateCache):
+    """A real Redis cache whose ``set_many`` waits for ``gate`` (fault injection)."""
+
+    def __init__(self, url: str) -> None:
+        self.prefix = f"unit-{uuid.uuid4().hex[:8]}"
+        super().__init__(url, prefix=self.prefix)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    async def set_many(self, states: Mapping[str, Document]) -> bool:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().set_many(states)
+
+
+@pytest.fixture
+async def cache(redis_url: str) -> AsyncIterator[GatedCache]:
+    opened = GatedCache(redis_url)
+    await opened.open()
+    await opened.rebuild({})  # built, as a bridge left it: updates need no rebuild
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def dropped(channel: str, reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "aoc_fanout_dropped_total", {"channel": channel, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_hanging_fan_out_never_delays_the_next_acknowledgement(
+    tmp_path: Path, cache: GatedCache
+) -> None:
+    """Test that while Socket.IO, Redis and MQTT all hang, the next batch is still acknowledged."""
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0}
+    async with running(tmp_path, cache=cache, emitter=emitter, **options) as rig:
+        cache.gate.clear()
+        rig.publisher.publish_gate = asyncio.Event()
+        rig.feed(0)
+        await until(
+            lambda: (emitter.waiting, cache.waiting, rig.publisher.publishing) == (1, 1, 1),
+            "every fan-out channel hanging",
+        )
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "the next batch acknowledged")
+        assert (emitter.waiting, cache.waiting, rig.publisher.publishing) == (1, 1, 1)
+
+        emitter.gate.set()
+        cache.gate.set()
+        rig.publisher.publish_gate.set()
+        await rig.bridge.drain_fan_out()
+        assert emitter.emitted == [AID, "tracking"] * 2
+        assert rig.publisher.published == [f"aoc/{AID}/state"] * 2
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+
+
+async def test_a_full_fan_out_queue_drops_its_oldest_and_the_cache_heals(
+    tmp_path: Path, cache: GatedCache
+) -> None:
+    """Test that drops are counted per channel, and a dropped cache update is healed.
+
+    With room for one plan per channel, the second of three batches is
+    dropped while the first hangs; the cache is then rebuilt from the store.
+    """
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0, "fan_out_queue": 1}
+    async with running(tmp_path, cache=cache, emitter=emitter, **options) as rig:
+        cache.gate.clear()
+        rig.publisher.publish_gate = asyncio.Event()
+        before = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
+        rig.feed(0)
+        await until(lambda: (emitter.waiting, cache.waiting) == (1, 1), "fan-out hanging")
+        for n in (1, 2):
+            rig.feed(n)
+            await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"point {n} acknowledged")
+        after = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
+        # One state, two emissions (the ambulance's room and `tracking`), one publish.
+        assert {name: after[name] - before[name] for name in after} == {
+            "cache": 1, "socketio": 2, "mqtt": 1
+        }
+        assert rig.bridge._cache_stale.is_set()
+
+        emitter.gate.set()
+        cache.gate.set()
+        rig.publisher.publish_gate.set()
+        await rig.bridge.drain_fan_out()
+        assert emitter.emitted == [AID, "tracking"] * 2  # points 0 and 2
+        await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["covered_distance"] == pytest.approx(distance(0, 1, 2))
+
+
+async def test_a_failing_channel_is_skipped_once_its_breaker_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that Redis errors from Socket.IO never escape, and open the breaker once."""
+    oom = ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+    emitter = GatedEmitter(error=oom)
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_failures": 2, "fan_out_cooldown": 3600.0}
+    before = dropped("socketio", "breaker_open")
+    with caplog.at_level(logging.INFO, logger="bridge.service"):
+        async with running(tmp_path, emitter=emitter, **options) as rig:
+            for n in range(3):
+                rig.feed(n)
+                await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"point {n} acknowledged")
+                await rig.bridge.drain_fan_out()
+            assert emitter.calls == 2  # then open: points 1 and 2 were skipped
+            assert dropped("socketio", "breaker_open") - before == 4
+            assert rig.publisher.published == [f"aoc/{AID}/state"] * 3  # other channels go on
+    lines = [r.getMessage() for r in caplog.records if "fan-out to socketio" in r.getMessage()]
+    assert len(lines) == 1 and "failed 2 times in a row" in lines[0]
+
+
+async def test_stopping_sends_what_is_queued_then_ends(tmp_path: Path) -> None:
+    """Test that on stop the queued fan-out is sent, and what cannot be is dropped and counted."""
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0, "fan_out_drain": 60.0}
+    async with running(tmp_path, emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: emitter.waiting == 1, "an emission hanging")
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "both points acknowledged")
+        rig.bridge.stop()
+        emitter.gate.set()
+    assert emitter.emitted == [AID, "tracking"] * 2
+
+    emitter = GatedEmitter()
+    options["fan_out_drain"] = 0.05
+    before = dropped("socketio", "shutdown")
+    async with running(tmp_path / "2", emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: emitter.waiting == 1, "an emission hanging")
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 2, "both points acknowledged")
+    # Out of time: the hanging plan and the queued one (two emissions each).
+    assert emitter.emitted == []
+    assert dropped("socketio", "shutdown") - before == 4
+
+
+async def test_breaker_opens_after_failures_in_a_row_and_tries_again_after_cooldown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test the breaker's states, and that it logs only when it opens and closes."""
+    now = [0.0]
+    breaker = Breaker("unit", threshold=3, cooldown=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="bridge.fanout"):
+        for _ in range(2):
+            assert breaker.allow()
+            breaker.failure(OSError("refused"))
+        breaker.success()  # a success breaks the streak
+        for _ in range(3):
+            assert breaker.allow()
+            breaker.failure(OSError("refused"))
+        assert breaker.is_open
+        assert not breaker.allow(5)
+        now[0] = 10.0
+        assert breaker.allow()  # one try after the cool-down
+        assert not breaker.allow()
+        breaker.failure(OSError("refused"))  # failed: another cool-down, no new log
+        now[0] = 15.0
+        assert not breaker.allow()
+        now[0] = 20.0
+        assert breaker.allow()
+        breaker.success()
+        assert not breaker.is_open and breaker.allow()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("fan-out to unit failed 3 times in a row")
+    assert lines[1] == "fan-out to unit works again; 7 sends were skipped meanwhile"
+
+
+async def test_a_batch_handled_while_the_cache_is_rebuilt_reaches_the_cache(
+    tmp_path: Path, cache: GatedCache, redis_url: str
+) -> None:
+    """Test that a state fanned out while the healer reads the store is not lost.
+
+    The rebuild's read has already passed the ambulance when its next point
+    is stored; the update is skipped while the cache is stale, and the
+    rebuild used to write the older state over it, until the next message.
+    """
+    async with running(tmp_path, cache=cache, batch_size=1) as rig:
+        rig.feed(0)
+        await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+        await rig.bridge.drain_fan_out()
+        # Redis comes back empty; the next update notices and asks for a rebuild,
+        # whose read of the store is held once done.
+        redis = Redis.from_url(redis_url)
+        await redis.delete(*[key async for key in redis.scan_iter(f"{cache.prefix}:*")])
+        await redis.connection_pool.disconnect()
+        rig.store.find_gate = asyncio.Event()
+        rig.feed(0, aid="U2")
+        await until(lambda: rig.store.finds_held == 1, "the rebuild reading the store")
+
+        rig.feed(1)
+        await until(lambda: len(rig.mqtt.acked) == 3, "point 1 acknowledged")
+        await rig.bridge.drain_fan_out()
+        rig.store.find_gate.set()
+        await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+        state = await cache.get(AID)
+        assert state is not None
+        assert state["speed_count"] == 2
+        assert state["covered_distance"] == pytest.approx(distance(0, 1))
+        assert await cache.get("U2") is not None
