@@ -63,7 +63,14 @@ from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, StoreUnavailable
+from storage.base import (
+    AMBULANCES,
+    DEAD_LETTERS,
+    Document,
+    DocumentStore,
+    StoreUnavailable,
+    Write,
+)
 from storage.cache import StateCache
 
 T = TypeVar("T")
@@ -545,7 +552,8 @@ class Bridge:
                 )
                 reason = f"processing error: {exc!r}"
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
-                single = await self._plan_and_apply([rejected])
+                single = await self._retry("storage", partial(self._processor.plan, [rejected]))
+                await self._retry("store", partial(self._store_culprit, single.writes))
             done.writes.extend(single.writes)
             done.states.update(single.states)
             done.emits.extend(single.emits)
@@ -553,6 +561,22 @@ class Bridge:
             for kind, number in single.counts.items():
                 done.counts[kind] = done.counts.get(kind, 0) + number
         return done
+
+    async def _store_culprit(self, writes: Sequence[Write]) -> None:
+        """Durably store the dead letter of a message that failed processing.
+
+        Not best effort like junk's: the broker accepted the message and a
+        fault of ours refused it, so its record is all that is left of it. A
+        store that refuses even that is failing as a whole, not on this
+        message: the batch is held as in an outage, never acknowledged unrecorded.
+        (``handle`` writes it once more, best effort: an insert of the same id.)
+        """
+        try:
+            await self._store.apply(writes)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"dead letter of a failed message refused: {exc!r}") from exc
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         backoff = Backoff()

@@ -275,6 +275,36 @@ async def test_a_poison_message_is_dead_lettered_and_its_batch_stored_in_order(
         assert state["covered_distance"] == pytest.approx(distance(0, 2, 3, 4))
 
 
+async def test_a_failed_message_is_acknowledged_only_once_its_dead_letter_is_stored(
+    tmp_path: Path,
+) -> None:
+    """Test that the record of a message that failed processing is not best effort.
+
+    Junk's dead letters may be dropped (any client can send junk at will), but
+    a message the broker accepted and a fault of ours refused has only its
+    dead letter left: while the store refuses that too, the batch is held.
+    """
+    refuse_letters = True
+
+    def poison(write: Write) -> bool:
+        if write.collection == DEAD_LETTERS:
+            return refuse_letters
+        return write.doc.get("heading") == POISON_HEADING
+
+    async with running(tmp_path, batch_size=2, batch_wait=0.5) as rig:
+        rig.store.poison = poison
+        rig.feed(0)
+        culprit = rig.feed(1, heading=POISON_HEADING)
+        await until(lambda: rig.store.attempts >= 6, "the dead letter retried")
+        assert rig.mqtt.acked == []
+        refuse_letters = False
+        await until(lambda: len(rig.mqtt.acked) == 2, "the batch acknowledged")
+        assert all(was_stored for _, was_stored in rig.acks)
+        [letter] = await stored(rig.store, DEAD_LETTERS)
+        assert letter["_id"] == dead_letter_id(culprit.topic, culprit.payload)
+        assert letter["payload"] == culprit.payload.decode()
+
+
 async def test_a_message_the_processor_fails_on_is_dead_lettered_each_other_stored_alone(
     tmp_path: Path,
 ) -> None:
