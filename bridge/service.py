@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -54,7 +55,15 @@ from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
-from storage.base import AMBULANCES, DEAD_LETTERS, Document, DocumentStore, Query, StoreUnavailable
+from storage.base import (
+    AMBULANCES,
+    DEAD_LETTERS,
+    Conflict,
+    Document,
+    DocumentStore,
+    Query,
+    StoreUnavailable,
+)
 from storage.cache import StateCache
 
 T = TypeVar("T")
@@ -391,9 +400,7 @@ class Bridge:
             item.parsed if item.parsed is not None else self._parse(item.message, item.received_at)
             for item in batch
         ]
-        plan = await self._retry("storage", lambda: self._plan(batch, parsed))
-        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
-        await self._retry("store", lambda: self._store.apply(good))
+        plan = await self._store_batch(batch, parsed)
         await self._dead_letters.write([w for w in plan.writes if w.collection == DEAD_LETTERS])
         for item in batch:
             item.client.ack(item.message)
@@ -411,6 +418,24 @@ class Bridge:
         await self._fan_out(plan)
         await self._dead_letters.prune()  # due once a minute: a clock read per batch
         return plan
+
+    async def _store_batch(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
+        """Plan the batch and apply its writes but dead letters, retrying while storage is down.
+
+        On a ``Conflict`` another bridge moved some of its ambulances first:
+        their states here are stale, so they reload and the batch is planned
+        again, from the store (whose outboxes say which messages it holds).
+        """
+        while True:
+            plan = await self._retry("storage", lambda: self._plan(batch, parsed))
+            good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
+            try:
+                await self._retry("store", functools.partial(self._store.apply, good))
+            except Conflict as exc:
+                self._log.debug("planning a batch again: %s", exc)
+                self._processor.forget(plan.state_ids() | set(exc.ids))
+                continue
+            return plan
 
     def _parse(self, message: Message, received_at: datetime) -> Parsed:
         try:
@@ -448,12 +473,7 @@ class Bridge:
                 reason = f"processing error: {exc!r}"
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
                 single = await self._processor.plan([rejected])
-            merged.writes.extend(single.writes)
-            merged.states.update(single.states)
-            merged.emits.extend(single.emits)
-            merged.publishes.extend(single.publishes)
-            for kind, number in single.counts.items():
-                merged.counts[kind] = merged.counts.get(kind, 0) + number
+            merged.extend(single)
         return merged
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
