@@ -8,12 +8,14 @@ acknowledged, and the fan-out (cache, Socket.IO, MQTT) that follows.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from bridge.contract import EVENT
-from storage.base import Document, Write
+from storage.base import AMBULANCES, Document, Write
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,19 @@ class Publish:
     qos: int = 1
 
 
+class Outcome(StrEnum):
+    """What the processor made of one message (its value names its metrics counter)."""
+
+    TRACKING = "tracking"  # an in-order point: history and latest state
+    LATE = "late"  # an older point: history only
+    DUPLICATE = "duplicate"  # already stored, or repeated in its batch: nothing written
+    CRASH = "crash"  # a crash alert, broadcast
+    CRASH_REPEAT = "crash_repeat"  # a crash within the window of a broadcast one: stored only
+    SNAP = "snap"
+    STATUS = "status"
+    DEAD_LETTER = "dead_letter"
+
+
 @dataclass(slots=True)
 class Plan:
     """What one batch of messages turns into.
@@ -149,5 +164,27 @@ class Plan:
     states: dict[str, Document] = field(default_factory=dict)
     emits: list[Emit] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
-    # Counters for metrics and logs: kind -> number ("tracking", "duplicate", "dead_letter"...).
-    counts: dict[str, int] = field(default_factory=dict)
+    # One per message of the batch, in batch order.
+    outcomes: list[Outcome] = field(default_factory=list)
+    images: int = 0  # images of the batch's snapshots
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Counters for metrics and logs: outcome -> number, and "image" (images)."""
+        counts = dict(Counter(outcome.value for outcome in self.outcomes))
+        if self.images:
+            counts["image"] = self.images
+        return counts
+
+    def state_ids(self) -> set[str]:
+        """The ambulances whose state documents this plan writes."""
+        return {w.doc["_id"] for w in self.writes if w.collection == AMBULANCES}
+
+    def extend(self, other: Plan) -> None:
+        """Append ``other``, the plan of the messages after this plan's."""
+        self.writes.extend(other.writes)
+        self.states.update(other.states)
+        self.emits.extend(other.emits)
+        self.publishes.extend(other.publishes)
+        self.outcomes.extend(other.outcomes)
+        self.images += other.images

@@ -1,34 +1,61 @@
 """The bridge's domain logic: a batch of parsed messages in, a ``Plan`` out.
 
 ``Processor.plan`` decides every store write, cache update, Socket.IO emission
-and MQTT publication for a batch. It keeps each ambulance's latest state in a
-bounded in-memory cache (loaded from the store on first sight, so a restarted
-bridge continues where the store left off) and works on copies of it: the
-cache changes only when a whole batch has been planned, so a batch that fails
-midway (e.g. the object store is down) can be planned again from scratch.
+and MQTT publication for a batch. It keeps each ambulance's latest state
+(``bridge.state.AmbulanceState``) in a bounded in-memory cache, loaded from
+the store on first sight, and works on copies of it: the cache changes only
+when a whole batch has been planned, so a batch that fails midway (e.g. the
+object store is down) can be planned again from scratch.
+
+The store, not this cache, holds the truth: several bridges may process one
+ambulance. Each plan writes a state conditionally on the version it was
+planned from; a caller that gets ``storage.base.Conflict`` from ``apply``
+calls ``forget`` for the plan's ambulances and plans the batch again, from
+the store (``bridge.service``).
+
+The order of a plan's writes is what makes a crash midway harmless (MongoDB
+stores them in several bulk writes, see ``DocumentStore.apply``):
+
+1. the ambulances' states, conditional: the commit point. Each carries the
+   other writes below for its ambulance (its outbox);
+2. the outbox writes of states loaded from the store that are not stored yet
+   (a crash cut their batch short), then the episode and current-image upserts;
+3. the history inserts.
+
+A crash before 1 stored nothing, or only history of ambulances whose state does
+not move (late points, repeated crashes, older snaps: planned the same again).
+A crash after 1: the redelivered messages are in their state's outbox, so
+they are neither counted again nor planned from the advanced state; the
+outbox is written, and they are fanned out, since they never were.
+
+Known limits with several bridges on one ambulance: a plan that writes no state
+(only late points, repeated crashes, older snaps, or a status that changes
+nothing) is planned from this bridge's copy, which may be behind the store:
+the history record then carries older aggregates, and an unchanged status is
+not written over another bridge's newer one. On MongoDB, the post-commit writes
+of one bridge still in flight may land after those of the next batch's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
 from typing import Any
 
 from aoc.logs import LineBudget
 from bridge import contract, snapshots
 from bridge.crash import repeat_of, static_map_url
-from bridge.geo import eta_s, haversine_m, position_doc, position_from_doc
+from bridge.geo import eta_s, haversine_m, position_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
 from bridge.jsjson import dumps
 from bridge.messages import (
     Crash,
     Emit,
+    Outcome,
     Parsed,
     Plan,
     Publish,
@@ -38,7 +65,8 @@ from bridge.messages import (
     Tracking,
 )
 from bridge.snapshots import Digits, image_digest, store_images
-from bridge.speed import THRESHOLDS, Episode, SpeedRules, advance, classify
+from bridge.speed import THRESHOLDS, SpeedRules, Threshold, advance, classify
+from bridge.state import AmbulanceState
 from storage.base import (
     AMBULANCES,
     CRASHES,
@@ -54,67 +82,13 @@ from storage.base import (
 )
 from storage.codec import utc
 
-# State upserts are written before history inserts, in this order. A MongoDB
-# bulk write is not one transaction: if the process dies between the two
-# groups, the broker redelivers the batch, and since its history ids are not
-# stored yet it is not seen as a duplicate. Its ts now equals the latest one
-# already stored, so it is stored as a late point, in history only, and its
-# distance is not counted twice. AMBULANCES comes last of the upserts because
-# it is what the next plan starts from: if only the episode/image upserts got
-# through, the redelivered message recomputes them from the old state and
-# rewrites the same documents.
-_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES, AMBULANCES)
-
-# The fields of the retained ``aoc/<id>/state`` message.
-_STATE_FIELDS = (
-    "ambulance_id",
-    "location",
-    "speed",
-    "heading",
-    "state",
-    "last_seen",
-    "online",
-    "covered_distance",
-    "avg_speed",
-    "estimated_time",
-)
+# The upserts of a plan after its state upserts (see the module doc).
+_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES)
 
 
-def new_ambulance(ambulance_id: str) -> Document:
-    """The ``AMBULANCES`` document of an ambulance never seen before."""
-    return {
-        "_id": ambulance_id,
-        "ambulance_id": ambulance_id,
-        "location": None,
-        "speed": None,
-        "heading": None,
-        "state": None,
-        "last_seen": None,  # device ts of the latest in-order point
-        "last_point_id": None,  # and its id, to tell a redelivery from a same-instant point
-        "received_at": None,
-        "online": False,
-        "covered_distance": 0.0,
-        "avg_speed": 0.0,
-        "speed_sum": 0.0,
-        "speed_count": 0,
-        "estimated_time": None,
-        "destination_location": None,
-        "source_location": None,
-        # Threshold name -> the open episode's document, so a restart continues it.
-        "open_episodes": {},
-        # The recent broadcast crashes, oldest first: [{"at": ts, "id": record id}],
-        # the anchors of crash deduplication (see _remember_crash).
-        "crashes": [],
-        # The current images: the snap (history) id, its time, and what it replaced.
-        "images_id": None,
-        "images_at": None,
-        "images_replaced_id": None,
-    }
-
-
-def state_message(state: Document) -> Document:
+def state_message(state: AmbulanceState) -> Document:
     """The public latest-state view published on ``aoc/<id>/state``."""
-    return {name: state.get(name) for name in _STATE_FIELDS}
+    return state.public()
 
 
 def dead_letter_doc(item: Rejected, *, limit: int) -> Document:
@@ -157,7 +131,10 @@ def _at_store_precision(item: Parsed) -> Parsed:
     return replace(item, received_at=utc(item.received_at))
 
 
-def _key(item: Parsed) -> tuple[str, str] | None:
+Key = tuple[str, str]  # (collection, _id)
+
+
+def _key(item: Parsed) -> Key | None:
     """The history collection and idempotency id of a message (None: no id)."""
     if isinstance(item, Tracking):
         return TRACKINGS, tracking_id(item.ambulance_id, item.id_ts, item.seq)
@@ -175,47 +152,20 @@ def _clock_ahead(item: Tracking | Crash) -> Document:
     return {} if item.device_ts is None else {"device_ts": item.device_ts}
 
 
-# Broadcast crashes remembered per ambulance for deduplication: enough for any
-# realistic burst, and older than this they no longer matter.
-_CRASHES_KEPT = 32
-_CRASHES_HORIZON = timedelta(hours=1)
-
-
-def _remember_crash(state: Document, ts: datetime, record_id: str) -> None:
-    """Add a broadcast crash to ``state["crashes"]``, oldest first, bounded."""
-    crashes: list[Document] = [*state["crashes"], {"at": ts, "id": record_id}]
-    crashes.sort(key=lambda crash: crash["at"])
-    newest: datetime = crashes[-1]["at"]
-    crashes = [crash for crash in crashes if newest - crash["at"] <= _CRASHES_HORIZON]
-    state["crashes"] = crashes[-_CRASHES_KEPT:]
-
-
-def _upgraded(state: Document) -> Document:
-    """``state`` as this version keeps it, from a document an older version stored."""
-    # Older versions anchored crash dedup on one crash: keep it as the first
-    # window, or the first crash after an upgrade would alert a second time.
-    last_at, last_id = state.pop("last_crash_at", None), state.pop("last_crash_id", None)
-    if last_at is not None and last_id is not None and not state["crashes"]:
-        state["crashes"] = [{"at": last_at, "id": last_id}]
-    return state
-
-
 @dataclass
 class _Draft:
     """A plan being built, over working copies of the ambulances' states."""
 
-    states: dict[str, Document]
-    upserts: dict[tuple[str, str], Document] = field(default_factory=dict)
+    states: dict[str, AmbulanceState]
+    upserts: dict[Key, Document] = field(default_factory=dict)
     inserts: list[Write] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)  # state documents to write
     moved: set[str] = field(default_factory=set)  # latest state to fan out
     emits: list[Emit] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    images: int = 0
     rejected: list[Rejected] = field(default_factory=list)
-
-    def count(self, kind: str, number: int = 1) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + number
 
     def upsert(self, collection: str, doc: Document) -> None:
         # One upsert per document per batch: the last version wins.
@@ -228,24 +178,42 @@ class _Draft:
         self.emits.append(Emit(room=room, data=dumps(value)))
 
     def to_plan(self) -> Plan:
-        for aid in sorted(self.dirty):
-            self.upsert(AMBULANCES, copy.deepcopy(self.states[aid]))
-        writes = [
+        upserts = [
             Write(collection, "upsert", doc)
             for wanted in _UPSERT_ORDER
             for (collection, _), doc in self.upserts.items()
             if collection == wanted
         ]
-        writes.extend(self.inserts)
-        plan = Plan(writes=writes, emits=self.emits, counts=self.counts)
+        rest = upserts + self.inserts
+        outboxes: dict[str, list[Write]] = {}
+        for write in rest:
+            if write.collection != DEAD_LETTERS:
+                outboxes.setdefault(write.doc["ambulance_id"], []).append(write)
+        writes: list[Write] = []
+        for aid in sorted(self.dirty):
+            state = self.states[aid]
+            planned_from = state.version
+            state.version += 1
+            state.outbox = tuple(outboxes.get(aid, ()))
+            writes.append(state.write(expect=planned_from))
+        writes.extend(rest)
+        plan = Plan(writes=writes, emits=self.emits, outcomes=self.outcomes, images=self.images)
         for aid in sorted(self.moved):
-            state = copy.deepcopy(self.states[aid])
-            plan.states[aid] = state
+            state = self.states[aid]
+            plan.states[aid] = state.to_doc(outbox=False)
             payload = dumps(state_message(state)).encode("utf-8")
             topic = contract.topic(aid, contract.Kind.STATE)
             plan.publishes.append(Publish(topic, payload, retain=True, qos=1))
         plan.publishes.extend(self.publishes)
         return plan
+
+
+@dataclass
+class _Pending:
+    """What the loaded states' outboxes hold that the store does not."""
+
+    writes: list[Write] = field(default_factory=list)
+    records: dict[Key, Document] = field(default_factory=dict)  # their history records
 
 
 class Processor:
@@ -282,7 +250,8 @@ class Processor:
         self._log = logger or logging.getLogger(__name__)
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
         # without bound; an evicted ambulance is simply reloaded from the store.
-        self._cache: OrderedDict[str, Document] = OrderedDict()
+        # Its states have empty outboxes: this bridge applied their batches.
+        self._cache: OrderedDict[str, AmbulanceState] = OrderedDict()
         # Any client can send junk at will: its log lines are bounded like its records.
         self._dl_log = dead_letter_log or LineBudget(lines=10, seconds=60.0)
 
@@ -298,16 +267,31 @@ class Processor:
         the in-memory state is then unchanged and the batch may be planned again.
         Not re-entrant: the caller plans one batch at a time, and applies its
         writes before planning the next (duplicates are detected from the store).
+        If applying them raises ``Conflict``, it calls ``forget(plan.state_ids())``
+        and plans the batch again.
         """
-        fresh = await self._fresh([_at_store_precision(item) for item in batch])
-        ambulance_ids = {
-            item.ambulance_id for item in fresh if not isinstance(item, Rejected)
-        }
-        draft = _Draft(states=await self._load(ambulance_ids))
-        if len(fresh) < len(batch):
-            draft.count("duplicate", len(batch) - len(fresh))
-        for item in fresh:
-            if isinstance(item, Tracking):
+        items = [_at_store_precision(item) for item in batch]
+        keys = [_key(item) for item in items]
+        ambulance_ids = {item.ambulance_id for item in items if not isinstance(item, Rejected)}
+        states = await self._load(ambulance_ids)
+        stored, pending = await self._stored(keys, states)
+        draft = _Draft(states=states)
+        for write in pending.writes:  # before this batch's: its own upserts win
+            if write.kind == "upsert":
+                draft.upsert(write.collection, write.doc)
+            else:
+                draft.inserts.append(write)
+        seen = set(stored)
+        for item, key in zip(items, keys, strict=True):
+            if key is not None and key in seen:
+                draft.outcomes.append(Outcome.DUPLICATE)
+                continue
+            if key is not None:
+                seen.add(key)
+            record = pending.records.get(key) if key is not None else None
+            if record is not None:
+                self._replayed(item, record, draft)
+            elif isinstance(item, Tracking):
                 self._tracking(item, draft)
             elif isinstance(item, Crash):
                 self._crash(item, draft)
@@ -337,92 +321,144 @@ class Processor:
             if self._dl_log.take():
                 self._log.warning("dead letter from %s: %s", item.topic, item.reason)
 
-    async def _fresh(self, batch: Sequence[Parsed]) -> list[Parsed]:
-        """The messages of ``batch`` that are neither stored already nor repeated in it."""
-        keys = [_key(item) for item in batch]
+    async def _stored(
+        self, keys: Sequence[Key | None], states: dict[str, AmbulanceState]
+    ) -> tuple[set[Key], _Pending]:
+        """Which of ``keys`` are stored, and what of the states' outboxes is not.
+
+        One ``existing_ids`` per history collection serves both; the outboxes'
+        upserts are compared with the stored documents. Only states loaded from
+        the store have an outbox (see ``_commit``).
+        """
+        outbox = [write for state in states.values() for write in state.outbox]
         wanted: dict[str, list[str]] = {}
-        for key in keys:
+        for key in [*keys, *((w.collection, w.doc["_id"]) for w in outbox if w.kind == "insert")]:
             if key is not None:
                 wanted.setdefault(key[0], []).append(key[1])
-        seen: set[tuple[str, str]] = set()
+        stored: set[Key] = set()
         for collection, ids in wanted.items():
-            stored = await self._store.existing_ids(collection, list(dict.fromkeys(ids)))
-            seen.update((collection, doc_id) for doc_id in stored)
-        fresh: list[Parsed] = []
-        for item, key in zip(batch, keys, strict=True):
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
-            fresh.append(item)
-        return fresh
+            found = await self._store.existing_ids(collection, list(dict.fromkeys(ids)))
+            stored.update((collection, doc_id) for doc_id in found)
+        pending = _Pending()
+        upserted: dict[str, list[str]] = {}
+        for write in outbox:
+            if write.kind == "upsert":
+                upserted.setdefault(write.collection, []).append(write.doc["_id"])
+        current: dict[Key, Document] = {}
+        for collection, ids in upserted.items():
+            docs = await self._store.get_many(collection, ids)
+            current.update(((collection, doc_id), doc) for doc_id, doc in docs.items())
+        for write in outbox:
+            key = (write.collection, write.doc["_id"])
+            if write.kind == "insert" and key not in stored:
+                pending.writes.append(write)
+                pending.records[key] = write.doc
+            elif write.kind == "upsert" and current.get(key) != write.doc:
+                pending.writes.append(write)
+        return stored, pending
 
-    async def _load(self, ambulance_ids: set[str]) -> dict[str, Document]:
+    async def _load(self, ambulance_ids: set[str]) -> dict[str, AmbulanceState]:
         """Working copies of the ambulances' states, from memory or else the store."""
         # One read for all the unknown ids: one per id made a batch of new
         # ambulances several times slower than a batch of known ones.
         unknown = sorted(aid for aid in ambulance_ids if aid not in self._cache)
         stored = await self._store.get_many(AMBULANCES, unknown) if unknown else {}
-        states: dict[str, Document] = {}
+        states: dict[str, AmbulanceState] = {}
         for aid in sorted(ambulance_ids):
             cached = self._cache.get(aid)
             if cached is None:
-                # Merge over the defaults so documents from older versions gain new fields.
-                cached = _upgraded(new_ambulance(aid) | stored.get(aid, {}))
-            states[aid] = copy.deepcopy(cached)
+                cached = AmbulanceState.from_doc(aid, stored.get(aid))
+            states[aid] = cached.copy()
         return states
 
-    def _commit(self, states: dict[str, Document]) -> None:
+    def _commit(self, states: dict[str, AmbulanceState]) -> None:
         for aid, state in states.items():
+            # Planned, so applied before the next plan: nothing left to replay.
+            state.outbox = ()
             self._cache[aid] = state
             self._cache.move_to_end(aid)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def forget(self) -> None:
-        """Drop the in-memory states; they reload from the store on next use.
+    def forget(self, ambulance_ids: Iterable[str] | None = None) -> None:
+        """Drop in-memory states (all by default); they reload from the store on next use.
 
-        For a caller that planned items whose writes it then discarded.
+        For a caller that planned items whose writes it then discarded, or
+        whose writes met a ``Conflict`` (another bridge moved those ambulances).
         """
-        self._cache.clear()
+        if ambulance_ids is None:
+            self._cache.clear()
+            return
+        for aid in ambulance_ids:
+            self._cache.pop(aid, None)
+
+    def _replayed(self, item: Parsed, record: Document, draft: _Draft) -> None:
+        """A message of a committed batch whose writes were cut short: fan it out now.
+
+        Its state already counts it and its record is in the outbox written
+        again; it was never fanned out, since fan-out follows the writes.
+        """
+        if isinstance(item, Tracking):
+            late = bool(record.get("late"))
+            draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)
+            if not late:
+                draft.moved.add(item.ambulance_id)
+            self._emit_tracking(item, draft)
+        elif isinstance(item, Crash):
+            if record.get("duplicate_of") is not None:
+                draft.outcomes.append(Outcome.CRASH_REPEAT)
+            else:
+                draft.outcomes.append(Outcome.CRASH)
+                self._broadcast_crash(item, record, draft)
+        elif isinstance(item, Snap):
+            draft.outcomes.append(Outcome.SNAP)
+            self._emit_snap(item, record["images"], draft)
+
+    @staticmethod
+    def _emit_tracking(item: Tracking, draft: _Draft) -> None:
+        # Late points are re-emitted too: the legacy server emitted every body.
+        # ``body`` is already the legacy-room body (shaped by bridge.validate).
+        draft.emit(contract.ambulance_room(item.ambulance_id), item.body)
+        draft.emit(contract.TRACKING_ROOM, item.body)
 
     def _tracking(self, item: Tracking, draft: _Draft) -> None:
         aid = item.ambulance_id
         state = draft.states[aid]
-        last_seen: datetime | None = state["last_seen"]
+        last_seen = state.last_seen
         point_id = tracking_id(aid, item.id_ts, item.seq)
-        # The latest point itself, redelivered after a partial write (its state
-        # stored, its history not). Another point of the same instant (another
-        # seq) is a new point. States stored before ids were kept have None.
-        redelivered = item.ts == last_seen and state.get("last_point_id") in (None, point_id)
+        # The latest point itself, redelivered after a partial write by a version
+        # that kept no outbox (its state stored, its history not). Another point
+        # of the same instant (another seq) is a new point. States stored before
+        # ids were kept have None.
+        redelivered = item.ts == last_seen and state.last_point_id in (None, point_id)
         late = last_seen is not None and (item.ts < last_seen or redelivered)
-        refs: dict[str, str | None] = dict.fromkeys(THRESHOLDS)
+        refs: dict[Threshold, str | None] = dict.fromkeys(THRESHOLDS)
         if not late:
             self._advance(item, state, refs, draft)
-            state["last_point_id"] = point_id
+            state.last_point_id = point_id
             draft.dirty.add(aid)
             draft.moved.add(aid)
         elif redelivered:
             # Its state was stored but never fanned out, so publish it (again).
             draft.moved.add(aid)
-        draft.count("late" if late else "tracking")
-        destination = position_doc(item.destination) or state["destination_location"]
+        draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)
+        destination = position_doc(item.destination) or position_doc(state.destination_location)
         draft.insert(
             TRACKINGS,
             {
                 "_id": point_id,
                 "ambulance_id": aid,
                 "location": position_doc(item.position),
-                "source_location": state["source_location"],
+                "source_location": position_doc(state.source_location),
                 "destination_location": destination,
                 "speed": item.speed_kmh,
                 # A late point carries the aggregates as known when it arrived.
-                "avg_speed": state["avg_speed"],
+                "avg_speed": state.avg_speed,
                 "heading": item.heading,
                 "count_datetime": item.ts,
                 "state": classify(item.speed_kmh, self._rules),
-                "covered_distance": state["covered_distance"],
-                "estimated_time": state["estimated_time"],
+                "covered_distance": state.covered_distance,
+                "estimated_time": state.estimated_time,
                 "speed_above_80": refs["speed_above_80"],
                 "speed_above_120": refs["speed_above_120"],
                 "received_at": item.received_at,
@@ -433,31 +469,29 @@ class Processor:
             }
             | _clock_ahead(item),
         )
-        # Late points are re-emitted too: the legacy server emitted every body, and
-        # a redelivery after a partial write has not been emitted yet.
-        # ``body`` is already the legacy-room body (shaped by bridge.validate).
-        draft.emit(contract.ambulance_room(aid), item.body)
-        draft.emit(contract.TRACKING_ROOM, item.body)
+        # A redelivery after a partial write has not been emitted yet either.
+        self._emit_tracking(item, draft)
 
     def _advance(
-        self, item: Tracking, state: Document, refs: dict[str, str | None], draft: _Draft
+        self,
+        item: Tracking,
+        state: AmbulanceState,
+        refs: dict[Threshold, str | None],
+        draft: _Draft,
     ) -> None:
         """Move the latest state forward by one in-order point."""
-        previous = position_from_doc(state["location"])
-        if previous is not None:
-            state["covered_distance"] += haversine_m(previous, item.position)
-        state["speed_sum"] += item.speed_kmh
-        state["speed_count"] += 1
-        state["avg_speed"] = state["speed_sum"] / state["speed_count"]
-        if state["source_location"] is None:
-            state["source_location"] = position_doc(item.position)
+        if state.location is not None:
+            state.covered_distance += haversine_m(state.location, item.position)
+        state.speed_sum += item.speed_kmh
+        state.speed_count += 1
+        state.avg_speed = state.speed_sum / state.speed_count
+        if state.source_location is None:
+            state.source_location = item.position
         if item.destination is not None:
-            state["destination_location"] = position_doc(item.destination)
-        episodes: dict[str, Document] = state["open_episodes"]
+            state.destination_location = item.destination
         for threshold in THRESHOLDS:
-            current = episodes.get(threshold)
             episode = advance(
-                Episode.from_doc(current) if current is not None else None,
+                state.open_episodes.get(threshold),
                 ambulance_id=item.ambulance_id,
                 threshold=threshold,
                 rules=self._rules,
@@ -469,31 +503,30 @@ class Processor:
                 continue
             draft.upsert(SPEED_VIOLATIONS, episode.to_doc())
             if episode.closed:
-                del episodes[threshold]
+                del state.open_episodes[threshold]
             else:
-                episodes[threshold] = episode.to_doc()
+                state.open_episodes[threshold] = episode
                 refs[threshold] = episode.id
-        destination = position_from_doc(state["destination_location"])
-        eta = None if destination is None else eta_s(item.position, destination, state["avg_speed"])
-        state.update(
-            location=position_doc(item.position),
-            speed=item.speed_kmh,
-            heading=item.heading,
-            state=classify(item.speed_kmh, self._rules),
-            last_seen=item.ts,
-            received_at=item.received_at,
-            # Only a connected device can publish (its Last Will says otherwise later).
-            online=True,
-            estimated_time=None if eta is None else round(eta, 1),
-        )
+        destination = state.destination_location
+        eta = None if destination is None else eta_s(item.position, destination, state.avg_speed)
+        state.location = item.position
+        state.speed = item.speed_kmh
+        state.heading = item.heading
+        state.state = classify(item.speed_kmh, self._rules)
+        state.last_seen = item.ts
+        state.received_at = item.received_at
+        # Only a connected device can publish (its Last Will says otherwise later).
+        state.online = True
+        state.estimated_time = None if eta is None else round(eta, 1)
 
     def _crash(self, item: Crash, draft: _Draft) -> None:
         aid = item.ambulance_id
         state = draft.states[aid]
         record_id = crash_id(aid, item.id_ts)
-        broadcast = [(crash["at"], crash["id"]) for crash in state["crashes"]]
+        broadcast = [(crash.at, crash.id) for crash in state.crashes]
         # A crash already among the broadcast ones is a redelivery after a partial
-        # write: it was never broadcast, since fan-out follows the writes.
+        # write (by a version that kept no outbox): it was never broadcast, since
+        # fan-out follows the writes.
         known = any(crash == record_id for _, crash in broadcast)
         window_s = self._crash_dedup_s
         duplicate_of = None if known else repeat_of(broadcast, item.ts, window_s=window_s)
@@ -517,12 +550,17 @@ class Processor:
         } | _clock_ahead(item)
         draft.insert(CRASHES, record)
         if duplicate_of is not None:
-            draft.count("crash_repeat")
+            draft.outcomes.append(Outcome.CRASH_REPEAT)
             return
-        draft.count("crash")
+        draft.outcomes.append(Outcome.CRASH)
         if not known:
-            _remember_crash(state, item.ts, record_id)
+            state.remember_crash(item.ts, record_id)
             draft.dirty.add(aid)
+        self._broadcast_crash(item, record, draft)
+
+    @staticmethod
+    def _broadcast_crash(item: Crash, record: Document, draft: _Draft) -> None:
+        aid = item.ambulance_id
         draft.emit(contract.crash_notify_room(aid), record)
         draft.emit(contract.CRASH_ROOM, item.body)
         draft.publishes.append(
@@ -533,6 +571,7 @@ class Processor:
                 qos=1,
             )
         )
+
 
     async def upload(
         self,
@@ -562,21 +601,20 @@ class Processor:
         history_id = snap_id(item)
         keys = item.stored or await store_images(self._objects, item, digits=self._key_digits)
         images = {f"image{index}": key for index, key in enumerate(keys)}
-        draft.count("snap")
-        draft.count("image", len(images))
+        draft.outcomes.append(Outcome.SNAP)
         draft.insert(
             IMAGE_HISTORIES,
             {"_id": history_id, "ambulance_id": aid, "images": images, "createdAt": item.ts},
         )
-        current_at: datetime | None = state["images_at"]
+        current_at = state.images_at
         if current_at is None or item.ts > current_at:
-            state.update(
-                images_id=history_id, images_at=item.ts, images_replaced_id=state["images_id"]
-            )
+            state.images_replaced_id = state.images_id
+            state.images_id = history_id
+            state.images_at = item.ts
             draft.dirty.add(aid)
         # The same snap as the current one is written again: a redelivery after a
-        # partial write must still reach the IMAGES document.
-        if state["images_id"] == history_id:
+        # partial write (by a version that kept no outbox) must still reach IMAGES.
+        if state.images_id == history_id:
             draft.upsert(
                 IMAGES,
                 {
@@ -584,17 +622,22 @@ class Processor:
                     "ambulance_id": aid,
                     "images": images,
                     "createdAt": item.ts,
-                    "ambulance_image_histories_id": state["images_replaced_id"],
+                    "ambulance_image_histories_id": state.images_replaced_id,
                 },
             )
+        self._emit_snap(item, images, draft)
+
+    @staticmethod
+    def _emit_snap(item: Snap, images: dict[str, str], draft: _Draft) -> None:
+        draft.images += len(images)
         # ``body`` is the legacy form fields, or {"ambulance_id": id} (bridge.validate).
         draft.emit(contract.SNAP_ROOM, {"body": item.body, "imagesObj": images})
 
     def _status(self, item: Status, draft: _Draft) -> None:
         state = draft.states[item.ambulance_id]
-        draft.count("status")
-        if state["online"] != item.online:
-            state["online"] = item.online
+        draft.outcomes.append(Outcome.STATUS)
+        if state.online != item.online:
+            state.online = item.online
             draft.dirty.add(item.ambulance_id)
         # Published even when unchanged: statuses are rare (retained, one per
         # connection), and a bridge that died after storing one never published it.
@@ -603,5 +646,5 @@ class Processor:
     def _rejected(self, item: Rejected, draft: _Draft) -> None:
         doc = dead_letter_doc(item, limit=self._dl_bytes)
         draft.insert(DEAD_LETTERS, doc)
-        draft.count("dead_letter")
+        draft.outcomes.append(Outcome.DEAD_LETTER)
         draft.rejected.append(item)

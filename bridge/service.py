@@ -66,6 +66,7 @@ from broker.client import Message, MqttClient
 from storage.base import (
     AMBULANCES,
     DEAD_LETTERS,
+    Conflict,
     Document,
     DocumentStore,
     StoreUnavailable,
@@ -521,11 +522,22 @@ class Bridge:
         return await self._one_by_one(batch, parsed)
 
     async def _plan_and_apply(self, parsed: Sequence[Parsed]) -> Plan:
-        """Plan ``parsed`` and durably store its writes (not its dead letters), retrying outages."""
-        plan = await self._retry("storage", lambda: self._processor.plan(parsed))
-        good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
-        await self._retry("store", lambda: self._store.apply(good))
-        return plan
+        """Plan ``parsed`` and durably store its writes (not its dead letters), retrying outages.
+
+        On a ``Conflict`` another bridge moved some of its ambulances first:
+        their states here are stale, so they reload and ``parsed`` is planned
+        again, from the store (whose outboxes say which messages it holds).
+        """
+        while True:
+            plan = await self._retry("storage", partial(self._processor.plan, parsed))
+            good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
+            try:
+                await self._retry("store", partial(self._store.apply, good))
+            except Conflict as exc:
+                self._log.debug("planning again: %s", exc)
+                self._processor.forget(plan.state_ids() | set(exc.ids))
+                continue
+            return plan
 
     async def _one_by_one(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
         """Store each message on its own; dead-letter those that fail.
@@ -554,12 +566,7 @@ class Bridge:
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
                 single = await self._retry("storage", partial(self._processor.plan, [rejected]))
                 await self._retry("store", partial(self._store_culprit, single.writes))
-            done.writes.extend(single.writes)
-            done.states.update(single.states)
-            done.emits.extend(single.emits)
-            done.publishes.extend(single.publishes)
-            for kind, number in single.counts.items():
-                done.counts[kind] = done.counts.get(kind, 0) + number
+            done.extend(single)
         return done
 
     async def _store_culprit(self, writes: Sequence[Write]) -> None:

@@ -49,6 +49,19 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached or written right now; the caller may retry."""
 
 
+class Conflict(Exception):
+    """A conditional write found another version than it expected (see ``Write.expect``).
+
+    ``ids`` are the ``_id`` of the documents whose version did not match. Not a
+    ``StoreUnavailable``: retrying the same writes cannot succeed; the caller
+    reads the documents again and plans new writes from them.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids: tuple[str, ...] = tuple(ids)
+        super().__init__(f"version conflict on {', '.join(self.ids)}")
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """One idempotent write.
@@ -56,11 +69,21 @@ class Write:
     ``insert``: store ``doc`` if no document with its ``_id`` exists, else do nothing
     (a redelivered message is stored once). ``upsert``: replace the document with
     that ``_id``, or create it.
+
+    ``expect`` (upserts only): replace the document only if its stored integer
+    ``version`` field equals ``expect``; a missing document, or one without a
+    ``version``, counts as version 0. Otherwise ``apply`` raises ``Conflict``.
+    Such a write is not idempotent: once stored, the same write conflicts.
     """
 
     collection: str
     kind: Literal["insert", "upsert"]
     doc: Document
+    expect: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.expect is not None and self.kind != "upsert":
+            raise ValueError("only an upsert can expect a version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +136,28 @@ class DocumentStore(abc.ABC):
 
     @abc.abstractmethod
     async def apply(self, writes: Sequence[Write]) -> None:
-        """Apply the writes durably, in order; raise ``StoreUnavailable`` on failure.
+        """Apply the writes durably, IN THE GIVEN ORDER; raise ``StoreUnavailable`` on failure.
 
         When this returns, every write has been persisted (the caller acknowledges
-        the source messages right after). Safe to call again with the same writes.
+        the source messages right after). Writes without ``expect`` are safe to
+        apply again; a retry after a failure may meet a conditional write that
+        the failed attempt stored, and then raises ``Conflict``.
+
+        ``Conflict`` (with the ids whose version did not match): a write's
+        ``expect`` failed, checked against the store as the writes before it in
+        ``writes`` left it. No write after the conflicting one is stored.
+
+        Atomicity differs by backend; callers must not rely on more than this:
+
+        - SQLite: one transaction. On ``Conflict`` or any failure nothing of
+          ``writes`` is stored.
+        - MongoDB: one ordered ``bulk_write`` per run of consecutive writes to
+          the same collection; no multi-document transaction (a standalone
+          server has none). A failure or a ``Conflict`` may leave any prefix
+          of ``writes`` stored, and so may a crash of the caller mid-call: the
+          crash window is between any two writes. Callers put their commit
+          point (the conditional write) first and make the rest recoverable
+          from it (``bridge.state``'s outbox).
         """
 
     @abc.abstractmethod

@@ -37,6 +37,7 @@ from storage import codec, paging
 from storage.base import (
     COLLECTIONS,
     TIME_FIELDS,
+    Conflict,
     Document,
     Page,
     Pruned,
@@ -49,7 +50,9 @@ from storage.threaded import ThreadedDocumentStore
 T = TypeVar("T")
 MongoDoc = dict[str, Any]
 
-_DUPLICATE_KEY = 11000  # two concurrent upserts of one new _id: the loser may retry
+# Two concurrent upserts of one new _id: the loser may retry. On a conditional
+# upsert (``Write.expect``) it means a version conflict instead (see ``apply``).
+_DUPLICATE_KEY = 11000
 SERVER_SELECTION_TIMEOUT_MS = 5000  # fail fast when MongoDB is unreachable
 
 
@@ -171,25 +174,47 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
     # -- writes -------------------------------------------------------------
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        """Apply ``writes`` in order: one ordered ``bulk_write`` per collection."""
-        per_collection: dict[str, list[UpdateOne | ReplaceOne[MongoDoc]]] = {}
+        """Apply ``writes`` in order: one ordered ``bulk_write`` per run of one collection.
+
+        Not per collection: grouping reordered the writes across collections,
+        so a failure could store a later write without an earlier one.
+        """
+        runs: list[tuple[str, list[Write], list[UpdateOne | ReplaceOne[MongoDoc]]]] = []
         for write in codec.check_writes(writes):
-            doc_id = write.doc["_id"]
-            if write.kind == "insert":
-                # $setOnInsert: a replayed insert matches and changes nothing.
-                fields = {k: v for k, v in write.doc.items() if k != "_id"} or {"_id": doc_id}
-                op: UpdateOne | ReplaceOne[MongoDoc] = UpdateOne(
-                    {"_id": doc_id}, {"$setOnInsert": fields}, upsert=True
-                )
-            else:
-                op = ReplaceOne({"_id": doc_id}, dict(write.doc), upsert=True)
-            per_collection.setdefault(write.collection, []).append(op)
+            if not runs or runs[-1][0] != write.collection:
+                runs.append((write.collection, [], []))
+            runs[-1][1].append(write)
+            runs[-1][2].append(_operation(write))
 
         def write_all(db: Database[MongoDoc]) -> None:
-            for name, ops in per_collection.items():
-                db[name].bulk_write(ops, ordered=True)
+            for name, run, ops in runs:
+                try:
+                    result = db[name].bulk_write(ops, ordered=True)
+                except BulkWriteError as exc:
+                    # Ordered: the bulk stopped at its first error. On a
+                    # conditional upsert, a duplicate key means the filter
+                    # (this _id at the expected version) matched nothing while
+                    # the _id exists: another version is stored.
+                    errors = (exc.details or {}).get("writeErrors", [])
+                    failed = run[errors[0]["index"]] if errors else None
+                    if (
+                        failed is not None
+                        and failed.expect is not None
+                        and errors[0].get("code") == _DUPLICATE_KEY
+                    ):
+                        raise Conflict([failed.doc["_id"]]) from exc
+                    raise
+                # Expecting version n > 0 of a missing document: the upsert
+                # created it (one filter cannot refuse that), but it conflicts.
+                created = [
+                    run[index].doc["_id"]
+                    for index in result.upserted_ids or {}
+                    if run[index].expect
+                ]
+                if created:
+                    raise Conflict(created)
 
-        if per_collection:
+        if runs:
             await self._run(write_all)
 
     async def prune(
@@ -255,6 +280,20 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
             return list(cursor)
 
         return paging.page(query, [codec.normalize(d) for d in await self._run(select)])
+
+
+def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:
+    """The bulk operation of one write."""
+    doc_id = write.doc["_id"]
+    if write.kind == "insert":
+        # $setOnInsert: a replayed insert matches and changes nothing.
+        fields = {k: v for k, v in write.doc.items() if k != "_id"} or {"_id": doc_id}
+        return UpdateOne({"_id": doc_id}, {"$setOnInsert": fields}, upsert=True)
+    if write.expect is None:
+        return ReplaceOne({"_id": doc_id}, dict(write.doc), upsert=True)
+    # Version 0 also means "no version field" (null matches missing too).
+    version: Any = write.expect if write.expect else {"$in": [0, None]}
+    return ReplaceOne({"_id": doc_id, "version": version}, dict(write.doc), upsert=True)
 
 
 def _selector(query: Query, time_field: str, after: paging.Position | None) -> MongoDoc:

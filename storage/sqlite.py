@@ -25,6 +25,7 @@ from storage import codec, paging
 from storage.base import (
     COLLECTIONS,
     TIME_FIELDS,
+    Conflict,
     Document,
     Page,
     Pruned,
@@ -166,7 +167,7 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
     # -- writes -------------------------------------------------------------
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        """Apply ``writes`` in order in one durable transaction."""
+        """Apply ``writes`` in order in one durable transaction (``Conflict``: none of them)."""
         checked = codec.check_writes(writes)
         if not checked:
             return
@@ -176,6 +177,7 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
             (
                 "INSERT OR IGNORE" if w.kind == "insert" else "INSERT OR REPLACE",
                 w.collection,
+                w.expect,
                 (
                     w.doc["_id"],
                     aid if isinstance(aid := w.doc.get("ambulance_id"), str) else None,
@@ -188,11 +190,25 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
-            for verb, table, params in rows:
+            conflicts: list[str] = []
+            for verb, table, expect, params in rows:
+                if expect is not None:
+                    # Checked inside the write transaction: no other writer
+                    # can move the version between this check and the COMMIT.
+                    row = conn.execute(
+                        f"SELECT json_extract(doc, '$.version') FROM \"{table}\" WHERE _id = ?",
+                        (params[0],),
+                    ).fetchone()
+                    if (row[0] if row is not None and row[0] is not None else 0) != expect:
+                        conflicts.append(params[0])
+                        continue
                 conn.execute(
                     f'{verb} INTO "{table}" (_id, ambulance_id, t, doc) VALUES (?, ?, ?, ?)',
                     params,
                 )
+            if conflicts:
+                conn.rollback()  # a Conflict stores nothing of the batch
+                raise Conflict(conflicts)
             conn.execute("COMMIT")
 
         await self._run(write)

@@ -18,7 +18,7 @@ import pytest
 from bridge.crash import static_map_url
 from bridge.geo import haversine_m
 from bridge.ids import epoch_ms
-from bridge.messages import Parsed, Plan, Position, Snap
+from bridge.messages import Outcome, Parsed, Plan, Position, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted, image_key, store_images
 from bridge.speed import SpeedRules
@@ -176,7 +176,17 @@ async def test_distance_average_and_eta(
     assert (latest["speed_sum"], latest["speed_count"]) == (180, 3)
     assert latest["last_seen"] == T0 + timedelta(seconds=2)
     assert latest["online"] is True
-    assert await store.get(AMBULANCES, AID) == latest
+    assert latest["version"] == 1
+    stored_state = await store.get(AMBULANCES, AID)
+    assert stored_state is not None
+    # The stored document is the cached one plus the outbox of its batch.
+    outbox = stored_state.pop("outbox")
+    assert stored_state == latest
+    assert [(w["collection"], w["doc"]["_id"]) for w in outbox] == [
+        (SPEED_VIOLATIONS, f"{AID}:speed_above_80:{T0_MS + 2000}"),
+        *((TRACKINGS, d["_id"]) for d in docs),
+    ]
+    assert [w["doc"] for w in outbox[1:]] == docs
 
     [state] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/state"]
     assert state.retain and state.qos == 1
@@ -231,7 +241,14 @@ async def test_duplicates_within_and_across_batches(
     again = await run(proc, store, [point(1, 40, seq=7), point(0, 30)])
     assert again.counts == {"duplicate": 2}
     assert (again.writes, again.emits, again.publishes, again.states) == ([], [], [], {})
-    assert len(await stored(store, TRACKINGS)) == 2
+    assert plan.outcomes == [Outcome.TRACKING, Outcome.DUPLICATE, Outcome.TRACKING]
+    assert again.outcomes == [Outcome.DUPLICATE, Outcome.DUPLICATE]
+    # Counted once in the state: two points, one step.
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None
+    assert (state["speed_count"], state["speed_sum"], state["version"]) == (2, 70, 1)
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
+    assert state["covered_distance"] == pytest.approx(step)
 
 
 async def test_restart_continues_distance_and_open_episodes(
@@ -254,28 +271,42 @@ async def test_restart_continues_distance_and_open_episodes(
 async def test_redelivery_after_a_partial_write_is_not_counted_twice(
     store: SQLiteDocumentStore, objects: LocalObjectStore
 ) -> None:
-    """Test the write order: state upserts land, history does not, the batch comes back."""
+    """Test the write order: the state lands, nothing else does, the batch comes back."""
     await run(processor(store, objects), store, [point(0, 30)])
-    plan = await processor(store, objects).plan([point(1, 90)])
-    kinds = [(w.kind, w.collection) for w in plan.writes]
+    batch = [point(1, 90), point(2, 100)]
+    plan = await processor(store, objects).plan(batch)
+    kinds = [(w.kind, w.collection, w.expect) for w in plan.writes]
     assert kinds == [
-        ("upsert", SPEED_VIOLATIONS),
-        ("upsert", AMBULANCES),
-        ("insert", TRACKINGS),
+        ("upsert", AMBULANCES, 1),
+        ("upsert", SPEED_VIOLATIONS, None),
+        ("insert", TRACKINGS, None),
+        ("insert", TRACKINGS, None),
     ]
-    await store.apply([w for w in plan.writes if w.kind == "upsert"])  # then the process dies
+    await store.apply(plan.writes[:1])  # the commit point, then the process dies
 
-    replay = await run(processor(store, objects), store, [point(1, 90)])
-    assert replay.counts == {"late": 1}
-    # Its state was stored but never fanned out: the replay publishes it.
-    assert replay.states[AID]["speed"] == 90
+    replay = await run(processor(store, objects), store, batch)
+    # The points are neither counted again nor stored as late: their records
+    # come from the state's outbox, as planned the first time.
+    assert replay.counts == {"tracking": 2}
+    assert await stored(store, TRACKINGS) == [
+        *(await stored(store, TRACKINGS))[:1],
+        *(w.doc for w in plan.writes[2:]),
+    ]
+    [episode] = await stored(store, SPEED_VIOLATIONS)
+    assert (episode["started_at"], episode["points"], episode["max_speed"]) == (
+        T0 + timedelta(seconds=1), 2, 100,
+    )
+    # Their state was stored but never fanned out: the replay publishes and emits it.
+    assert replay.states[AID]["speed"] == 100
     assert [p.topic for p in replay.publishes] == [f"aoc/{AID}/state"]
+    assert [room for room, _ in rooms(replay)] == [AID, "tracking"] * 2
     state = await store.get(AMBULANCES, AID)
     assert state is not None
     step = haversine_m(Position(LAT, LON), Position(LAT + 0.001, LON))
-    assert state["covered_distance"] == pytest.approx(step)
-    assert state["speed_count"] == 2
-    assert len(await stored(store, TRACKINGS)) == 2
+    assert state["covered_distance"] == pytest.approx(2 * step)
+    assert (state["speed_count"], state["version"]) == (3, 2)
+    # Once everything is stored, the same batch is a duplicate.
+    assert (await run(processor(store, objects), store, batch)).counts == {"duplicate": 2}
 
 
 async def test_crash_record_dedup_window_and_fan_out(
@@ -652,7 +683,8 @@ async def test_a_second_point_of_the_same_instant_moves_the_state(
     assert state is not None and state["speed"] == 135 and state["state"] == "RED"
     # The same point again, after a restart (a fresh processor), is a redelivery.
     replay = await processor(store, objects).plan([point(1, 135, seq=3)])
-    assert replay.counts.get("tracking", 0) == 0
+    assert replay.counts == {"duplicate": 1}
+    assert replay.writes == []
 
 
 def message_at(received_at: datetime, kind: str, body: dict[str, Any]) -> Parsed:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import mongomock
+import pymongo
 import pytest
 
 from storage.base import (
@@ -13,10 +15,14 @@ from storage.base import (
     DEAD_LETTERS,
     SPEED_VIOLATIONS,
     TRACKINGS,
+    Conflict,
     DocumentStore,
     Query,
+    StoreUnavailable,
     Write,
 )
+from storage.mongo import MongoDocumentStore
+from storage.sqlite import SQLiteDocumentStore
 
 T0 = datetime(2026, 11, 29, 4, 33, 12, 345000, tzinfo=UTC)
 
@@ -338,3 +344,107 @@ async def test_bad_requests_raise_value_error(doc_store: DocumentStore) -> None:
     # Nothing was written by the refused batches, and the store still works.
     await doc_store.apply([ins(tracking(1))])
     assert (await doc_store.find(Query(TRACKINGS))).items == [tracking(1)]
+
+
+def state(aid: str, version: int | None, **extra: Any) -> dict[str, Any]:
+    doc = {"_id": aid, "ambulance_id": aid, "last_seen": T0, **extra}
+    return doc if version is None else {**doc, "version": version}
+
+
+def cond(doc: dict[str, Any], expect: int) -> Write:
+    return Write(AMBULANCES, "upsert", doc, expect=expect)
+
+
+async def test_conditional_upsert_applies_only_on_the_expected_version(
+    doc_store: DocumentStore,
+) -> None:
+    """Test that expect matches the stored version (missing: 0) and Conflict names the rest."""
+    await doc_store.apply([cond(state("332", 1), expect=0)])  # missing counts as version 0
+    await doc_store.apply([cond(state("332", 2, speed=5.0), expect=1)])
+    assert await doc_store.get(AMBULANCES, "332") == state("332", 2, speed=5.0)
+
+    with pytest.raises(Conflict) as stale:
+        await doc_store.apply([cond(state("332", 2, speed=9.0), expect=1)])
+    assert stale.value.ids == ("332",)
+    with pytest.raises(Conflict) as exists:  # expected new, but it exists
+        await doc_store.apply([cond(state("332", 1, speed=9.0), expect=0)])
+    assert exists.value.ids == ("332",)
+    assert await doc_store.get(AMBULANCES, "332") == state("332", 2, speed=5.0)
+
+    # A document stored without a version (an older bridge's) is version 0.
+    await doc_store.apply([ups(state("77", None), AMBULANCES)])
+    await doc_store.apply([cond(state("77", 1), expect=0)])
+    assert await doc_store.get(AMBULANCES, "77") == state("77", 1)
+    # Two versions of one document in one batch: each checked after the one before.
+    await doc_store.apply([cond(state("77", 2), expect=1), cond(state("77", 3), expect=2)])
+    assert await doc_store.get(AMBULANCES, "77") == state("77", 3)
+    with pytest.raises(ValueError, match="upsert"):
+        Write(TRACKINGS, "insert", tracking(1), expect=0)
+
+
+async def test_a_conflict_stores_nothing_after_it(doc_store: DocumentStore) -> None:
+    """Test that writes after a conflicting one are never stored (on SQLite, none at all)."""
+    await doc_store.apply([cond(state("77", 4), expect=0)])
+    batch = [
+        ins(tracking(1)),
+        cond(state("332", 1), expect=0),
+        cond(state("77", 9), expect=3),  # stale: 77 is at version 4
+        ins(tracking(2)),
+        ups(state("5", None), AMBULANCES),
+    ]
+    with pytest.raises(Conflict) as conflict:
+        await doc_store.apply(batch)
+    assert conflict.value.ids == ("77",)
+    assert await doc_store.get(TRACKINGS, "332:0002") is None
+    assert await doc_store.get(AMBULANCES, "5") is None
+    assert await doc_store.get(AMBULANCES, "77") == state("77", 4)
+    if isinstance(doc_store, SQLiteDocumentStore):  # one transaction
+        assert await doc_store.get(TRACKINGS, "332:0001") is None
+        assert await doc_store.get(AMBULANCES, "332") is None
+
+
+class BulkWritesFail:
+    """Fault injection for mongomock: the ``fail_at``-th ``bulk_write`` raises, and stores nothing.
+
+    It records each call's collection and ids, in order.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        original = mongomock.collection.Collection.bulk_write
+        faults = self
+
+        def bulk_write(collection: Any, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+            ids = [request._filter["_id"] for request in requests]
+            faults.calls.append((collection.name, ids))
+            if len(faults.calls) == fail_at:
+                raise pymongo.errors.AutoReconnect("fault injected: connection lost")
+            return original(collection, requests, *args, **kwargs)
+
+        monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", bulk_write)
+
+
+async def test_mongo_applies_writes_in_order_one_bulk_per_run(
+    monkeypatch: pytest.MonkeyPatch, mongomock_client: Any
+) -> None:
+    """Test that a failing bulk write never leaves a later write stored without an earlier one."""
+    faults = BulkWritesFail(monkeypatch, fail_at=2)
+    batch = [
+        cond(state("a1", 1), expect=0),
+        ins(tracking(1)),
+        cond(state("a2", 1), expect=0),
+        ins(tracking(2)),
+    ]
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_order") as store:
+        with pytest.raises(StoreUnavailable):
+            await store.apply(batch)
+        assert faults.calls == [
+            (AMBULANCES, ["a1"]),
+            (TRACKINGS, ["332:0001"]),
+        ]
+        assert await store.get(AMBULANCES, "a1") == state("a1", 1)
+        # Grouped by collection, a2 went with a1, before the failing tracking write.
+        assert await store.get(AMBULANCES, "a2") is None
+        await store.apply(batch[1:])  # the retry of what was not stored
+        assert [call[0] for call in faults.calls[2:]] == [TRACKINGS, AMBULANCES, TRACKINGS]
+        assert await store.get(TRACKINGS, "332:0002") == tracking(2)

@@ -1,0 +1,170 @@
+"""One ambulance's latest state, as the bridge plans from it and stores it.
+
+The ``AMBULANCES`` document is the truth several bridges share: each batch
+writes it with ``Write.expect`` set to the version it was planned from, so a
+bridge that planned from an old version gets ``storage.base.Conflict`` and
+plans again from the store.
+
+The document also carries the **outbox**: the other writes of the batch that
+wrote it, for this ambulance (episodes, current images, history records). The
+state upsert is the batch's commit point and is applied first; MongoDB stores
+the rest in further bulk writes, and a crash in between would lose them. A
+bridge that loads a state from the store replays what of its outbox is not
+stored yet (``bridge.processor``), so a committed batch is never half stored.
+
+Field names are those of the legacy-compatible document the read API, the
+Redis cache and ``aoc/<id>/state`` read: they must not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+
+from bridge.geo import position_doc, position_from_doc
+from bridge.messages import Position
+from bridge.speed import THRESHOLDS, Episode, State, Threshold
+from storage.base import AMBULANCES, Document, Write
+
+# The fields of the retained ``aoc/<id>/state`` message.
+PUBLIC_FIELDS = (
+    "ambulance_id",
+    "location",
+    "speed",
+    "heading",
+    "state",
+    "last_seen",
+    "online",
+    "covered_distance",
+    "avg_speed",
+    "estimated_time",
+)
+
+# Broadcast crashes remembered per ambulance for deduplication: enough for any
+# realistic burst, and older than this they no longer matter.
+CRASHES_KEPT = 32
+CRASHES_HORIZON = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class CrashAnchor:
+    """A broadcast crash: its time and record id (an anchor of crash deduplication)."""
+
+    at: datetime
+    id: str
+
+
+@dataclass(slots=True)
+class AmbulanceState:
+    """The latest state of one ambulance; ``to_doc`` is its ``AMBULANCES`` document."""
+
+    ambulance_id: str
+    location: Position | None = None
+    speed: float | None = None
+    heading: float | None = None
+    state: State | None = None
+    last_seen: datetime | None = None  # device ts of the latest in-order point
+    last_point_id: str | None = None  # and its id, to tell a redelivery from a same-instant point
+    received_at: datetime | None = None
+    online: bool = False
+    covered_distance: float = 0.0
+    avg_speed: float = 0.0
+    speed_sum: float = 0.0
+    speed_count: int = 0
+    estimated_time: float | None = None
+    destination_location: Position | None = None
+    source_location: Position | None = None
+    # The open episode per threshold, so a restart continues it.
+    open_episodes: dict[Threshold, Episode] = field(default_factory=dict)
+    # The recent broadcast crashes, oldest first (see ``remember_crash``).
+    crashes: list[CrashAnchor] = field(default_factory=list)
+    # The current images: the snap (history) id, its time, and what it replaced.
+    images_id: str | None = None
+    images_at: datetime | None = None
+    images_replaced_id: str | None = None
+    # How many times the document was written (0: never). Each write expects
+    # the version it was planned from.
+    version: int = 0
+    # The other writes of the batch that wrote this version (see the module doc).
+    outbox: tuple[Write, ...] = ()
+
+    def remember_crash(self, at: datetime, record_id: str) -> None:
+        """Add a broadcast crash to ``crashes``, oldest first, bounded."""
+        crashes = sorted([*self.crashes, CrashAnchor(at, record_id)], key=lambda c: c.at)
+        newest = crashes[-1].at
+        kept = [crash for crash in crashes if newest - crash.at <= CRASHES_HORIZON]
+        self.crashes = kept[-CRASHES_KEPT:]
+
+    def copy(self) -> AmbulanceState:
+        """A working copy: the containers are new, their (immutable) items shared."""
+        return replace(self, open_episodes=dict(self.open_episodes), crashes=list(self.crashes))
+
+    def public(self) -> Document:
+        """The view published on ``aoc/<id>/state``."""
+        doc = self.to_doc(outbox=False)
+        return {name: doc[name] for name in PUBLIC_FIELDS}
+
+    def to_doc(self, *, outbox: bool = True) -> Document:
+        """The ``AMBULANCES`` document (without the outbox: what the Redis cache keeps)."""
+        doc: Document = {"_id": self.ambulance_id}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in _POSITIONS:
+                value = position_doc(value)
+            doc[spec.name] = value
+        doc["open_episodes"] = {
+            threshold: episode.to_doc() for threshold, episode in self.open_episodes.items()
+        }
+        doc["crashes"] = [{"at": crash.at, "id": crash.id} for crash in self.crashes]
+        if outbox:
+            doc["outbox"] = [
+                {"collection": w.collection, "kind": w.kind, "doc": w.doc} for w in self.outbox
+            ]
+        else:
+            del doc["outbox"]
+        return doc
+
+    @classmethod
+    def from_doc(cls, ambulance_id: str, doc: Document | None) -> AmbulanceState:
+        """The state in a stored document (None: never seen), upgraded from older versions.
+
+        Fields an older version did not store take their defaults, and a
+        document without ``version`` is version 0.
+        """
+        state = cls(ambulance_id)
+        if doc is None:
+            return state
+        for spec in fields(cls):
+            if spec.name in doc and spec.name not in _STRUCTURED:
+                value = doc[spec.name]
+                if spec.name in _POSITIONS:
+                    value = position_from_doc(value)
+                setattr(state, spec.name, value)
+        state.version = int(doc.get("version") or 0)
+        episodes: dict[str, Document] = doc.get("open_episodes") or {}
+        state.open_episodes = {
+            threshold: Episode.from_doc(episodes[threshold])
+            for threshold in THRESHOLDS
+            if episodes.get(threshold) is not None
+        }
+        state.crashes = [CrashAnchor(c["at"], c["id"]) for c in doc.get("crashes") or []]
+        # Older versions anchored crash dedup on one crash: keep it as the first
+        # window, or the first crash after an upgrade would alert a second time.
+        last_at, last_id = doc.get("last_crash_at"), doc.get("last_crash_id")
+        if last_at is not None and last_id is not None and not state.crashes:
+            state.crashes = [CrashAnchor(last_at, last_id)]
+        state.outbox = tuple(
+            Write(w["collection"], w["kind"], w["doc"]) for w in doc.get("outbox") or []
+        )
+        return state
+
+    def write(self, *, expect: int) -> Write:
+        """The conditional upsert of this state, planned from version ``expect``."""
+        return Write(AMBULANCES, "upsert", self.to_doc(), expect=expect)
+
+
+# Fields stored as {"lat", "lon"} documents.
+_POSITIONS = frozenset({"location", "destination_location", "source_location"})
+# Fields ``from_doc`` rebuilds itself rather than copying from the document.
+_STRUCTURED = frozenset({"ambulance_id", "version", "open_episodes", "crashes", "outbox"})
+
