@@ -163,9 +163,18 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
             )
 
     def _disconnect(self) -> Callable[[], None] | None:
-        client, self._client, self._db = self._client, None, None
-        self._indexed = False
-        return None if client is None else client.close
+        client = self._client
+        if client is None:
+            return None
+
+        def disconnect() -> None:
+            # Forgotten only here, after the calls queued before close(): they
+            # read ``_db`` when they run, and must find it.
+            self._client = self._db = None
+            self._indexed = False
+            client.close()
+
+        return disconnect
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the server answers."""

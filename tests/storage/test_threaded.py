@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 
@@ -45,3 +46,23 @@ async def test_closed_store_is_unavailable_and_reopens_with_its_data(
     await doc_store.open()
     assert await doc_store.get(AMBULANCES, "a1") == STATE
     assert [doc async for doc in doc_store.scan(AMBULANCES)] == [STATE]
+
+
+async def test_close_lets_the_calls_already_queued_finish(doc_store: DocumentStore) -> None:
+    """Test that close() runs after the calls queued before it, which all succeed."""
+    store = threaded(doc_store)
+    await store.apply([Write(AMBULANCES, "upsert", STATE)])
+    gate = threading.Event()
+
+    def held(_: object) -> None:
+        gate.wait(timeout=30)  # released below; the bound only ends a broken run
+
+    # The holders take every thread; the reads queue behind them, close() last.
+    holders = [asyncio.ensure_future(store._run(held)) for _ in range(store.threads)]
+    queued = [asyncio.ensure_future(store.get(AMBULANCES, "a1")) for _ in range(3 * store.threads)]
+    await asyncio.sleep(0)  # every call is submitted to the store's threads
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*holders, closing)
+    assert [await call for call in queued] == [STATE] * len(queued)
