@@ -389,10 +389,16 @@ def _validate(
         raise ValueError("duration must be >= 0 seconds (or None to run until cancelled)")
     if not 0.0 <= crash_probability <= 1.0:
         raise ValueError("crash_probability must be between 0 and 1")
-    # The widest id it makes; a reserved prefix (CRASH_NOTIFY_) makes every id reserved.
-    problem = contract.ambulance_id_problem(f"{id_prefix}{ambulances}")
+    # The last id is the longest; a reserved prefix (CRASH_NOTIFY_) makes every id reserved.
+    problem = contract.ambulance_id_problem(ambulance_ids(id_prefix, ambulances)[-1])
     if problem is not None:
         raise ValueError(f"id prefix {id_prefix!r} would make invalid ambulance ids: {problem}")
+
+
+def ambulance_ids(prefix: str, ambulances: int) -> list[str]:
+    """The fleet's ids: ``prefix`` and 1 to ``ambulances``, zero-padded to at least 3 digits."""
+    width = max(3, len(str(ambulances)))
+    return [f"{prefix}{i:0{width}d}" for i in range(1, ambulances + 1)]
 
 
 async def simulate(
@@ -437,15 +443,14 @@ async def simulate(
         rate=rate, snap_every=snap_every, crash_probability=crash_probability, stats=stats
     )
     master = random.Random(seed)
-    width = max(3, len(str(ambulances)))
     fleet_members = [
         _Ambulance(
-            ambulance_id=f"{id_prefix}{i:0{width}d}",
+            ambulance_id=ambulance_id,
             vehicle=Vehicle(random.Random(master.getrandbits(64))),
             rng=random.Random(master.getrandbits(64)),
             snap_phase=master.randrange(fleet.snap_points or 1),
         )
-        for i in range(1, ambulances + 1)
+        for ambulance_id in ambulance_ids(id_prefix, ambulances)
     ]
     # Spread the fleet evenly over one period so the broker sees a steady stream.
     offsets = [i * fleet.period / ambulances for i in range(ambulances)]

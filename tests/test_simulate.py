@@ -445,6 +445,7 @@ async def test_progress_line_only_when_asked(mosquitto: services.Service) -> Non
         {"id_prefix": "bad/prefix"},
         {"id_prefix": "x" * 70},
         {"id_prefix": "CRASH_NOTIFY_"},
+        {"id_prefix": "A" * 62, "ambulances": 5},  # "A" * 62 + "005": 65 characters
     ],
 )
 async def test_impossible_arguments_are_refused(kwargs: dict[str, object]) -> None:
