@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aoc.config import Settings
-from bench import plan, stack
+from bench import plan, share, stack
 from bench.flood import flood
 from bench.junk import junk
 from bench.latency import latency
@@ -69,6 +69,13 @@ def _add_load(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     pl.add_argument("--messages", type=int, default=20000, help="tracking points per half-run")
     pl.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
     pl.add_argument("--batch-size", type=int, default=200, help="points per batch")
+
+    sh = commands.add_parser(
+        "share", help="two processors sharing one ambulance's stream against one processor"
+    )
+    sh.add_argument("--points", type=int, default=5000, help="messages of the stream")
+    sh.add_argument("--batch-size", type=int, default=20, help="largest batch (1 to this)")
+    sh.add_argument("--seed", type=int, default=1, help="of the speeds, batches and order")
 
     jk = commands.add_parser(
         "junk", help="a flood of invalid payloads: disk growth, log lines, good points kept"
@@ -159,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
         )
         return 0
+    if args.command == "share":
+        return 0 if share.run(points=args.points, batch_size=args.batch_size, seed=args.seed) else 1
     env: dict[str, str] = {}
     if getattr(args, "batch_size", None):
         env["AOC_BATCH_SIZE"] = str(args.batch_size)

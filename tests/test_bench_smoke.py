@@ -120,6 +120,17 @@ def test_plan_prints_new_and_known_ids() -> None:
     assert re.search(r"median of 2 runs .* new ids take x[\d.]+ the time", out), out
 
 
+def test_share_prints_both_runs_and_their_verdict() -> None:
+    """Test that two processors sharing a stream are compared with one, conflicts counted."""
+    out = _bench("share", "--points", "300", "--seed", "7")
+    runs = re.findall(r"(one|two) processors?: distance ([\d.]+) m, points counted (\d+)", out)
+    assert [name for name, _, _ in runs] == ["one", "two"], out
+    assert runs[0][1:] == runs[1][1:], out
+    conflicts = re.search(r"300 messages in \d+ batches \(seed 7\); (\d+) conflicts", out)
+    assert conflicts is not None and int(conflicts[1]) > 0, out
+    assert "every document identical: yes" in out, out
+
+
 def test_junk_reports_growth_log_lines_and_good_points() -> None:
     """Test that a small flood is all taken and every good point in between is stored."""
     out = _bench("junk", "--messages", "300", "--publishers", "2", "--good", "20")
