@@ -17,15 +17,17 @@ points and crash alerts:
   payload bytes before it stops reading. For each batch, in this order:
 
   1. parse every message (never raises: bad input becomes a dead letter);
-  2. plan the batch, retrying while storage is down (the processor holds the
-     ambulances' state and plans one batch at a time);
+  2. plan the batch, retrying while storage is down (the processor plans one
+     batch at a time, from each ambulance's versioned state: ``bridge.state``);
   3. apply the planned writes to the document store, retrying while it is down.
-     Any other error, in planning or writing (a bug, a record the store
-     refuses for good), sends the batch through again one message at a time,
-     each planned and applied before the next, and the culprit is
-     dead-lettered. Then write the batch's dead letters, once and best effort
-     (``bridge.deadletters``): junk never holds good messages, not even on a
-     full disk;
+     A ``Conflict`` (another bridge moved one of the ambulances first) plans
+     the batch again from the store. Any other error, in planning or writing
+     (a bug, a record the store refuses for good), sends the batch through
+     again one message at a time, each planned and applied before the next,
+     and the culprit is dead-lettered, durably: its dead letter is all that
+     is left of it. Then write the batch's other dead letters, once and best
+     effort (``bridge.deadletters``): junk never holds good messages, not
+     even on a full disk;
   4. acknowledge the batch to the broker: only now may Mosquitto forget it;
   5. queue the fan-out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert``
      topics, each sent by a task of its own (``bridge.fanout``), so that a
