@@ -4,13 +4,18 @@
 ``aoc bridge``, ``aoc api`` and ``aoc realtime`` run one part each, for
 scale-out, and then reach each other through Mosquitto and Redis only.
 
-Start order: storage and the outbound MQTT connection, then the parts (the
-bridge with its consumer connections, the HTTP servers), each supervised by
-``aoc.parts``: a part that fails is restarted alone while the others serve.
+Start order: storage, then the parts, each supervised by ``aoc.parts``: the
+bridge with its three MQTT connections (outbound, consumer, snapshots) and
+the HTTP servers. A part that fails is restarted alone while the others
+serve, at start-up too: with the broker down, ``aoc serve`` answers
+``/healthz`` (``/readyz``: 503) while its bridge retries; an HTTP or
+Socket.IO port that is taken is retried in the process until it is free.
 Stop order (first SIGINT/SIGTERM): HTTP servers stop accepting and finish
 their requests, the bridge finishes and acknowledges its batch and closes its
-consumer connections, then the outbound connection and storage close, as the
-exit stack unwinds.
+consumer connections, then its outbound one (the last batch's states and
+alerts go out on it), and storage closes as the exit stack unwinds. A part
+that fails while stopping makes the command exit non-zero
+(``aoc.parts.StopFailed``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -33,14 +39,14 @@ from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
 from api import ApiDeps, create_app, create_realtime_app, create_sio
-from api.deps import ReadyCheck
+from api.deps import Publisher, ReadyCheck
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
 from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
-from broker.client import MqttClient
+from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
 from storage.base import DocumentStore, ObjectStore, StoreUnavailable
 from storage.cache import StateCache
@@ -122,7 +128,7 @@ def _api_deps(
     objects: ObjectStore,
     cache: StateCache,
     broker: ReadyCheck,
-    publisher: MqttClient | None = None,
+    publisher: Publisher | None = None,
 ) -> ApiDeps:
     """What the HTTP routes need; readiness asks ``broker`` about the MQTT side."""
     checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
@@ -223,12 +229,35 @@ def _socketio_server(app: socketio.ASGIApp, settings: Settings) -> EmbeddedServe
     )
 
 
+def _require_connected(client: MqttClient, connection: str) -> None:
+    """Readiness of one MQTT connection: ``ConnectionError`` unless it is up."""
+    if not client.connected:
+        raise ConnectionError(f"not connected to the MQTT broker ({connection})")
+
+
+def _connected(client: MqttClient) -> ReadyCheck:
+    async def check() -> None:
+        _require_connected(client, "outbound")
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class _Connections:
+    """The running bridge's MQTT connections."""
+
+    publisher: MqttClient
+    consumer: MqttClient
+    snap_consumer: MqttClient
+
+
 class _BridgeWiring:
     """The bridge and what it is made of: one builder for ``aoc serve`` and ``aoc bridge``.
 
-    Storage and the outbound MQTT connection last as long as the process.
-    The consumer connections and the ``Bridge`` are made afresh at each
-    (re)start of the bridge part (``start``): a restarted bridge gets the
+    Storage lasts as long as the process. The MQTT connections and the
+    ``Bridge`` are made afresh at each (re)start of the bridge part
+    (``start``), so a broker that is down at start-up fails that part alone:
+    it is retried while the HTTP servers answer. A restarted bridge gets the
     messages its failed predecessor held unacknowledged, since the broker
     redelivers them on new connections of the same persistent sessions.
     """
@@ -240,21 +269,26 @@ class _BridgeWiring:
         store: DocumentStore,
         objects: ObjectStore,
         cache: StateCache,
-        publisher: MqttClient,
+        publisher_id: str,
         emitter: Emitter,
     ) -> None:
         self.settings = settings
         self.store = store
         self.objects = objects
         self.cache = cache
-        self.publisher = publisher
+        self.publisher_id = publisher_id
         self.emitter = emitter
-        self._consumers: tuple[MqttClient, MqttClient] | None = None  # the running bridge's
+        self._connections: _Connections | None = None  # the running bridge's
+        self._running = asyncio.Event()  # set while ``_connections`` is
 
     @contextlib.asynccontextmanager
     async def start(self) -> AsyncIterator[Running]:
-        """A new bridge on new consumer connections, closed once it has ended."""
+        """A new bridge on new MQTT connections, closed once it has ended."""
         async with AsyncExitStack() as stack:
+            # Entered first, closed last: the bridge's last batch publishes on it.
+            publisher = await stack.enter_async_context(
+                _mqtt(self.settings, client_id=self.publisher_id, consumer=False)
+            )
             consumer = await stack.enter_async_context(
                 _mqtt(self.settings, client_id=self.settings.mqtt_client_id, consumer=True)
             )
@@ -263,27 +297,56 @@ class _BridgeWiring:
                 self.settings,
                 mqtt=consumer,
                 snap_mqtt=snap_consumer,
-                publisher=self.publisher,
+                publisher=publisher,
                 store=self.store,
                 objects=self.objects,
                 cache=self.cache,
                 emitter=self.emitter,
             )
-            self._consumers = (consumer, snap_consumer)
+            self._connections = _Connections(publisher, consumer, snap_consumer)
+            self._running.set()
             try:
                 yield Running(bridge.run, bridge.stop)
             finally:
-                self._consumers = None
+                self._running.clear()
+                self._connections = None
 
     async def broker_ready(self) -> None:
-        """Readiness: the bridge runs and both its consumer connections are up."""
-        if self._consumers is None:
+        """Readiness: the bridge runs and its three MQTT connections are up."""
+        connections = self._connections
+        if connections is None:
             raise ConnectionError("the bridge is not running (starting or restarting)")
-        consumer, snap_consumer = self._consumers
-        if not consumer.connected:
-            raise ConnectionError("not connected to the MQTT broker")
-        if not snap_consumer.connected:
-            raise ConnectionError("snapshot connection to the MQTT broker is down")
+        _require_connected(connections.consumer, "consumer")
+        _require_connected(connections.snap_consumer, "snapshots")
+        _require_connected(connections.publisher, "outbound")
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish on the running bridge's outbound connection (the legacy shim's ``Publisher``).
+
+        While the bridge (re)starts there is none: it is waited for within
+        ``timeout``, as ``MqttClient.publish`` waits for a reconnection.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._running.wait()
+        except TimeoutError as exc:
+            raise MqttError(
+                f"no connection to the MQTT broker within {timeout}s: the bridge is not running"
+            ) from exc
+        assert self._connections is not None
+        await self._connections.publisher.publish(
+            topic, payload, qos=qos, retain=retain, timeout=max(deadline - loop.time(), 0.0)
+        )
 
     def api_deps(self, *, publisher: bool) -> ApiDeps:
         """The HTTP routes' dependencies; ``publisher``: whether they may publish."""
@@ -293,29 +356,23 @@ class _BridgeWiring:
             objects=self.objects,
             cache=self.cache,
             broker=self.broker_ready,
-            publisher=self.publisher if publisher else None,
+            publisher=self if publisher else None,
         )
 
 
 async def _wire_bridge(
     settings: Settings, stack: AsyncExitStack, *, publisher_id: str, emitter: Emitter
 ) -> _BridgeWiring:
-    """Open storage and the outbound MQTT connection, until ``stack`` closes."""
+    """Open storage until ``stack`` closes; the bridge part opens its MQTT connections."""
     store, objects, cache = await _open_storage(settings, stack)
-    publisher = await stack.enter_async_context(
-        _mqtt(settings, client_id=publisher_id, consumer=False)
-    )
     return _BridgeWiring(
-        settings, store=store, objects=objects, cache=cache, publisher=publisher, emitter=emitter
+        settings,
+        store=store,
+        objects=objects,
+        cache=cache,
+        publisher_id=publisher_id,
+        emitter=emitter,
     )
-
-
-def _connected(client: MqttClient) -> ReadyCheck:
-    async def check() -> None:
-        if not client.connected:
-            raise ConnectionError("not connected to the MQTT broker")
-
-    return check
 
 
 @contextlib.asynccontextmanager

@@ -144,6 +144,19 @@ PROCESS_RESTARTS = Gauge(
     "Times `aoc up` restarted this process (AOC_RESTART_COUNT)",
     registry=REGISTRY,
 )
+# The parts of this process (`aoc serve`: bridge, http, socketio), each restarted alone.
+PART_RESTARTS = Counter(
+    "aoc_part_restarts",
+    "Times a part of this process failed (or ended) and was restarted in the process",
+    ["part"],
+    registry=REGISTRY,
+)
+PART_UP = Gauge(
+    "aoc_part_up",
+    "1 while the part runs, 0 while it starts, waits to restart or has stopped",
+    ["part"],
+    registry=REGISTRY,
+)
 
 # Every kind shows from the start (at 0), so rates work from the first sample.
 for _kind in KINDS:

@@ -1,12 +1,19 @@
 """The parts of one process, each restarted alone when it fails.
 
 ``aoc serve`` runs the bridge, the HTTP API and the Socket.IO server side by
-side in one event loop. A part that fails (an exception escapes it) or ends on
-its own is logged, one line with the cause (its traceback with the first
-failure, then at DEBUG), and started again after a delay that doubles up to a
-cap, while the other parts keep serving. The stop event asks every running
-part to stop, and interrupts a part that is starting or waiting to restart;
-``Parts.run`` returns once all have ended.
+side in one event loop. A part that fails (an exception escapes it, such as a
+server whose port is taken, or a bridge that cannot reach the broker) or ends
+on its own is logged, one line with the cause, and started again after a delay
+that doubles up to a cap (``Backoff``), while the other parts keep serving.
+The traceback is logged at ERROR whenever a part fails differently from its
+previous failure, or after a healthy run; a repeat of the same failure logs
+it only at DEBUG. Each part's restarts and whether it runs are exported
+(``aoc_part_restarts_total``, ``aoc_part_up``).
+
+The stop event asks every running part to stop, and interrupts a part that is
+starting or waiting to restart; ``Parts.run`` returns once all have ended, and
+raises ``StopFailed`` if a part failed while stopping (the command then exits
+non-zero rather than hide it).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+from aoc import metrics
+
 log = logging.getLogger(__name__)
 
 # A part (or, under `aoc up`, a process) that ran this long before failing is
@@ -25,6 +34,43 @@ log = logging.getLogger(__name__)
 HEALTHY_AFTER_S = 30.0
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
+
+
+class Backoff:
+    """Restart delays of one part or process: doubling up to a cap, reset by a healthy run.
+
+    Shared by ``Parts`` and ``aoc up`` (``aoc.supervise``).
+    """
+
+    def __init__(
+        self,
+        first: float = FIRST_DELAY_S,
+        cap: float = MAX_DELAY_S,
+        healthy_after: float = HEALTHY_AFTER_S,
+    ) -> None:
+        self.first = first
+        self.cap = cap
+        self.healthy_after = healthy_after
+        self._next = first
+
+    def healthy(self, ran_for: float) -> bool:
+        """Whether a run of ``ran_for`` seconds counts as healthy."""
+        return ran_for >= self.healthy_after
+
+    def delay(self, ran_for: float) -> float:
+        """The delay before the next start, after a run of ``ran_for`` seconds ended."""
+        if self.healthy(ran_for):
+            self._next = self.first
+        delay, self._next = self._next, min(self._next * 2, self.cap)
+        return delay
+
+    @staticmethod
+    async def wait(stop: asyncio.Event, delay: float) -> bool:
+        """Wait ``delay`` seconds, or less if ``stop`` is set; whether it is set."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        return stop.is_set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +83,15 @@ class Running:
 
 # Makes a part afresh for each (re)start, and closes what it opened when it ends.
 Start = Callable[[], AbstractAsyncContextManager[Running]]
+
+
+class StopFailed(Exception):
+    """Parts failed while stopping (their tracebacks are logged); ``failures`` by part name."""
+
+    def __init__(self, failures: dict[str, Exception]) -> None:
+        self.failures = failures
+        causes = (f"{name} failed while stopping: {_why(exc)}" for name, exc in failures.items())
+        super().__init__("; ".join(causes))
 
 
 @dataclass(slots=True)
@@ -61,21 +116,25 @@ class Parts:
         healthy_after: float = HEALTHY_AFTER_S,
     ) -> None:
         self._stop = stop
-        self._first_delay = first_delay
-        self._max_delay = max_delay
-        self._healthy_after = healthy_after
+        self._delays = (first_delay, max_delay, healthy_after)
         self._parts: dict[str, _Part] = {}
+        self._stop_failures: dict[str, Exception] = {}
 
     def add(self, name: str, start: Start) -> None:
-        """Run the part that ``start`` makes, under ``name`` in the logs."""
+        """Run the part that ``start`` makes, under ``name`` in the logs and metrics."""
         self._parts[name] = _Part(name, start)
+        metrics.PART_RESTARTS.labels(name)  # exported at 0 from the start
+        metrics.PART_UP.labels(name).set(0)
 
     def restarts(self, name: str) -> int:
         """How often the part ``name`` has been restarted."""
         return self._parts[name].restarts
 
     async def run(self) -> None:
-        """Run every part until the stop event, then stop them all and wait for them."""
+        """Run every part until the stop event, then stop them all and wait for them.
+
+        Raises ``StopFailed`` once all have ended if any failed while stopping.
+        """
         async with asyncio.TaskGroup() as group:
             for part in self._parts.values():
                 part.task = group.create_task(self._keep(part), name=f"part-{part.name}")
@@ -89,36 +148,42 @@ class Parts:
                     # nothing has been taken yet, so it is abandoned.
                     part.task.cancel()
                 # A part waiting to restart sees the stop event itself.
+        if self._stop_failures:
+            raise StopFailed(dict(self._stop_failures))
 
     async def _keep(self, part: _Part) -> None:
         loop = asyncio.get_running_loop()
-        delay = self._first_delay
+        backoff = Backoff(*self._delays)
+        last: str | None = None  # how the previous run failed, if it failed
         while not self._stop.is_set():
             began = loop.time()
             failure = await self._run_once(part)
             if self._stop.is_set():
                 if failure is not None:
-                    log.error("%s failed while stopping: %s", part.name, _why(failure))
+                    # Likely a batch not finished or not acknowledged: never hidden.
+                    log.error("%s failed while stopping", part.name, exc_info=failure)
+                    self._stop_failures[part.name] = failure
                 return
-            if loop.time() - began >= self._healthy_after:
-                delay = self._first_delay
+            ran_for = loop.time() - began
+            delay = backoff.delay(ran_for)
             part.restarts += 1
+            metrics.PART_RESTARTS.labels(part.name).inc()
             cause = "ended on its own" if failure is None else _why(failure)
+            # The traceback at ERROR for a new kind of failure; a repeat only at DEBUG.
+            new = failure is not None and (cause != last or backoff.healthy(ran_for))
             log.error(
                 "%s failed (%s); restart #%d in %.1fs",
                 part.name,
                 cause,
                 part.restarts,
                 delay,
-                # The traceback once, with the first failure; later ones only at DEBUG.
-                exc_info=failure if part.restarts == 1 else None,
+                exc_info=failure if new else None,
             )
-            if failure is not None and part.restarts > 1:
+            if failure is not None and not new:
                 log.debug("%s failure", part.name, exc_info=failure)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
-            delay = min(delay * 2, self._max_delay)
+            last = None if failure is None else cause
+            if await Backoff.wait(self._stop, delay):
+                return
 
     async def _run_once(self, part: _Part) -> Exception | None:
         """Start ``part``, run it until it ends; the exception that ended it, if any."""
@@ -129,10 +194,12 @@ class Parts:
                 part.running = running
                 if self._stop.is_set():  # the stop came while it was starting
                     running.stop()
+                metrics.PART_UP.labels(part.name).set(1)
                 try:
                     await running.run()
                 finally:
                     part.running = None
+                    metrics.PART_UP.labels(part.name).set(0)
         except Exception as exc:
             return exc
         finally:
@@ -140,6 +207,16 @@ class Parts:
         return None
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The innermost exceptions of ``exc``: itself, unless it is a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _why(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message`` of each innermost exception (a task group's wrapper says nothing)."""
+    return "; ".join(
+        f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        for leaf in _leaves(exc)
+    )

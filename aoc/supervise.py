@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aoc.config import Settings
-from aoc.parts import FIRST_DELAY_S, HEALTHY_AFTER_S, MAX_DELAY_S
+from aoc.parts import Backoff
 from bridge.validate import Limits
 from broker import conf as broker_conf
 
@@ -53,10 +53,14 @@ async def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) ->
     return True
 
 
-async def wait_port(child: Child, timeout: float = 30.0) -> None:
-    """Wait until ``child`` listens on its port; other tasks (supervision, signals) keep running."""
+async def wait_port(child: Child, timeout: float = 30.0, *, attempt_timeout: float = 0.5) -> None:
+    """Wait until ``child`` listens on its port; other tasks (supervision, signals) keep running.
+
+    Each connection attempt gets ``attempt_timeout`` seconds; attempts go on
+    until one succeeds or, after one has failed, ``timeout`` has passed.
+    """
     deadline = time.monotonic() + timeout
-    while child.port is not None and not await port_open(child.port):
+    while child.port is not None and not await port_open(child.port, timeout=attempt_timeout):
         if child.proc is not None and child.proc.returncode is not None:
             raise RuntimeError(f"{child.name} exited with {child.proc.returncode} at start-up")
         if time.monotonic() > deadline:
@@ -129,20 +133,20 @@ async def _start(child: Child) -> None:
 
 
 async def _keep_alive(child: Child, stopping: asyncio.Event) -> None:
-    delay = FIRST_DELAY_S
+    backoff = Backoff()
     while not stopping.is_set():
         assert child.proc is not None
         started = time.monotonic()
         code = await child.proc.wait()
         if stopping.is_set():
             return
-        if time.monotonic() - started > HEALTHY_AFTER_S:
-            delay = FIRST_DELAY_S
+        delay = backoff.delay(time.monotonic() - started)
         child.restarts += 1
         cause = f"signal {-code}" if code < 0 else f"exit code {code}"
         log.error("%s died (%s); restart #%d in %.1fs", child.name, cause, child.restarts, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY_S)
+        # A signal during the wait stops here: nothing is started that `up` would not stop.
+        if await Backoff.wait(stopping, delay):
+            return
         try:
             await _start(child)
         except (OSError, RuntimeError, TimeoutError) as exc:

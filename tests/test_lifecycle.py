@@ -1,8 +1,9 @@
 """The parts of one process: a part that fails is restarted alone, stop ends them all.
 
 ``aoc.parts.Parts`` on its own with fault-injecting parts, then ``aoc serve``
-in this process against a real Mosquitto and Redis, with a fault-injecting
-bridge whose first run fails while the HTTP API and Socket.IO keep serving.
+in this process against a real Mosquitto and Redis: with a fault-injecting
+bridge whose first run fails while the HTTP API and Socket.IO keep serving,
+with one that fails while stopping, and with the broker down at start-up.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aoc import lifecycle
 from aoc.config import Settings
-from aoc.parts import Parts, Running
+from aoc.metrics import REGISTRY
+from aoc.parts import Parts, Running, StopFailed
 from aoc.servers import server
 from bridge.service import Bridge
 from tests import services
@@ -90,6 +93,11 @@ class FaultInjectingPart:
         await self._stop.wait()
 
 
+def sample(name: str, part: str) -> float:
+    """A part's metric as this process exports it (0 before it exists)."""
+    return REGISTRY.get_sample_value(name, {"part": part}) or 0.0
+
+
 def delays(caplog: pytest.LogCaptureFixture, name: str) -> list[float]:
     pattern = re.compile(rf"^{name} failed \(.*\); restart #\d+ in ([\d.]+)s$")
     return [
@@ -107,6 +115,7 @@ async def test_a_failing_part_is_restarted_alone_with_capped_backoff(
     stop = asyncio.Event()
     parts = Parts(stop, first_delay=0.1, max_delay=0.4)
     faulty, healthy = FaultInjectingPart(4), Ticker()
+    restarted = {name: sample("aoc_part_restarts_total", name) for name in ("faulty", "healthy")}
     parts.add("faulty", faulty.start)
     parts.add("healthy", healthy.start)
     running = asyncio.create_task(parts.run())
@@ -118,6 +127,10 @@ async def test_a_failing_part_is_restarted_alone_with_capped_backoff(
     ticks = healthy.ticks
     await until(lambda: _true(healthy.ticks > ticks), "the healthy part to keep ticking")
     assert (parts.restarts("faulty"), parts.restarts("healthy")) == (4, 0)
+    assert [
+        sample("aoc_part_restarts_total", name) - restarted[name] for name in ("faulty", "healthy")
+    ] == [4, 0]
+    assert (sample("aoc_part_up", "faulty"), sample("aoc_part_up", "healthy")) == (1, 1)
     assert (faulty.runs, faulty.closed, healthy.starts) == (5, 4, 1)
     assert delays(caplog, "faulty") == [0.1, 0.2, 0.4, 0.4]
     lines = [r for r in caplog.records if r.getMessage().startswith("faulty failed (")]
@@ -130,6 +143,7 @@ async def test_a_failing_part_is_restarted_alone_with_capped_backoff(
     async with asyncio.timeout(DEADLINE):
         await running
     assert (faulty.closed, healthy.ended) == (5, 1)
+    assert (sample("aoc_part_up", "faulty"), sample("aoc_part_up", "healthy")) == (0, 0)
 
 
 async def _true(value: bool) -> bool:
@@ -189,10 +203,136 @@ async def test_stop_ends_a_part_that_is_starting_or_waiting(phase: str) -> None:
         await entered.wait()
     else:
         await until(lambda: _true(parts.restarts("stuck") == 1), "the first failure")
+        assert (sample("aoc_part_up", "stuck"), sample("aoc_part_up", "healthy")) == (0, 1)
     stop.set()
     async with asyncio.timeout(DEADLINE):
         await running
     assert healthy.ended == 1
+
+
+class ScriptedPart:
+    """A part whose runs raise ``faults`` in turn (each from inside a task group if
+    ``grouped``), then run until stopped."""
+
+    def __init__(self, faults: list[Exception], *, grouped: bool = False) -> None:
+        self.faults = list(faults)
+        self.grouped = grouped
+        self.healthy = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def start(self) -> AsyncIterator[Running]:
+        self._stop = asyncio.Event()
+        yield Running(self.run, self._stop.set)
+
+    async def run(self) -> None:
+        if not self.faults:
+            self.healthy.set()
+            await self._stop.wait()
+            return
+        fault = self.faults.pop(0)
+        if not self.grouped:
+            raise fault
+
+        async def inner() -> None:
+            raise fault
+
+        async with asyncio.TaskGroup() as group:  # as the bridge runs its loops
+            group.create_task(inner())
+
+
+async def _run_until_healthy(parts: Parts, part: ScriptedPart, stop: asyncio.Event) -> None:
+    running = asyncio.create_task(parts.run())
+    await until(lambda: _true(part.healthy.is_set()), "the part to run after its faults")
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        await running
+
+
+def _failure_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith(f"{name} failed (")]
+
+
+async def test_the_log_names_a_task_groups_inner_failure_with_its_traceback_when_new(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that the restart line unwraps exception groups, and the traceback is logged at
+    ERROR for every failure that differs from the previous one (a repeat: at DEBUG only)."""
+    caplog.set_level(logging.DEBUG, logger="aoc.parts")
+    stop = asyncio.Event()
+    parts = Parts(stop, first_delay=0.01)
+    faults: list[Exception] = [
+        RuntimeError("store gone"),
+        RuntimeError("store gone"),
+        ValueError("bad batch"),
+        RuntimeError("store gone"),
+    ]
+    part = ScriptedPart(faults, grouped=True)
+    parts.add("grouped", part.start)
+    await _run_until_healthy(parts, part, stop)
+    lines = _failure_lines(caplog, "grouped")
+    causes = [r.getMessage().split(";")[0] for r in lines]
+    assert causes == [
+        "grouped failed (RuntimeError: store gone)",
+        "grouped failed (RuntimeError: store gone)",
+        "grouped failed (ValueError: bad batch)",
+        "grouped failed (RuntimeError: store gone)",
+    ]
+    assert [r.levelno for r in lines] == [logging.ERROR] * 4
+    assert [r.exc_info is not None for r in lines] == [True, False, True, True]
+    repeats = [r for r in caplog.records if r.getMessage() == "grouped failure"]
+    assert [(r.levelno, r.exc_info is not None) for r in repeats] == [(logging.DEBUG, True)]
+
+
+async def test_the_traceback_is_logged_again_after_a_healthy_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that the same failure after a healthy run logs its traceback at ERROR again."""
+    stop = asyncio.Event()
+    # Every run counts as healthy: each failure is the first since one.
+    parts = Parts(stop, first_delay=0.1, healthy_after=0.0)
+    part = ScriptedPart([RuntimeError("flaky disk") for _ in range(3)])
+    parts.add("flaky", part.start)
+    await _run_until_healthy(parts, part, stop)
+    lines = _failure_lines(caplog, "flaky")
+    assert [r.exc_info is not None for r in lines] == [True, True, True]
+    assert delays(caplog, "flaky") == [0.1, 0.1, 0.1]  # and the backoff starts over
+
+
+async def test_a_failure_while_stopping_is_logged_and_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that a part failing while it stops is logged with its traceback and makes
+    ``Parts.run`` raise once every part has ended, instead of returning as if all went well."""
+    stop = asyncio.Event()
+    parts = Parts(stop)
+    healthy = Ticker()
+    finishing = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def finisher() -> AsyncIterator[Running]:
+        async def run() -> None:
+            await finishing.wait()
+            raise RuntimeError("could not acknowledge the last batch")
+
+        yield Running(run, finishing.set)
+
+    parts.add("finisher", finisher)
+    parts.add("healthy", healthy.start)
+    running = asyncio.create_task(parts.run())
+    await until(lambda: _true(healthy.ticks > 0), "the parts to run")
+    stop.set()
+    with pytest.raises(StopFailed) as raised:
+        async with asyncio.timeout(DEADLINE):
+            await running
+    assert list(raised.value.failures) == ["finisher"]
+    assert str(raised.value) == (
+        "finisher failed while stopping: RuntimeError: could not acknowledge the last batch"
+    )
+    assert healthy.ended == 1
+    [line] = [r for r in caplog.records if r.getMessage() == "finisher failed while stopping"]
+    assert line.levelno == logging.ERROR
+    assert line.exc_info is not None and line.exc_info[1] is raised.value.failures["finisher"]
 
 
 # -- aoc serve, with a bridge that fails once -------------------------------------------------
@@ -202,6 +342,39 @@ def point(i: int) -> bytes:
     body = {"lat": 13.7563 + i * 0.001, "lon": 100.5018, "speed": 40.0, "heading": 0,
             "ts": int(time.time() * 1000) - 60_000 + i * 1000}
     return json.dumps(body).encode()
+
+
+def serve_settings(tmp_path: Path, *, mqtt_port: int, redis_url: str) -> Settings:
+    """Settings of an `aoc serve` on free ports, with a bridge session of its own."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "data",
+        mqtt_port=mqtt_port,
+        mqtt_client_id=f"aoc-bridge-{uuid.uuid4().hex[:8]}",
+        redis_url=redis_url,
+        http_port=services.free_port(),
+        socketio_port=services.free_port(),
+        snap_workers=1,
+    )
+
+
+async def get(url: str) -> httpx.Response | None:
+    """The answer to GET ``url``, or None while nothing answers."""
+    try:
+        async with httpx.AsyncClient() as client:
+            return await client.get(url, timeout=5)
+    except httpx.TransportError:
+        return None
+
+
+def parts_metrics(text: str) -> dict[tuple[str, str], float]:
+    """The ``aoc_part_*`` samples of a /metrics page, by name and part."""
+    return {
+        (sample.name, sample.labels["part"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("aoc_part_")
+    }
 
 
 async def test_serve_keeps_serving_while_its_bridge_restarts(
@@ -233,17 +406,8 @@ async def test_serve_keeps_serving_while_its_bridge_restarts(
             runs.append("ended")
 
     monkeypatch.setattr(lifecycle, "Bridge", FaultInjectingBridge)
-    http_port, sio_port = services.free_port(), services.free_port()
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        mqtt_port=mosquitto.port,
-        mqtt_client_id=f"aoc-bridge-{uuid.uuid4().hex[:8]}",
-        redis_url=redis_url,
-        http_port=http_port,
-        socketio_port=sio_port,
-        snap_workers=1,
-    )
+    settings = serve_settings(tmp_path, mqtt_port=mosquitto.port, redis_url=redis_url)
+    http_port, sio_port = settings.http_port, settings.socketio_port
     stop = asyncio.Event()
     serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
     ambulance_id = f"LC{uuid.uuid4().hex[:8]}"
@@ -258,6 +422,7 @@ async def test_serve_keeps_serving_while_its_bridge_restarts(
                 return response.status_code == 200
 
             await until(lambda: answers("/readyz"), "aoc serve to be ready")
+            before = parts_metrics((await http.get("/metrics")).text)
             async with aiomqtt.Client("127.0.0.1", mosquitto.port) as device:
                 await device.publish(f"aoc/{ambulance_id}/tracking", point(0), qos=1)
             fail.set()
@@ -274,6 +439,14 @@ async def test_serve_keeps_serving_while_its_bridge_restarts(
             await until(stored, "the restarted bridge to store the point")
             assert await answers("/healthz")
             await until(lambda: answers("/readyz"), "readiness after the restart")
+            after = parts_metrics((await http.get("/metrics")).text)
+            names = ("bridge", "http", "socketio")
+            restarts = [
+                after["aoc_part_restarts_total", n] - before["aoc_part_restarts_total", n]
+                for n in names
+            ]
+            assert restarts == [1, 0, 0]
+            assert [after["aoc_part_up", n] for n in names] == [1, 1, 1]
     finally:
         stop.set()
         async with asyncio.timeout(DEADLINE):
@@ -336,3 +509,80 @@ async def test_a_server_whose_port_is_taken_retries_instead_of_exiting(
         async with asyncio.timeout(DEADLINE):
             await running
     assert not services.port_is_open(port)
+
+
+async def test_serve_exits_with_an_error_when_its_bridge_fails_while_stopping(
+    mosquitto: services.Service,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Test that a bridge failing as it finishes after the stop makes `aoc serve` raise
+    (the command exits non-zero), after the servers have stopped."""
+
+    class FaultInjectingBridge(Bridge):
+        """The real bridge, except that finishing fails."""
+
+        async def run(self) -> None:
+            await super().run()
+            raise RuntimeError("injected fault while finishing the batch")
+
+    monkeypatch.setattr(lifecycle, "Bridge", FaultInjectingBridge)
+    settings = serve_settings(tmp_path, mqtt_port=mosquitto.port, redis_url=redis_url)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    ready = f"http://127.0.0.1:{settings.http_port}/readyz"
+    try:
+        await until(lambda: _ok(get(ready), serving), "aoc serve to be ready")
+    finally:
+        stop.set()
+    with pytest.raises(StopFailed, match="bridge failed while stopping: RuntimeError: injected"):
+        async with asyncio.timeout(DEADLINE):
+            await serving
+    assert not services.port_is_open(settings.http_port)
+
+
+async def _ok(answer: Awaitable[httpx.Response | None], serving: asyncio.Task[None]) -> bool:
+    """Whether ``answer`` is a 200; raises what ended ``serving`` if it ended."""
+    if serving.done():
+        serving.result()
+        raise AssertionError("aoc serve returned")
+    response = await answer
+    return response is not None and response.status_code == 200
+
+
+async def test_serve_starts_with_the_broker_down_and_its_bridge_connects_later(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Test that `aoc serve` with no broker at start-up serves /healthz and a 503 /readyz
+    instead of exiting, and that its bridge comes up once the broker starts: ready, and a
+    point relayed by the legacy shim is stored."""
+    broker = services.mosquitto(tmp_path / "mosquitto")  # its ports chosen, not started
+    settings = serve_settings(tmp_path, mqtt_port=broker.port, redis_url=redis_url)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    ambulance_id = f"LD{uuid.uuid4().hex[:8]}"
+    try:
+        await until(lambda: _ok(get(f"{base}/healthz"), serving), "/healthz without a broker")
+        not_ready = await get(f"{base}/readyz")
+        assert not_ready is not None and not_ready.status_code == 503
+        assert not_ready.json()["broker"] == "the bridge is not running (starting or restarting)"
+        await asyncio.to_thread(broker.start)
+        await until(lambda: _ok(get(f"{base}/readyz"), serving), "readiness once the broker is up")
+        body = {"ambulance_id": ambulance_id, "tracking_latitude": 13.75,
+                "tracking_longitude": 100.5, "tracking_speed": 40, "tracking_heading": 0}
+        async with httpx.AsyncClient(base_url=base) as http:
+            relayed = await http.post("/api/tracking/postAmbulanceTracking", json=body, timeout=10)
+            assert relayed.status_code == 200, relayed.text
+            await until(
+                lambda: _ok(get(f"{base}/api/v1/ambulances/{ambulance_id}"), serving),
+                "the bridge to store the relayed point",
+            )
+    finally:
+        stop.set()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                await serving
+        finally:
+            broker.stop()

@@ -2,7 +2,8 @@
 
 Each case builds a PATH of stub commands (present or not), then runs
 ``scripts/missing-packages`` itself, or the Makefile's apt rules with a
-fake ``apt-get`` that records how it was called.
+fake ``apt-get`` that records how it was called (and, to check the root
+decision, a fake ``id`` and a fake ``sudo`` that records, then runs its command).
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def test_refuses_a_pair_without_a_package(tmp_path: Path) -> None:
     assert "COMMAND:PACKAGE" in result.stderr
 
 
-def _make_apt(tmp_path: Path, path: Path) -> list[list[str]]:
-    """Run the Makefile's apt rules in a copy of the project; the calls to ``apt-get``."""
+def _make_apt(tmp_path: Path, path: Path, *, as_user: str | None = None) -> list[list[str]]:
+    """Run the Makefile's apt rules in a copy of the project; the calls to ``apt-get``.
+
+    ``as_user``: the uid a fake ``id`` prints, for the Makefile to decide on
+    sudo itself; by default ``SUDO=`` is passed and ``id`` is not asked.
+    """
     project = tmp_path / "project"
     (project / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", project / "Makefile")
@@ -90,15 +95,56 @@ def _make_apt(tmp_path: Path, path: Path) -> list[list[str]]:
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
+    if as_user is None:
+        overrides = ["SUDO="]
+    else:
+        _stub(path, "id", f'[ "$1" = -u ] && echo {as_user}')
+        overrides = []
     subprocess.run(
-        [make, "--no-print-directory", "-C", str(project), ".stamps/apt-test", "SUDO="],
+        [make, "--no-print-directory", "-C", str(project), ".stamps/apt-test", *overrides],
         env={"PATH": str(path)},
         capture_output=True,
         check=True,
     )
     assert (project / ".stamps" / "apt-run").exists()
     assert (project / ".stamps" / "apt-test").exists()
+    return _lines(calls)
+
+
+def _lines(calls: Path) -> list[list[str]]:
     return [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def _fake_sudo(tmp_path: Path, path: Path) -> Path:
+    """A fake ``sudo`` on ``path`` that records its arguments, then runs them; the record."""
+    calls = tmp_path / "sudo-calls"
+    _stub(path, "sudo", f'echo "$*" >> {calls}\nexec "$@"')
+    return calls
+
+
+def test_make_as_root_calls_apt_without_sudo(tmp_path: Path) -> None:
+    """Test that root (``id -u`` is 0) runs apt-get itself, even where sudo exists."""
+    path = _bin(tmp_path, "mosquitto", "python3", "node", "npm")
+    sudo = _fake_sudo(tmp_path, path)
+    calls = _make_apt(tmp_path, path, as_user="0")
+    assert calls == [
+        ["update", "-qq"], ["install", "-y", "-qq", "redis-server"],
+        ["update", "-qq"], ["install", "-y", "-qq", "docker-compose"],
+    ]
+    assert _lines(sudo) == []
+
+
+def test_make_as_a_user_calls_apt_through_sudo(tmp_path: Path) -> None:
+    """Test that a normal user (``id -u`` is 1000) gets every apt-get call through sudo."""
+    path = _bin(tmp_path, "mosquitto", "python3", "node", "npm")
+    sudo = _fake_sudo(tmp_path, path)
+    calls = _make_apt(tmp_path, path, as_user="1000")
+    expected = [
+        ["update", "-qq"], ["install", "-y", "-qq", "redis-server"],
+        ["update", "-qq"], ["install", "-y", "-qq", "docker-compose"],
+    ]
+    assert calls == expected
+    assert _lines(sudo) == [["apt-get", *call] for call in expected]
 
 
 def test_make_asks_apt_for_the_missing_package_alone(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from aoc import supervise
 from tests import services
@@ -73,12 +73,16 @@ def test_up_restarts_a_crashed_part_and_stops_everything(tmp_path: Path) -> None
     assert text.index("aoc-serve stopped") < text.index("mosquitto stopped")
 
 
+DEADLINE = 60.0
+
+
 @contextlib.contextmanager
-def _port_that_never_accepts() -> Iterator[int]:
-    """A listening port whose accept queue is full: new connections hang in SYN_SENT.
+def _full_listener() -> Iterator[socket.socket]:
+    """A listening socket whose accept queue is full: a new connect hangs in SYN_SENT.
 
     Linux drops SYNs to a listener whose queue is full, so a client's connect
-    neither succeeds nor fails until its own timeout.
+    neither succeeds nor fails until the queue has room (the client resends
+    its SYN) or its own timeout.
     """
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -91,10 +95,19 @@ def _port_that_never_accepts() -> Iterator[int]:
                 filler.setblocking(False)
                 filler.connect_ex(("127.0.0.1", port))
                 fillers.append(filler)
-            yield port
+            yield listener
         finally:
             for filler in fillers:
                 filler.close()
+
+
+async def _accept_all(listener: socket.socket) -> None:
+    """Empty the accept queue and keep it empty, so queued and resent SYNs get through."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    while True:
+        connection, _ = await loop.sock_accept(listener)
+        connection.close()
 
 
 async def _round_trip() -> bytes:
@@ -115,20 +128,67 @@ async def _round_trip() -> bytes:
 
 
 async def test_waiting_for_a_port_leaves_the_event_loop_running() -> None:
-    """Test that `aoc up` waiting on a port that never answers still runs its other tasks.
+    """Test that `aoc up` waiting on a port that does not answer yet still runs its other tasks.
 
-    The wait's single attempt (timeout 0) hangs on a listener that accepts
-    nothing; meanwhile another task completes a TCP round trip. A blocking
-    connect would hold the loop for the whole attempt, and the wait would have
-    failed before the other task ever ran.
+    The wait makes a single attempt (``timeout`` 0) that may last ``DEADLINE``,
+    on a listener that accepts nothing yet: while that connect is pending,
+    another task completes a TCP round trip. Only then does the listener
+    accept, which is what ends the wait (successfully). A connect blocking
+    the loop would have held the round trip until the attempt ended, and the
+    wait, with its one attempt failed, would have ended first with an error.
     """
-    with _port_that_never_accepts() as port:
-        child = supervise.Child("silent", ["true"], port)
-        waiting = asyncio.create_task(supervise.wait_port(child, timeout=0.0))
+    with _full_listener() as listener:
+        child = supervise.Child("silent", ["true"], listener.getsockname()[1])
+        waiting = asyncio.create_task(
+            supervise.wait_port(child, timeout=0.0, attempt_timeout=DEADLINE)
+        )
         assert await _round_trip() == b"ping\n"
-        assert not waiting.done(), "the wait ended before the other task could run"
-        with pytest.raises(TimeoutError, match="did not open port"):
-            await waiting
+        assert not waiting.done(), "the connect ended before the other task could run"
+        accepting = asyncio.create_task(_accept_all(listener))
+        try:
+            async with asyncio.timeout(DEADLINE):
+                await waiting  # the pending connect succeeds: no error
+        finally:
+            accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await accepting
+
+
+class _StopOnLine(logging.Handler):
+    """Sets ``stop`` when a log line containing ``text`` is emitted: a signal at that moment."""
+
+    def __init__(self, stop: asyncio.Event, text: str) -> None:
+        super().__init__()
+        self.stop = stop
+        self.text = text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.stop.set()
+
+
+async def test_a_signal_while_waiting_to_restart_starts_nothing() -> None:
+    """Test that a child that died is not started again once `aoc up` is told to stop.
+
+    The stop comes as the restart wait begins (when its line is logged): the
+    supervising task must return without starting the child, which `up`
+    would not stop any more.
+    """
+    child = supervise.Child("quitter", ["true"])
+    await supervise._start(child)
+    first = child.proc
+    stopping = asyncio.Event()
+    handler = _StopOnLine(stopping, "quitter died (exit code 0); restart #1")
+    logger = logging.getLogger("aoc.supervise")
+    logger.addHandler(handler)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await supervise._keep_alive(child, stopping)
+    finally:
+        logger.removeHandler(handler)
+    assert stopping.is_set()
+    assert child.restarts == 1
+    assert child.proc is first, "the child was started again after the stop"
 
 
 async def test_wait_port_sees_a_listening_port() -> None:
