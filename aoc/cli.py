@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
 from aoc import logs
 from aoc.config import Settings
+from aoc.parts import StopFailed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
         return 130
+    except StopFailed as exc:  # its tracebacks are logged already
+        logging.getLogger("aoc").error("exiting with an error: %s", exc)
+        return 1
     return 0
 
 

@@ -10,8 +10,11 @@ previous failure, or after a healthy run; a repeat of the same failure logs
 it only at DEBUG. Each part's restarts and whether it runs are exported
 (``aoc_part_restarts_total``, ``aoc_part_up``).
 
-The stop event asks every running part to stop, and interrupts a part that is
-starting or waiting to restart; ``Parts.run`` returns once all have ended, and
+The stop event asks every running part to stop, in the reverse order of
+``Parts.add``, each once the part after it has ended (so ``aoc serve``'s
+servers finish their requests before the bridge whose connection they publish
+on), and interrupts a part that is starting or waiting to restart;
+``Parts.run`` returns once all have ended, and
 raises ``StopFailed`` if a part failed while stopping (the command then exits
 non-zero rather than hide it).
 """
@@ -140,7 +143,10 @@ class Parts:
                 part.task = group.create_task(self._keep(part), name=f"part-{part.name}")
             await self._stop.wait()
             log.info("stopping")
-            for part in self._parts.values():
+            # Last added, first stopped, each once the one after it has ended:
+            # the servers finish their requests, which publish on the bridge's
+            # connection, before the bridge stops.
+            for part in reversed(self._parts.values()):
                 if part.running is not None:
                     part.running.stop()
                 elif part.starting and part.task is not None:
@@ -148,6 +154,8 @@ class Parts:
                     # nothing has been taken yet, so it is abandoned.
                     part.task.cancel()
                 # A part waiting to restart sees the stop event itself.
+                if part.task is not None:
+                    await asyncio.wait({part.task})  # never raises, even if it was cancelled
         if self._stop_failures:
             raise StopFailed(dict(self._stop_failures))
 

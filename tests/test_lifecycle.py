@@ -25,10 +25,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aoc import lifecycle
+from aoc import cli, lifecycle
 from aoc.config import Settings
 from aoc.metrics import REGISTRY
-from aoc.parts import Parts, Running, StopFailed
+from aoc.parts import Parts, Running, Start, StopFailed
 from aoc.servers import server
 from bridge.service import Bridge
 from tests import services
@@ -335,6 +335,51 @@ async def test_a_failure_while_stopping_is_logged_and_raised(
     assert line.exc_info is not None and line.exc_info[1] is raised.value.failures["finisher"]
 
 
+async def test_parts_stop_last_added_first_each_after_the_next_ended() -> None:
+    """Test the stop order: a server finishes its requests before the bridge it publishes
+    through is asked to stop (``aoc serve`` adds the bridge first)."""
+    stop = asyncio.Event()
+    parts = Parts(stop)
+    events: list[str] = []
+    finishing = asyncio.Event()
+
+    def recorded(name: str, *, slow: bool) -> Start:
+        @contextlib.asynccontextmanager
+        async def start() -> AsyncIterator[Running]:
+            stopped = asyncio.Event()
+
+            async def run() -> None:
+                events.append(f"{name} running")
+                await stopped.wait()
+                if slow:  # an in-flight request still being answered
+                    await finishing.wait()
+                events.append(f"{name} ended")
+
+            def ask() -> None:
+                events.append(f"{name} asked to stop")
+                stopped.set()
+
+            yield Running(run, ask)
+
+        return start
+
+    parts.add("bridge", recorded("bridge", slow=False))
+    parts.add("http", recorded("http", slow=True))
+    running = asyncio.create_task(parts.run())
+    await until(lambda: _true(len(events) == 2), "both parts running")
+    stop.set()
+    await until(lambda: _true("http asked to stop" in events), "the stop to reach http")
+    for _ in range(20):  # let anything that would wrongly stop the bridge now run
+        await asyncio.sleep(0)
+    assert "bridge asked to stop" not in events
+    finishing.set()
+    async with asyncio.timeout(DEADLINE):
+        await running
+    assert events[2:] == [
+        "http asked to stop", "http ended", "bridge asked to stop", "bridge ended",
+    ]
+
+
 # -- aoc serve, with a bridge that fails once -------------------------------------------------
 
 
@@ -586,3 +631,17 @@ async def test_serve_starts_with_the_broker_down_and_its_bridge_connects_later(
                 await serving
         finally:
             broker.stop()
+
+
+def test_the_command_exits_1_without_a_traceback_when_a_part_failed_while_stopping(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Test that ``aoc`` turns ``StopFailed`` into one error line and exit status 1."""
+    async def failing(*_: object) -> None:
+        raise StopFailed({"bridge": RuntimeError("could not acknowledge the last batch")})
+
+    monkeypatch.setattr(cli, "_run", failing)
+    assert cli.main(["bridge"]) == 1
+    err = capsys.readouterr().err
+    assert "exiting with an error: bridge failed while stopping: RuntimeError" in err
+    assert "Traceback" not in err
