@@ -84,7 +84,8 @@ FANOUT_FAILURES = Counter(
     registry=REGISTRY,
 )
 # Fan-out sends never attempted: the channel's queue was full (its oldest
-# plan dropped), its breaker was open, or the bridge stopped before sending them.
+# plan dropped, never a crash alert), its breaker was open, or the bridge
+# stopped before sending them (unsent alerts are also logged at ERROR).
 FANOUT_CHANNELS = ("cache", "socketio", "mqtt")
 FANOUT_DROP_REASONS = ("queue_full", "breaker_open", "shutdown")
 FANOUT_DROPPED = Counter(

@@ -9,6 +9,17 @@ destination that keeps failing or timing out (a Redis behind packets dropped,
 not refused, costs a whole timeout per call) is skipped for a cool-down by
 the channel's ``Breaker``, then tried again.
 
+Crash alerts (``is_alert``: emissions to the ``crash`` and
+``CRASH_NOTIFY_<id>`` rooms, ``aoc/<id>/alert`` publications) are the
+exception: a channel splits them off each plan into a queue of their own,
+which is never cut when full (alerts are rare and small: the processor
+broadcasts at most one per ambulance per crash window, so they may exceed
+the depth) and which is sent first, before older tracking. That is safe: an
+alert depends on no tracking order, and the rest of each plan (states,
+tracking, snapshots) keeps its order. On stop, alerts are sent first within
+the drain bound; any left unsent are logged at ERROR with their crash record
+ids (the records are stored: an operator can still find them).
+
 Every send not attempted is counted in ``aoc_fanout_dropped_total{channel,
 reason}`` (reason ``queue_full``, ``breaker_open`` or ``shutdown``); sends
 that failed or timed out in ``aoc_fanout_failures_total{channel}``. Logs
@@ -18,13 +29,56 @@ say when a breaker opens and closes, never once per message.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from aoc import metrics
-from bridge.messages import Plan
+from bridge.contract import Kind, room_kind
+from bridge.messages import Emit, Plan, Publish
+
+
+def is_alert(send: Emit | Publish) -> bool:
+    """Whether an emission or publication carries a crash alert (never dropped by a queue)."""
+    if isinstance(send, Emit):
+        return room_kind(send.room) == Kind.CRASH
+    return send.topic.rpartition("/")[2] == Kind.ALERT  # the kind: ``topic``'s last level
+
+
+def split_alerts(plan: Plan) -> tuple[Plan | None, Plan]:
+    """``plan``'s crash alerts as a plan of their own (None: it has none), and the rest.
+
+    Either part only holds what the channels send (states, emits, publishes).
+    """
+    if not any(map(is_alert, plan.emits)) and not any(map(is_alert, plan.publishes)):
+        return None, plan
+    alerts = Plan(
+        emits=[e for e in plan.emits if is_alert(e)],
+        publishes=[p for p in plan.publishes if is_alert(p)],
+    )
+    rest = Plan(
+        states=plan.states,
+        emits=[e for e in plan.emits if not is_alert(e)],
+        publishes=[p for p in plan.publishes if not is_alert(p)],
+    )
+    return alerts, rest
+
+
+def alert_ids(plan: Plan) -> list[str]:
+    """The crash record ids in a plan's alerts (``CRASH_NOTIFY_<id>`` and ``alert`` bodies)."""
+    bodies: list[str | bytes] = [e.data for e in plan.emits if is_alert(e)]
+    bodies += [p.payload for p in plan.publishes if is_alert(p)]
+    ids: set[str] = set()
+    for body in bodies:
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("_id"), str):
+            ids.add(record["_id"])
+    return sorted(ids)
 
 
 class Breaker:
@@ -96,6 +150,8 @@ class Breaker:
 class Channel:
     """One fan-out destination: a bounded queue of plans, sent in order by ``run``.
 
+    Beside it, an unbounded queue of crash alerts, sent first (see the module doc).
+
     ``send`` sends one plan, using ``call`` for each call it makes (the
     timeout and the breaker); ``sends`` says how many sends a plan holds for
     this channel (plans with none are not queued); ``on_drop`` hears of every
@@ -126,7 +182,8 @@ class Channel:
         self._drain_timeout = drain_timeout
         self._on_drop = on_drop
         self._log = logger or logging.getLogger(__name__)
-        self._plans: deque[Plan] = deque()
+        self._plans: deque[Plan] = deque()  # at most ``depth``
+        self._alerts: deque[Plan] = deque()  # never cut: sent first
         self._current: Plan | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -136,14 +193,17 @@ class Channel:
         self.last_error: BaseException | None = None  # of the last failed call
 
     def put(self, plan: Plan) -> None:
-        """Queue ``plan``; never waits. A full queue drops its oldest plan."""
-        if not self._sends(plan):
-            return
-        if len(self._plans) >= self._depth:
-            self._drop(self._plans.popleft(), "queue_full")
-        self._plans.append(plan)
-        self._idle.clear()
-        self._wake.set()
+        """Queue ``plan``; never waits. A full queue drops its oldest plan, never an alert."""
+        alerts, rest = split_alerts(plan)
+        if alerts is not None and self._sends(alerts):
+            self._alerts.append(alerts)
+        if self._sends(rest):
+            if len(self._plans) >= self._depth:
+                self._drop(self._plans.popleft(), "queue_full")
+            self._plans.append(rest)
+        if self._alerts or self._plans:
+            self._idle.clear()
+            self._wake.set()
 
     async def drain(self) -> None:
         """Wait until every plan queued so far has been sent (or dropped)."""
@@ -171,19 +231,20 @@ class Channel:
         return True
 
     async def run(self) -> None:
-        """Send queued plans in order until closed and drained (or out of time)."""
+        """Send queued plans in order, alerts first, until closed and drained (or out of time)."""
         try:
             async with asyncio.timeout(None) as scope:
                 self._scope = scope
                 if self._closing:
                     self.close()
-                while self._plans or not self._closing:
-                    if not self._plans:
+                while self._alerts or self._plans or not self._closing:
+                    if not self._alerts and not self._plans:
                         self._idle.set()
                         self._wake.clear()
                         await self._wake.wait()
                         continue
-                    self._current = self._plans.popleft()
+                    queue = self._alerts or self._plans
+                    self._current = queue.popleft()
                     try:
                         await self._send(self._current)
                     except Exception:  # a bug must not stop fan-out, nor the bridge
@@ -193,9 +254,17 @@ class Channel:
             pass  # closing, and the drain's time is up
         finally:
             left = [] if self._current is None else [self._current]
+            left.extend(self._alerts)
             left.extend(self._plans)
             self._current = None
+            self._alerts.clear()
             self._plans.clear()
+            unsent = sorted({i for plan in left for i in alert_ids(plan)})
+            if unsent:
+                self._log.error(
+                    "stopping with %d crash alerts not sent to %s (stored: crash records %s)",
+                    len(unsent), self.name, ", ".join(unsent),
+                )
             for plan in left:
                 self._drop(plan, "shutdown")
             self._idle.set()

@@ -207,10 +207,11 @@ class Bridge:
         """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``).
 
         Fan-out (``bridge.fanout``), per channel: ``fan_out_queue`` plans wait
-        at most; each call has ``fan_out_timeout`` seconds; after
-        ``fan_out_failures`` failures in a row the channel is skipped for
-        ``fan_out_cooldown`` seconds at a time; on stop, what is queued is
-        sent within ``fan_out_drain`` seconds.
+        at most, and crash alerts besides (never dropped, sent first); each
+        call has ``fan_out_timeout`` seconds; after ``fan_out_failures``
+        failures in a row the channel is skipped for ``fan_out_cooldown``
+        seconds at a time; on stop, what is queued is sent within
+        ``fan_out_drain`` seconds, alerts first.
         """
         self._mqtt = mqtt
         # Snapshots' own connection (``SNAP_SUBSCRIPTIONS``); None: all on ``mqtt``.

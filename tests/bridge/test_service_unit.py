@@ -28,10 +28,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from aoc import metrics
-from bridge.fanout import Breaker
+from bridge.fanout import Breaker, Channel
 from bridge.geo import haversine_m
 from bridge.ids import dead_letter_id, tracking_id
-from bridge.messages import Position, Tracking
+from bridge.messages import Plan, Position, Publish, Tracking
 from bridge.processor import Processor
 from bridge.service import Bridge
 from bridge.speed import SpeedRules
@@ -587,3 +587,119 @@ async def test_a_batch_handled_while_the_cache_is_rebuilt_reaches_the_cache(
         assert state["speed_count"] == 2
         assert state["covered_distance"] == pytest.approx(distance(0, 1))
         assert await cache.get("U2") is not None
+
+
+async def test_a_full_fan_out_queue_never_drops_a_crash_alert(
+    tmp_path: Path, cache: GatedCache
+) -> None:
+    """Test that a crash alert waiting in a full queue is kept, and the oldest tracking dropped.
+
+    With room for one plan per channel, a crash then two points follow a
+    hanging point: each point used to push out the plan before it, the
+    crash's included, and its alert never reached the dashboards.
+    """
+    emitter = GatedEmitter()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 60.0, "fan_out_queue": 1}
+    async with running(tmp_path, cache=cache, emitter=emitter, **options) as rig:
+        rig.publisher.publish_gate = asyncio.Event()
+        before = dropped("socketio", "queue_full")
+        rig.feed(0)
+        await until(lambda: emitter.waiting == 1, "fan-out hanging")
+        rig.mqtt.feed(f"aoc/{AID}/crash", point(1))
+        rig.feed(2)
+        rig.feed(3)
+        await until(lambda: len(rig.mqtt.acked) == 4, "every message acknowledged")
+        emitter.gate.set()
+        rig.publisher.publish_gate.set()
+        await rig.bridge.drain_fan_out()
+        # Point 2 was dropped for point 3; the crash's alerts were not.
+        assert emitter.emitted == [AID, "tracking", f"CRASH_NOTIFY_{AID}", "crash", AID, "tracking"]
+        assert dropped("socketio", "queue_full") - before == 2
+        assert f"aoc/{AID}/alert" in rig.publisher.published
+
+
+def gated_channel(
+    sent: list[str], gates: dict[str, asyncio.Event], *, drain: float
+) -> Channel:
+    """An MQTT-like channel whose sends of a topic wait for its gate, if it has one."""
+
+    async def send(plan: Plan) -> None:
+        for publish in plan.publishes:
+            if publish.topic in gates:
+                await gates[publish.topic].wait()
+            sent.append(publish.topic)
+
+    breaker = Breaker("mqtt", threshold=5, cooldown=15.0)
+    return Channel(
+        "mqtt", send, sends=lambda plan: len(plan.publishes), depth=5, timeout=60.0,
+        breaker=breaker, drain_timeout=drain,
+    )
+
+
+def publishing(*topics: str) -> Plan:
+    """A plan of publications; an alert's payload is a crash record named after its topic."""
+    plan = Plan()
+    for name in topics:
+        plan.publishes.append(Publish(name, json.dumps({"_id": f"crash-{name}"}).encode()))
+    return plan
+
+
+async def test_crash_alerts_are_sent_before_older_tracking_and_first_on_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that an alert overtakes the plans queued before it, while states keep their order.
+
+    On stop, queued alerts are sent first within the drain bound; those that
+    cannot be are logged at ERROR with their crash record ids.
+    """
+    sent: list[str] = []
+    gates = {"aoc/A/state": asyncio.Event()}
+    channel = gated_channel(sent, gates, drain=60.0)
+    task = asyncio.create_task(channel.run())
+    channel.put(publishing("aoc/A/state"))  # taken, and held at its gate
+    await until(lambda: channel._current is not None, "the first plan being sent")
+    channel.put(publishing("aoc/B/state"))
+    # A batch with a state and an alert: the state waits its turn, the alert does not.
+    channel.put(publishing("aoc/C/state", "aoc/C/alert"))
+    channel.put(publishing("aoc/D/alert"))
+    gates["aoc/A/state"].set()
+    await channel.drain()
+    assert sent == [
+        "aoc/A/state", "aoc/C/alert", "aoc/D/alert", "aoc/B/state", "aoc/C/state"
+    ]
+    channel.close()
+    await asyncio.wait_for(task, 10)
+
+    # Stopping: the state in hand finishes, the alert goes next, the other state
+    # hangs until the drain's time is up.
+    sent = []
+    gates = {"aoc/A/state": asyncio.Event(), "aoc/B/state": asyncio.Event()}
+    channel = gated_channel(sent, gates, drain=0.2)
+    task = asyncio.create_task(channel.run())
+    channel.put(publishing("aoc/A/state"))
+    await until(lambda: channel._current is not None, "the first plan being sent")
+    channel.put(publishing("aoc/B/state"))
+    channel.put(publishing("aoc/C/alert"))
+    channel.close()
+    gates["aoc/A/state"].set()
+    await asyncio.wait_for(task, 10)
+    assert sent == ["aoc/A/state", "aoc/C/alert"]
+
+    # Out of time with alerts unsent: each named at ERROR, counted as dropped.
+    sent = []
+    gates = {"aoc/A/state": asyncio.Event()}
+    channel = gated_channel(sent, gates, drain=0.05)
+    task = asyncio.create_task(channel.run())
+    channel.put(publishing("aoc/A/state"))
+    await until(lambda: channel._current is not None, "the first plan being sent")
+    channel.put(publishing("aoc/C/alert", "aoc/D/alert"))
+    before = dropped("mqtt", "shutdown")
+    with caplog.at_level(logging.ERROR, logger="bridge.fanout"):
+        channel.close()
+        await asyncio.wait_for(task, 10)
+    assert sent == []
+    assert dropped("mqtt", "shutdown") - before == 3
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "2 crash alerts not sent to mqtt" in line
+    assert "crash-aoc/C/alert, crash-aoc/D/alert" in line
+
