@@ -63,6 +63,7 @@ from bridge.fanout import Breaker, Channel
 from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
+from bridge.state import cache_view
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
 from storage.base import (
@@ -715,7 +716,7 @@ class Bridge:
         # Every state missed so far was stored before it was fanned out: the
         # read below sees it, or a newer one.
         self._cache_missed.clear()
-        states = {doc["_id"]: doc async for doc in self._store.scan(AMBULANCES)}
+        states = {doc["_id"]: cache_view(doc) async for doc in self._store.scan(AMBULANCES)}
         await self._cache.rebuild(states)
         while self._cache_missed:
             missed = dict(self._cache_missed)

@@ -163,6 +163,14 @@ class AmbulanceState:
         return Write(AMBULANCES, "upsert", self.to_doc(), expect=expect)
 
 
+def cache_view(doc: Document) -> Document:
+    """What the Redis cache keeps of a stored ``AMBULANCES`` document: as ``to_doc(outbox=False)``.
+
+    The outbox is a batch's worth of writes, of no use to a reader of the latest state.
+    """
+    return {name: value for name, value in doc.items() if name != "outbox"}
+
+
 # Fields stored as {"lat", "lon"} documents.
 _POSITIONS = frozenset({"location", "destination_location", "source_location"})
 # Fields ``from_doc`` rebuilds itself rather than copying from the document.

@@ -703,3 +703,37 @@ async def test_crash_alerts_are_sent_before_older_tracking_and_first_on_stop(
     assert "2 crash alerts not sent to mqtt" in line
     assert "crash-aoc/C/alert, crash-aoc/D/alert" in line
 
+
+async def wipe(redis_url: str, prefix: str) -> None:
+    """Empty the cache's keys, as a Redis restarted without its data."""
+    redis = Redis.from_url(redis_url)
+    await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
+    await redis.connection_pool.disconnect()
+
+
+async def test_a_rebuilt_cache_holds_what_updates_cache_not_the_outbox(
+    tmp_path: Path, cache: GatedCache, redis_url: str
+) -> None:
+    """Test that a rebuild caches each state as the normal update does.
+
+    The stored document also carries its batch's other writes (the outbox):
+    the rebuild used to copy them into Redis, several times the state's size.
+    """
+    async with running(tmp_path, cache=cache, batch_size=1) as rig:
+        for n in range(2):
+            rig.feed(n)
+            await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"point {n} acknowledged")
+        await rig.bridge.drain_fan_out()
+        updated = await cache.get(AID)
+        assert updated is not None
+        stored_state = await rig.store.get(AMBULANCES, AID)
+        assert stored_state is not None and stored_state["outbox"]  # what must not be cached
+
+        await wipe(redis_url, cache.prefix)
+        rig.feed(0, aid="U2")  # its update finds Redis empty: a rebuild
+        await until(lambda: len(rig.mqtt.acked) == 3, "U2 acknowledged")
+        await rig.bridge.drain_fan_out()
+        await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+        assert await cache.get("U2") is not None
+        assert await cache.get(AID) == updated
+
