@@ -686,13 +686,15 @@ class Bridge:
             self._cache_stale.set()
 
     async def _heal_cache(self) -> None:
-        """Rebuild the cache as soon as Redis answers again, with or without traffic."""
+        """Rebuild the cache as soon as Redis answers again (a ping), with or without traffic."""
         if self._cache is None:
             return
         backoff = Backoff(first=0.5, cap=5.0)
         while True:
             await self._cache_stale.wait()
             try:
+                # Scanning the store is the costly part: not while Redis is still down.
+                await self._cache.ping()
                 async with self._cache_lock:
                     await self._rebuild_cache()  # clears the stale flag when done
             except StoreUnavailable:

@@ -50,6 +50,7 @@ from storage.base import (
 from storage.cache import StateCache
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
+from tests import services
 
 T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
 LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
@@ -151,6 +152,7 @@ class FaultyStore(SQLiteDocumentStore):
         self.applies: list[list[Write]] = []
         self.find_gate: asyncio.Event | None = None
         self.finds_held = 0
+        self.state_reads = 0  # finds of AMBULANCES (a cache rebuild's scan)
 
     async def apply(self, writes: Sequence[Write]) -> None:
         self.attempts += 1
@@ -163,6 +165,8 @@ class FaultyStore(SQLiteDocumentStore):
         self.stored.update(write.doc["_id"] for write in writes)
 
     async def find(self, query: Query) -> Page:
+        if query.collection == AMBULANCES:
+            self.state_reads += 1
         page = await super().find(query)
         if self.find_gate is not None:
             self.finds_held += 1
@@ -737,3 +741,51 @@ async def test_a_rebuilt_cache_holds_what_updates_cache_not_the_outbox(
         assert await cache.get("U2") is not None
         assert await cache.get(AID) == updated
 
+
+class CountingCache(StateCache):
+    """A real Redis cache counting the heal's attempts: pings and rebuilds."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.attempts = 0
+
+    async def ping(self) -> None:
+        self.attempts += 1
+        await super().ping()
+
+    async def rebuild(self, states: Mapping[str, Document]) -> None:
+        self.attempts += 1
+        await super().rebuild(states)
+
+
+async def test_the_cache_heal_reads_the_store_only_once_redis_answers(tmp_path: Path) -> None:
+    """Test that while Redis is down the heal retries without scanning the store.
+
+    It used to read every state document on each retry, only to find Redis
+    still down when writing them.
+    """
+    server = services.redis(tmp_path / "redis").start()
+    cache = CountingCache(f"redis://127.0.0.1:{server.port}/0")
+    try:
+        await cache.open()
+        await cache.rebuild({})
+        async with running(tmp_path, cache=cache, batch_size=1) as rig:
+            rig.feed(0)
+            await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+            await rig.bridge.drain_fan_out()
+            server.stop()
+            reads, attempts = rig.store.state_reads, cache.attempts
+            rig.feed(1)  # its update fails: the cache is stale
+            await until(lambda: len(rig.mqtt.acked) == 2, "point 1 acknowledged")
+            await until(lambda: cache.attempts >= attempts + 3, "three tries to heal")
+            assert rig.store.state_reads == reads
+
+            server.start()  # empty
+            await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+            assert rig.store.state_reads > reads
+            state = await cache.get(AID)
+            assert state is not None
+            assert state["covered_distance"] == pytest.approx(distance(0, 1))
+    finally:
+        await cache.close()
+        server.stop()
