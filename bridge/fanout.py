@@ -16,7 +16,10 @@ which is never cut when full (alerts are rare and small: the processor
 broadcasts at most one per ambulance per crash window, so they may exceed
 the depth) and which is sent first, before older tracking. That is safe: an
 alert depends on no tracking order, and the rest of each plan (states,
-tracking, snapshots) keeps its order. On stop, alerts are sent first within
+tracking, snapshots) keeps its order. An open breaker skips everything but
+alerts: each alert is still tried (it costs at most one timeout, on the
+channel's own task), and one that gets through closes the breaker. On stop,
+alerts are sent first within
 the drain bound; any left unsent are logged at ERROR with their crash record
 ids (the records are stored: an operator can still find them).
 

@@ -59,7 +59,7 @@ from aoc import metrics
 from bridge.contract import Kind, device_kind, subscription
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
-from bridge.fanout import Breaker, Channel
+from bridge.fanout import Breaker, Channel, is_alert
 from bridge.messages import Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
@@ -625,7 +625,9 @@ class Bridge:
         assert self._emitter is not None
         channel, emitter = self._socketio_channel, self._emitter
         for n, emit in enumerate(plan.emits):
-            if not channel.breaker.allow(len(plan.emits) - n):
+            # A crash alert is tried even while the breaker is open: it costs at
+            # most one timeout, on this channel's own task, and may get through.
+            if not is_alert(emit) and not channel.breaker.allow(len(plan.emits) - n):
                 return  # the rest of the plan is skipped (and counted) too
             if await channel.call(partial(emitter.emit, emit.event, emit.data, room=emit.room)):
                 kind = metrics.emit_kind(emit.room)
@@ -634,7 +636,9 @@ class Bridge:
     async def _publish(self, plan: Plan) -> None:
         """Publish a plan's MQTT state and alert messages (the ``mqtt`` channel)."""
         channel = self._mqtt_channel
-        if not channel.breaker.allow(len(plan.publishes)):
+        # Alerts come in plans of their own (``bridge.fanout``): tried even while open.
+        alerts = all(map(is_alert, plan.publishes))
+        if not alerts and not channel.breaker.allow(len(plan.publishes)):
             return
         sent = await asyncio.gather(
             *(

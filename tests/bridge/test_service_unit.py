@@ -501,6 +501,26 @@ async def test_a_failing_channel_is_skipped_once_its_breaker_opens(
     assert len(lines) == 1 and "failed 2 times in a row" in lines[0]
 
 
+async def test_a_crash_alert_is_tried_even_while_the_breaker_is_open(tmp_path: Path) -> None:
+    """Test that an open breaker never skips a crash alert, whose success closes it."""
+    emitter = GatedEmitter(error=ConnectionError("socket.io's Redis refused"))
+    emitter.gate.set()
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_failures": 2, "fan_out_cooldown": 3600.0}
+    async with running(tmp_path, emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+        await rig.bridge.drain_fan_out()
+        assert emitter.calls == 2  # open now
+        emitter.error = None  # the destination is back; the breaker does not know yet
+        crash = {"lat": 13.75, "lon": 100.5, "speed": 40, "ts": T0_MS + 5}
+        rig.mqtt.feed(f"aoc/{AID}/crash", json.dumps(crash).encode())
+        rig.feed(6)
+        await until(lambda: len(rig.mqtt.acked) == 3, "the crash and point 6 acknowledged")
+        await rig.bridge.drain_fan_out()
+    # The alert got through, which closed the breaker: point 6 was sent too.
+    assert emitter.emitted == [f"CRASH_NOTIFY_{AID}", "crash", AID, "tracking"]
+
+
 async def test_stopping_sends_what_is_queued_then_ends(tmp_path: Path) -> None:
     """Test that on stop the queued fan-out is sent, and what cannot be is dropped and counted."""
     emitter = GatedEmitter()
