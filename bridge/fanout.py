@@ -19,9 +19,9 @@ alert depends on no tracking order, and the rest of each plan (states,
 tracking, snapshots) keeps its order. An open breaker skips everything but
 alerts: each alert is still tried (it costs at most one timeout, on the
 channel's own task), and one that gets through closes the breaker. On stop,
-alerts are sent first within
-the drain bound; any left unsent are logged at ERROR with their crash record
-ids (the records are stored: an operator can still find them).
+alerts are sent first within the drain bound; any left unsent are logged at
+ERROR with their crash record ids (the records are stored: an operator can
+still find them).
 
 Every send not attempted is counted in ``aoc_fanout_dropped_total{channel,
 reason}`` (reason ``queue_full``, ``breaker_open`` or ``shutdown``); sends
