@@ -8,6 +8,7 @@ tests) on demand. Nothing here touches a system-wide instance.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,33 @@ def wait_for_port(
     raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
 
 
+def wait_until_ready(
+    port: int, component: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until ``/readyz`` on 127.0.0.1:``port`` reports ``component`` as ok.
+
+    An ``aoc`` process serves HTTP before its bridge has connected and
+    subscribed (its parts start side by side): what a test publishes before
+    then would reach a subscription made later, as a replayed retained
+    message, or not at all.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(OSError, ValueError):
+            # 503 (not ready) raises HTTPError, whose body is the report too.
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as got:
+                    report = json.load(got)
+            except urllib.error.HTTPError as refused:
+                report = json.load(refused)
+            if report.get(component) == "ok":
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{component} not ready on port {port} within {timeout}s")
+
+
 @dataclass
 class Service:
     """A server process that tests can start, stop, kill and restart."""
@@ -54,6 +84,8 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 20.0
     extra_ports: Sequence[int] = ()
+    # The ``/readyz`` component that must be ok on ``port`` before the service counts as started.
+    ready: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +108,8 @@ class Service:
             for port in (self.port, *self.extra_ports):
                 if port:  # port 0: a process with no listener (the bridge alone)
                     wait_for_port(port, self.start_timeout, self.proc)
+            if self.ready is not None:
+                wait_until_ready(self.port, self.ready, self.start_timeout, self.proc)
         except Exception as exc:
             self.kill()
             raise RuntimeError(f"{self.name} did not start: {self.log_tail()}") from exc
@@ -251,6 +285,8 @@ def aoc(
         workdir,
         env=settings,
         extra_ports=waits[1:],
+        # Started once its MQTT side is up: the bridge subscribed, or the shim's publisher.
+        ready="broker" if command in ("serve", "bridge", "api") else None,
     )
     return service
 
