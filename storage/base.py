@@ -174,7 +174,8 @@ class DocumentStore(abc.ABC):
         - SQLite: one transaction. On ``Conflict`` or any failure nothing of
           ``writes`` is stored.
         - MongoDB: one ordered ``bulk_write`` per run of consecutive writes to
-          the same collection; no multi-document transaction (a standalone
+          the same collection, and one per conditional write (whose result
+          says whether it matched); no multi-document transaction (a standalone
           server has none). A failure or a ``Conflict`` may leave any prefix
           of ``writes`` stored, and so may a crash of the caller mid-call: the
           crash window is between any two writes. Callers put their commit
