@@ -48,6 +48,7 @@ async def _timed(processor: Processor, store: DocumentStore, batches: list[list[
     for batch in batches:
         plan = await processor.plan(batch)
         await store.apply(plan.writes)
+        processor.applied(plan)
     return time.perf_counter() - started
 
 

@@ -7,7 +7,7 @@ reference. Then two processors, each with its own memory, share the same
 stream on a fresh store: at each step a random one takes the next batch, and
 half the time both plan before either applies, so the second is planned from
 a version the first then moves past. Its ``apply`` raises ``Conflict``; it
-forgets the ambulance and plans again, as ``bridge.service`` does. The figures
+plans again, from the store, as ``bridge.service`` does. The figures
 printed compare what each run leaves in the store.
 """
 
@@ -90,7 +90,9 @@ async def _alone(
 ) -> dict[str, Any]:
     processor = _processor(store, objects)
     for batch in batches:
-        await store.apply((await processor.plan(batch)).writes)
+        plan = await processor.plan(batch)
+        await store.apply(plan.writes)
+        processor.applied(plan)
     return await _left(store)
 
 
@@ -111,11 +113,12 @@ async def _shared(
             plan = plan or await processor.plan(batch)
             try:
                 await store.apply(plan.writes)
-                return
             except Conflict:
                 conflicts += 1
-                processor.forget({_AID})
                 plan = None
+                continue
+            processor.applied(plan)
+            return
 
     n = 0
     while n < len(batches):

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from bridge.contract import EVENT
-from storage.base import AMBULANCES, Document, Write
+from storage.base import Document, Write
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +175,6 @@ class Plan:
         if self.images:
             counts["image"] = self.images
         return counts
-
-    def state_ids(self) -> set[str]:
-        """The ambulances whose state documents this plan writes."""
-        return {w.doc["_id"] for w in self.writes if w.collection == AMBULANCES}
 
     def extend(self, other: Plan) -> None:
         """Append ``other``, the plan of the messages after this plan's."""

@@ -3,15 +3,16 @@
 ``Processor.plan`` decides every store write, cache update, Socket.IO emission
 and MQTT publication for a batch. It keeps each ambulance's latest state
 (``bridge.state.AmbulanceState``) in a bounded in-memory cache, loaded from
-the store on first sight, and works on copies of it: the cache changes only
-when a whole batch has been planned, so a batch that fails midway (e.g. the
-object store is down) can be planned again from scratch.
+the store on first sight, and works on copies of it. The cache holds what the
+store holds: planning a batch takes its ambulances out of it, and only the
+caller's ``applied(plan)``, once the plan's writes are stored, puts their new
+states in. A batch whose plan fails midway (e.g. the object store is down),
+or whose writes fail or conflict, is planned again from the store.
 
 The store, not this cache, holds the truth: several bridges may process one
 ambulance. Each plan writes a state conditionally on the version it was
 planned from; a caller that gets ``storage.base.Conflict`` from ``apply``
-calls ``forget`` for the plan's ambulances and plans the batch again, from
-the store (``bridge.service``).
+plans the batch again, from the store (``bridge.service``).
 
 The order of a plan's writes is what makes a crash midway harmless (MongoDB
 stores them in several bulk writes, see ``DocumentStore.apply``):
@@ -22,11 +23,19 @@ stores them in several bulk writes, see ``DocumentStore.apply``):
    (a crash cut their batch short), then the episode and current-image upserts;
 3. the history inserts.
 
+A state whose outbox is replayed is written again too (a new version, its
+outbox carried over): the replay is then as conditional as any write, and one
+planned from a state another bridge has since moved past conflicts instead of
+writing its older episodes over the newer ones.
+
 A crash before 1 stored nothing, or only history of ambulances whose state does
 not move (late points, repeated crashes, older snaps: planned the same again).
 A crash after 1: the redelivered messages are in their state's outbox, so
 they are neither counted again nor planned from the advanced state; the
-outbox is written, and they are fanned out, since they never were.
+outbox is written, and they are fanned out, since they never were. A crash
+after 3, before the fan-out: the redelivered messages are duplicates, but a
+crash alert among them whose stored record says it was broadcast is broadcast
+again: a redelivered message was never acknowledged, so never surely fanned out.
 
 Known limits with several bridges on one ambulance: a plan that writes no state
 (only late points, repeated crashes, older snaps, or a status that changes
@@ -42,7 +51,7 @@ import asyncio
 import base64
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -174,6 +183,16 @@ class _Draft:
     def insert(self, collection: str, doc: Document) -> None:
         self.inserts.append(Write(collection, "insert", doc))
 
+    def replay(self, pending: _Pending) -> None:
+        """Write again what of the loaded states' outboxes is not stored."""
+        for write in pending.writes:  # before this batch's: its own upserts win
+            if write.kind == "upsert":
+                self.upsert(write.collection, write.doc)
+            else:
+                self.inserts.append(write)
+        # Only under its state's conditional write (see the module doc).
+        self.dirty.update(pending.ambulances)
+
     def emit(self, room: str, value: Any) -> None:
         self.emits.append(Emit(room=room, data=dumps(value)))
 
@@ -189,13 +208,7 @@ class _Draft:
         for write in rest:
             if write.collection != DEAD_LETTERS:
                 outboxes.setdefault(write.doc["ambulance_id"], []).append(write)
-        writes: list[Write] = []
-        for aid in sorted(self.dirty):
-            state = self.states[aid]
-            planned_from = state.version
-            state.version += 1
-            state.outbox = tuple(outboxes.get(aid, ()))
-            writes.append(state.write(expect=planned_from))
+        writes = [self.states[a].next_version(outboxes.get(a, ())) for a in sorted(self.dirty)]
         writes.extend(rest)
         plan = Plan(writes=writes, emits=self.emits, outcomes=self.outcomes, images=self.images)
         for aid in sorted(self.moved):
@@ -214,6 +227,16 @@ class _Pending:
 
     writes: list[Write] = field(default_factory=list)
     records: dict[Key, Document] = field(default_factory=dict)  # their history records
+    ambulances: set[str] = field(default_factory=set)  # whose outboxes they are
+
+
+@dataclass
+class _Planned:
+    """A plan whose writes are not known to be stored yet, and what it leaves in memory."""
+
+    plan: Plan
+    states: dict[str, AmbulanceState]
+    rejected: list[Rejected]
 
 
 class Processor:
@@ -252,6 +275,7 @@ class Processor:
         # without bound; an evicted ambulance is simply reloaded from the store.
         # Its states have empty outboxes: this bridge applied their batches.
         self._cache: OrderedDict[str, AmbulanceState] = OrderedDict()
+        self._planned: _Planned | None = None  # the last plan, until ``applied``
         # Any client can send junk at will: its log lines are bounded like its records.
         self._dl_log = dead_letter_log or LineBudget(lines=10, seconds=60.0)
 
@@ -264,27 +288,28 @@ class Processor:
         """Plan one batch: writes (object bytes are already stored) and fan-out.
 
         Raises ``StoreUnavailable`` when the document or object store is down;
-        the in-memory state is then unchanged and the batch may be planned again.
-        Not re-entrant: the caller plans one batch at a time, and applies its
-        writes before planning the next (duplicates are detected from the store).
-        If applying them raises ``Conflict``, it calls ``forget(plan.state_ids())``
-        and plans the batch again.
+        the batch may then be planned again. Not re-entrant: the caller plans
+        one batch at a time, applies its writes, and then calls ``applied``,
+        before planning the next (duplicates are detected from the store).
+        If the writes fail, or raise ``Conflict``, it plans the batch again:
+        its ambulances are reloaded from the store.
         """
+        self._planned = None  # a plan never applied leaves nothing in memory
         items = [_at_store_precision(item) for item in batch]
         keys = [_key(item) for item in items]
         ambulance_ids = {item.ambulance_id for item in items if not isinstance(item, Rejected)}
         states = await self._load(ambulance_ids)
         stored, pending = await self._stored(keys, states)
         draft = _Draft(states=states)
-        for write in pending.writes:  # before this batch's: its own upserts win
-            if write.kind == "upsert":
-                draft.upsert(write.collection, write.doc)
-            else:
-                draft.inserts.append(write)
+        draft.replay(pending)
+        broadcast = await self._broadcast_crashes(items, keys, stored)
         seen = set(stored)
         for item, key in zip(items, keys, strict=True):
             if key is not None and key in seen:
                 draft.outcomes.append(Outcome.DUPLICATE)
+                record = broadcast.pop(key, None)
+                if record is not None and isinstance(item, Crash):
+                    self._broadcast_crash(item, record, draft)
                 continue
             if key is not None:
                 seen.add(key)
@@ -302,11 +327,32 @@ class Processor:
             else:
                 self._rejected(item, draft)
         plan = draft.to_plan()
-        self._commit(draft.states)
-        # Logged only once the plan is whole: a plan that fails midway (storage
-        # down, or a bug) is planned again, and would log its dead letters twice.
-        self._log_dead_letters(draft.rejected)
+        # Out of memory until applied: if the writes fail or conflict, the
+        # store may hold them, or part of them (see ``DocumentStore.apply``).
+        for aid in states:
+            self._cache.pop(aid, None)
+        self._planned = _Planned(plan, draft.states, draft.rejected)
         return plan
+
+    def applied(self, plan: Plan) -> None:
+        """Record that ``plan``, the last one planned, has its writes stored.
+
+        Its ambulances' new states enter memory (else they are loaded from the
+        store next time), and its dead letters are logged: once, however many
+        times the batch was planned.
+        """
+        planned = self._planned
+        if planned is None or planned.plan is not plan:
+            raise ValueError("applied: not the last plan made, or already recorded")
+        self._planned = None
+        for aid, state in planned.states.items():
+            # Applied: nothing of its outbox is left to replay.
+            state.outbox = ()
+            self._cache[aid] = state
+            self._cache.move_to_end(aid)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        self._log_dead_letters(planned.rejected)
 
     def _log_dead_letters(self, rejected: Sequence[Rejected]) -> None:
         # The summary of a window comes with the next batch: an idle bridge owes
@@ -328,7 +374,7 @@ class Processor:
 
         One ``existing_ids`` per history collection serves both; the outboxes'
         upserts are compared with the stored documents. Only states loaded from
-        the store have an outbox (see ``_commit``).
+        the store have an outbox (see ``applied``).
         """
         outbox = [write for state in states.values() for write in state.outbox]
         wanted: dict[str, list[str]] = {}
@@ -348,14 +394,37 @@ class Processor:
         for collection, ids in upserted.items():
             docs = await self._store.get_many(collection, ids)
             current.update(((collection, doc_id), doc) for doc_id, doc in docs.items())
-        for write in outbox:
-            key = (write.collection, write.doc["_id"])
-            if write.kind == "insert" and key not in stored:
+        for aid, state in states.items():
+            for write in state.outbox:
+                key = (write.collection, write.doc["_id"])
+                if write.kind == "insert" and key not in stored:
+                    pending.records[key] = write.doc
+                elif write.kind != "upsert" or current.get(key) == write.doc:
+                    continue
                 pending.writes.append(write)
-                pending.records[key] = write.doc
-            elif write.kind == "upsert" and current.get(key) != write.doc:
-                pending.writes.append(write)
+                pending.ambulances.add(aid)
         return stored, pending
+
+    async def _broadcast_crashes(
+        self, items: Sequence[Parsed], keys: Sequence[Key | None], stored: set[Key]
+    ) -> dict[Key, Document]:
+        """The stored records of the batch's crashes already stored and broadcast, by key.
+
+        Read only when a crash of the batch is a duplicate, which is rare.
+        """
+        ids = [
+            key[1]
+            for item, key in zip(items, keys, strict=True)
+            if isinstance(item, Crash) and key in stored
+        ]
+        if not ids:
+            return {}
+        records = await self._store.get_many(CRASHES, list(dict.fromkeys(ids)))
+        return {
+            (CRASHES, doc_id): record
+            for doc_id, record in records.items()
+            if record.get("duplicate_of") is None
+        }
 
     async def _load(self, ambulance_ids: set[str]) -> dict[str, AmbulanceState]:
         """Working copies of the ambulances' states, from memory or else the store."""
@@ -370,27 +439,6 @@ class Processor:
                 cached = AmbulanceState.from_doc(aid, stored.get(aid))
             states[aid] = cached.copy()
         return states
-
-    def _commit(self, states: dict[str, AmbulanceState]) -> None:
-        for aid, state in states.items():
-            # Planned, so applied before the next plan: nothing left to replay.
-            state.outbox = ()
-            self._cache[aid] = state
-            self._cache.move_to_end(aid)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def forget(self, ambulance_ids: Iterable[str] | None = None) -> None:
-        """Drop in-memory states (all by default); they reload from the store on next use.
-
-        For a caller that planned items whose writes it then discarded, or
-        whose writes met a ``Conflict`` (another bridge moved those ambulances).
-        """
-        if ambulance_ids is None:
-            self._cache.clear()
-            return
-        for aid in ambulance_ids:
-            self._cache.pop(aid, None)
 
     def _replayed(self, item: Parsed, record: Document, draft: _Draft) -> None:
         """A message of a committed batch whose writes were cut short: fan it out now.

@@ -82,6 +82,9 @@ T = TypeVar("T")
 # What a light (already uploaded) snapshot counts for in a batch's bytes.
 _LIGHT_SNAP_BYTES = 1024
 
+# Conflicts in a row after which a batch is stored message by message instead.
+MAX_CONFLICTS = 20
+
 # The main lane's connection, and the snapshot lane's own: Mosquitto sends
 # each connection its messages in order, so on one connection a tracking point
 # waited behind every byte of the snapshots before it.
@@ -519,28 +522,35 @@ class Bridge:
         except _Abandoned:
             raise
         except Exception:
+            # The processor's memory is untouched: only an applied plan enters it.
             self._log.exception("storing a batch failed; retrying message by message")
-            # The plan may have advanced the processor's memory past writes
-            # that were never stored: reload from the store.
-            self._processor.forget()
         return await self._one_by_one(batch, parsed)
 
     async def _plan_and_apply(self, parsed: Sequence[Parsed]) -> Plan:
         """Plan ``parsed`` and durably store its writes (not its dead letters), retrying outages.
 
         On a ``Conflict`` another bridge moved some of its ambulances first:
-        their states here are stale, so they reload and ``parsed`` is planned
-        again, from the store (whose outboxes say which messages it holds).
+        ``parsed`` is planned again, its ambulances loaded from the store
+        (whose outboxes say which messages it holds). After ``MAX_CONFLICTS``
+        of them in a row, it gives up with a ``RuntimeError`` (not an outage:
+        ``_store_batch`` then stores the messages one by one): a state that
+        conflicts whatever is planned is damaged, not contended.
         """
+        conflicts = 0
         while True:
             plan = await self._retry("storage", partial(self._processor.plan, parsed))
             good = [w for w in plan.writes if w.collection != DEAD_LETTERS]
             try:
                 await self._retry("store", partial(self._store.apply, good))
             except Conflict as exc:
+                conflicts += 1
+                if conflicts >= MAX_CONFLICTS:
+                    raise RuntimeError(
+                        f"{conflicts} version conflicts in a row, the last on {', '.join(exc.ids)}"
+                    ) from exc
                 self._log.debug("planning again: %s", exc)
-                self._processor.forget(plan.state_ids() | set(exc.ids))
                 continue
+            self._processor.applied(plan)
             return plan
 
     async def _one_by_one(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
@@ -561,8 +571,6 @@ class Bridge:
             except _Abandoned:
                 raise
             except Exception as exc:
-                # Its plan may have advanced the processor's memory past the store.
-                self._processor.forget()
                 self._log.exception(
                     "message on %s dead-lettered after a processing error", message.topic
                 )
@@ -570,6 +578,7 @@ class Bridge:
                 rejected = Rejected(message.topic, reason, message.payload, entry.received_at)
                 single = await self._retry("storage", partial(self._processor.plan, [rejected]))
                 await self._retry("store", partial(self._store_culprit, single.writes))
+                self._processor.applied(single)
             done.extend(single)
         return done
 

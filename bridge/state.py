@@ -18,13 +18,15 @@ Redis cache and ``aoc/<id>/state`` read: they must not change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from bridge.geo import position_doc, position_from_doc
 from bridge.messages import Position
 from bridge.speed import THRESHOLDS, Episode, State, Threshold
-from storage.base import AMBULANCES, Document, Write
+from storage.base import AMBULANCES, Document, Version, Write
 
 # The fields of the retained ``aoc/<id>/state`` message.
 PUBLIC_FIELDS = (
@@ -87,6 +89,9 @@ class AmbulanceState:
     version: int = 0
     # The other writes of the batch that wrote this version (see the module doc).
     outbox: tuple[Write, ...] = ()
+    # The ``version`` as stored when it is not an int (damaged outside the
+    # bridge): what the next write expects, so that it replaces it (not stored).
+    damaged_version: Version | None = field(default=None, compare=False, repr=False)
 
     def remember_crash(self, at: datetime, record_id: str) -> None:
         """Add a broadcast crash to ``crashes``, oldest first, bounded."""
@@ -108,6 +113,8 @@ class AmbulanceState:
         """The ``AMBULANCES`` document (without the outbox: what the Redis cache keeps)."""
         doc: Document = {"_id": self.ambulance_id}
         for spec in fields(self):
+            if spec.name == "damaged_version":
+                continue
             value = getattr(self, spec.name)
             if spec.name in _POSITIONS:
                 value = position_doc(value)
@@ -129,7 +136,9 @@ class AmbulanceState:
         """The state in a stored document (None: never seen), upgraded from older versions.
 
         Fields an older version did not store take their defaults, and a
-        document without ``version`` is version 0.
+        document without ``version`` is version 0. A ``version`` that is not an
+        int counts as the int it reads as (else 0), and is kept as stored in
+        ``damaged_version``, for the next write to expect.
         """
         state = cls(ambulance_id)
         if doc is None:
@@ -140,7 +149,7 @@ class AmbulanceState:
                 if spec.name in _POSITIONS:
                     value = position_from_doc(value)
                 setattr(state, spec.name, value)
-        state.version = int(doc.get("version") or 0)
+        state.version, state.damaged_version = _version(doc.get("version"))
         episodes: dict[str, Document] = doc.get("open_episodes") or {}
         state.open_episodes = {
             threshold: Episode.from_doc(episodes[threshold])
@@ -158,8 +167,12 @@ class AmbulanceState:
         )
         return state
 
-    def write(self, *, expect: int) -> Write:
-        """The conditional upsert of this state, planned from version ``expect``."""
+    def next_version(self, outbox: Iterable[Write]) -> Write:
+        """Move to the next version, with ``outbox``: its upsert, expecting the one planned from."""
+        expect = self.version if self.damaged_version is None else self.damaged_version
+        self.version += 1
+        self.damaged_version = None
+        self.outbox = tuple(outbox)
         return Write(AMBULANCES, "upsert", self.to_doc(), expect=expect)
 
 
@@ -171,8 +184,26 @@ def cache_view(doc: Document) -> Document:
     return {name: value for name, value in doc.items() if name != "outbox"}
 
 
+def _version(stored: Any) -> tuple[int, Version | None]:
+    """The version of a stored ``version`` field, and the field itself if it is damaged."""
+    if stored is None:
+        return 0, None
+    if type(stored) is int:
+        return stored, None
+    if isinstance(stored, int | float | str):  # a bool is an int
+        try:
+            return int(float(stored)), stored
+        except (ValueError, OverflowError):
+            return 0, stored
+    # A structure: no write can expect it (see ``Write.expect``); the bridge
+    # gives up on it after conflicts, message by message (``bridge.service``).
+    return 0, None
+
+
 # Fields stored as {"lat", "lon"} documents.
 _POSITIONS = frozenset({"location", "destination_location", "source_location"})
 # Fields ``from_doc`` rebuilds itself rather than copying from the document.
-_STRUCTURED = frozenset({"ambulance_id", "version", "open_episodes", "crashes", "outbox"})
+_STRUCTURED = frozenset(
+    {"ambulance_id", "version", "open_episodes", "crashes", "outbox", "damaged_version"}
+)
 

@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 Document = dict[str, Any]
+# What a conditional write expects (``Write.expect``): a bool is an int too.
+Version = int | float | str
 
 # Collection names: the legacy MongoDB names (database ``aoc_v2``) plus our own.
 TRACKINGS = "ambulance_trackings"
@@ -70,20 +72,40 @@ class Write:
     (a redelivered message is stored once). ``upsert``: replace the document with
     that ``_id``, or create it.
 
-    ``expect`` (upserts only): replace the document only if its stored integer
-    ``version`` field equals ``expect``; a missing document, or one without a
-    ``version``, counts as version 0. Otherwise ``apply`` raises ``Conflict``.
-    Such a write is not idempotent: once stored, the same write conflicts.
+    ``expect`` (upserts only): replace the document only if its stored
+    ``version`` field equals ``expect`` (``version_matches``); a missing
+    document, or one without a ``version``, counts as version 0, and only an
+    existing document can match any other version: a conditional upsert
+    creates a document only when it expects version 0. Otherwise ``apply``
+    raises ``Conflict``. Such a write is not idempotent: once stored, the same
+    write conflicts.
+
+    ``expect`` is the integer the bridge wrote, or, for a ``version`` damaged
+    outside it ("3", 2.5, true), that value as stored: matched by type and
+    value, so that the write replaces it with a sound one.
     """
 
     collection: str
     kind: Literal["insert", "upsert"]
     doc: Document
-    expect: int | None = None
+    expect: Version | None = None
 
     def __post_init__(self) -> None:
         if self.expect is not None and self.kind != "upsert":
             raise ValueError("only an upsert can expect a version")
+
+
+def version_matches(stored: Any, expect: Version) -> bool:
+    """Whether a stored ``version`` (None: missing) is the one a write expects.
+
+    As MongoDB compares: numbers by value whatever their type (2 is 2.0),
+    booleans only with booleans (true is not 1), strings only with strings.
+    """
+    if stored is None:
+        stored = 0
+    if isinstance(stored, bool) or isinstance(expect, bool):
+        return type(stored) is type(expect) and stored == expect
+    return bool(stored == expect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +174,8 @@ class DocumentStore(abc.ABC):
         - SQLite: one transaction. On ``Conflict`` or any failure nothing of
           ``writes`` is stored.
         - MongoDB: one ordered ``bulk_write`` per run of consecutive writes to
-          the same collection; no multi-document transaction (a standalone
+          the same collection, and one per conditional write (whose result
+          says whether it matched); no multi-document transaction (a standalone
           server has none). A failure or a ``Conflict`` may leave any prefix
           of ``writes`` stored, and so may a crash of the caller mid-call: the
           crash window is between any two writes. Callers put their commit

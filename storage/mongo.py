@@ -186,11 +186,15 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
         """Apply ``writes`` in order: one ordered ``bulk_write`` per run of one collection.
 
         Not per collection: grouping reordered the writes across collections,
-        so a failure could store a later write without an earlier one.
+        so a failure could store a later write without an earlier one. A
+        conditional write (``Write.expect``) is a run of its own: a bulk tells
+        how many of its writes matched, not which, and only a write that
+        expects version 0 may create its document (as on SQLite).
         """
         runs: list[tuple[str, list[Write], list[UpdateOne | ReplaceOne[MongoDoc]]]] = []
         for write in codec.check_writes(writes):
-            if not runs or runs[-1][0] != write.collection:
+            joins = runs and runs[-1][0] == write.collection and runs[-1][1][0].expect is None
+            if write.expect is not None or not joins:
                 runs.append((write.collection, [], []))
             runs[-1][1].append(write)
             runs[-1][2].append(_operation(write))
@@ -201,9 +205,9 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
                     result = db[name].bulk_write(ops, ordered=True)
                 except BulkWriteError as exc:
                     # Ordered: the bulk stopped at its first error. On a
-                    # conditional upsert, a duplicate key means the filter
-                    # (this _id at the expected version) matched nothing while
-                    # the _id exists: another version is stored.
+                    # conditional upsert of version 0, a duplicate key means the
+                    # filter (this _id at version 0) matched nothing while the
+                    # _id exists: another version is stored.
                     errors = (exc.details or {}).get("writeErrors", [])
                     failed = run[errors[0]["index"]] if errors else None
                     if (
@@ -213,15 +217,11 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
                     ):
                         raise Conflict([failed.doc["_id"]]) from exc
                     raise
-                # Expecting version n > 0 of a missing document: the upsert
-                # created it (one filter cannot refuse that), but it conflicts.
-                created = [
-                    run[index].doc["_id"]
-                    for index in result.upserted_ids or {}
-                    if run[index].expect
-                ]
-                if created:
-                    raise Conflict(created)
+                [first] = run[:1]
+                if first.expect is not None and not result.matched_count + result.upserted_count:
+                    # Expecting a version the document does not have (or a
+                    # missing document at a version above 0): nothing replaced.
+                    raise Conflict([first.doc["_id"]])
 
         if runs:
             await self._run(write_all)
@@ -300,9 +300,13 @@ def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:
         return UpdateOne({"_id": doc_id}, {"$setOnInsert": fields}, upsert=True)
     if write.expect is None:
         return ReplaceOne({"_id": doc_id}, dict(write.doc), upsert=True)
-    # Version 0 also means "no version field" (null matches missing too).
-    version: Any = write.expect if write.expect else {"$in": [0, None]}
-    return ReplaceOne({"_id": doc_id, "version": version}, dict(write.doc), upsert=True)
+    if write.expect == 0 and type(write.expect) is int:
+        # Version 0 also means "no version field" (null matches missing too),
+        # and "no document": the one conditional write that may create it.
+        new = {"$in": [0, None]}
+        return ReplaceOne({"_id": doc_id, "version": new}, dict(write.doc), upsert=True)
+    # Any other version only an existing document has: never an upsert.
+    return ReplaceOne({"_id": doc_id, "version": write.expect}, dict(write.doc))
 
 
 def _selector(query: Query, time_field: str, after: paging.Position | None) -> MongoDoc:

@@ -32,6 +32,7 @@ from storage.base import (
     Query,
     StoreUnavailable,
     Write,
+    version_matches,
 )
 from storage.threaded import ThreadedDocumentStore
 
@@ -196,10 +197,11 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
                     # Checked inside the write transaction: no other writer
                     # can move the version between this check and the COMMIT.
                     row = conn.execute(
-                        f"SELECT json_extract(doc, '$.version') FROM \"{table}\" WHERE _id = ?",
+                        "SELECT json_type(doc, '$.version'), json_extract(doc, '$.version')"
+                        f' FROM "{table}" WHERE _id = ?',
                         (params[0],),
                     ).fetchone()
-                    if (row[0] if row is not None and row[0] is not None else 0) != expect:
+                    if not version_matches(_version(row), expect):
                         conflicts.append(params[0])
                         continue
                 conn.execute(
@@ -275,6 +277,14 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
         sql, params = _select(query, paging.after(query))
         rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
         return paging.page(query, [codec.decode(doc) for (doc,) in rows])
+
+
+def _version(row: tuple[str | None, Any] | None) -> Any:
+    """The stored ``version`` of a (json_type, json_extract) row: JSON booleans as bools."""
+    if row is None:
+        return None
+    kind, value = row
+    return {"true": True, "false": False}.get(kind or "", value)
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -336,6 +336,7 @@ async def test_dead_letter_logged_once_when_a_plan_is_retried(
             assert caplog.records == []
             blocker.unlink()
             plan = await processor.plan(batch)
+            processor.applied(plan)
     assert plan.counts["dead_letter"] == 1
     assert [r.getMessage() for r in caplog.records] == [
         f"dead letter from aoc/A1/tracking: {batch[0].reason}"  # type: ignore[union-attr]

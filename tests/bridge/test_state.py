@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from bridge import service
 from bridge.geo import haversine_m
 from bridge.messages import Parsed, Plan, Position
 from bridge.processor import Processor
-from bridge.service import Bridge
+from bridge.service import Bridge, _Item
 from bridge.speed import SpeedRules
 from bridge.state import AmbulanceState, CrashAnchor
 from bridge.validate import Limits, parse
-from broker.client import MqttClient
+from broker.client import Message, MqttClient
 from storage.base import (
     AMBULANCES,
     CRASHES,
+    DEAD_LETTERS,
     SPEED_VIOLATIONS,
     TRACKINGS,
     Conflict,
@@ -109,9 +112,13 @@ async def stored(store: DocumentStore, collection: str) -> list[Document]:
 
 
 async def everything(store: DocumentStore) -> dict[str, Any]:
-    """What a run leaves: the state, episodes and history records, whole."""
+    """What a run leaves: the state, episodes and history records, whole.
+
+    But the state's version: a replayed outbox is written under a version of its own.
+    """
+    state = await store.get(AMBULANCES, AID)
     return {
-        "state": await store.get(AMBULANCES, AID),
+        "state": state and {k: v for k, v in state.items() if k != "version"},
         "episodes": await stored(store, SPEED_VIOLATIONS),
         "trackings": await stored(store, TRACKINGS),
         "crashes": await stored(store, CRASHES),
@@ -191,14 +198,21 @@ class Gate:
     """Fault injection over a real store: its first ``apply`` waits for ``go`` first.
 
     ``entered`` is set when that apply is called (its batch is planned by then);
-    ``conflicts`` counts the ``Conflict`` raised through it.
+    ``conflicts`` counts the ``Conflict`` raised through it. Past ``ENDLESS`` of
+    them it raises ``AssertionError``: a caller planning again without end.
     """
 
+    ENDLESS = 50
+
     def __init__(
-        self, inner: DocumentStore, *, go: asyncio.Event, entered: asyncio.Event | None = None
+        self,
+        inner: DocumentStore,
+        *,
+        go: asyncio.Event | None = None,
+        entered: asyncio.Event | None = None,
     ) -> None:
         self._inner = inner
-        self._go: asyncio.Event | None = go
+        self._go = go
         self.entered = entered or asyncio.Event()
         self.conflicts = 0
 
@@ -209,15 +223,18 @@ class Gate:
             await go.wait()
         try:
             await self._inner.apply(writes)
-        except Conflict:
+        except Conflict as exc:
             self.conflicts += 1
+            if self.conflicts > self.ENDLESS:
+                endless = f"{self.conflicts} conflicts: planning again without end"
+                raise AssertionError(endless) from exc
             raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
 
-def bridge(proc: Processor, store: Gate) -> Bridge:
+def bridge(proc: Processor, store: DocumentStore | Gate) -> Bridge:
     """A bridge for its store-and-plan step only: it never touches MQTT here."""
     no_mqtt = cast(MqttClient, None)
     return Bridge(
@@ -310,3 +327,227 @@ async def test_a_crash_after_the_state_write_loses_nothing(
     for batch in batches[dies_at + 1 :]:
         await store.apply((await restarted.plan(batch)).writes)
     assert await everything(store) == reference
+
+
+def other_point(i: int, aid: str = "Y") -> Parsed:
+    """Point ``i`` of another ambulance, at 50 km/h."""
+    body = {"lat": LAT + i * 0.001, "lon": LON, "speed": 50, "ts": T0_MS + i * 1000}
+    return parse(f"aoc/{aid}/tracking", json.dumps(body).encode(), RECEIVED, LIMITS)
+
+
+def planned(plan: Plan, collection: str) -> list[Document]:
+    """The documents ``plan`` writes to ``collection``, by id."""
+    docs = [w.doc for w in plan.writes if w.collection == collection]
+    return sorted(docs, key=lambda d: d["_id"])
+
+
+async def test_a_conflict_on_one_ambulance_leaves_the_others_outbox_to_replay(
+    store: DocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a batch planned again after a Conflict on Y still replays X's outbox.
+
+    X's state landed with its outbox, the rest of its batch did not; the batch
+    comes back to a bridge whose copy of Y the store has moved past. The
+    conflict on Y undoes X's replay (all of it on SQLite): the second plan must
+    replay it again, not take X's points for late ones.
+    """
+    xs = [point(i) for i in range(4)]  # 50, 90, 130, 125: two episodes open
+    cut = await processor(store, objects).plan(xs)
+    await store.apply(cut.writes[:1])  # X's state, then that bridge dies
+    behind, ahead = processor(store, objects), processor(store, objects)
+    await bridge(behind, store)._plan_and_apply([other_point(0)])
+    await bridge(ahead, store)._plan_and_apply([other_point(1)])
+
+    counted = Gate(store)
+    plan = await bridge(behind, counted)._plan_and_apply([*xs, other_point(2)])
+    assert counted.conflicts == 1
+    assert plan.counts == {"tracking": 5}
+    trackings = [d for d in await stored(store, TRACKINGS) if d["ambulance_id"] == AID]
+    assert [d["late"] for d in trackings] == [False] * 4
+    assert trackings == planned(cut, TRACKINGS)
+    episodes = sorted(await stored(store, SPEED_VIOLATIONS), key=lambda d: d["_id"])
+    assert episodes == planned(cut, SPEED_VIOLATIONS) and len(episodes) == 2
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None and state["speed_count"] == 4
+    y = await store.get(AMBULANCES, "Y")
+    assert y is not None and (y["speed_count"], y["covered_distance"]) == (
+        3, pytest.approx(2 * STEP_M),
+    )
+
+
+class Racing:
+    """Fault injection over a real store: the first read of episodes first lets ``race`` run.
+
+    As another bridge would, between this bridge's loading a state and writing.
+    """
+
+    def __init__(self, inner: DocumentStore, race: Callable[[], Awaitable[None]]) -> None:
+        self._inner = inner
+        self._race: Callable[[], Awaitable[None]] | None = race
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        if collection == SPEED_VIOLATIONS and self._race is not None:
+            race, self._race = self._race, None
+            await race()
+        return await self._inner.get_many(collection, ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_stale_outbox_is_not_replayed_over_a_newer_batch(
+    store: DocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that replaying an outbox the store has moved past conflicts, and is planned again.
+
+    Bridge A's batch lands in two steps (its state, then the rest). Bridge B
+    loads the state in between, with its outbox of open episodes; before B
+    writes, A stores the rest and a newer batch that closes both episodes.
+    B's replay of the open ones must not land over the closed ones.
+    """
+    a = processor(store, objects)
+    opening = await a.plan([point(i) for i in range(3)])  # 50, 90, 130: two open
+    await store.apply(opening.writes[:1])  # A's commit point; the rest in flight
+    closing: list[Plan] = []
+
+    async def a_goes_on() -> None:
+        await store.apply(opening.writes[1:])
+        plan = await a.plan([point(i) for i in range(3, 6)])  # 125, 100, 70: both close
+        await store.apply(plan.writes)
+        closing.append(plan)
+
+    racing = Gate(cast(DocumentStore, Racing(store, a_goes_on)))
+    late = {"lat": LAT, "lon": LON, "speed": 40, "ts": T0_MS - 5000}
+    b = processor(cast(DocumentStore, racing), objects)
+    plan = await bridge(b, racing)._plan_and_apply(
+        [parse(f"aoc/{AID}/tracking", json.dumps(late).encode(), RECEIVED, LIMITS)]
+    )
+    assert plan.counts == {"late": 1}
+    assert racing.conflicts == 1
+    episodes = sorted(await stored(store, SPEED_VIOLATIONS), key=lambda d: d["_id"])
+    assert [e["closed"] for e in episodes] == [True, True]
+    assert episodes == planned(closing[0], SPEED_VIOLATIONS)
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None and state["open_episodes"] == {} and state["speed_count"] == 6
+
+
+@pytest.mark.parametrize(("damaged", "healed"), [("3", 4), (2.5, 3), (True, 2)])
+async def test_a_damaged_version_is_healed_by_the_next_write(
+    store: DocumentStore, objects: LocalObjectStore, damaged: Any, healed: int
+) -> None:
+    """Test that a state whose version is not an int is written over at once, not re-planned."""
+    doc = {"_id": AID, "ambulance_id": AID, "speed_count": 2, "speed_sum": 100.0,
+           "version": damaged}
+    await store.apply([Write(AMBULANCES, "upsert", doc)])
+    counted = Gate(store)
+    plan = await bridge(processor(store, objects), counted)._plan_and_apply([point(0)])
+    assert (plan.counts, counted.conflicts) == ({"tracking": 1}, 0)
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None
+    assert (state["version"], type(state["version"])) == (healed, int)
+    assert (state["speed_count"], state["speed_sum"]) == (3, 150.0)
+
+
+class AlwaysConflicts:
+    """Fault injection over a real store: every apply writing a state raises ``Conflict``."""
+
+    def __init__(self, inner: DocumentStore) -> None:
+        self._inner = inner
+        self.conflicts = 0
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        states = [w.doc["_id"] for w in writes if w.collection == AMBULANCES]
+        if states:
+            self.conflicts += 1
+            if self.conflicts > Gate.ENDLESS:
+                raise AssertionError(f"{self.conflicts} conflicts: planning again without end")
+            raise Conflict(states)
+        await self._inner.apply(writes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_state_that_always_conflicts_is_given_up_after_the_cap(
+    store: DocumentStore, objects: LocalObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that the cap on re-plans ends in the one-by-one fallback, each give-up one ERROR."""
+    cap = service.MAX_CONFLICTS
+    message = Message(f"aoc/{AID}/tracking", b'{"lat": 13.7, "lon": 100.5, "speed": 5}',
+                      qos=1, retain=False, mid=1, dup=False)
+    item = _Item(message, client=cast(MqttClient, None), received_at=RECEIVED)
+    parsed = [parse(message.topic, message.payload, RECEIVED, LIMITS)]
+    failing = AlwaysConflicts(store)
+    with caplog.at_level(logging.DEBUG, logger="bridge.service"):
+        plan = await bridge(processor(store, objects), cast(DocumentStore, failing))._store_batch(
+            [item], parsed
+        )
+    # The batch, then its one message alone: each given up after the cap.
+    assert failing.conflicts == 2 * cap
+    assert plan.counts == {"dead_letter": 1}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    given_up = f"{cap} version conflicts in a row, the last on {AID}"
+    assert [str(r.exc_info[1]) if r.exc_info else None for r in errors] == [given_up] * 2
+    [letter] = await stored(store, DEAD_LETTERS)
+    assert letter["reason"] == f"processing error: RuntimeError({given_up!r})"
+    assert await store.get(AMBULANCES, AID) is None
+
+
+class Reads:
+    """A real store counting the ``get_many`` reads it serves, by collection."""
+
+    def __init__(self, inner: DocumentStore) -> None:
+        self._inner = inner
+        self.reads: list[str] = []
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, Document]:
+        self.reads.append(collection)
+        return await self._inner.get_many(collection, ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_crash_stored_but_never_fanned_out_is_broadcast_on_redelivery(
+    store: DocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a redelivered broadcast crash is broadcast again, counted as a duplicate.
+
+    The bridge died after storing the batch, before its fan-out: the broker
+    redelivers it (it was never acknowledged), and consumers dedupe on the
+    record's ``_id``. A repeat (stored with ``duplicate_of``) is no alert again.
+    """
+    first, repeat = crash(1000), crash(5000)
+    stored_plan = await processor(store, objects).plan([first, repeat])
+    await store.apply(stored_plan.writes)  # then the bridge dies
+    assert stored_plan.counts == {"crash": 1, "crash_repeat": 1}
+
+    counting = Reads(store)
+    restarted = processor(cast(DocumentStore, counting), objects)
+    again = await restarted.plan([first, repeat, first])
+    assert again.counts == {"duplicate": 3}
+    assert again.emits == stored_plan.emits
+    assert again.publishes == stored_plan.publishes
+    assert [p.topic for p in again.publishes] == [f"aoc/{AID}/alert"]
+    assert again.writes == [] and again.states == {}
+    assert counting.reads.count(CRASHES) == 1
+    counting.reads.clear()
+    await restarted.plan([point(0)])  # no crash duplicate: no crash read
+    assert CRASHES not in counting.reads
+
+
+async def test_dead_letters_of_a_batch_planned_again_are_logged_once(
+    store: DocumentStore, objects: LocalObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that a Conflict's re-plan does not log the batch's dead letters a second time."""
+    behind, ahead = processor(store, objects), processor(store, objects)
+    await bridge(behind, store)._plan_and_apply([point(0)])
+    await bridge(ahead, store)._plan_and_apply([point(1)])
+    junk = parse(f"aoc/{AID}/tracking", b"{nope", RECEIVED, LIMITS)
+    counted = Gate(store)
+    with caplog.at_level(logging.WARNING, logger="bridge.processor"):
+        plan = await bridge(behind, counted)._plan_and_apply([junk, point(2)])
+    assert counted.conflicts == 1
+    assert plan.counts == {"dead_letter": 1, "tracking": 1}
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.processor"]
+    assert lines == [f"dead letter from aoc/{AID}/tracking: {junk.reason}"]  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ from storage.base import (
     DocumentStore,
     Query,
     StoreUnavailable,
+    Version,
     Write,
 )
 from storage.mongo import MongoDocumentStore
@@ -351,7 +352,7 @@ def state(aid: str, version: int | None, **extra: Any) -> dict[str, Any]:
     return doc if version is None else {**doc, "version": version}
 
 
-def cond(doc: dict[str, Any], expect: int) -> Write:
+def cond(doc: dict[str, Any], expect: Version) -> Write:
     return Write(AMBULANCES, "upsert", doc, expect=expect)
 
 
@@ -401,6 +402,42 @@ async def test_a_conflict_stores_nothing_after_it(doc_store: DocumentStore) -> N
     if isinstance(doc_store, SQLiteDocumentStore):  # one transaction
         assert await doc_store.get(TRACKINGS, "332:0001") is None
         assert await doc_store.get(AMBULANCES, "332") is None
+
+
+async def test_a_conditional_write_creates_only_what_it_expects_new(
+    doc_store: DocumentStore,
+) -> None:
+    """Test that expecting version n > 0 of a missing (deleted) document stores nothing."""
+    with pytest.raises(Conflict) as missing:
+        await doc_store.apply([cond(state("332", 4), expect=3), ins(tracking(1))])
+    assert missing.value.ids == ("332",)
+    assert await doc_store.get(AMBULANCES, "332") is None
+    assert await doc_store.get(TRACKINGS, "332:0001") is None
+    # Among other conditional writes: the ones before it stay (a prefix), none after.
+    with pytest.raises(Conflict):
+        await doc_store.apply([cond(state("77", 1), expect=0), cond(state("332", 4), expect=3),
+                               cond(state("5", 1), expect=0)])
+    assert await doc_store.get(AMBULANCES, "332") is None
+    assert await doc_store.get(AMBULANCES, "5") is None
+    await doc_store.apply([cond(state("332", 1), expect=0)])  # version 0: created
+    assert await doc_store.get(AMBULANCES, "332") == state("332", 1)
+
+
+@pytest.mark.parametrize(
+    ("damaged", "wrong"),
+    # (Not true against 1: mongomock compares as Python does, MongoDB never.)
+    [("3", [3, 0, "4"]), (2.5, [2, 3, "2.5"]), (True, ["true", 2])],
+)
+async def test_a_damaged_version_is_matched_as_stored(
+    doc_store: DocumentStore, damaged: Any, wrong: list[Any]
+) -> None:
+    """Test that a version of another type matches only itself, so a write can heal it."""
+    await doc_store.apply([ups(state("332", None) | {"version": damaged}, AMBULANCES)])
+    for expect in wrong:
+        with pytest.raises(Conflict):
+            await doc_store.apply([cond(state("332", 9), expect=expect)])
+    await doc_store.apply([cond(state("332", 4), expect=damaged)])
+    assert await doc_store.get(AMBULANCES, "332") == state("332", 4)
 
 
 class BulkWritesFail:
