@@ -167,20 +167,22 @@ class DocumentStore(abc.ABC):
 
         ``Conflict`` (with the ids whose version did not match): a write's
         ``expect`` failed, checked against the store as the writes before it in
-        ``writes`` left it. No write after the conflicting one is stored.
+        ``writes`` left it. No write without ``expect`` after the conflicting
+        one is stored.
 
         Atomicity differs by backend; callers must not rely on more than this:
 
         - SQLite: one transaction. On ``Conflict`` or any failure nothing of
           ``writes`` is stored.
         - MongoDB: one ordered ``bulk_write`` per run of consecutive writes to
-          the same collection, and one per conditional write (whose result
-          says whether it matched); no multi-document transaction (a standalone
-          server has none). A failure or a ``Conflict`` may leave any prefix
-          of ``writes`` stored, and so may a crash of the caller mid-call: the
-          crash window is between any two writes. Callers put their commit
-          point (the conditional write) first and make the rest recoverable
-          from it (``bridge.state``'s outbox).
+          the same collection (conditional and plain writes in runs of their
+          own); no multi-document transaction (a standalone server has none).
+          A failure or a ``Conflict`` may leave any prefix of ``writes``
+          stored, and, within a run of conditional writes, others of that run
+          too; so may a crash of the caller mid-call: the crash window is
+          between any two writes. Callers put their commit points (the
+          conditional writes) first, each self-sufficient, and make the rest
+          recoverable from them (``bridge.state``'s outbox).
         """
 
     @abc.abstractmethod

@@ -186,15 +186,24 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
         """Apply ``writes`` in order: one ordered ``bulk_write`` per run of one collection.
 
         Not per collection: grouping reordered the writes across collections,
-        so a failure could store a later write without an earlier one. A
-        conditional write (``Write.expect``) is a run of its own: a bulk tells
-        how many of its writes matched, not which, and only a write that
-        expects version 0 may create its document (as on SQLite).
+        so a failure could store a later write without an earlier one.
+        Conditional writes (``Write.expect``) make runs of their own, each an
+        ordered bulk of upserts filtered on ``_id`` and version: one whose
+        document holds another version fails as a duplicate key, which stops
+        the bulk (``Conflict``). An upsert that created a document it expected
+        at a version above 0 (deleted meanwhile) is removed again and is a
+        ``Conflict`` too, as on SQLite, though the conditional writes after it
+        in its run are stored by then (each is a commit point of its own).
+        One round trip per run, not per ambulance.
         """
         runs: list[tuple[str, list[Write], list[UpdateOne | ReplaceOne[MongoDoc]]]] = []
         for write in codec.check_writes(writes):
-            joins = runs and runs[-1][0] == write.collection and runs[-1][1][0].expect is None
-            if write.expect is not None or not joins:
+            last = runs[-1] if runs else None
+            if (
+                last is None
+                or last[0] != write.collection
+                or (last[1][0].expect is None) != (write.expect is None)
+            ):
                 runs.append((write.collection, [], []))
             runs[-1][1].append(write)
             runs[-1][2].append(_operation(write))
@@ -205,9 +214,9 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
                     result = db[name].bulk_write(ops, ordered=True)
                 except BulkWriteError as exc:
                     # Ordered: the bulk stopped at its first error. On a
-                    # conditional upsert of version 0, a duplicate key means the
-                    # filter (this _id at version 0) matched nothing while the
-                    # _id exists: another version is stored.
+                    # conditional upsert, a duplicate key means the filter (this
+                    # _id at that version) matched nothing while the _id exists:
+                    # another version is stored.
                     errors = (exc.details or {}).get("writeErrors", [])
                     failed = run[errors[0]["index"]] if errors else None
                     if (
@@ -217,11 +226,13 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
                     ):
                         raise Conflict([failed.doc["_id"]]) from exc
                     raise
-                [first] = run[:1]
-                if first.expect is not None and not result.matched_count + result.upserted_count:
-                    # Expecting a version the document does not have (or a
-                    # missing document at a version above 0): nothing replaced.
-                    raise Conflict([first.doc["_id"]])
+                if run[0].expect is None:
+                    continue
+                created = [run[i] for i in result.upserted_ids or {} if not _expects_new(run[i])]
+                for write in created:  # expected at a version above 0: it was deleted
+                    db[name].delete_one({"_id": write.doc["_id"], "version": write.doc["version"]})
+                if created:
+                    raise Conflict([write.doc["_id"] for write in created])
 
         if runs:
             await self._run(write_all)
@@ -300,13 +311,16 @@ def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:
         return UpdateOne({"_id": doc_id}, {"$setOnInsert": fields}, upsert=True)
     if write.expect is None:
         return ReplaceOne({"_id": doc_id}, dict(write.doc), upsert=True)
-    if write.expect == 0 and type(write.expect) is int:
-        # Version 0 also means "no version field" (null matches missing too),
-        # and "no document": the one conditional write that may create it.
-        new = {"$in": [0, None]}
-        return ReplaceOne({"_id": doc_id, "version": new}, dict(write.doc), upsert=True)
-    # Any other version only an existing document has: never an upsert.
-    return ReplaceOne({"_id": doc_id, "version": write.expect}, dict(write.doc))
+    # Version 0 also means "no version field" (null matches missing too), and
+    # "no document". An upsert either way: on another stored version it fails
+    # as a duplicate key, which stops an ordered bulk (see ``apply``).
+    version: Any = {"$in": [0, None]} if _expects_new(write) else write.expect
+    return ReplaceOne({"_id": doc_id, "version": version}, dict(write.doc), upsert=True)
+
+
+def _expects_new(write: Write) -> bool:
+    """Whether a conditional write expects version 0: the one that may create its document."""
+    return write.expect == 0 and type(write.expect) is int
 
 
 def _selector(query: Query, time_field: str, after: paging.Position | None) -> MongoDoc:

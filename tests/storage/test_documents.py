@@ -413,12 +413,14 @@ async def test_a_conditional_write_creates_only_what_it_expects_new(
     assert missing.value.ids == ("332",)
     assert await doc_store.get(AMBULANCES, "332") is None
     assert await doc_store.get(TRACKINGS, "332:0001") is None
-    # Among other conditional writes: the ones before it stay (a prefix), none after.
-    with pytest.raises(Conflict):
+    # Among other conditional writes (MongoDB: one bulk, the others may be
+    # stored, each a commit point of its own), and before unconditional ones.
+    with pytest.raises(Conflict) as among:
         await doc_store.apply([cond(state("77", 1), expect=0), cond(state("332", 4), expect=3),
-                               cond(state("5", 1), expect=0)])
+                               cond(state("5", 1), expect=0), ins(tracking(2))])
+    assert among.value.ids == ("332",)
     assert await doc_store.get(AMBULANCES, "332") is None
-    assert await doc_store.get(AMBULANCES, "5") is None
+    assert await doc_store.get(TRACKINGS, "332:0002") is None
     await doc_store.apply([cond(state("332", 1), expect=0)])  # version 0: created
     assert await doc_store.get(AMBULANCES, "332") == state("332", 1)
 
@@ -485,3 +487,25 @@ async def test_mongo_applies_writes_in_order_one_bulk_per_run(
         await store.apply(batch[1:])  # the retry of what was not stored
         assert [call[0] for call in faults.calls[2:]] == [TRACKINGS, AMBULANCES, TRACKINGS]
         assert await store.get(TRACKINGS, "332:0002") == tracking(2)
+
+
+async def test_mongo_writes_a_batchs_states_in_one_bulk(
+    monkeypatch: pytest.MonkeyPatch, mongomock_client: Any
+) -> None:
+    """Test that consecutive conditional writes share one round trip, not one each."""
+    faults = BulkWritesFail(monkeypatch, fail_at=None)
+    states = [cond(state(aid, 1), expect=0) for aid in ("a1", "a2", "a3")]
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_runs") as store:
+        await store.apply([*states, ins(tracking(1)), ins(tracking(2))])
+        assert faults.calls == [
+            (AMBULANCES, ["a1", "a2", "a3"]),
+            (TRACKINGS, ["332:0001", "332:0002"]),
+        ]
+        # The same run stops at a stale one: a duplicate key on its upsert.
+        with pytest.raises(Conflict) as stale:
+            await store.apply([cond(state("a1", 2), expect=1), cond(state("a2", 2), expect=0),
+                               cond(state("a3", 2), expect=1), ins(tracking(3))])
+        assert stale.value.ids == ("a2",)
+        assert [(await store.get(AMBULANCES, a) or {}).get("version") for a in ("a1", "a2", "a3")] \
+            == [2, 1, 1]
+        assert await store.get(TRACKINGS, "332:0003") is None
