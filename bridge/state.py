@@ -195,9 +195,8 @@ def _version(stored: Any) -> tuple[int, Version | None]:
             return int(float(stored)), stored
         except (ValueError, OverflowError):
             return 0, stored
-    # A structure: no write can expect it (see ``Write.expect``); the bridge
-    # gives up on it after conflicts, message by message (``bridge.service``).
-    return 0, None
+    # A structure: expected as stored too, so the next write heals it.
+    return 0, stored
 
 
 # Fields stored as {"lat", "lon"} documents.

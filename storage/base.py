@@ -21,8 +21,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 Document = dict[str, Any]
-# What a conditional write expects (``Write.expect``): a bool is an int too.
-Version = int | float | str
+# What a conditional write expects (``Write.expect``): an int, or a damaged
+# stored value as it is (any JSON value; a bool is an int too).
+Version = int | float | str | dict[str, Any] | list[Any]
 
 # Collection names: the legacy MongoDB names (database ``aoc_v2``) plus our own.
 TRACKINGS = "ambulance_trackings"

@@ -14,6 +14,7 @@ documents sort first, oldest-first, as in MongoDB).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -280,10 +281,16 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
 
 
 def _version(row: tuple[str | None, Any] | None) -> Any:
-    """The stored ``version`` of a (json_type, json_extract) row: JSON booleans as bools."""
+    """The stored ``version`` of a (json_type, json_extract) row, as MongoDB would return it.
+
+    JSON booleans as bools; objects and arrays (which json_extract returns as
+    text) decoded, so that a damaged structure can be expected as stored.
+    """
     if row is None:
         return None
     kind, value = row
+    if kind in ("object", "array"):
+        return json.loads(value)
     return {"true": True, "false": False}.get(kind or "", value)
 
 

@@ -431,7 +431,9 @@ async def test_a_stale_outbox_is_not_replayed_over_a_newer_batch(
     assert state is not None and state["open_episodes"] == {} and state["speed_count"] == 6
 
 
-@pytest.mark.parametrize(("damaged", "healed"), [("3", 4), (2.5, 3), (True, 2)])
+@pytest.mark.parametrize(
+    ("damaged", "healed"), [("3", 4), (2.5, 3), (True, 2), ({"v": 3}, 1), ([3], 1)]
+)
 async def test_a_damaged_version_is_healed_by_the_next_write(
     store: DocumentStore, objects: LocalObjectStore, damaged: Any, healed: int
 ) -> None:

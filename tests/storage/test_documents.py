@@ -428,7 +428,9 @@ async def test_a_conditional_write_creates_only_what_it_expects_new(
 @pytest.mark.parametrize(
     ("damaged", "wrong"),
     # (Not true against 1: mongomock compares as Python does, MongoDB never.)
-    [("3", [3, 0, "4"]), (2.5, [2, 3, "2.5"]), (True, ["true", 2])],
+    [("3", [3, 0, "4"]), (2.5, [2, 3, "2.5"]), (True, ["true", 2]),
+     # (Not 3 against [3]: MongoDB matches an array holding it.)
+     ({"v": 3}, [3, 0, {"v": 4}]), ([3], [4, [4]])],
 )
 async def test_a_damaged_version_is_matched_as_stored(
     doc_store: DocumentStore, damaged: Any, wrong: list[Any]
