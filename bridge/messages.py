@@ -62,6 +62,9 @@ class Crash:
     received_at: datetime
     device_ts: datetime | None = None  # as in Tracking
     body: dict[str, Any] = field(default_factory=dict)
+    # Sent again by the broker (MQTT DUP: a delivery never acknowledged), so
+    # maybe stored already but never surely broadcast: see ``bridge.processor``.
+    redelivered: bool = False
 
     @property
     def id_ts(self) -> datetime:

@@ -408,14 +408,17 @@ class Processor:
     async def _broadcast_crashes(
         self, items: Sequence[Parsed], keys: Sequence[Key | None], stored: set[Key]
     ) -> dict[Key, Document]:
-        """The stored records of the batch's crashes already stored and broadcast, by key.
+        """The stored records of the batch's crashes to broadcast again, by key.
 
-        Read only when a crash of the batch is a duplicate, which is rare.
+        Only a crash the broker redelivered (``Crash.redelivered``) whose record
+        is stored: a bridge died after storing it and before its fan-out. A
+        device sending the same crash again is a repeat, never a new alert.
+        Read only then, which is rare.
         """
         ids = [
             key[1]
             for item, key in zip(items, keys, strict=True)
-            if isinstance(item, Crash) and key in stored
+            if isinstance(item, Crash) and item.redelivered and key in stored
         ]
         if not ids:
             return {}

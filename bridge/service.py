@@ -50,7 +50,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol, TypeVar
@@ -60,7 +60,7 @@ from bridge.contract import Kind, device_kind, subscription
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
-from bridge.messages import Parsed, Plan, Rejected, Snap
+from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted
 from bridge.state import cache_view
@@ -501,12 +501,15 @@ class Bridge:
 
     def _parse(self, message: Message, received_at: datetime) -> Parsed:
         try:
-            return parse(
+            parsed = parse(
                 message.topic, message.payload, received_at, self._limits, retained=message.retain
             )
         except Exception as exc:  # parse promises not to raise; a bug must not stop the loop
             self._log.exception("parse failed on %s", message.topic)
             return Rejected(message.topic, f"internal error: {exc!r}", message.payload, received_at)
+        if isinstance(parsed, Crash) and message.dup:
+            parsed = replace(parsed, redelivered=True)
+        return parsed
 
     async def _store_batch(self, batch: Sequence[_Item], parsed: list[Parsed]) -> Plan:
         """Plan ``parsed`` and apply its writes, falling back to one message at a time.

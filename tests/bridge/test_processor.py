@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from bridge.crash import static_map_url
 from bridge.geo import haversine_m
 from bridge.ids import epoch_ms
-from bridge.messages import Outcome, Parsed, Plan, Position, Snap
+from bridge.messages import Crash, Outcome, Parsed, Plan, Position, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted, image_key, store_images
 from bridge.speed import SpeedRules
@@ -755,11 +756,15 @@ async def test_a_delayed_crash_is_broadcast_once_marked_with_its_delay(
     assert record["count_datetime"] == "2024-05-01T08:08:00.000Z"
     assert [p.topic for p in plan.publishes] == [f"aoc/{AID}/alert"]
 
-    # Its redelivery is broadcast again, the same record (never acknowledged,
-    # so never surely fanned out), but not counted; a crash near it is no alert.
-    again = await run(proc, store, [delayed])
+    # Its redelivery (MQTT DUP) is broadcast again, the same record (never
+    # acknowledged, so never surely fanned out), but not counted; sent again by
+    # the device, it is no alert; nor is a crash near it.
+    assert isinstance(delayed, Crash)
+    again = await run(proc, store, [replace(delayed, redelivered=True)])
     assert again.counts == {"duplicate": 1}
     assert [json.loads(e.data) for e in again.emits if e.room == f"CRASH_NOTIFY_{AID}"] == [record]
+    resent = await run(proc, store, [delayed])
+    assert resent.counts == {"duplicate": 1} and resent.emits == []
     near = message_at(now, "crash", crash | {"ts": epoch_ms(delayed_at + timedelta(seconds=10))})
     repeat = await run(proc, store, [near])
     assert repeat.counts == {"crash_repeat": 1} and repeat.emits == []

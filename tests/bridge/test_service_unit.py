@@ -103,9 +103,9 @@ class FakeMqtt:
         self.publish_gate: asyncio.Event | None = None
         self.publishing = 0  # publishes waiting at the gate
 
-    def feed(self, topic: str, payload: bytes) -> Message:
+    def feed(self, topic: str, payload: bytes, *, dup: bool = False) -> Message:
         self._mid += 1
-        message = Message(topic, payload, qos=1, retain=False, mid=self._mid, dup=False)
+        message = Message(topic, payload, qos=1, retain=False, mid=self._mid, dup=dup)
         self._inbox.put_nowait(message)
         return message
 
@@ -519,6 +519,26 @@ async def test_a_crash_alert_is_tried_even_while_the_breaker_is_open(tmp_path: P
         await rig.bridge.drain_fan_out()
     # The alert got through, which closed the breaker: point 6 was sent too.
     assert emitter.emitted == [f"CRASH_NOTIFY_{AID}", "crash", AID, "tracking"]
+
+
+async def test_only_a_redelivered_crash_already_stored_is_alerted_again(tmp_path: Path) -> None:
+    """Test that the broker's redelivery (DUP) of a stored crash alerts again, a resend not.
+
+    A bridge that died between storing a crash and its fan-out left it stored
+    and never broadcast; the broker then sends it again with DUP set. The same
+    crash sent again by its device is a repeat, and no alert.
+    """
+    emitter = GatedEmitter()
+    emitter.gate.set()
+    body = json.dumps({"lat": 13.75, "lon": 100.5, "speed": 40, "ts": T0_MS}).encode()
+    async with running(tmp_path, emitter=emitter, batch_size=1) as rig:
+        for n, dup in enumerate((False, False, True)):
+            rig.mqtt.feed(f"aoc/{AID}/crash", body, dup=dup)
+            await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"crash {n} acknowledged")
+            await rig.bridge.drain_fan_out()
+    alert = [f"CRASH_NOTIFY_{AID}", "crash"]
+    assert emitter.emitted == alert + alert  # the first, then the redelivery only
+    assert rig.bridge.counts == {"crash": 1, "duplicate": 2}
 
 
 async def test_stopping_sends_what_is_queued_then_ends(tmp_path: Path) -> None:

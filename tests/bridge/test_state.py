@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -516,8 +517,9 @@ async def test_a_crash_stored_but_never_fanned_out_is_broadcast_on_redelivery(
     """Test that a redelivered broadcast crash is broadcast again, counted as a duplicate.
 
     The bridge died after storing the batch, before its fan-out: the broker
-    redelivers it (it was never acknowledged), and consumers dedupe on the
-    record's ``_id``. A repeat (stored with ``duplicate_of``) is no alert again.
+    redelivers it (it was never acknowledged: MQTT DUP), and consumers dedupe
+    on the record's ``_id``. A repeat (stored with ``duplicate_of``) is no
+    alert again, nor is the same crash sent again by its device.
     """
     first, repeat = crash(1000), crash(5000)
     stored_plan = await processor(store, objects).plan([first, repeat])
@@ -526,7 +528,13 @@ async def test_a_crash_stored_but_never_fanned_out_is_broadcast_on_redelivery(
 
     counting = Reads(store)
     restarted = processor(cast(DocumentStore, counting), objects)
-    again = await restarted.plan([first, repeat, first])
+    # The device sending the same crash again (no MQTT DUP) is a repeat, no alert.
+    resent = await restarted.plan([first])
+    assert resent.counts == {"duplicate": 1}
+    assert resent.emits == [] and resent.publishes == []
+    assert CRASHES not in counting.reads
+    redelivered = [replace(item, redelivered=True) for item in (first, repeat, first)]
+    again = await restarted.plan(redelivered)
     assert again.counts == {"duplicate": 3}
     assert again.emits == stored_plan.emits
     assert again.publishes == stored_plan.publishes
