@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReplaceOne, UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     BulkWriteError,
@@ -217,22 +218,21 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
                     # conditional upsert, a duplicate key means the filter (this
                     # _id at that version) matched nothing while the _id exists:
                     # another version is stored.
-                    errors = (exc.details or {}).get("writeErrors", [])
+                    details = exc.details or {}
+                    errors = details.get("writeErrors", [])
                     failed = run[errors[0]["index"]] if errors else None
                     if (
                         failed is not None
                         and failed.expect is not None
                         and errors[0].get("code") == _DUPLICATE_KEY
                     ):
-                        raise Conflict([failed.doc["_id"]]) from exc
+                        created = _undo_created(db[name], run, details.get("upserted", []))
+                        raise Conflict([*created, failed.doc["_id"]]) from exc
                     raise
-                if run[0].expect is None:
-                    continue
-                created = [run[i] for i in result.upserted_ids or {} if not _expects_new(run[i])]
-                for write in created:  # expected at a version above 0: it was deleted
-                    db[name].delete_one({"_id": write.doc["_id"], "version": write.doc["version"]})
-                if created:
-                    raise Conflict([write.doc["_id"] for write in created])
+                if run[0].expect is not None:
+                    upserted = [{"index": i} for i in result.upserted_ids or {}]
+                    if created := _undo_created(db[name], run, upserted):
+                        raise Conflict(created)
 
         if runs:
             await self._run(write_all)
@@ -316,6 +316,20 @@ def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:
     # as a duplicate key, which stops an ordered bulk (see ``apply``).
     version: Any = {"$in": [0, None]} if _expects_new(write) else write.expect
     return ReplaceOne({"_id": doc_id, "version": version}, dict(write.doc), upsert=True)
+
+
+def _undo_created(
+    collection: Collection[MongoDoc], run: Sequence[Write], upserted: Sequence[MongoDoc]
+) -> list[str]:
+    """Remove what conditional upserts created though they expected a version above 0.
+
+    Their document was deleted meanwhile: a conflict, as on SQLite. The ids removed.
+    """
+    created = [run[entry["index"]] for entry in upserted]
+    created = [write for write in created if write.expect is not None and not _expects_new(write)]
+    for write in created:
+        collection.delete_one({"_id": write.doc["_id"], "version": write.doc["version"]})
+    return [write.doc["_id"] for write in created]
 
 
 def _expects_new(write: Write) -> bool:

@@ -423,6 +423,10 @@ async def test_a_conditional_write_creates_only_what_it_expects_new(
     assert await doc_store.get(TRACKINGS, "332:0002") is None
     await doc_store.apply([cond(state("332", 1), expect=0)])  # version 0: created
     assert await doc_store.get(AMBULANCES, "332") == state("332", 1)
+    # Followed by a stale write: still not created (MongoDB: its bulk failed after it).
+    with pytest.raises(Conflict):
+        await doc_store.apply([cond(state("9", 4), expect=3), cond(state("332", 2), expect=0)])
+    assert await doc_store.get(AMBULANCES, "9") is None
 
 
 @pytest.mark.parametrize(
