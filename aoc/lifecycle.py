@@ -397,9 +397,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio)
         parts = Parts(stop)
+        # Stopped in reverse: HTTP finishes the legacy requests (they publish on
+        # the bridge's connection), then the bridge finishes its batch and sends
+        # its fan-out (alerts first) to dashboards still connected to Socket.IO.
+        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings)))
-        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         log.info(
             "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
             settings.bind_host,

@@ -422,6 +422,42 @@ def parts_metrics(text: str) -> dict[tuple[str, str], float]:
     }
 
 
+async def test_serve_stops_http_then_the_bridge_while_socketio_still_serves(
+    mosquitto: services.Service,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Test the stop order of `aoc serve`: when the bridge is asked to stop, the HTTP
+    server has finished (its legacy requests publish on the bridge's connection) and
+    Socket.IO still serves (the bridge's last fan-out, alerts first, goes there)."""
+    seen: dict[str, bool] = {}
+    settings = serve_settings(tmp_path, mqtt_port=mosquitto.port, redis_url=redis_url)
+
+    class WatchedBridge(Bridge):
+        def stop(self) -> None:
+            seen["http open"] = services.port_is_open(settings.http_port)
+            seen["socketio open"] = services.port_is_open(settings.socketio_port)
+            super().stop()
+
+    monkeypatch.setattr(lifecycle, "Bridge", WatchedBridge)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    try:
+        ready = f"http://127.0.0.1:{settings.http_port}/readyz"
+
+        async def is_ready() -> bool:
+            answer = await get(ready)
+            return answer is not None and answer.status_code == 200
+
+        await until(is_ready, "aoc serve to be ready")
+    finally:
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await serving
+    assert seen == {"http open": False, "socketio open": True}
+
+
 async def test_serve_keeps_serving_while_its_bridge_restarts(
     mosquitto: services.Service,
     redis_url: str,

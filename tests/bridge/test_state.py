@@ -132,6 +132,7 @@ async def one_processor(store: DocumentStore, objects: LocalObjectStore) -> dict
     for batch in stream():
         plan = await proc.plan(batch)
         await store.apply(plan.writes)
+        proc.applied(plan)  # planning the next batch from memory, as a bridge does
     return await everything(store)
 
 
