@@ -110,6 +110,16 @@ class Settings(BaseSettings):
     dead_letter_burst: int = Field(default=200, gt=0)
     dead_letter_prune_seconds: float = Field(default=60.0, gt=0)
 
+    # Per-ambulance rate limit at each bridge (``bridge.ratelimit``): tracking
+    # and snapshots over device_rate messages a second (bursts of device_burst)
+    # are dead-lettered; crashes and statuses never are. A device sends about
+    # one point a second, so 20/s only cuts a device that is broken or hostile;
+    # the burst, ten minutes of 1 Hz points, lets a device replay its offline
+    # buffer after a dead zone (or the broker a bridge outage's backlog) whole.
+    # 0: no limit.
+    device_rate: float = Field(default=20.0, ge=0)
+    device_burst: int = Field(default=600, gt=0)
+
     # Bridge batching: a batch is written (and then acknowledged) when it holds
     # this many messages or when the oldest has waited this long.
     batch_size: int = Field(default=200, gt=0)

@@ -43,6 +43,7 @@ from api.deps import Publisher, ReadyCheck
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
+from bridge.ratelimit import DeviceLimiter
 from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
@@ -187,6 +188,11 @@ def _bridge(
             max_count=settings.dead_letter_max_count,
             max_age=timedelta(days=settings.dead_letter_max_age_days),
             prune_every=settings.dead_letter_prune_seconds,
+        ),
+        device_limit=(
+            DeviceLimiter(rate=settings.device_rate, burst=settings.device_burst)
+            if settings.device_rate
+            else None
         ),
         batch_size=settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,

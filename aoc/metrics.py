@@ -55,6 +55,14 @@ MESSAGES_DEAD_LETTERED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+# Cut by the bridge's per-ambulance rate limit (``bridge.ratelimit``); also
+# counted as dead letters. Crash and status are never limited: always 0.
+MESSAGES_RATE_LIMITED = Counter(
+    "aoc_messages_rate_limited",
+    "Device messages dead-lettered because their ambulance was over AOC_DEVICE_RATE",
+    ["kind"],
+    registry=REGISTRY,
+)
 MESSAGES_DUPLICATE = Counter(
     "aoc_messages_duplicate",
     "Redelivered or repeated device messages that were already stored",
@@ -165,6 +173,7 @@ for _kind in KINDS:
         MESSAGES_RECEIVED,
         MESSAGES_STORED,
         MESSAGES_DEAD_LETTERED,
+        MESSAGES_RATE_LIMITED,
         MESSAGES_DUPLICATE,
     ):
         _counter.labels(_kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -172,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "batch_size", None):
         env["AOC_BATCH_SIZE"] = str(args.batch_size)
     command = getattr(args, "process", "serve")
+    if args.command == "throughput" and "AOC_DEVICE_BURST" not in os.environ:
+        # Its devices send as fast as the broker acknowledges: far over any
+        # device's rate (AOC_DEVICE_RATE). It measures the pipeline, so the
+        # burst holds every message of every run (export it to bench the limit).
+        env["AOC_DEVICE_BURST"] = str(max(args.messages * args.runs, 1))
     if args.command == "limits":
         if args.aoc_pythonpath:
             env["PYTHONPATH"] = args.aoc_pythonpath
@@ -185,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  batch size {env.get('AOC_BATCH_SIZE', 'default')}  files {running.workdir}",
             flush=True,
         )
+        if "AOC_DEVICE_BURST" in env:
+            print(f"  per-ambulance burst raised to {env['AOC_DEVICE_BURST']}", flush=True)
         return _run(args, running)
 
 

@@ -62,6 +62,7 @@ from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
 from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
+from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
 from bridge.state import cache_view
 from bridge.validate import Limits, parse
@@ -196,6 +197,7 @@ class Bridge:
         cache: StateCache | None = None,
         emitter: Emitter | None = None,
         dead_letters: DeadLetters | None = None,
+        device_limit: DeviceLimiter | None = None,
         batch_size: int = 200,
         batch_wait: float = 0.02,
         batch_max_bytes: int = 1024 * 1024,
@@ -209,6 +211,9 @@ class Bridge:
         logger: logging.Logger | None = None,
     ) -> None:
         """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``).
+
+        ``device_limit``: the per-ambulance rate limit (``bridge.ratelimit``),
+        checked as each message is received; None: no limit.
 
         Fan-out (``bridge.fanout``), per channel: ``fan_out_queue`` plans wait
         at most, and crash alerts besides (never dropped, sent first); each
@@ -231,6 +236,7 @@ class Bridge:
         self._cache = cache
         self._emitter = emitter
         self._dead_letters = dead_letters or DeadLetters(store=store)
+        self._device_limit = device_limit
         self._batch_size = batch_size
         self._batch_wait = batch_wait
         self._batch_max_bytes = batch_max_bytes
@@ -326,6 +332,7 @@ class Bridge:
         # timeout without ever cancelling the client's message iterator.
         async for message in client.messages():
             item = _Item(message, client, datetime.now(UTC), held=len(message.payload))
+            self._limit(item)
             if _is_snap(message.topic):
                 item.budget = self._snap_budget
                 await item.budget.take(item.held)
@@ -338,6 +345,18 @@ class Bridge:
                 await self._queue.put(item)
             self._observe_depth()
 
+    def _limit(self, item: _Item) -> None:
+        """Dead-letter a message over its ambulance's rate, before any parsing or decoding.
+
+        It still goes down its lane, to be acknowledged in its batch's turn.
+        """
+        if self._device_limit is None:
+            return
+        reason = self._device_limit.check(item.message.topic)
+        if reason is not None:
+            message = item.message
+            item.parsed = Rejected(message.topic, reason, message.payload, item.received_at)
+
     def _observe_depth(self) -> None:
         metrics.QUEUE_DEPTH.set(self._queue.qsize() + self._snaps.qsize())
 
@@ -345,6 +364,9 @@ class Bridge:
         """Parse a snapshot and store its images, then hand it to the main lane."""
         while True:
             item = await self._snaps.get()
+            if item.parsed is not None:  # over its rate: nothing to decode or upload
+                await self._queue.put(item)
+                continue
             try:
                 parsed = await self._decode(item, decoders)
                 if isinstance(parsed, Decoded):
