@@ -10,6 +10,7 @@ for conditions, with deadlines, and hold slow parts on gates they open.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
@@ -28,18 +29,22 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from aoc import metrics
+from aoc.metrics import KINDS
 from bridge.fanout import Breaker, Channel
 from bridge.geo import haversine_m
 from bridge.ids import dead_letter_id, tracking_id
 from bridge.messages import Plan, Position, Publish, Tracking
 from bridge.processor import Processor
+from bridge.ratelimit import DeviceLimiter
 from bridge.service import Bridge
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
 from broker.client import Message
 from storage.base import (
     AMBULANCES,
+    CRASHES,
     DEAD_LETTERS,
+    IMAGE_HISTORIES,
     TRACKINGS,
     Document,
     Page,
@@ -51,6 +56,7 @@ from storage.cache import StateCache
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
+from tests.images import png
 
 T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
 LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
@@ -119,7 +125,12 @@ class FakeMqtt:
         self.acked.append(message)
 
     async def publish(
-        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
         timeout: float = 10.0,
     ) -> None:
         if self.publish_gate is not None:
@@ -465,7 +476,9 @@ async def test_a_full_fan_out_queue_drops_its_oldest_and_the_cache_heals(
         after = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
         # One state, two emissions (the ambulance's room and `tracking`), one publish.
         assert {name: after[name] - before[name] for name in after} == {
-            "cache": 1, "socketio": 2, "mqtt": 1
+            "cache": 1,
+            "socketio": 2,
+            "mqtt": 1,
         }
         assert rig.bridge._cache_stale.is_set()
 
@@ -662,9 +675,7 @@ async def test_a_full_fan_out_queue_never_drops_a_crash_alert(
         assert f"aoc/{AID}/alert" in rig.publisher.published
 
 
-def gated_channel(
-    sent: list[str], gates: dict[str, asyncio.Event], *, drain: float
-) -> Channel:
+def gated_channel(sent: list[str], gates: dict[str, asyncio.Event], *, drain: float) -> Channel:
     """An MQTT-like channel whose sends of a topic wait for its gate, if it has one."""
 
     async def send(plan: Plan) -> None:
@@ -675,8 +686,13 @@ def gated_channel(
 
     breaker = Breaker("mqtt", threshold=5, cooldown=15.0)
     return Channel(
-        "mqtt", send, sends=lambda plan: len(plan.publishes), depth=5, timeout=60.0,
-        breaker=breaker, drain_timeout=drain,
+        "mqtt",
+        send,
+        sends=lambda plan: len(plan.publishes),
+        depth=5,
+        timeout=60.0,
+        breaker=breaker,
+        drain_timeout=drain,
     )
 
 
@@ -708,9 +724,7 @@ async def test_crash_alerts_are_sent_before_older_tracking_and_first_on_stop(
     channel.put(publishing("aoc/D/alert"))
     gates["aoc/A/state"].set()
     await channel.drain()
-    assert sent == [
-        "aoc/A/state", "aoc/C/alert", "aoc/D/alert", "aoc/B/state", "aoc/C/state"
-    ]
+    assert sent == ["aoc/A/state", "aoc/C/alert", "aoc/D/alert", "aoc/B/state", "aoc/C/state"]
     channel.close()
     await asyncio.wait_for(task, 10)
 
@@ -829,3 +843,69 @@ async def test_the_cache_heal_reads_the_store_only_once_redis_answers(tmp_path: 
     finally:
         await cache.close()
         server.stop()
+
+
+async def test_a_flooding_ambulance_loses_its_excess_and_no_one_else_anything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that the rate limit cuts one ambulance's flood, in batches shared with others.
+
+    FLOOD sends a snapshot and 30 points at once, over a frozen clock (fake:
+    no token comes back), with two crashes and a status in the middle; CALM
+    sends 10 points in between, all within the same burst. FLOOD keeps its
+    burst (the snapshot and its first 9 points), the rest of its points and a second snapshot become
+    dead letters naming the limit; each crash and the status are stored, and
+    every message is acknowledged.
+    """
+    limiter = DeviceLimiter(rate=1.0, burst=10, clock=lambda: 0.0)
+    before = {kind: metrics.MESSAGES_RATE_LIMITED.labels(kind)._value.get() for kind in KINDS}
+    crash = {"lat": 13.75, "lon": 100.5, "speed": 40}
+    image = base64.b64encode(png()).decode()
+    snaps = [
+        json.dumps({"images": [{"name": "a.png", "data": image}], "ts": T0_MS + n}).encode()
+        for n in range(2)
+    ]
+    with caplog.at_level(logging.WARNING, logger="bridge.ratelimit"):
+        async with running(tmp_path, device_limit=limiter) as rig:
+            sent = [rig.mqtt.feed("aoc/FLOOD/snap", snaps[0])]
+            for n in range(30):
+                sent.append(rig.feed(n, aid="FLOOD"))
+                if n % 3 == 0:
+                    sent.append(rig.feed(n, aid="CALM"))
+                if n in (10, 20):
+                    # Minutes apart: the second is a new alert, not a repeat.
+                    body = json.dumps(crash | {"ts": T0_MS + n * 12_000}).encode()
+                    sent.append(rig.mqtt.feed("aoc/FLOOD/crash", body))
+                if n == 15:
+                    sent.append(rig.mqtt.feed("aoc/FLOOD/status", b"online"))
+            sent.append(rig.mqtt.feed("aoc/FLOOD/snap", snaps[1]))
+            await until(lambda: len(rig.mqtt.acked) == len(sent), "every message acknowledged")
+            await rig.bridge.drain_fan_out()
+            points = await stored(rig.store, TRACKINGS)
+            dead = await stored(rig.store, DEAD_LETTERS)
+            crashes = await stored(rig.store, CRASHES)
+            images = await stored(rig.store, IMAGE_HISTORIES)
+            states = {doc["_id"]: doc for doc in await stored(rig.store, AMBULANCES)}
+            alerts = [topic for topic in rig.publisher.published if topic.endswith("/alert")]
+    assert sorted(m.mid for m in rig.mqtt.acked) == sorted(m.mid for m in sent)
+    flood = [m for m in sent if m.topic == "aoc/FLOOD/tracking"]
+    kept = {p["_id"] for p in points if p["ambulance_id"] == "FLOOD"}
+    assert len(kept) == 9 and kept <= set().union(*map(record_ids, flood[:9])), kept
+    assert sum(p["ambulance_id"] == "CALM" for p in points) == 10
+    assert len(images) == 1
+    assert len(crashes) == 2 and alerts == ["aoc/FLOOD/alert"] * 2
+    assert states["FLOOD"]["online"] is True
+    reason = "rate: ambulance FLOOD over 1 msg/s (burst 10)"
+    assert sorted(d["topic"] for d in dead if d["reason"] == reason) == (
+        ["aoc/FLOOD/snap"] + ["aoc/FLOOD/tracking"] * 21
+    )
+    assert len(dead) == 22
+    after = {kind: metrics.MESSAGES_RATE_LIMITED.labels(kind)._value.get() for kind in KINDS}
+    assert {kind: after[kind] - before[kind] for kind in KINDS} == {
+        "tracking": 21,
+        "snap": 1,
+        "crash": 0,
+        "status": 0,
+    }
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.ratelimit"]
+    assert len(lines) == 1 and "ambulances dead-lettered (FLOOD last)" in lines[0], lines
