@@ -33,6 +33,11 @@ points and crash alerts:
      topics, each sent by a task of its own (``bridge.fanout``), so that a
      hanging destination never holds the next batch.
 
+As it is received, a tracking point or snapshot over its ambulance's rate
+(``bridge.ratelimit``) becomes a dead letter there and then: it goes down its
+lane without being parsed, decoded or uploaded, and is acknowledged with its
+batch. Crash alerts and statuses are never limited.
+
 Every message is thus acknowledged only once durably stored, snapshots
 included (their image bytes before their records); acknowledgements may go out
 of receipt order, which Mosquitto accepts. Fan-out is best effort by design:
