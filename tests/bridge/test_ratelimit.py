@@ -1,13 +1,25 @@
-"""Tests of the per-ambulance rate limit (``bridge.ratelimit``), on a fake clock."""
+"""Tests of the per-ambulance rate limit (``bridge.ratelimit``).
+
+On a fake clock, and once end to end: real Mosquitto, Redis and `aoc bridge`
+configured through its settings.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import uuid
+from pathlib import Path
 
+import aiomqtt
+import httpx
 import pytest
 
 from aoc import metrics
 from bridge.ratelimit import DeviceLimiter
+from tests import services
+from tests.test_metrics import Samples, value, wait_metrics
 
 
 class FakeClock:
@@ -128,3 +140,51 @@ def test_bad_settings_are_refused() -> None:
     for rate, burst in ((0.0, 10), (10.0, 0)):
         with pytest.raises(ValueError, match="rate > 0"):
             DeviceLimiter(rate=rate, burst=burst)
+
+
+@pytest.mark.e2e
+async def test_aoc_bridge_cuts_a_flood_by_its_settings(
+    tmp_path: Path, mosquitto: services.Service, redis_server: services.Service
+) -> None:
+    """Test that `aoc bridge` applies AOC_DEVICE_RATE/BURST to a real device's flood.
+
+    The flooding device sends 20 points as fast as the broker acknowledges them
+    and two crash alerts; another sends 10 points. At 0.01 msg/s no token comes
+    back during the test: each keeps a burst of 10, and nothing else is cut.
+    """
+    tag = uuid.uuid4().hex[:8]
+    flood, calm = f"FLOOD-{tag}", f"CALM-{tag}"
+    env = {"AOC_DEVICE_RATE": "0.01", "AOC_DEVICE_BURST": "10", "AOC_BATCH_WAIT_MS": "50"}
+    service = services.aoc(
+        "bridge", tmp_path / "bridge", mqtt_port=mosquitto.port, redis_port=redis_server.port,
+        env=env,
+    )  # fmt: skip
+    now_ms = int(time.time() * 1000) - 600_000
+    with service:
+        port = service.env["AOC_BRIDGE_HTTP_PORT"]
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+            aiomqtt.Client("127.0.0.1", mosquitto.port) as device,
+        ):
+            for n in range(20):
+                body = {"lat": 13.75, "lon": 100.5, "speed": 40, "ts": now_ms + n, "seq": n}
+                await device.publish(f"aoc/{flood}/tracking", json.dumps(body), qos=1)
+                if n < 10:
+                    await device.publish(f"aoc/{calm}/tracking", json.dumps(body), qos=1)
+                if n in (5, 15):  # minutes apart: two alerts, not a repeat
+                    crash = {"lat": 13.75, "lon": 100.5, "speed": 90, "ts": now_ms + n * 20_000}
+                    await device.publish(f"aoc/{flood}/crash", json.dumps(crash), qos=1)
+
+            def settled(samples: Samples) -> bool:
+                received = value(samples, "aoc_messages_received_total", kind="tracking")
+                crashes = value(samples, "aoc_messages_received_total", kind="crash")
+                return received == 30 and crashes == 2
+
+            samples = await wait_metrics(http, settled)
+    assert value(samples, "aoc_messages_rate_limited_total", kind="tracking") == 10
+    assert value(samples, "aoc_messages_dead_lettered_total", kind="tracking") == 10
+    assert value(samples, "aoc_messages_stored_total", kind="tracking") == 20  # 10 + 10
+    assert value(samples, "aoc_messages_stored_total", kind="crash") == 2
+    assert value(samples, "aoc_messages_rate_limited_total", kind="crash") == 0
+    lines = [line for line in service.log_path.read_text().splitlines() if "rate limit:" in line]
+    assert len(lines) == 1 and f"({flood} last)" in lines[0], lines
