@@ -125,12 +125,7 @@ class FakeMqtt:
         self.acked.append(message)
 
     async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 1,
-        retain: bool = False,
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
         timeout: float = 10.0,
     ) -> None:
         if self.publish_gate is not None:
@@ -476,9 +471,7 @@ async def test_a_full_fan_out_queue_drops_its_oldest_and_the_cache_heals(
         after = {name: dropped(name, "queue_full") for name in ("cache", "socketio", "mqtt")}
         # One state, two emissions (the ambulance's room and `tracking`), one publish.
         assert {name: after[name] - before[name] for name in after} == {
-            "cache": 1,
-            "socketio": 2,
-            "mqtt": 1,
+            "cache": 1, "socketio": 2, "mqtt": 1
         }
         assert rig.bridge._cache_stale.is_set()
 
@@ -675,7 +668,9 @@ async def test_a_full_fan_out_queue_never_drops_a_crash_alert(
         assert f"aoc/{AID}/alert" in rig.publisher.published
 
 
-def gated_channel(sent: list[str], gates: dict[str, asyncio.Event], *, drain: float) -> Channel:
+def gated_channel(
+    sent: list[str], gates: dict[str, asyncio.Event], *, drain: float
+) -> Channel:
     """An MQTT-like channel whose sends of a topic wait for its gate, if it has one."""
 
     async def send(plan: Plan) -> None:
@@ -686,13 +681,8 @@ def gated_channel(sent: list[str], gates: dict[str, asyncio.Event], *, drain: fl
 
     breaker = Breaker("mqtt", threshold=5, cooldown=15.0)
     return Channel(
-        "mqtt",
-        send,
-        sends=lambda plan: len(plan.publishes),
-        depth=5,
-        timeout=60.0,
-        breaker=breaker,
-        drain_timeout=drain,
+        "mqtt", send, sends=lambda plan: len(plan.publishes), depth=5, timeout=60.0,
+        breaker=breaker, drain_timeout=drain,
     )
 
 
@@ -724,7 +714,9 @@ async def test_crash_alerts_are_sent_before_older_tracking_and_first_on_stop(
     channel.put(publishing("aoc/D/alert"))
     gates["aoc/A/state"].set()
     await channel.drain()
-    assert sent == ["aoc/A/state", "aoc/C/alert", "aoc/D/alert", "aoc/B/state", "aoc/C/state"]
+    assert sent == [
+        "aoc/A/state", "aoc/C/alert", "aoc/D/alert", "aoc/B/state", "aoc/C/state"
+    ]
     channel.close()
     await asyncio.wait_for(task, 10)
 
@@ -844,7 +836,6 @@ async def test_the_cache_heal_reads_the_store_only_once_redis_answers(tmp_path: 
         await cache.close()
         server.stop()
 
-
 async def test_a_flooding_ambulance_loses_its_excess_and_no_one_else_anything(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -853,9 +844,9 @@ async def test_a_flooding_ambulance_loses_its_excess_and_no_one_else_anything(
     FLOOD sends a snapshot and 30 points at once, over a frozen clock (fake:
     no token comes back), with two crashes and a status in the middle; CALM
     sends 10 points in between, all within the same burst. FLOOD keeps its
-    burst (the snapshot and its first 9 points), the rest of its points and a second snapshot become
-    dead letters naming the limit; each crash and the status are stored, and
-    every message is acknowledged.
+    burst (the snapshot and its first 9 points); the rest of its points and a
+    second snapshot become dead letters naming the limit; each crash and the
+    status are stored, and every message is acknowledged.
     """
     limiter = DeviceLimiter(rate=1.0, burst=10, clock=lambda: 0.0)
     before = {kind: metrics.MESSAGES_RATE_LIMITED.labels(kind)._value.get() for kind in KINDS}
