@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # buffer after a dead zone (or the broker a bridge outage's backlog) whole.
     # 0: no limit.
     device_rate: float = Field(default=20.0, ge=0)
-    device_burst: int = Field(default=600, gt=0)
+    device_burst: int = Field(default=3600, gt=0)
 
     # Bridge batching: a batch is written (and then acknowledged) when it holds
     # this many messages or when the oldest has waited this long.

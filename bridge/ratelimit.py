@@ -25,8 +25,11 @@ The bucket measures arrival at this bridge, not the device's sending: a
 device replaying its offline buffer after a dead zone, or the backlog the
 broker replays after the bridge itself was down, arrives as one burst. The
 burst must therefore hold the longest such backlog to be kept whole (the
-default ``AOC_DEVICE_BURST`` is ten minutes of 1 Hz points); the bucket also
-refills while the backlog drains. Several bridges (a shared subscription)
+default ``AOC_DEVICE_BURST`` is an hour of 1 Hz points); the bucket also
+refills while the backlog drains. An hour, not minutes: what is cut from a
+real backlog is lost as data (its dead letters are best effort), while a
+flooder's first few thousand messages cost the system little; the limit is
+for sustained floods. Several bridges (a shared subscription)
 each limit what they receive: an ambulance's messages spread over ``n``
 bridges may reach ``n`` times the rate in all. The limit is only as strong as
 the ids are: without broker ACLs a client can publish under many ids.
