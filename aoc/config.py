@@ -144,8 +144,12 @@ class Settings(BaseSettings):
 
     @property
     def cors_origin_list(self) -> list[str]:
-        """``cors_origins`` split at commas, blanks dropped."""
-        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+        """``cors_origins`` split at commas, blanks dropped.
+
+        A trailing slash is dropped too: a browser's ``Origin`` has none.
+        """
+        origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
+        return [origin for origin in origins if origin]
 
     @property
     def resolved_store_url(self) -> str:
