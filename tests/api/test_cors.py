@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ import socketio
 
 from aoc.config import Settings
 from api import ApiDeps, create_app, create_realtime_app, create_sio
+from tests import services
 from tests.api.test_limits import serving
 
 DASHBOARD = "https://dashboard.example.org"
@@ -124,3 +126,31 @@ async def test_socketio_admits_its_own_origin_only_by_default(transport: str) ->
         assert await socketio_connects(port, f"http://127.0.0.1:{port}", transport)
         assert not await socketio_connects(port, DASHBOARD, transport)
         assert await socketio_connects(port, None, transport)
+
+
+@pytest.mark.parametrize("command", ["serve", "realtime"])
+async def test_the_processes_apply_the_setting(
+    command: str,
+    tmp_path: Path,
+    mosquitto: services.Service,
+    redis_server: services.Service,
+) -> None:
+    """Test `aoc serve` and `aoc realtime` run with AOC_CORS_ORIGINS: it reaches both servers."""
+    process = services.aoc(
+        command,
+        tmp_path,
+        mqtt_port=mosquitto.port,
+        redis_port=redis_server.port,
+        env={"AOC_CORS_ORIGINS": DASHBOARD},
+    )
+    with process:
+        socketio_port = int(process.env["AOC_SOCKETIO_PORT"])
+        assert await socketio_connects(socketio_port, DASHBOARD, "websocket")
+        assert not await socketio_connects(socketio_port, OTHER, "websocket")
+        if command == "serve":
+            url = f"http://127.0.0.1:{process.port}/healthz"
+            async with httpx.AsyncClient(timeout=10) as client:
+                allowed = await client.get(url, headers={"Origin": DASHBOARD})
+                assert allowed.headers[ALLOW_ORIGIN] == DASHBOARD
+                refused = await client.get(url, headers={"Origin": OTHER})
+                assert ALLOW_ORIGIN not in refused.headers
