@@ -26,6 +26,13 @@ class Settings(BaseSettings):
 
     # Network: bind to loopback by default; operators opt in to exposure.
     bind_host: str = "127.0.0.1"
+    # Where the Mosquitto of `aoc up` listens (MQTT and WebSocket); unset:
+    # bind_host. Devices may need the broker on the network while the HTTP and
+    # Socket.IO ports stay behind a reverse proxy on loopback.
+    mqtt_bind_host: str | None = None
+    # Browser origins (scheme://host[:port]) allowed to call the HTTP API and
+    # Socket.IO, comma-separated; empty: same origin only; "*": any.
+    cors_origins: str = ""
     http_port: int = 5000
     socketio_port: int = 5050
     # `aoc bridge` alone serves /healthz, /readyz and /metrics here.
@@ -139,6 +146,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @property
+    def resolved_mqtt_bind_host(self) -> str:
+        """The address Mosquitto's listeners bind, defaulting to ``bind_host``."""
+        return self.mqtt_bind_host or self.bind_host
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``cors_origins`` split at commas, blanks dropped.
+
+        A trailing slash is dropped too: a browser's ``Origin`` has none.
+        """
+        origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
+        return [origin for origin in origins if origin]
 
     @property
     def resolved_store_url(self) -> str:

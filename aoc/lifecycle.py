@@ -396,7 +396,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop = stop or _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        sio = create_sio()
+        sio = create_sio(cors_origins=settings.cors_origin_list)
         wiring = await _wire_bridge(
             settings, stack, publisher_id=f"aoc-api-{os.getpid()}", emitter=sio
         )
@@ -482,7 +482,10 @@ async def run_realtime(settings: Settings) -> None:
     """A Socket.IO server alone, fed by bridges through Redis."""
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
-    sio = create_sio(client_manager=socketio.AsyncRedisManager(settings.redis_url))
+    sio = create_sio(
+        cors_origins=settings.cors_origin_list,
+        client_manager=socketio.AsyncRedisManager(settings.redis_url),
+    )
     realtime = create_realtime_app(sio)
     parts = Parts(stop)
     parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))

@@ -88,6 +88,7 @@ async def plan(settings: Settings) -> list[Child]:
             data / "mosquitto" / "mosquitto.conf",
             mqtt_port=settings.mqtt_port,
             ws_port=settings.mqtt_ws_port,
+            bind_host=settings.resolved_mqtt_bind_host,
             data_dir=data / "mosquitto" / "data",
             # The largest packet a device may send follows the snapshot limits.
             max_packet_size=broker_conf.packet_bound(

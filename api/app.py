@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from api.deps import ApiDeps
@@ -32,6 +33,17 @@ def create_app(deps: ApiDeps) -> FastAPI:
         exception_handlers={StoreUnavailable: _store_unavailable},
     )
     app.state.deps = deps
+    origins = deps.settings.cors_origin_list
+    if origins:
+        # Without the middleware no response carries access-control-allow-origin,
+        # so a browser on another origin cannot read it (same origin only).
+        # Clients that send no Origin (devices, scripts) are not concerned.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.include_router(legacy.router)
     app.include_router(read.router)
     app.include_router(read.files_router)

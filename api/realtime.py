@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import socketio
@@ -44,14 +45,37 @@ def room_name(value: object) -> str | None:
     return room
 
 
+def allowed_origins(origins: Sequence[str]) -> str | list[str] | None:
+    """Engine.IO's ``cors_allowed_origins`` for the configured ``origins``.
+
+    None (no origins configured) admits the server's own origin only, "*" any,
+    a list those listed; a connection with another ``Origin`` header is refused
+    (400). One without the header (devices, scripts) is always admitted. Never
+    ``[]``: to Engine.IO that turns the check off and admits every origin.
+    """
+    if not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return list(origins)
+
+
 def create_sio(
     *,
+    cors_origins: Sequence[str] = (),
     client_manager: socketio.AsyncManager | None = None,
     logger: logging.Logger | None = None,
 ) -> socketio.AsyncServer:
-    """A Socket.IO server with the legacy ``room_join``/``room_leave`` events."""
+    """A Socket.IO server with the legacy ``room_join``/``room_leave`` events.
+
+    Browsers from ``cors_origins`` (``Settings.cors_origin_list``) may connect,
+    besides the server's own origin: see ``allowed_origins``.
+    """
     sio_log = logger or log
-    options: dict[str, Any] = {"async_mode": "asgi", "cors_allowed_origins": "*"}
+    options: dict[str, Any] = {
+        "async_mode": "asgi",
+        "cors_allowed_origins": allowed_origins(cors_origins),
+    }
     if client_manager is not None:
         options["client_manager"] = client_manager
     sio = socketio.AsyncServer(**options)

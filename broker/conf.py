@@ -1,13 +1,14 @@
 """Render a runnable copy of the project's ``mosquitto.conf``.
 
-Mosquitto reads no environment variables, so the ports and paths that differ
-between a developer's machine, a test and a container are substituted into a
-copy of the checked-in file; nothing else in it changes.
+Mosquitto reads no environment variables, so the ports, bind address and paths
+that differ between a developer's machine, a test and a container are
+substituted into a copy of the checked-in file; nothing else in it changes.
 """
 
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import re
 from pathlib import Path
 
@@ -23,16 +24,41 @@ def packet_bound(max_payload: int) -> int:
     return max_payload + PACKET_OVERHEAD
 
 
+def _listener_address(bind_host: str) -> str:
+    """What follows the port on a ``listener`` line so that it binds ``bind_host`` only.
+
+    Mosquitto 2.0's WebSocket listener (libwebsockets) ignores an IPv4 address
+    and listens on every interface unless the listener is also limited to IPv4;
+    it cannot bind a host name at all.
+    """
+    try:
+        address = ipaddress.ip_address(bind_host)
+    except ValueError:
+        raise ValueError(
+            f"Mosquitto's WebSocket listener needs an IP address to bind, not {bind_host!r}: "
+            "set AOC_MQTT_BIND_HOST (or AOC_BIND_HOST) to one"
+        ) from None
+    if address.version == 4:
+        return f"{bind_host}\nsocket_domain ipv4"
+    return bind_host
+
+
 def render(
     *,
     mqtt_port: int,
     ws_port: int,
+    bind_host: str,
     data_dir: Path,
     source: Path = PROJECT_CONF,
     extra: str = "",
     max_packet_size: int | None = None,
 ) -> str:
-    """The text of ``source`` with listener ports, persistence path and user replaced.
+    """The text of ``source`` with listeners, persistence path and user replaced.
+
+    Both listeners (MQTT and WebSocket) take their port and listen on
+    ``bind_host`` only. The checked-in file names no address, which makes
+    Mosquitto listen on every interface: right inside a container, not on a
+    developer's machine.
 
     ``max_packet_size``, when given, replaces the file's (``packet_bound`` of
     the largest payload the settings accept: a maximum-size JSON snapshot).
@@ -43,11 +69,12 @@ def render(
     """
     text = source.read_text()
     ports = iter((mqtt_port, ws_port))
+    bind = _listener_address(bind_host)
 
     def listener(match: re.Match[str]) -> str:
-        return f"listener {next(ports)}"
+        return f"listener {next(ports)} {bind}"
 
-    text = re.sub(r"^listener \d+", listener, text, count=2, flags=re.MULTILINE)
+    text = re.sub(r"^listener \d+.*$", listener, text, count=2, flags=re.MULTILINE)
     location = f"persistence_location {data_dir.resolve()}/"
     text = re.sub(r"^persistence_location .*$", location, text, flags=re.MULTILINE)
     if max_packet_size is not None:
@@ -64,6 +91,7 @@ def write(
     *,
     mqtt_port: int,
     ws_port: int,
+    bind_host: str,
     data_dir: Path,
     extra: str = "",
     max_packet_size: int | None = None,
@@ -73,6 +101,7 @@ def write(
     text = render(
         mqtt_port=mqtt_port,
         ws_port=ws_port,
+        bind_host=bind_host,
         data_dir=data_dir,
         extra=extra,
         max_packet_size=max_packet_size,

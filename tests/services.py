@@ -174,6 +174,7 @@ def mosquitto(
         workdir / "mosquitto.conf",
         mqtt_port=port,
         ws_port=ws_port,
+        bind_host="127.0.0.1",
         data_dir=workdir / "data",
         extra=extra,
         max_packet_size=max_packet_size,
