@@ -249,3 +249,13 @@ def test_good_file_reads_still_work(served: Served) -> None:
     assert response.status_code == 200
     assert response.content == TINY_JPEG
     assert json.loads(served.request("GET", "/healthz").text) == {"status": "ok"}
+
+
+def test_an_invalid_file_key_is_a_documented_400(served: Served) -> None:
+    # Regression (schemathesis, ST103): /files answered 400 for an invalid key,
+    # a status its OpenAPI description did not list.
+    response = served.request("GET", "/files/a%1Fb.jpg")
+    assert response.status_code == 400
+    assert "control character" in response.json()["detail"]
+    described = served.app.openapi()["paths"]["/files/{key}"]["get"]["responses"]
+    assert "400" in described
