@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -227,10 +228,14 @@ def hostile_topics(kind: str) -> st.SearchStrategy[str]:
     )
 
 
+# A longer hunt: AOC_HOSTILE_SCALE=20 runs twenty times the examples (the suite's are few).
+SCALE = int(os.environ.get("AOC_HOSTILE_SCALE", "1"))
+
+
 def bounded(examples: int) -> settings:
     """Hypothesis settings of this folder: few examples, no deadline (shared slow machines)."""
     return settings(
-        max_examples=examples,
+        max_examples=examples * SCALE,
         deadline=None,
         suppress_health_check=[
             HealthCheck.too_slow,

@@ -12,7 +12,7 @@ import itertools
 import json
 import uuid
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from hypothesis import assume, example, given
@@ -53,6 +53,13 @@ def assert_clear(response: httpx.Response) -> None:
     """A hostile request's answer: success, or a 4xx whose JSON says why."""
     assert response.status_code < 500, (response.status_code, response.text)
     if response.status_code == 200:
+        return
+    if response.status_code == 307:
+        # FastAPI's redirect of a path with an extra slash ("ambulances/" for an empty
+        # id, or "ambulances/%2F"): to this server's own path without it.
+        location = httpx.URL(response.headers["location"])
+        assert location.host == "testserver"
+        assert unquote(response.request.url.path).startswith(unquote(location.path).rstrip("/"))
         return
     assert response.status_code in CLEAR, (response.status_code, response.text)
     detail = response.json()["detail"]
@@ -161,8 +168,10 @@ def test_hostile_uploads_write_nothing_and_good_ones_go_through(
     if response.status_code == 200:
         # Accepted: only a valid id, with 1..max files that are images within the limit.
         assert valid_ambulance_id(fields.get("ambulance_id"))
-        assert 1 <= len(files) <= 3
-        assert all(len(content) <= MAX_IMAGE_BYTES for _, (_, content, _) in files)
+        # A part without a file name is a text field to the form parser, not a file.
+        images = [content for field, (name, content, _) in files if field == "files" and name]
+        assert 1 <= len(images) <= 3
+        assert all(len(content) <= MAX_IMAGE_BYTES for content in images)
     marker = f"m{next(_markers)}"
     good = served.request(
         "POST", UPLOAD, data={"ambulance_id": GOOD, "note": marker},
@@ -218,8 +227,9 @@ def test_hostile_reads_are_refused_clearly_and_good_ones_answered(
 
 @bounded(40)
 @given(
-    key=st.sampled_from([*HOSTILE_FILE_NAMES, *HOSTILE_IDS, "../secret.jpg", "../../secret.jpg",
-                         "/secret.jpg", "objects/../../secret.jpg", "%2e%2e/secret.jpg"])
+    key=st.sampled_from([*HOSTILE_FILE_NAMES, *filter(_encodable, HOSTILE_IDS), "../secret.jpg",
+                         "../../secret.jpg", "/secret.jpg", "objects/../../secret.jpg",
+                         "%2e%2e/secret.jpg"])
     | st.text(min_size=1, max_size=40).filter(_encodable),
     safe=st.sampled_from(["", "/"]),
 )
