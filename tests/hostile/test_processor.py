@@ -10,6 +10,7 @@ raised, and nothing was written outside the data directory.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -149,6 +150,7 @@ def test_hostile_messages_are_dead_lettered_and_good_ones_stored(
     watch = Watch(data_dir, test_dir=tmp_path, base_dir=tmp_path_factory.getbasetemp())
     asyncio.run(_run(data_dir, batch))
     assert watch.escaped() == []
+    shutil.rmtree(root)  # keeps the watched tree small over many examples
 
 
 @pytest.mark.parametrize(
@@ -176,6 +178,7 @@ def test_hostile_image_names_write_no_file(
     batch = [(f"aoc/{GOOD}/snap", encode(body)), *good_messages(1)]
     asyncio.run(_run(data_dir, batch))
     assert watch.escaped() == []
+    shutil.rmtree(root)
 
 
 def test_the_watch_sees_a_file_written_outside_the_data_directory(
