@@ -69,9 +69,10 @@ def good_messages(count: int) -> list[Message]:
 def _deliverable(topic: str) -> bool:
     """Whether a broker could deliver ``topic``: MQTT topics are UTF-8 without NUL.
 
-    Mosquitto refuses any other topic, so the bridge never sees one (a lone
-    surrogate in a topic would fail the dead letter's SQLite write: see the report
-    of issue 9, it is not reachable).
+    Mosquitto refuses any other topic, so the bridge never sees one. (A topic
+    holding a lone surrogate would make its dead letter's SQLite write raise
+    UnicodeEncodeError: bridge.processor.dead_letter_doc stores the topic as it
+    is. Not reachable through a broker, so not tested here.)
     """
     try:
         topic.encode("utf-8")
