@@ -290,7 +290,11 @@ async def list_dead_letters(
 @files_router.get(
     "/files/{key:path}",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, 404: {}},
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        400: {"description": "Not a valid object key (e.g. a path climbing out with ..)"},
+        404: {"description": "No object under this key"},
+    },
 )
 async def get_file(key: str, deps: Deps) -> Response:
     """The bytes of a stored object (images), with the content type of its extension."""
