@@ -12,13 +12,20 @@ from __future__ import annotations
 import base64
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from bridge.contract import AMBULANCE_ID
+from bridge.contract import AMBULANCE_ID, DEVICE_KINDS
+from bridge.validate import Limits
 from tests.images import TINY_JPEG, png
+
+# What every hostile test parses with: a receipt time and small bounds.
+RECEIVED = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+LIMITS = Limits(max_image_bytes=4096, max_upload_files=3)
+KINDS = tuple(str(kind) for kind in DEVICE_KINDS)
 
 # An absolute path outside every test directory: a hostile name aims at it, and
 # the tests check that it never appears.

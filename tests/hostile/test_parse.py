@@ -15,13 +15,16 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.contract import DEVICE_KINDS, valid_ambulance_id
+from bridge.contract import valid_ambulance_id
 from bridge.jsjson import dumps
 from bridge.messages import Crash, Parsed, Rejected, Snap, Status, Tracking
 from bridge.snapshots import sniff
-from bridge.validate import Limits, parse
+from bridge.validate import parse
 from tests.hostile.strategies import (
     GOOD_ID,
+    KINDS,
+    LIMITS,
+    RECEIVED,
     bounded,
     encode,
     hostile_topics,
@@ -31,9 +34,6 @@ from tests.hostile.strategies import (
 )
 from tests.images import TINY_JPEG
 
-RECEIVED = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-LIMITS = Limits(max_image_bytes=4096, max_upload_files=3)
-KINDS = [str(kind) for kind in DEVICE_KINDS]
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 

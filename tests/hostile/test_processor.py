@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,15 @@ from bridge.messages import Outcome, Parsed, Rejected
 from bridge.processor import Processor
 from bridge.snapshots import sniff
 from bridge.speed import SpeedRules
-from bridge.validate import Limits, parse
+from bridge.validate import parse
 from storage.base import AMBULANCES, CRASHES, DEAD_LETTERS, IMAGES, TRACKINGS, Query
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 from tests.hostile.strategies import (
     HOSTILE_IDS,
+    KINDS,
+    LIMITS,
+    RECEIVED,
     bounded,
     encode,
     hostile_topics,
@@ -38,9 +41,6 @@ from tests.hostile.strategies import (
 from tests.hostile.tree import Watch
 from tests.images import TINY_JPEG
 
-RECEIVED = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-LIMITS = Limits(max_image_bytes=4096, max_upload_files=3)
-KINDS = ("tracking", "crash", "snap", "status")
 GOOD = "hostile-ok"
 
 Message = tuple[str, bytes]
