@@ -84,8 +84,7 @@ async def test_aoc_up_runs_a_broker_that_listens_only_on_its_bind_address(tmp_pa
     missing listener can refuse the connection).
     """
     others = other_local_addresses()
-    if not others:
-        pytest.skip("this machine has no local IPv4 address besides 127.0.0.1 to connect to")
+    assert others, "no local IPv4 address besides 127.0.0.1 (Linux always has 127.0.0.2)"
     port, ws_port = services.free_port(), services.free_port()
     settings = Settings(
         bind_host="127.0.0.1", mqtt_port=port, mqtt_ws_port=ws_port, data_dir=tmp_path / "data"

@@ -62,7 +62,7 @@ def assert_clear(parsed: Parsed, topic: str) -> None:
                 assert -180 <= parsed.destination.lon <= 180
         assert all(math.isfinite(n) for n in numbers if n is not None)
     if isinstance(parsed, Snap):
-        assert 1 <= len(parsed.images) <= LIMITS.max_upload_files
+        assert len(parsed.images) in range(1, LIMITS.max_upload_files + 1)
         for image in parsed.images:
             assert len(image.data) <= LIMITS.max_image_bytes
             assert sniff(image.data) == (image.ext, image.content_type)
