@@ -42,8 +42,35 @@ class Settings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
+    # The bridge's broker account (``broker.accounts``); unset: anonymous.
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
+    # The legacy shim's account: the only one allowed to publish legacy bodies.
+    shim_mqtt_username: str | None = None
+    shim_mqtt_password: SecretStr | None = None
+    # The broker's account manager (Mosquitto's dynamic security plugin), used
+    # by `aoc device`, `aoc dashboard` and `aoc up`'s first start.
+    mqtt_admin_username: str = "admin"
+    mqtt_admin_password: SecretStr | None = None
+    # `aoc up`'s own broker: accounts and ACLs on (false: anonymous, for
+    # throwaway experiments only; refused in production).
+    broker_auth: bool = True
+    # Generated credentials of `aoc up` (mode 0600); empty: data_dir/credentials.json.
+    credentials_file: Path | None = None
+    # Broker connections over TLS: MQTT on mqtt_tls_port, WebSocket (wss) on
+    # mqtt_wss_port, with this certificate and key (`aoc tls init` makes a
+    # development pair). Clients verify the server against mqtt_ca_file.
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    mqtt_tls_port: int = 8883
+    mqtt_wss_port: int = 9443
+    # Host names (comma-separated) the `aoc tls init` certificate also names,
+    # besides localhost, 127.0.0.1 and ::1.
+    tls_hostnames: str = ""
+    # Broker limits: connections at once (-1: none).
+    mqtt_max_connections: int = Field(default=20000, ge=-1)
     mqtt_client_id: str = "aoc-bridge"
     mqtt_keepalive: int = 30
     # Received messages held in memory before the bridge stops reading its
@@ -141,6 +168,25 @@ class Settings(BaseSettings):
     snap_workers: int = Field(default=2, gt=0)
     snap_buffer_bytes: int = Field(default=160 * 1024 * 1024, gt=0)
 
+    # --- Security -----------------------------------------------------------
+    # "production" refuses to start with a default or empty secret.
+    env: Literal["development", "production"] = "development"
+    # Signs image URLs (HMAC); empty: generated once into data_dir/secret_key
+    # (development only).
+    secret_key: SecretStr | None = None
+    # How long a signed image URL handed to a dashboard stays valid.
+    image_url_ttl_seconds: int = Field(default=3600, gt=0)
+    # Legacy mode: the legacy HTTP endpoints and Socket.IO without a token,
+    # for clients in legacy_networks (comma-separated CIDRs) only.
+    legacy_mode: bool = False
+    legacy_networks: str = "127.0.0.1/32,::1/128"
+    # /metrics: this bearer token; unset: clients in metrics_networks only.
+    metrics_token: SecretStr | None = None
+    metrics_networks: str = "127.0.0.1/32,::1/128"
+    # Who `aoc device|dashboard|token` records as the actor in the audit log
+    # (empty: the operating-system user).
+    operator: str = ""
+
     # Set by `aoc up` for the processes it restarts; exported as a metric.
     restart_count: int = Field(default=0, ge=0)
 
@@ -160,6 +206,11 @@ class Settings(BaseSettings):
         """
         origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
         return [origin for origin in origins if origin]
+
+    @property
+    def resolved_credentials_file(self) -> Path:
+        """Where `aoc up` keeps generated credentials, defaulting to one under ``data_dir``."""
+        return (self.credentials_file or self.data_dir / "credentials.json").resolve()
 
     @property
     def resolved_store_url(self) -> str:

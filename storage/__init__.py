@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from storage.base import (
     AMBULANCES,
+    API_TOKENS,
+    AUDIT,
     COLLECTIONS,
     CRASHES,
     DEAD_LETTERS,
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AMBULANCES",
+    "API_TOKENS",
+    "AUDIT",
     "COLLECTIONS",
     "CRASHES",
     "DEAD_LETTERS",

@@ -33,6 +33,10 @@ IMAGE_HISTORIES = "ambulance_image_histories"
 CRASHES = "ambulance_crashes"
 AMBULANCES = "ambulances"
 DEAD_LETTERS = "dead_letters"
+# Who changed which account or token, when (``aoc.audit``).
+AUDIT = "audit"
+# HTTP and Socket.IO tokens, by the hash of the secret (never the secret).
+API_TOKENS = "api_tokens"
 
 # The time field each collection is indexed and range-queried on.
 TIME_FIELDS: Mapping[str, str] = {
@@ -43,6 +47,8 @@ TIME_FIELDS: Mapping[str, str] = {
     CRASHES: "count_datetime",
     AMBULANCES: "last_seen",
     DEAD_LETTERS: "received_at",
+    AUDIT: "at",
+    API_TOKENS: "created_at",
 }
 COLLECTIONS: tuple[str, ...] = tuple(TIME_FIELDS)
 SCAN_PAGE = 1000  # documents per read of a whole-collection scan
