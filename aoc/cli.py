@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs
+from aoc import logs, tls
 from aoc.config import Settings
 from aoc.parts import StopFailed
 
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
     sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     sim.add_argument("--prefix", default="SIM", help="ambulance id prefix")
+    tls.add_parser(commands)
     return parser
 
 
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     logs.configure(level=settings.log_level, fmt=settings.log_format, process=args.command)
+    # `aoc tls init` makes what a safe configuration needs: it is never refused.
+    if args.command == "tls":
+        return tls.command(args, settings)
     try:
         asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
@@ -65,6 +69,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             crash_probability=args.crash_probability,
             seed=args.seed,
             id_prefix=args.prefix,
+            tls=tls.client_context(settings),
         )
         print(stats, file=sys.stderr)
         return

@@ -34,7 +34,7 @@ from typing import Any
 import socketio
 from fastapi import FastAPI
 
-from aoc import logs, metrics
+from aoc import logs, metrics, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
@@ -119,6 +119,7 @@ def _mqtt(
         keepalive=settings.mqtt_keepalive,
         queue_size=settings.mqtt_queue_size,
         queue_bytes=settings.mqtt_queue_bytes,
+        tls=tls.client_context(settings),
     )
 
 

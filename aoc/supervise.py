@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from aoc import tls
 from aoc.config import Settings
 from aoc.parts import Backoff
 from bridge.validate import Limits
@@ -94,6 +95,8 @@ async def plan(settings: Settings) -> list[Child]:
             max_packet_size=broker_conf.packet_bound(
                 Limits.from_settings(settings).max_snap_json_bytes
             ),
+            max_connections=settings.mqtt_max_connections,
+            extra=tls.broker_listeners(settings),  # MQTT and wss over TLS, with a certificate
         )
         children.append(
             Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port)

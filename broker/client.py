@@ -15,6 +15,9 @@ Every paho callback therefore runs on the event loop thread. paho's connect
 would block the loop (``socket.create_connection``), so asyncio opens the TCP
 connection under ``asyncio.timeout`` and hands it to paho. Over WebSocket, paho
 still does the short HTTP upgrade synchronously (bounded by ``connect_timeout``).
+With ``tls`` (an ``ssl.SSLContext``, ``aoc.tls.client_context``) the TLS
+handshake runs on the event loop too, before paho gets the socket; the context
+decides verification (the system's one verifies the certificate and the host name).
 
 Semantics the callers rely on:
 
@@ -50,8 +53,9 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -105,6 +109,29 @@ class _Paho(paho.Client):
         # each recv() allocated (and released) a 70 MB buffer on the event loop.
         return super()._sock_recv(min(bufsize, _RECV_CHUNK))
 
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        # The socket handed over is TLS already, its handshake done without blocking.
+        if not isinstance(tcp_sock, ssl.SSLSocket):
+            raise ConnectionError("TLS is on but the socket handed to paho is not a TLS socket")
+        return tcp_sock
+
+
+async def _ready(
+    watch: Callable[..., object], unwatch: Callable[[ssl.SSLSocket], object], sock: ssl.SSLSocket
+) -> None:
+    """Wait until ``sock`` is readable (``loop.add_reader``) or writable (``add_writer``)."""
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    watch(sock, wake)
+    try:
+        await ready
+    finally:
+        unwatch(sock)
+
 
 def _backoff(attempt: int, low: float, high: float) -> float:
     """Seconds to wait before reconnect ``attempt`` (1, 2, ...): capped, equal jitter."""
@@ -136,6 +163,7 @@ class MqttClient:
         transport: Literal["tcp", "websockets"] = "tcp",
         logger: logging.Logger | None = None,
         connect_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
@@ -156,6 +184,7 @@ class MqttClient:
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._connect_timeout = connect_timeout
+        self._tls = tls
         self._log = logger or logging.getLogger(__name__)
 
         self._paho = self._make_paho(
@@ -207,6 +236,9 @@ class MqttClient:
         if will is not None:
             topic, payload, qos, retain = will
             client.will_set(topic, payload, qos, retain)
+        if self._tls is not None:
+            # paho then speaks wss:// over WebSocket; the handshake is ours (_start_tls).
+            client.tls_set_context(self._tls)
         client.max_inflight_messages_set(_MAX_INFLIGHT)
         client.connect_timeout = self._connect_timeout  # bounds paho's WebSocket upgrade
         client.on_socket_open = self._on_socket_open
@@ -407,8 +439,31 @@ class MqttClient:
             # PUBACKs are tiny and latency-bound; Nagle would hold them back.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
+            return sock if self._tls is None else await self._start_tls(sock, self._tls)
         raise error
+
+    async def _start_tls(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """The TLS handshake on ``sock``, waiting for readiness on the event loop.
+
+        A certificate that fails verification raises ``ssl.SSLCertVerificationError``
+        (an ``OSError``): the attempt fails like a refused connection, with the reason.
+        """
+        loop = self._require_loop()
+        tls_sock = context.wrap_socket(
+            sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            while True:
+                try:
+                    tls_sock.do_handshake()
+                    return tls_sock
+                except ssl.SSLWantReadError:
+                    await _ready(loop.add_reader, loop.remove_reader, tls_sock)
+                except ssl.SSLWantWriteError:
+                    await _ready(loop.add_writer, loop.remove_writer, tls_sock)
+        except BaseException:
+            tls_sock.close()
+            raise
 
     async def _tick(self) -> None:
         """paho's keepalive bookkeeping (PINGREQ, dead-broker detection)."""
@@ -522,6 +577,18 @@ class MqttClient:
             # Backpressure: leave the bytes in the socket, the broker stops sending.
             self._require_loop().remove_reader(self._sock)
             self._paused = True
+        elif self._buffered():
+            self._require_loop().call_soon(self._on_readable)
+
+    def _buffered(self) -> bool:
+        """Whether TLS holds decrypted bytes that the socket's readiness no longer signals.
+
+        A TLS record can carry several packets; once the kernel's buffer is
+        drained, ``add_reader`` stays silent about the rest (paho's own loop
+        checks ``pending()`` for the same reason).
+        """
+        pending = getattr(self._sock, "pending", None)
+        return pending is not None and pending() > 0
 
     def _on_writable(self) -> None:
         try:
@@ -539,6 +606,8 @@ class MqttClient:
         if self._paused and self._sock is not None and not self._queue_full():
             self._paused = False
             self._require_loop().add_reader(self._sock, self._on_readable)
+            if self._buffered():
+                self._require_loop().call_soon(self._on_readable)
 
     # --- MQTT callbacks ------------------------------------------------------
 

@@ -52,6 +52,7 @@ def render(
     source: Path = PROJECT_CONF,
     extra: str = "",
     max_packet_size: int | None = None,
+    max_connections: int | None = None,
 ) -> str:
     """The text of ``source`` with listeners, persistence path and user replaced.
 
@@ -62,6 +63,7 @@ def render(
 
     ``max_packet_size``, when given, replaces the file's (``packet_bound`` of
     the largest payload the settings accept: a maximum-size JSON snapshot).
+    ``max_connections``, when given, replaces each listener's.
 
     ``data_dir`` receives Mosquitto's persistence file. The broker runs as the
     current user, so it can read and write the files that user prepared
@@ -82,6 +84,9 @@ def render(
         text, found = re.subn(r"^max_packet_size .*$", bound, text, flags=re.MULTILINE)
         if not found:
             text += f"\n{bound}\n"
+    if max_connections is not None:
+        limit = f"max_connections {max_connections}"
+        text = re.sub(r"^max_connections .*$", limit, text, flags=re.MULTILINE)
     text += f"\n# Added by broker.conf.render\nuser {getpass.getuser()}\n{extra}\n"
     return text
 
@@ -95,6 +100,7 @@ def write(
     data_dir: Path,
     extra: str = "",
     max_packet_size: int | None = None,
+    max_connections: int | None = None,
 ) -> Path:
     """Render the configuration into ``path`` and create ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +111,33 @@ def write(
         data_dir=data_dir,
         extra=extra,
         max_packet_size=max_packet_size,
+        max_connections=max_connections,
     )
     path.write_text(text)
     return path
+
+
+def tls_listeners(
+    *,
+    tls_port: int,
+    wss_port: int,
+    bind_host: str,
+    certfile: Path,
+    keyfile: Path,
+    max_connections: int,
+) -> str:
+    """MQTT-over-TLS and WebSocket-over-TLS listeners, text for ``render``'s ``extra``.
+
+    They bind like the plain listeners (``socket_domain ipv4`` included: the
+    WebSocket quirk holds over TLS too). With ``per_listener_settings false``
+    (the project's file) authentication stays global, so these listeners take
+    the same accounts; certfile and keyfile are per listener. The broker's
+    user must be able to read both files.
+    """
+    bind = _listener_address(bind_host)
+    blocks = [
+        f"listener {port} {bind}\nprotocol {protocol}\ncertfile {certfile}\nkeyfile {keyfile}\n"
+        f"max_connections {max_connections}"
+        for port, protocol in ((tls_port, "mqtt"), (wss_port, "websockets"))
+    ]
+    return "# TLS listeners (aoc.tls)\n" + "\n".join(blocks) + "\n"

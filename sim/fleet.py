@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import random
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -215,6 +216,7 @@ class _Link:
         username: str | None,
         password: str | None,
         identifier: str,
+        tls: ssl.SSLContext | None,
     ) -> None:
         self.fleet = fleet
         self.ambulances = ambulances
@@ -223,6 +225,7 @@ class _Link:
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.identifier = identifier
+        self.tls = tls
         # A device's Last Will can name one topic only, so only a dedicated connection has one.
         single = ambulances[0] if len(ambulances) == 1 else None
         self.will = (
@@ -267,6 +270,7 @@ class _Link:
             clean_session=True,
             keepalive=30,
             timeout=_CONNECT_TIMEOUT,  # bounds the CONNACK and the DISCONNECT waits
+            tls_context=self.tls,
         )
 
     async def _connect(self) -> None:
@@ -418,6 +422,7 @@ async def simulate(
     stream: TextIO = sys.stderr,
     force_progress: bool = False,
     max_connections: int = 100,
+    tls: ssl.SSLContext | None = None,
 ) -> SimStats:
     """Run a fleet of ``ambulances`` publishing to ``host:port`` for ``duration`` seconds.
 
@@ -427,7 +432,8 @@ async def simulate(
     turns snapshots off. A progress line goes to ``stream`` when ``progress``
     is set and ``stream`` is a terminal (or ``force_progress``). Raises
     ``ValueError`` for impossible arguments; connection failures are retried
-    and counted in ``SimStats.errors``.
+    and counted in ``SimStats.errors``. ``tls`` (``aoc.tls.client_context``)
+    puts every connection on TLS, verified by that context.
     """
     _validate(
         ambulances=ambulances,
@@ -475,6 +481,7 @@ async def simulate(
                 username=username,
                 password=password,
                 identifier=f"{id_prefix}-sim-{run_id}-{k}",
+                tls=tls,
             ).run(),
             name=f"sim-link-{k}",
         )

@@ -1,7 +1,9 @@
 // An MQTT client driven over stdin, for the compatibility tests: a dashboard on
 // MQTT over WebSocket, or a device on plain MQTT, with the npm `mqtt` package.
 //
-//   node mqtt_client.mjs --url ws://127.0.0.1:9001 [--id device-332]
+//   node mqtt_client.mjs --url ws://127.0.0.1:9001 [--id device-332] [--ca ca.crt]
+//
+// --ca: trust only this CA for wss:// and mqtts:// (the host name is verified).
 //
 // Commands on stdin, one JSON object per line:
 //   {"cmd": "subscribe", "topics": ["aoc/+/state"]}   prints {"event": "subscribed", "granted": [...]}
@@ -9,17 +11,23 @@
 //        QoS 1; prints {"event": "published", "id": 1} once the broker acknowledged it
 //   {"cmd": "close"}
 // Every message received prints {"event": "message", "topic", "payload", "retain"}.
+import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import mqtt from "mqtt";
 
 const { values } = parseArgs({
-  options: { url: { type: "string" }, id: { type: "string", default: "" } },
+  options: {
+    url: { type: "string" },
+    id: { type: "string", default: "" },
+    ca: { type: "string", default: "" },
+  },
 });
 const print = (event) => process.stdout.write(JSON.stringify(event) + "\n");
 
 const options = { reconnectPeriod: 0 };
 if (values.id) options.clientId = values.id;
+if (values.ca) options.ca = readFileSync(values.ca);
 const client = mqtt.connect(values.url, options);
 client.on("connect", () => print({ event: "connect" }));
 client.on("error", (err) => print({ event: "error", message: err.message }));
