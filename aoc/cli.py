@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs, tls
+from aoc import logs, safety, tls
 from aoc.config import Settings
 from aoc.parts import StopFailed
 
@@ -41,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `aoc tls init` makes what a safe configuration needs: it is never refused.
     if args.command == "tls":
         return tls.command(args, settings)
+    try:
+        safety.check(settings, args.command)
+    except safety.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         asyncio.run(_run(args, settings))
     except KeyboardInterrupt:

@@ -1,0 +1,174 @@
+"""Production mode: refuse to start with a default or empty secret.
+
+``problems`` is a pure function of the settings and the command being run; the
+entry point (``aoc.cli``) calls ``check`` before it runs anything but `aoc tls
+init`. In production (``AOC_ENV=production``) every problem is one line on
+stderr naming its variable, and the process exits with 2; in development one
+quiet log line names the variables instead, so a laptop's defaults keep working.
+
+What counts as a default: an empty value, or a placeholder that the project
+documents (``changeme`` in ``.env.example``, the passwordless URLs of
+``docker-compose.yml``, MinIO's built-in ``minioadmin``). A URL of a server
+that needs a password (MongoDB, Redis, S3) must carry one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import SecretStr
+
+from aoc import tls
+from aoc.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Values the project's examples and images ship with: never a real secret.
+PLACEHOLDERS = frozenset({"changeme", "minioadmin"})
+
+# Commands that connect to the broker with the bridge's account (the API's
+# shim publishes with it too; the simulator with its devices' default account).
+BROKER_CLIENTS = frozenset({"serve", "bridge", "api", "simulate"})
+# Commands that manage broker accounts as the admin: `aoc up` at first start.
+BROKER_ADMINS = frozenset({"up", "device", "dashboard"})
+# Commands that touch only the broker: the rest of the settings is not theirs.
+BROKER_ONLY = frozenset({"simulate"})
+# Commands whose process runs the legacy shim (the legacy HTTP endpoints).
+SHIM = frozenset({"serve", "api"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One setting that production mode refuses: the variable and why."""
+
+    variable: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.variable} {self.why}"
+
+
+class ConfigError(Exception):
+    """The settings do not allow the command to start; one line per problem."""
+
+
+def _secret(value: SecretStr | str | None) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value or ""
+
+
+def _weak(variable: str, value: SecretStr | str | None, what: str) -> Problem | None:
+    text = _secret(value).strip()
+    if not text:
+        return Problem(variable, f"is empty: {what}")
+    if text.lower() in PLACEHOLDERS:
+        return Problem(variable, f"is the documented placeholder {text!r}: {what}")
+    return None
+
+
+def _url_password(url: str) -> str:
+    """The password a server URL carries, in its user info or a ``password`` parameter."""
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    return (parse_qs(parts.query).get("password") or [""])[0]
+
+
+def _url(variable: str, url: str, server: str) -> Problem | None:
+    password = _url_password(url)
+    if not password:
+        return Problem(variable, f"carries no password: give {server} one and put it in the URL")
+    if password.lower() in PLACEHOLDERS:
+        return Problem(variable, f"carries the documented placeholder password {password!r}")
+    return None
+
+
+def _open_networks(networks: str) -> list[str]:
+    """The entries of a comma-separated CIDR list that admit every address."""
+    wide: list[str] = []
+    for entry in (part.strip() for part in networks.split(",")):
+        try:
+            if entry and ipaddress.ip_network(entry, strict=False).prefixlen == 0:
+                wide.append(entry)
+        except ValueError:
+            continue  # the legacy-mode gate reports malformed entries itself
+    return wide
+
+
+def problems(settings: Settings, command: str) -> list[Problem]:
+    """What production mode refuses for ``command`` with ``settings``, in a fixed order.
+
+    Pure: it reads no file and no environment, whatever ``settings.env`` says.
+    """
+    found: list[Problem | None] = []
+    broker_only = command in BROKER_ONLY
+    if not broker_only:
+        found.append(_weak("AOC_SECRET_KEY", settings.secret_key, "it signs image URLs"))
+        if not settings.broker_auth:
+            found.append(Problem("AOC_BROKER_AUTH", "is off: the broker would admit anyone"))
+    if command in BROKER_CLIENTS:
+        account = settings.mqtt_username or "(none)"
+        if not settings.mqtt_username:
+            found.append(Problem("AOC_MQTT_USERNAME", "is empty: the broker account to use"))
+        found.append(
+            _weak("AOC_MQTT_PASSWORD", settings.mqtt_password, f"the password of {account}")
+        )
+    if command in SHIM and settings.legacy_mode:
+        found.append(
+            _weak(
+                "AOC_SHIM_MQTT_PASSWORD",
+                settings.shim_mqtt_password,
+                "legacy mode's shim publishes with its own account",
+            )
+        )
+    if command in BROKER_ADMINS:
+        found.append(
+            _weak(
+                "AOC_MQTT_ADMIN_PASSWORD",
+                settings.mqtt_admin_password,
+                f"the broker's account manager ({settings.mqtt_admin_username})",
+            )
+        )
+    if not broker_only:
+        found += _storage(settings)
+        wide = _open_networks(settings.legacy_networks) if settings.legacy_mode else []
+        if wide:
+            found.append(
+                Problem(
+                    "AOC_LEGACY_NETWORKS",
+                    f"opens legacy mode (no token) to every address ({', '.join(wide)})",
+                )
+            )
+    return [problem for problem in found if problem is not None]
+
+
+def _storage(settings: Settings) -> list[Problem | None]:
+    found: list[Problem | None] = []
+    if settings.store_url.startswith("mongodb"):  # SQLite is a local file: no password
+        found.append(_url("AOC_STORE_URL", settings.store_url, "MongoDB"))
+    if not settings.redis_url.startswith("unix:"):  # a socket file has its permissions
+        found.append(_url("AOC_REDIS_URL", settings.redis_url, "Redis (requirepass)"))
+    if settings.resolved_objects_url.startswith("s3:"):
+        found.append(_weak("AOC_S3_ACCESS_KEY", settings.s3_access_key, "the S3 access key"))
+        found.append(_weak("AOC_S3_SECRET_KEY", settings.s3_secret_key, "the S3 secret key"))
+    return found
+
+
+def check(settings: Settings, command: str) -> None:
+    """Refuse to start (``ConfigError``) or, in development, log what production would refuse.
+
+    TLS settings that cannot work (``aoc.tls.problems``) are refused in any mode.
+    """
+    errors = tls.problems(settings)
+    unsafe = problems(settings, command)
+    if settings.env == "production":
+        errors += [f"{problem} (refused in production mode)" for problem in unsafe]
+    elif unsafe:
+        names = ", ".join(dict.fromkeys(problem.variable for problem in unsafe))
+        log.warning("development mode; production mode would refuse: %s", names)
+    if errors:
+        raise ConfigError("\n".join(errors))
