@@ -295,7 +295,9 @@ def init(
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `aoc tls init` on the ``aoc`` command's subcommands."""
     tls = commands.add_parser("tls", help="TLS certificates for development")
-    actions = tls.add_subparsers(dest="tls_command", required=True)
+    tls.set_defaults(tls_parser=tls)
+    # Not required by argparse, so that `aoc tls` parses (and answers with its usage).
+    actions = tls.add_subparsers(dest="tls_command")
     init_cmd = actions.add_parser(
         "init", help="a local CA and a server certificate for localhost and AOC_TLS_HOSTNAMES"
     )
@@ -310,6 +312,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     """Run `aoc tls init`; the exit code (2: the arguments or files do not allow it)."""
+    if args.tls_command is None:
+        args.tls_parser.print_usage(sys.stderr)
+        print("aoc tls: name a subcommand (init)", file=sys.stderr)
+        return 2
     directory = args.dir or settings.data_dir / "tls"
     try:
         issued = init(
@@ -333,6 +339,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     print("Add to .env (the broker's TLS listeners, and the CA clients trust):")
     for name, value in issued.env.items():
         print(f"{name}={value}")
-    print("For the system's own clients over TLS, also:")
+    # Not for `aoc up` itself: its broker's plain listener is AOC_MQTT_PORT.
+    print("For aoc bridge, api or simulate against a TLS broker (not under `aoc up`), also:")
     print(f"AOC_MQTT_TLS=true\nAOC_MQTT_PORT={settings.mqtt_tls_port}")
     return 0
