@@ -303,7 +303,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     init_cmd.add_argument("--dir", type=Path, default=None, help="default: AOC_DATA_DIR/tls")
     init_cmd.add_argument(
-        "--hostname", action="append", default=[], help="another name of the server (repeatable)"
+        "--hostname", action="extend", nargs="+", default=[], metavar="NAME",
+        help="more names of the server: host names or IP addresses",
     )
     init_cmd.add_argument("--days", type=int, default=SERVER_DAYS, help="server cert validity")
     init_cmd.add_argument("--force", action="store_true", help="replace an existing CA")

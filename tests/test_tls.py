@@ -188,13 +188,14 @@ def alt_names(path: str) -> list[str]:
 def test_tls_init_twice_keeps_the_ca_and_names_every_host(tmp_path: Path) -> None:
     """Test `aoc tls init`: names, 0600 keys, env lines; run again it keeps the CA, --force not."""
     directory = tmp_path / "tls"
-    first = aoc_tls_init(directory, "--json", "--hostname", "tracker.example",
+    first = aoc_tls_init(directory, "--json", "--hostname", "tracker.example", "10.0.0.5",
                          AOC_TLS_HOSTNAMES="broker.example, 192.0.2.10")
     assert first.returncode == 0, first.stderr
     made = json.loads(first.stdout)
     assert made["new_ca"] is True
     assert alt_names(made["cert"]) == [
-        "localhost", "127.0.0.1", "::1", "broker.example", "192.0.2.10", "tracker.example"
+        "localhost", "127.0.0.1", "::1", "broker.example", "192.0.2.10", "tracker.example",
+        "10.0.0.5",
     ]
     for key in (made["ca_key"], made["key"]):
         assert stat.S_IMODE(Path(key).stat().st_mode) == 0o600
