@@ -23,15 +23,15 @@ SAFE: dict[str, Any] = {
     "env": "production",
     "secret_key": "k" * 43,
     "mqtt_username": "aoc-bridge",
-    "mqtt_password": "bridge-secret-1",
+    "mqtt_password": "fake-bridge-1",
     "shim_mqtt_username": "aoc-shim",
-    "shim_mqtt_password": "shim-secret-1",
-    "mqtt_admin_password": "admin-secret-1",
-    "store_url": "mongodb://aoc:mongo-secret-1@mongo:27017",
+    "shim_mqtt_password": "fake-shim-1",
+    "mqtt_admin_password": "fake-admin-1",
+    "store_url": "mongodb://aoc:fake-mongo-1@mongo:27017",
     "redis_url": "redis://:redis-secret-1@redis:6379/0",
     "objects_url": "s3://aoc-images",
     "s3_access_key": "aoc",
-    "s3_secret_key": "s3-secret-1",
+    "s3_secret_key": "fake-s3-1",
 }
 
 
@@ -209,7 +209,7 @@ def test_production_with_every_secret_set_gets_past_the_check(tmp_path: Path) ->
     """Test that a safe production configuration is not refused: `aoc simulate` runs and ends."""
     done = aoc(
         "simulate", "--ambulances", "1", "--duration", "0.5",
-        AOC_ENV="production", AOC_MQTT_USERNAME="SIM001", AOC_MQTT_PASSWORD="device-secret-1",
+        AOC_ENV="production", AOC_MQTT_USERNAME="SIM001", AOC_MQTT_PASSWORD="fake-device-1",
         AOC_MQTT_PORT=str(free_port()), AOC_DATA_DIR=str(tmp_path),
     )
     # It ran (and found no broker on a closed port): not the refusal's exit code 2.

@@ -391,7 +391,8 @@ SECRET_PATTERNS = [
 PLACEHOLDERS = re.compile(r"(?i)^(changeme|change-me|example|placeholder|x+|\*+|<[^>]*>)$")
 CODE = (".py", ".js", ".mjs", ".ts")
 # Tests give their throwaway local servers obviously fake credentials.
-FAKE = re.compile(r"(?i)^(test|dummy[\w-]*|fake[\w-]*|hunter2)$")
+# minioadmin is MinIO's published default, which production mode refuses.
+FAKE = re.compile(r"(?i)^(test|dummy[\w-]*|fake[\w-]*|hunter2|minioadmin)$")
 LEGACY_LIKE = [
     'const MAP_KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv";',
     "mongoose.connect('mongodb://aoc:s3cr3t-pass@10.0.0.5:27017/aoc_v2')",
@@ -401,8 +402,14 @@ LEGACY_LIKE = [
 ]
 
 
-def secrets_in(text: str, *, code: bool = False, test: bool = False) -> list[str]:
-    """The lines of ``text`` that look like a secret given a value (placeholders aside)."""
+def secrets_in(
+    text: str, *, code: bool = False, test: bool = False, python: bool = False
+) -> list[str]:
+    """The lines of ``text`` that look like a secret given a value (placeholders aside).
+
+    In Python (``python``), ``NAME: "value"`` with an unquoted name is a dict
+    keyed by a variable, not a literal key: it is left to the other forms.
+    """
     hits = []
     for pattern, config_only in SECRET_PATTERNS:
         if code and config_only:
@@ -410,6 +417,13 @@ def secrets_in(text: str, *, code: bool = False, test: bool = False) -> list[str
         for match in pattern.finditer(text):
             value = match.group(1)
             if PLACEHOLDERS.match(value) or (test and FAKE.match(value)):
+                continue
+            # A value that spells its own name is a label, not a secret:
+            # API_TOKENS = "api_tokens" names a collection.
+            name = re.match(r"\s*(?:-\s*|ENV\s+)?[\"']?(\w+)", match.group(0))
+            if name is not None and name.group(1).lower() == value.lower():
+                continue
+            if python and re.match(r"\s*\w+\s*:", match.group(0)):
                 continue
             hits.append(match.group(0).strip())
     return hits
@@ -423,6 +437,11 @@ def test_the_secret_scanner_finds_legacy_style_secrets() -> None:
     assert secrets_in("password=settings.mqtt_password", code=True) == []
     assert secrets_in('access_key="test"', test=True) == []
     assert secrets_in('access_key="test"')  # only in tests
+    assert secrets_in('API_TOKENS = "api_tokens"', code=True) == []
+    assert secrets_in('API_TOKEN = "api_tokens_2"', code=True)
+    assert secrets_in('{API_TOKENS: "created_at"}', code=True, python=True) == []
+    assert secrets_in('{"token": "created_at"}', code=True, python=True)
+    assert secrets_in('{token: "s3cr3t-value"}', code=True)  # JavaScript: a literal key
 
 
 def test_no_secrets_in_tracked_files() -> None:
@@ -440,7 +459,12 @@ def test_no_secrets_in_tracked_files() -> None:
             text = path.read_text()
         except UnicodeDecodeError:
             continue  # binary
-        found = secrets_in(text, code=name.endswith(CODE), test=name.startswith("tests/"))
+        found = secrets_in(
+            text,
+            code=name.endswith(CODE),
+            test=name.startswith("tests/"),
+            python=name.endswith(".py"),
+        )
         hits.extend(f"{name}: {hit}" for hit in found)
     assert hits == []
 
