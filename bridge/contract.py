@@ -4,8 +4,11 @@
   becomes a topic level, a storage path, an object key and a room name.
 - **MQTT topics**: ``aoc/<ambulance id>/<kind>``. Devices publish the kinds
   ``tracking``, ``snap``, ``crash`` and ``status``; the bridge publishes
-  ``state`` (retained) and ``alert``. ``docs/mqtt-contract.md`` describes the
-  payloads.
+  ``state`` (retained) and ``alert``. The legacy HTTP shim publishes on
+  behalf of legacy devices under a root of its own,
+  ``legacy/<ambulance id>/<kind>`` (``tracking``, ``snap``, ``crash``): the
+  only messages that may carry a ``legacy`` body (see "The legacy root"
+  below). ``docs/mqtt-contract.md`` describes the payloads.
 - **Socket.IO rooms** (the legacy dashboards' contract, ``docs/legacy.md``):
   an ambulance's own room is its id; the shared rooms are ``tracking``,
   ``snap``, ``crash``, and ``CRASH_NOTIFY_<id>`` holds one ambulance's crash
@@ -17,6 +20,16 @@ delivered to that room as if they were crash alerts or another stream, so
 those names (in any letter case, since an operator reads them as the same
 word) are not valid ambulance ids anywhere: ``ambulance_id_problem`` refuses
 them, and every entry point (MQTT topics, the legacy shim, the read API) asks it.
+
+The legacy root: a legacy body is re-emitted to legacy rooms as it was sent,
+so only the legacy shim may send one. An MQTT subscriber never learns which
+account published a message; what the bridge sees is the topic. So the shim
+publishes under ``legacy/``, a root the broker lets only its account write
+(devices may write only ``aoc/<own id>/...``), and ``bridge.validate`` takes a
+``legacy`` body on ``legacy/...`` topics only. Otherwise a message on
+``legacy/<id>/<kind>`` is what the same message on ``aoc/<id>/<kind>`` is.
+The bridge subscribes to both roots (``bridge_filters``), on persistent
+sessions that renew their subscriptions at every connection.
 """
 
 from __future__ import annotations
@@ -33,18 +46,27 @@ __all__ = [
     "EVENT",
     "JOIN_EVENT",
     "LEAVE_EVENT",
+    "LEGACY_KINDS",
+    "LEGACY_PREFIX",
     "PREFIX",
     "SHARED_ROOMS",
+    "SHARE_PREFIX",
     "SNAP_ROOM",
     "TRACKING_ROOM",
     "Kind",
     "ambulance_id_problem",
     "ambulance_room",
+    "bridge_filters",
+    "consumed_kinds",
     "crash_notify_room",
     "device_kind",
+    "is_legacy_topic",
+    "legacy_subscription",
+    "legacy_topic",
     "parse_topic",
     "reserved_reason",
     "room_kind",
+    "shared_subscription",
     "subscription",
     "topic",
     "topic_ambulance_id",
@@ -77,6 +99,14 @@ def valid_ambulance_id(value: object) -> bool:
 # --- MQTT topics ---------------------------------------------------------------------------
 
 PREFIX = "aoc"
+# The legacy shim's own root. MQTT never tells a subscriber which account
+# published a message: the topic is all the bridge learns of its origin. So
+# the one account allowed to send legacy bodies gets a root that only it may
+# publish to (the broker's ACLs), and a legacy body anywhere else is refused.
+LEGACY_PREFIX = "legacy"
+# MQTT shared subscriptions: ``$share/<group>/<filter>`` delivers each message
+# to one subscriber of the group (several bridges taking turns on the stream).
+SHARE_PREFIX = "$share"
 
 
 class Kind(StrEnum):
@@ -93,6 +123,11 @@ class Kind(StrEnum):
 # What devices publish (and the bridge subscribes to), and what the bridge publishes.
 DEVICE_KINDS = (Kind.TRACKING, Kind.SNAP, Kind.CRASH, Kind.STATUS)
 BRIDGE_KINDS = (Kind.STATE, Kind.ALERT)
+# What the legacy shim publishes under LEGACY_PREFIX: the legacy HTTP
+# endpoints' messages (legacy devices have no status and no Last Will).
+LEGACY_KINDS = (Kind.TRACKING, Kind.SNAP, Kind.CRASH)
+# The roots the bridge consumes, and the kinds each may carry.
+_CONSUMED = {PREFIX: DEVICE_KINDS, LEGACY_PREFIX: LEGACY_KINDS}
 
 
 def topic(ambulance_id: str, kind: Kind) -> str:
@@ -104,24 +139,79 @@ def topic(ambulance_id: str, kind: Kind) -> str:
     return f"{PREFIX}/{ambulance_id}/{kind}"
 
 
+def legacy_topic(ambulance_id: str, kind: Kind) -> str:
+    """The topic the legacy shim publishes one ambulance's ``kind`` on: ``legacy/<id>/<kind>``.
+
+    ``kind`` must be one of ``LEGACY_KINDS`` (``ValueError`` otherwise); the
+    id is not checked, as in ``topic``.
+    """
+    if kind not in LEGACY_KINDS:
+        raise ValueError(f"the legacy shim publishes no {kind} messages")
+    return f"{LEGACY_PREFIX}/{ambulance_id}/{kind}"
+
+
 def subscription(kind: Kind) -> str:
     """The topic filter of ``kind`` messages of every ambulance: ``aoc/+/<kind>``."""
     return f"{PREFIX}/+/{kind}"
 
 
-def parse_topic(value: str) -> tuple[str, Kind] | None:
-    """``(ambulance id, kind)`` of a topic built by ``topic``, or None for any other topic.
+def legacy_subscription(kind: Kind) -> str:
+    """The topic filter of the legacy shim's ``kind`` messages: ``legacy/+/<kind>``."""
+    return f"{LEGACY_PREFIX}/+/{kind}"
 
-    None also for an invalid or reserved id. ``bridge.validate`` gives the
-    reason a device topic is refused.
+
+def bridge_filters(kind: Kind) -> tuple[str, ...]:
+    """The topic filters the bridge consumes ``kind`` messages on.
+
+    The devices' ``aoc/+/<kind>`` and, for the kinds the legacy shim sends,
+    its ``legacy/+/<kind>``: the two roots of one kind go to the same lane.
+    """
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"devices publish no {kind} messages")
+    if kind in LEGACY_KINDS:
+        return subscription(kind), legacy_subscription(kind)
+    return (subscription(kind),)
+
+
+def shared_subscription(group: str, topic_filter: str) -> str:
+    """``topic_filter`` shared by the subscribers of ``group``: ``$share/<group>/<filter>``.
+
+    Each message matching it goes to one member of the group only. The group
+    is a single topic level: no ``/``, ``+`` or ``#``.
+    """
+    if not group or any(char in group for char in "/+#"):
+        raise ValueError(f"a share group is one topic level without wildcards, got {group!r}")
+    return f"{SHARE_PREFIX}/{group}/{topic_filter}"
+
+
+def is_legacy_topic(value: str) -> bool:
+    """Whether ``value`` is under the legacy shim's root (``legacy/...``)."""
+    return value.split("/", 1)[0] == LEGACY_PREFIX
+
+
+def parse_topic(value: str) -> tuple[str, Kind] | None:
+    """``(ambulance id, kind)`` of a topic built by ``topic`` or ``legacy_topic``, else None.
+
+    A legacy topic names the device message it carries (its kind is one of
+    ``LEGACY_KINDS``); ``is_legacy_topic`` tells the roots apart. None also
+    for an invalid or reserved id. ``bridge.validate`` gives the reason a
+    device topic is refused.
     """
     parts = value.split("/")
-    if len(parts) != 3 or parts[0] != PREFIX or not valid_ambulance_id(parts[1]):
+    if len(parts) != 3 or parts[0] not in _CONSUMED or not valid_ambulance_id(parts[1]):
         return None
     try:
-        return parts[1], Kind(parts[2])
+        kind = Kind(parts[2])
     except ValueError:
         return None
+    if parts[0] == LEGACY_PREFIX and kind not in LEGACY_KINDS:
+        return None
+    return parts[1], kind
+
+
+def consumed_kinds(root: str) -> tuple[Kind, ...] | None:
+    """The kinds the bridge takes under topic root ``root``, or None for a root it ignores."""
+    return _CONSUMED.get(root)
 
 
 def device_kind(value: str) -> Kind | None:
@@ -129,19 +219,25 @@ def device_kind(value: str) -> Kind | None:
 
     The broker delivers only topics matching the subscriptions, whose id level
     may still be anything: the validator refuses a bad id later, in the lane
-    and under the kind the topic names.
+    and under the kind the topic names. A legacy topic names the kind it
+    carries, so the shim's snapshots take the snapshot lane too.
     """
     parts = value.split("/")
-    if len(parts) != 3 or parts[0] != PREFIX:
+    kinds = _CONSUMED.get(parts[0])
+    if len(parts) != 3 or kinds is None:
         return None
     kind = parts[2]
-    return Kind(kind) if kind in DEVICE_KINDS else None
+    return Kind(kind) if kind in kinds else None
 
 
 def topic_ambulance_id(value: str) -> str | None:
-    """The valid ambulance id in ``aoc/<id>/...``, else None (for dead-letter records)."""
+    """The valid ambulance id in ``aoc/<id>/...`` or ``legacy/<id>/...``, else None.
+
+    For dead-letter records and rate limits: the legacy shim's messages of an
+    ambulance count as that ambulance's.
+    """
     parts = value.split("/", 2)
-    if len(parts) >= 2 and parts[0] == PREFIX and valid_ambulance_id(parts[1]):
+    if len(parts) >= 2 and parts[0] in _CONSUMED and valid_ambulance_id(parts[1]):
         return parts[1]
     return None
 

@@ -3,11 +3,12 @@
 Two lanes, so that one client's large snapshots never hold back tracking
 points and crash alerts:
 
-- The **snapshot lane** takes ``aoc/+/snap`` messages. Up to ``snap_workers``
-  of them at once are parsed (JSON, base64) and hashed in worker processes
-  (``bridge.decode``: on a thread they would still hold the GIL), and their
-  images stored in object storage (``Processor.upload``); the snapshot
-  then joins the main lane as a light message: keys and id, no image bytes.
+- The **snapshot lane** takes ``aoc/+/snap`` messages (and the legacy shim's
+  ``legacy/+/snap``). Up to ``snap_workers`` of them at once are parsed
+  (JSON, base64) and hashed in worker processes (``bridge.decode``: on a
+  thread they would still hold the GIL), and their images stored in object
+  storage (``Processor.upload``); the snapshot then joins the main lane as a
+  light message: keys and id, no image bytes.
   The raw payloads it holds, from receipt to acknowledgement, are bounded by
   ``snap_buffer_bytes``; past it the lane stops taking messages (backpressure:
   nothing is dropped, the broker keeps the rest).
@@ -61,7 +62,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from aoc import metrics
-from bridge.contract import Kind, device_kind, subscription
+from bridge.contract import Kind, bridge_filters, device_kind
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
@@ -93,13 +94,20 @@ MAX_CONFLICTS = 20
 
 # The main lane's connection, and the snapshot lane's own: Mosquitto sends
 # each connection its messages in order, so on one connection a tracking point
-# waited behind every byte of the snapshots before it.
-MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
-    (subscription(Kind.TRACKING), 1),
-    (subscription(Kind.CRASH), 1),
-    (subscription(Kind.STATUS), 1),
+# waited behind every byte of the snapshots before it. Each kind on both roots,
+# the devices' and the legacy shim's (``bridge.contract``): the shim's
+# snapshots are snapshots too. The client subscribes at every connection, so
+# a persistent session of an older version, subscribed to ``aoc/...`` only,
+# gains the ``legacy/...`` filters at its first reconnection, and keeps what
+# the broker queued for it meanwhile.
+MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = tuple(
+    (topic_filter, 1)
+    for kind in (Kind.TRACKING, Kind.CRASH, Kind.STATUS)
+    for topic_filter in bridge_filters(kind)
 )
-SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = ((subscription(Kind.SNAP), 1),)
+SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = tuple(
+    (topic_filter, 1) for topic_filter in bridge_filters(Kind.SNAP)
+)
 SUBSCRIPTIONS = MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS
 
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bridge.contract import DEVICE_KINDS, PREFIX, Kind, ambulance_id_problem
+from bridge.contract import (
+    LEGACY_PREFIX,
+    PREFIX,
+    Kind,
+    ambulance_id_problem,
+    consumed_kinds,
+    is_legacy_topic,
+)
 from bridge.ids import epoch_ms
 from bridge.messages import Crash, Image, Parsed, Position, Rejected, Snap, Status, Tracking
 from bridge.snapshots import sniff
@@ -98,17 +105,23 @@ class _Invalid(Exception):
 
 
 def valid_topic_parts(topic: str) -> tuple[str, Kind]:
-    """``(ambulance_id, kind)`` of a device topic; ``ValueError`` naming the problem otherwise."""
+    """``(ambulance_id, kind)`` of a device or legacy shim topic; ``ValueError`` naming the problem.
+
+    ``legacy/<id>/<kind>`` (the legacy shim's root) gives the id and kind of
+    the device message it carries.
+    """
     parts = topic.split("/")
-    if len(parts) != 3 or parts[0] != PREFIX:
-        raise ValueError(f"topic: expected {PREFIX}/<ambulance_id>/<kind>, got {_show(topic)}")
+    root = parts[0] if parts[0] == LEGACY_PREFIX else PREFIX
+    kinds = consumed_kinds(parts[0])
+    if len(parts) != 3 or kinds is None:
+        raise ValueError(f"topic: expected {root}/<ambulance_id>/<kind>, got {_show(topic)}")
     _, ambulance_id, kind = parts
     problem = ambulance_id_problem(ambulance_id)
     if problem is not None:
         raise ValueError(f"topic: ambulance id {problem}")
-    if kind not in DEVICE_KINDS:
+    if kind not in kinds:
         raise ValueError(
-            f"topic: unknown message kind {_show(kind)} (expected {', '.join(DEVICE_KINDS)})"
+            f"topic: unknown message kind {_show(kind)} (expected {', '.join(kinds)})"
         )
     return ambulance_id, Kind(kind)
 
@@ -189,19 +202,20 @@ def _parse(
             " device data is never taken from one (only status may be retained)"
         )
     payload = _as_bytes(payload)
+    shim = is_legacy_topic(topic)
     if kind in (Kind.TRACKING, Kind.CRASH):
         body = _json_object(payload, limits.max_record_bytes)
-        return _record(kind, ambulance_id, body, received_at, limits)
+        return _record(kind, ambulance_id, body, received_at, limits, shim=shim)
     if kind == Kind.SNAP:
-        return _snap(ambulance_id, payload, received_at, limits)
+        return _snap(ambulance_id, payload, received_at, limits, shim=shim)
     return _status(ambulance_id, payload, received_at, limits)
 
 
 def _record(
-    kind: str, aid: str, body: dict[str, Any], received_at: datetime, limits: Limits
+    kind: str, aid: str, body: dict[str, Any], received_at: datetime, limits: Limits, *, shim: bool
 ) -> Tracking | Crash:
     _check_body_id(body, aid, "ambulance_id")
-    legacy = _optional_object(body, "legacy")
+    legacy = _legacy_body(body, shim=shim)
     lat = _required(body, "lat", -90.0, 90.0)
     lon = _required(body, "lon", -180.0, 180.0)
     speed = _required(body, "speed", 0.0, 500.0)
@@ -402,6 +416,22 @@ def _check_body_id(body: dict[str, Any], aid: str, name: str) -> None:
         raise _Invalid(f"{name}: {_show(value)} does not match the topic's id {aid!r}")
 
 
+def _legacy_body(body: dict[str, Any], *, shim: bool) -> dict[str, Any] | None:
+    """The message's ``legacy`` body (None when it has none), if its topic may carry one.
+
+    Legacy rooms receive a legacy body as it is, so only the legacy shim may
+    send one: on its own root, which the broker lets no other account write.
+    On a device topic it is refused, whatever it is (a subscriber cannot tell
+    who published a message, only where); a ``null`` one counts as none.
+    """
+    if body.get("legacy") is not None and not shim:
+        raise _Invalid(
+            f"legacy: legacy bodies come only from the legacy shim, on {LEGACY_PREFIX}/<id>/<kind>;"
+            " a device publishes its message without one"
+        )
+    return _optional_object(body, "legacy")
+
+
 def _optional_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     value = body.get(name)
     if value is None or isinstance(value, dict):
@@ -412,7 +442,7 @@ def _optional_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
 # --- snapshots -------------------------------------------------------------------------
 
 
-def _snap(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Snap:
+def _snap(aid: str, payload: bytes, received_at: datetime, limits: Limits, *, shim: bool) -> Snap:
     if not payload:
         raise _Invalid("payload: empty (expected a JPEG or PNG image, or a JSON object)")
     kind = sniff(payload)
@@ -424,7 +454,7 @@ def _snap(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Sn
         raise _Invalid("payload: not a JPEG or PNG image, nor a JSON object")
     body = _json_object(payload, limits.max_snap_json_bytes)
     _check_body_id(body, aid, "ambulance_id")
-    legacy = _optional_object(body, "legacy")
+    legacy = _legacy_body(body, shim=shim)
     if legacy is not None:
         # The `snap` room receives the legacy form fields as they are: they must
         # name this ambulance, or the room gets a snapshot of nobody.

@@ -195,7 +195,7 @@ async def _relay(request: Request, deps: Deps, publisher: Publisher, *, crash: b
     body = await read_body(request)
     received_at, received_ms = _now()
     message = _device_message(body, crash=crash, received_ms=received_ms)
-    topic = contract.topic(message["ambulance_id"], Kind.CRASH if crash else Kind.TRACKING)
+    topic = contract.legacy_topic(message["ambulance_id"], Kind.CRASH if crash else Kind.TRACKING)
     payload = _encode(message)
     _check(
         topic, payload, received_at=received_at, deps=deps, body=body,
@@ -272,7 +272,7 @@ async def post_snapshot(request: Request, deps: Deps, publisher: PublisherDep) -
         ambulance_id = _ambulance_id(fields.get("ambulance_id"))
         if not uploads:
             raise field_error("files", "at least one image is required in field 'files'")
-        topic = contract.topic(ambulance_id, Kind.SNAP)
+        topic = contract.legacy_topic(ambulance_id, Kind.SNAP)
         # Tens of megabytes to base64, JSON-encode and parse back: on a worker
         # thread, so the event loop (shared with the bridge and Socket.IO in
         # `aoc serve`) keeps serving meanwhile.

@@ -105,7 +105,7 @@ async def http(deps: ApiDeps) -> AsyncIterator[httpx.AsyncClient]:
 
 @dataclass
 class Subscriber:
-    """An MQTT subscriber on ``aoc/<id>/#`` of the test broker."""
+    """An MQTT subscriber on ``aoc/<id>/#`` and the shim's ``legacy/<id>/#`` of the test broker."""
 
     client: aiomqtt.Client
 
@@ -129,4 +129,5 @@ class Subscriber:
 async def subscriber(mosquitto: services.Service, ambulance_id: str) -> AsyncIterator[Subscriber]:
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
         await client.subscribe(f"aoc/{ambulance_id}/#", qos=1)
+        await client.subscribe(f"legacy/{ambulance_id}/#", qos=1)
         yield Subscriber(client)

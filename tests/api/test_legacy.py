@@ -71,7 +71,7 @@ async def test_error_codes_byte_for_byte(http: httpx.AsyncClient) -> None:
 async def test_tracking_json_is_published_after_puback(
     http: httpx.AsyncClient, subscriber: Subscriber, store: SQLiteDocumentStore, ambulance_id: str
 ) -> None:
-    """Test that a JSON tracking body becomes the contract's message on aoc/<id>/tracking."""
+    """Test that a JSON tracking body becomes the contract's message on legacy/<id>/tracking."""
     body = legacy_body(ambulance_id)
     before = now_ms()
     response = await http.post(TRACKING, json=body)
@@ -79,7 +79,7 @@ async def test_tracking_json_is_published_after_puback(
     assert response.status_code == 200
     assert response.content == b'{"success":true}'
     topic, message = await subscriber.next()
-    assert topic == f"aoc/{ambulance_id}/tracking"
+    assert topic == f"legacy/{ambulance_id}/tracking"
     assert message["legacy"] == body
     assert message["lat"] == 13.7563
     assert message["lon"] == 100.5018
@@ -133,7 +133,7 @@ async def test_crash_converts_meters_per_second(
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True}
     topic, message = await subscriber.next()
-    assert topic == f"aoc/{ambulance_id}/crash"
+    assert topic == f"legacy/{ambulance_id}/crash"
     assert message["speed"] == pytest.approx(149.76)
     assert message["legacy"] == body
     assert message["legacy"]["tracking_speed"] == 41.6
@@ -166,7 +166,7 @@ async def test_snapshot_upload_is_published_as_json(
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True}
     topic, message = await subscriber.next()
-    assert topic == f"aoc/{ambulance_id}/snap"
+    assert topic == f"legacy/{ambulance_id}/snap"
     assert message["legacy"] == data
     assert before <= message["ts"] <= now_ms()
     assert [i["name"] for i in message["images"]] == ["front.jpg", "rear.png"]
@@ -424,7 +424,7 @@ async def test_numeric_ambulance_id_is_accepted(
     """Test that a legacy client sending the id as a JSON number is relayed under that id."""
     number = int(uuid.uuid4().int % 10**9)
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
-        await watcher.subscribe(f"aoc/{number}/tracking", qos=1)
+        await watcher.subscribe(f"legacy/{number}/tracking", qos=1)
         response = await http.post(TRACKING, json=legacy_body(number))  # type: ignore[arg-type]
         assert response.status_code == 200, response.text
         async with asyncio.timeout(5):
@@ -459,7 +459,7 @@ async def test_nesting_within_the_bound_is_published(
     response = await http.post(TRACKING, json=legacy_body(ambulance_id, extra=nested))
     assert response.status_code == 200, response.text
     topic, _ = await subscriber.next()
-    assert topic == f"aoc/{ambulance_id}/tracking"
+    assert topic == f"legacy/{ambulance_id}/tracking"
 
 
 async def test_upload_over_the_message_bound_is_413(

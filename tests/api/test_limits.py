@@ -172,7 +172,7 @@ async def test_upload_encoding_runs_off_the_event_loop(
         await opener
     assert response.status_code == 200, response.text
     topic, _ = await subscriber.next()
-    assert topic == f"aoc/{ambulance_id}/snap"
+    assert topic == f"legacy/{ambulance_id}/snap"
 
 
 def _one_slot(deps: ApiDeps) -> ApiDeps:

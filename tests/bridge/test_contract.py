@@ -11,14 +11,20 @@ from bridge.contract import (
     BRIDGE_KINDS,
     CRASH_NOTIFY_PREFIX,
     DEVICE_KINDS,
+    LEGACY_KINDS,
     SHARED_ROOMS,
     Kind,
     ambulance_room,
+    bridge_filters,
     crash_notify_room,
     device_kind,
+    is_legacy_topic,
+    legacy_subscription,
+    legacy_topic,
     parse_topic,
     reserved_reason,
     room_kind,
+    shared_subscription,
     subscription,
     topic,
     topic_ambulance_id,
@@ -71,6 +77,14 @@ def test_every_valid_id_round_trips(aid: str, kind: Kind) -> None:
         "aoc/#",
         "aoc/a.b/tracking",
         "aoc/" + "a" * 65 + "/tracking",
+        "legacy/332",
+        "legacy/332/tracking/extra",
+        "legacy/332/status",
+        "legacy/332/state",
+        "legacy/332/alert",
+        "Legacy/332/tracking",
+        "legacy/+/tracking",
+        "legacy/crash/tracking",
     ],
 )
 def test_parse_topic_refuses_other_topics(value: str) -> None:
@@ -122,14 +136,65 @@ def test_each_subscription_matches_its_kind_only(kind: Kind) -> None:
 
 
 def test_the_bridge_subscribes_to_every_device_kind_once_and_to_nothing_it_publishes() -> None:
-    """Test that each device topic reaches one lane, and state/alert (ours) reach none."""
+    """Test that each device and shim topic reaches one lane, and state/alert (ours) reach none."""
     filters = [f for f, _ in MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS]
     for kind in Kind:
         matching = [f for f in filters if topic_matches_sub(f, topic("332", kind))]
         assert len(matching) == (1 if kind in DEVICE_KINDS else 0), (kind, matching)
-    # Only snapshots go to the snapshot lane's connection.
-    assert [f for f, _ in SNAP_SUBSCRIPTIONS] == [subscription(Kind.SNAP)]
+        matching = [f for f in filters if topic_matches_sub(f, f"legacy/332/{kind}")]
+        assert len(matching) == (1 if kind in LEGACY_KINDS else 0), (kind, matching)
+    # Only snapshots go to the snapshot lane's connection: the shim's too.
+    assert [f for f, _ in SNAP_SUBSCRIPTIONS] == [subscription(Kind.SNAP), "legacy/+/snap"]
+    assert "legacy/+/snap" not in [f for f, _ in MAIN_SUBSCRIPTIONS]
     assert {qos for _, qos in MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS} == {1}
+
+
+@pytest.mark.parametrize("kind", LEGACY_KINDS)
+@pytest.mark.parametrize("aid", EDGE_IDS)
+def test_a_legacy_topic_carries_the_device_message_of_its_id(aid: str, kind: Kind) -> None:
+    """Test that legacy/<id>/<kind> parses, routes and validates as aoc/<id>/<kind> does."""
+    built = legacy_topic(aid, kind)
+    assert built == f"legacy/{aid}/{kind.value}"
+    assert is_legacy_topic(built) and not is_legacy_topic(topic(aid, kind))
+    assert parse_topic(built) == (aid, kind) == valid_topic_parts(built)
+    assert topic_ambulance_id(built) == aid
+    assert device_kind(built) == kind
+    assert topic_matches_sub(legacy_subscription(kind), built)
+    assert not topic_matches_sub(legacy_subscription(kind), topic(aid, kind))
+
+
+def test_the_shim_has_no_status_topic() -> None:
+    """Test that the legacy root carries tracking, snap and crash only (no Last Will, no state)."""
+    assert set(LEGACY_KINDS) == {Kind.TRACKING, Kind.SNAP, Kind.CRASH}
+    for kind in set(Kind) - set(LEGACY_KINDS):
+        with pytest.raises(ValueError, match="publishes no"):
+            legacy_topic("332", kind)
+        assert device_kind(f"legacy/332/{kind}") is None
+        with pytest.raises(ValueError, match="expected tracking, snap, crash\\)"):
+            valid_topic_parts(f"legacy/332/{kind}")
+    with pytest.raises(ValueError, match="expected legacy/<ambulance_id>/<kind>"):
+        valid_topic_parts("legacy/332/tracking/x")
+    with pytest.raises(ValueError, match="is reserved"):
+        valid_topic_parts(legacy_topic("snap", Kind.TRACKING))
+
+
+def test_bridge_filters_name_both_roots_of_a_kind() -> None:
+    """Test the filters each device kind is consumed on, and that ours are refused."""
+    assert bridge_filters(Kind.TRACKING) == ("aoc/+/tracking", "legacy/+/tracking")
+    assert bridge_filters(Kind.SNAP) == ("aoc/+/snap", "legacy/+/snap")
+    assert bridge_filters(Kind.CRASH) == ("aoc/+/crash", "legacy/+/crash")
+    assert bridge_filters(Kind.STATUS) == ("aoc/+/status",)
+    for kind in BRIDGE_KINDS:
+        with pytest.raises(ValueError):
+            bridge_filters(kind)
+
+
+def test_a_shared_subscription_wraps_a_filter_in_its_group() -> None:
+    """Test the $share form several bridges take turns on, and that a bad group is refused."""
+    assert shared_subscription("aoc-bridges", "legacy/+/snap") == "$share/aoc-bridges/legacy/+/snap"
+    for group in ("", "a/b", "+", "#", "g+"):
+        with pytest.raises(ValueError, match="share group"):
+            shared_subscription(group, "aoc/+/tracking")
 
 
 @pytest.mark.parametrize("kind", DEVICE_KINDS)
@@ -152,6 +217,7 @@ def test_device_kind_routes_by_the_last_level_whatever_the_id() -> None:
     # A bad or reserved id still names its kind: a big bad snap stays in the snapshot lane.
     assert device_kind("aoc/bad..id!/snap") == Kind.SNAP
     assert device_kind(topic("crash", Kind.SNAP)) == Kind.SNAP
+    assert device_kind("legacy/bad..id!/snap") == Kind.SNAP
     for value in (topic("332", Kind.STATE), topic("332", Kind.ALERT), "aoc/332", "snap",
-                  "aoc/332/snap/x", "x/332/snap"):
+                  "aoc/332/snap/x", "x/332/snap", "legacy/332/status", "legacy/332/snap/x"):
         assert device_kind(value) is None, value

@@ -73,9 +73,13 @@ def processor(
     return Processor(store=store, objects=objects, **settings)
 
 
-def message(kind: str, body: dict[str, Any] | bytes, aid: str = AID) -> Parsed:
+def message(
+    kind: str, body: dict[str, Any] | bytes, aid: str = AID, *, shim: bool = False
+) -> Parsed:
+    """A message on the device topic, or with ``shim`` on the legacy shim's (legacy bodies)."""
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return parse(f"aoc/{aid}/{kind}", payload, RECEIVED, LIMITS)
+    topic = f"legacy/{aid}/{kind}" if shim else f"aoc/{aid}/{kind}"
+    return parse(topic, payload, RECEIVED, LIMITS)
 
 
 def point(i: int, speed: float, **extra: Any) -> Parsed:
@@ -406,9 +410,9 @@ async def test_legacy_bodies_are_re_emitted_as_sent(
     plan = await run(
         proc,
         store,
-        [message("crash", shim_crash), message("tracking", legacy_named),
+        [message("crash", shim_crash, shim=True), message("tracking", legacy_named),
          message("tracking", {"lat": LAT, "lon": LON, "speed": 20.0, "ts": T0_MS + 2000,
-                              "legacy": shim_point})],
+                              "legacy": shim_point}, shim=True)],
     )
     emitted = [(e.room, e.data) for e in plan.emits if e.room != f"CRASH_NOTIFY_{AID}"]
     shaped = (
@@ -475,7 +479,7 @@ async def test_snaps_store_objects_then_current_and_history(
         "ts": int((RECEIVED + timedelta(seconds=5)).timestamp() * 1000),
         "legacy": {"ambulance_id": AID, "note": "x"},
     }
-    second = await run(proc, store, [message("snap", multi)])
+    second = await run(proc, store, [message("snap", multi, shim=True)])
     histories = await stored(store, IMAGE_HISTORIES)
     assert len(histories) == 2
     newer = next(h for h in histories if h["_id"] != history["_id"])
@@ -496,7 +500,7 @@ async def test_snaps_store_objects_then_current_and_history(
     assert [w.collection for w in third.writes] == [IMAGE_HISTORIES]
     assert await store.get(IMAGES, AID) == current
     # A redelivered snap maps to the same id and keys: a duplicate.
-    again = await run(proc, store, [message("snap", multi)])
+    again = await run(proc, store, [message("snap", multi, shim=True)])
     assert again.counts == {"duplicate": 1}
 
 

@@ -81,6 +81,20 @@ def test_tracking_and_snapshots_share_a_bucket_crash_and_status_never_limited() 
     assert (limited("crash"), limited("status")) == before
 
 
+def test_the_shims_messages_count_as_their_ambulances() -> None:
+    """Test that legacy/<id>/... takes from the bucket of <id>, as the device's own topics do."""
+    limiter = DeviceLimiter(rate=1.0, burst=3, clock=FakeClock())
+    before = limited("tracking")
+    assert passed(limiter, "legacy/A1/tracking", 2) == 2
+    assert passed(limiter, "aoc/A1/tracking", 5) == 1
+    assert passed(limiter, "legacy/A1/snap", 1) == 0
+    assert passed(limiter, "legacy/A1/tracking", 1) == 0
+    assert limited("tracking") - before == 5
+    assert passed(limiter, "legacy/A1/crash", 5) == 5  # never limited, from either root
+    assert passed(limiter, "legacy/A2/tracking", 3) == 3
+    assert limiter.tracked == 2
+
+
 def test_topics_without_a_valid_id_are_left_to_the_validator() -> None:
     """Test that a bad id or a foreign topic takes no bucket (it is dead-lettered anyway)."""
     limiter = DeviceLimiter(rate=1.0, burst=1, clock=FakeClock())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bridge.processor import Processor
-from bridge.service import SUBSCRIPTIONS, Bridge, ByteBudget
+from bridge.service import SUBSCRIPTIONS, Bridge, ByteBudget, Emitter
 from bridge.speed import SpeedRules
 from bridge.validate import Limits
 from broker.client import MqttClient
@@ -85,16 +85,23 @@ def point(n: int) -> bytes:
 
 @asynccontextmanager
 async def running_bridge(
-    mosquitto: services.Service, tmp_path: Path, *, queue_bytes: int = 1 << 24, **options: int
+    mosquitto: services.Service,
+    tmp_path: Path,
+    *,
+    queue_bytes: int = 1 << 24,
+    emitter: Emitter | None = None,
+    session: str | None = None,
+    **options: int,
 ) -> AsyncIterator[tuple[Bridge, GatedStore, GatedObjects]]:
+    """A bridge on all of ``SUBSCRIPTIONS``; ``session``: the client id of a persistent session."""
     objects = GatedObjects(tmp_path / "objects")
     async with (
         GatedStore(tmp_path / "aoc.sqlite3") as store,
         MqttClient(
             host="127.0.0.1",
             port=mosquitto.port,
-            client_id=f"bridge-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
+            client_id=session or f"bridge-{uuid.uuid4().hex[:8]}",
+            clean_session=session is None,
             subscriptions=SUBSCRIPTIONS,
             queue_bytes=queue_bytes,
         ) as mqtt,
@@ -121,6 +128,7 @@ async def running_bridge(
             processor=processor,
             store=store,  # type: ignore[arg-type]
             limits=LIMITS,
+            emitter=emitter,
             batch_wait=0.01,
             **options,
         )

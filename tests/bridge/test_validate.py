@@ -49,6 +49,12 @@ def _b64(data: bytes) -> str:
 
 
 BASE = {"lat": 13.7563, "lon": 100.5018, "speed": 45.5}
+# The legacy shim's topic: the only root whose messages may carry a `legacy` body.
+SHIM_TRACKING = "legacy/332/tracking"
+LEGACY_ON_DEVICE_TOPIC = (
+    "legacy: legacy bodies come only from the legacy shim, on legacy/<id>/<kind>;"
+    " a device publishes its message without one"
+)
 
 
 # --- tracking -------------------------------------------------------------------------
@@ -147,7 +153,7 @@ def test_legacy_object_is_the_emitted_body() -> None:
         "lon": 100.5018,
         "note": "<b>kept as the old server kept it</b>",
     }
-    item = _track({**BASE, "ts": "2024-05-01T11:59:00Z", "legacy": legacy})
+    item = _track({**BASE, "ts": "2024-05-01T11:59:00Z", "legacy": legacy}, SHIM_TRACKING)
     assert item.body == legacy
     assert list(item.body) == list(legacy)
     assert item.ts == datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
@@ -193,8 +199,8 @@ def test_legacy_object_is_the_emitted_body() -> None:
 def test_a_legacy_body_must_say_what_was_validated(legacy: dict[str, Any], reason: str) -> None:
     """Test that a `legacy` body disagreeing with the stored values, or nameless, is refused."""
     body = {"lat": 0, "lon": 0, "speed": 0, "legacy": legacy}
-    assert _reason("aoc/332/tracking", body) == reason
-    assert _reason("aoc/332/crash", {**body, "legacy": {**legacy}}) is not None
+    assert _reason(SHIM_TRACKING, body) == reason
+    assert _reason("legacy/332/crash", {**body, "legacy": {**legacy}}) is not None
 
 
 def test_a_room_gets_the_stored_values_whatever_the_body_adds() -> None:
@@ -360,10 +366,90 @@ def test_body_ambulance_id_mismatch(value: object) -> None:
 
 def test_legacy_object_id_mismatch_and_type() -> None:
     """Test that `legacy` must be an object whose id (if any) matches the topic."""
-    reason = _reason("aoc/332/tracking", {**BASE, "legacy": {"ambulance_id": "999"}})
+    reason = _reason(SHIM_TRACKING, {**BASE, "legacy": {"ambulance_id": "999"}})
     assert reason == "legacy.ambulance_id: '999' does not match the topic's id '332'"
-    reason = _reason("aoc/332/tracking", {**BASE, "legacy": "ambulance_id=332"})
+    reason = _reason(SHIM_TRACKING, {**BASE, "legacy": "ambulance_id=332"})
     assert reason == "legacy: must be a JSON object, got a string"
+
+
+# --- the legacy shim's root ----------------------------------------------------------
+
+# A legacy body that agrees with its message, as the shim builds it, per kind.
+_SHIM_LEGACY = {"ambulance_id": "332", "tracking_latitude": "13.7563",
+                "tracking_longitude": "100.5018", "tracking_speed": "45.5", "note": "<b>x</b>"}
+_SHIM_MESSAGES = {
+    "tracking": {**BASE, "legacy": _SHIM_LEGACY},
+    "crash": {**BASE, "speed": 163.8, "legacy": _SHIM_LEGACY},  # m/s in the legacy body
+    "snap": {"images": [{"data": _b64(PNG)}], "legacy": {"ambulance_id": "332", "n": "1"}},
+}
+
+
+@pytest.mark.parametrize("kind", list(_SHIM_MESSAGES))
+def test_a_legacy_body_is_taken_from_the_shim_root_only(kind: str) -> None:
+    """Test that the one body legacy rooms get as sent is refused on a device topic.
+
+    A device could otherwise make dashboards show text of its own choosing
+    under any legacy field: the broker lets only the shim's account write
+    legacy/..., and a subscriber cannot see who published, only where.
+    """
+    body = _SHIM_MESSAGES[kind]
+    shim = _parse(f"legacy/332/{kind}", body)
+    assert not isinstance(shim, Rejected), shim
+    assert shim.body == body["legacy"]
+    assert _reason(f"aoc/332/{kind}", body) == LEGACY_ON_DEVICE_TOPIC
+    # Whatever the body is: refused before it is even looked at.
+    for legacy in ("ambulance_id=332", [], {}, 0, False):
+        assert _reason(f"aoc/332/{kind}", {**body, "legacy": legacy}) == LEGACY_ON_DEVICE_TOPIC
+    # A null one is no legacy body: the device's message as if it had none.
+    plain = {name: value for name, value in body.items() if name != "legacy"}
+    assert _parse(f"aoc/332/{kind}", {**body, "legacy": None}) == _parse(f"aoc/332/{kind}", plain)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("tracking", {**BASE, "ts": "2024-05-01T11:59:00Z", "seq": 7, "dest_lat": 1,
+                      "dest_lon": 2}),
+        ("tracking", {"tracking_latitude": "13.7", "tracking_longitude": 100, "tracking_speed": 1}),
+        ("crash", {**BASE, "heading": 90}),
+        ("snap", {"images": [{"data": _b64(PNG)}], "ts": "2024-05-01T11:59:30Z"}),
+        ("snap", PNG),
+        ("tracking", {**BASE, "lat": 91}),
+        ("tracking", {**BASE, "ambulance_id": "333"}),
+        ("crash", b"{not json"),
+        ("snap", b"GIF89a"),
+    ],
+)
+def test_the_shim_root_is_validated_as_the_device_topic_of_its_id(
+    kind: str, body: bytes | dict[str, Any]
+) -> None:
+    """Test that legacy/<id>/<kind> is validated as aoc/<id>/<kind>: same result or reason."""
+    device, shim = _parse(f"aoc/332/{kind}", body), _parse(f"legacy/332/{kind}", body)
+    if isinstance(device, Rejected):
+        assert isinstance(shim, Rejected)
+        assert (shim.reason, shim.payload) == (device.reason, device.payload)
+        assert shim.topic == f"legacy/332/{kind}"
+    else:
+        assert shim == device
+
+
+@pytest.mark.parametrize("kind", list(_SHIM_MESSAGES))
+def test_a_retained_shim_message_is_refused_as_a_device_one(kind: str) -> None:
+    """Test that a retained message on the shim's root is an old replay too, never data."""
+    raw = json.dumps(_SHIM_MESSAGES[kind]).encode()
+    refused = parse(f"legacy/332/{kind}", raw, NOW, LIMITS, retained=True)
+    assert isinstance(refused, Rejected)
+    assert refused.reason.startswith(f"retain: a retained {kind} message is an old message")
+
+
+def test_the_shim_root_has_no_status() -> None:
+    """Test that legacy/<id>/status is refused (legacy devices have no Last Will), by kind."""
+    assert _reason("legacy/332/status", b"online") == (
+        "topic: unknown message kind 'status' (expected tracking, snap, crash)"
+    )
+    assert _reason("legacy/332", b"online") == (
+        "topic: expected legacy/<ambulance_id>/<kind>, got 'legacy/332'"
+    )
 
 
 # --- timestamps -----------------------------------------------------------------------
@@ -681,7 +767,7 @@ def test_legacy_shim_crash_keeps_m_s_body() -> None:
         "tracking_heading": 90,
     }
     item = _parse(
-        "aoc/332/crash",
+        "legacy/332/crash",
         {"lat": 13.7563, "lon": 100.5018, "speed": 149.76, "heading": 90, "legacy": legacy},
     )
     assert isinstance(item, Crash)
@@ -709,9 +795,9 @@ def test_a_legacy_crash_body_must_agree_in_m_s() -> None:
     """Test that the shim's m/s legacy crash body is checked against the km/h speed."""
     legacy = {"ambulance_id": "332", "tracking_latitude": 1, "tracking_longitude": 2}
     good = {"lat": 1, "lon": 2, "speed": 149.76, "legacy": {**legacy, "tracking_speed": 41.6}}
-    assert isinstance(_parse("aoc/332/crash", good), Crash)
+    assert isinstance(_parse("legacy/332/crash", good), Crash)
     bad = {**good, "legacy": {**legacy, "tracking_speed": 149.76}}
-    assert _reason("aoc/332/crash", bad) == (
+    assert _reason("legacy/332/crash", bad) == (
         "legacy.tracking_speed: 149.76 disagrees with speed 149.76"
     )
 
@@ -783,7 +869,7 @@ def test_json_snap_with_names_ts_and_legacy_fields() -> None:
         "ts": "2024-05-01T11:59:30Z",
         "legacy": legacy,
     }
-    item = _parse("aoc/332/snap", body)
+    item = _parse("legacy/332/snap", body)
     assert isinstance(item, Snap)
     assert [(i.ext, i.content_type, i.name) for i in item.images] == [
         ("jpg", "image/jpeg", "front.png"),
@@ -845,12 +931,8 @@ def test_json_snap_without_legacy_or_ts() -> None:
             "ambulance_id: '9' does not match the topic's id '332'",
         ),
         (
-            {"images": [{"data": _b64(PNG)}], "legacy": {"ambulance_id": "9"}},
-            "legacy.ambulance_id: '9' does not match the topic's id '332'",
-        ),
-        (
-            {"images": [{"data": _b64(PNG)}], "legacy": []},
-            "legacy: must be a JSON object, got an array",
+            {"images": [{"data": _b64(PNG)}], "legacy": {"ambulance_id": "332"}},
+            LEGACY_ON_DEVICE_TOPIC,
         ),
         (
             {"images": [{"data": _b64(PNG)}], "ts": "soon"},
@@ -861,6 +943,19 @@ def test_json_snap_without_legacy_or_ts() -> None:
 def test_bad_json_snaps(body: dict[str, Any], reason: str) -> None:
     """Test every way a JSON snap can be wrong, with the reason naming the place."""
     assert _reason("aoc/332/snap", body) == reason
+
+
+@pytest.mark.parametrize(
+    ("legacy", "reason"),
+    [
+        ({"ambulance_id": "9"}, "legacy.ambulance_id: '9' does not match the topic's id '332'"),
+        ({"note": "x"}, "legacy.ambulance_id: required"),
+        ([], "legacy: must be a JSON object, got an array"),
+    ],
+)
+def test_bad_legacy_snap_bodies(legacy: object, reason: str) -> None:
+    """Test that the shim's snapshot form fields must be an object naming this ambulance."""
+    assert _reason("legacy/332/snap", {"images": [{"data": _b64(PNG)}], "legacy": legacy}) == reason
 
 
 def test_json_snap_image_size_limits() -> None:

@@ -277,15 +277,15 @@ async def test_crash_reaches_crash_notify_and_crash_rooms(
     })
     [expected_body] = await express_bodies([("json", raw)])
     async with js_dashboard(stack) as board, js_mqtt(stack.mqtt_ws_url) as alerts:
-        await alerts.subscribe(f"aoc/{aid}/alert", f"aoc/{aid}/crash")
+        await alerts.subscribe(f"aoc/{aid}/alert", f"legacy/{aid}/crash")
         await board.join(f"CRASH_NOTIFY_{aid}")
         await board.join("crash")
         assert_success(await post_json(http, CRASH, raw))
         body = await board.wait_data(lambda d: d == expected_body)
         record_text = await board.wait_data(lambda d: '"location_detail"' in d)
         alert = await alerts.node.wait_for(lambda e: e.get("topic") == f"aoc/{aid}/alert")
-        relayed = await alerts.node.wait_for(lambda e: e.get("topic") == f"aoc/{aid}/crash")
-    # What the shim published on the device topic: km/h, with the m/s body alongside.
+        relayed = await alerts.node.wait_for(lambda e: e.get("topic") == f"legacy/{aid}/crash")
+    # What the shim published on its own root: km/h, with the m/s body alongside.
     message = json.loads(relayed["payload"])
     assert message["speed"] == pytest.approx(149.76)
     assert message["legacy"] == json.loads(raw)

@@ -154,18 +154,22 @@ async def test_late_and_duplicate_points(
 async def test_snapshot_is_stored_under_the_legacy_layout(
     stack: Stack, dashboard: Dashboard, http: httpx.AsyncClient, ambulance_id: str
 ) -> None:
-    """Test that raw and JSON snapshots land in object storage and reach the `snap` room."""
+    """Test that raw and JSON snapshots land in object storage and reach the `snap` room.
+
+    The JSON one, with the form fields of a legacy upload, comes as the legacy
+    shim sends it: on its own root, the only one a legacy body is taken from.
+    """
     await dashboard.join("snap")
     multi = {
         "images": [
             {"name": "front.jpg", "data": base64.b64encode(TINY_JPEG).decode()},
             {"name": "rear.png", "data": base64.b64encode(png()).decode()},
         ],
-        "legacy": {"ambulance_id": ambulance_id},
+        "legacy": {"ambulance_id": ambulance_id, "note": "rear door"},
     }
-    async with stack.mqtt() as device:
+    async with stack.mqtt() as device, stack.mqtt() as shim:
         await device.publish(f"aoc/{ambulance_id}/snap", TINY_JPEG, qos=1)
-        await device.publish(f"aoc/{ambulance_id}/snap", json.dumps(multi).encode(), qos=1)
+        await shim.publish(f"legacy/{ambulance_id}/snap", json.dumps(multi).encode(), qos=1)
 
     async def two_snaps() -> list[dict[str, Any]] | None:
         snaps = [json.loads(d) for d in dashboard.received if ambulance_id in d]
@@ -182,6 +186,10 @@ async def test_snapshot_is_stored_under_the_legacy_layout(
     assert (stack.data_dir / "objects" / key).read_bytes() == TINY_JPEG
     assert sorted(second["imagesObj"]) == ["image0", "image1"]
     assert second["imagesObj"]["image1"].endswith(".png")
+    assert second["body"] == multi["legacy"]  # the shim's form fields, as sent
+    objects = stack.data_dir / "objects"
+    stored = [(objects / key).read_bytes() for key in second["imagesObj"].values()]
+    assert sorted(stored) == sorted([TINY_JPEG, png()])
     listing = (await http.get(f"/api/v1/ambulances/{ambulance_id}/snapshots")).json()
     url = json.dumps(listing)
     assert second["imagesObj"]["image0"] in url
@@ -244,6 +252,11 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_survive(
         await device.publish(topic, point(0, 10, t0=t0), qos=1)
         await device.publish("aoc/bad..id!/tracking", point(0, 10, t0=t0), qos=1)
         await device.publish(f"aoc/{ambulance_id}/snap", b"GIF89a not an allowed image", qos=1)
+        # A legacy body from a device: only the legacy shim's root may carry one.
+        forged = {"ambulance_id": ambulance_id, "lat": 13.7, "lon": 100.5, "speed": 1, "x": "<b>"}
+        await device.publish(
+            topic, point(1, 1, t0=t0, lat=13.7, lon=100.5, heading=None, legacy=forged), qos=1
+        )
 
     async def stored() -> list[dict[str, Any]] | None:
         return await find(stack, TRACKINGS, ambulance_id) or None
@@ -253,13 +266,15 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_survive(
     async def letters() -> list[dict[str, Any]] | None:
         docs = await find(stack, DEAD_LETTERS, None)
         mine = [d for d in docs if ambulance_id in d["topic"] or "bad..id" in d["topic"]]
-        return mine if len(mine) >= 4 else None
+        return mine if len(mine) >= 5 else None
 
     reasons = " | ".join(d["reason"] for d in await eventually(letters))  # type: ignore[union-attr]
     assert "JSON" in reasons
     assert "lat" in reasons
     assert "ambulance id" in reasons
     assert "JPEG or PNG" in reasons
+    assert "legacy: legacy bodies come only from the legacy shim" in reasons
+    assert len(await find(stack, TRACKINGS, ambulance_id)) == 1
 
 
 async def test_a_large_snapshot_is_stored_intact(

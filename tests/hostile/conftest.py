@@ -158,6 +158,7 @@ def served(
             aiomqtt.Client("127.0.0.1", mosquitto.port)
         )
         await subscriber.subscribe("aoc/#", qos=1)
+        await subscriber.subscribe("legacy/#", qos=1)  # the shim publishes there
 
         async def record() -> None:
             async for message in subscriber.messages:

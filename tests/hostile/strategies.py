@@ -231,6 +231,8 @@ def hostile_topics(kind: str) -> st.SearchStrategy[str]:
         invalid_ids().map(lambda aid: f"aoc/{aid}/{kind}")
         | valid_ids().map(lambda aid: f"aoc/{aid}/{kind}")
         | st.sampled_from([f"aoc/{GOOD_ID}/{kind}", f"aoc/a/b/{kind}", f"aoc//{kind}", kind])
+        | invalid_ids().map(lambda aid: f"legacy/{aid}/{kind}")  # the legacy shim's root
+        | st.sampled_from([f"legacy/{GOOD_ID}/{kind}", f"legacy/a/b/{kind}", f"Legacy/a/{kind}"])
         | st.text(max_size=40)
     )
 

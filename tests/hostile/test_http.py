@@ -73,7 +73,7 @@ def send_good_tracking(served: Served) -> None:
             "tracking_speed": 40, "seq": seq}
     response = served.request("POST", LEGACY_POSTS[0], json=body)
     assert response.status_code == 200, response.text
-    served.wait_published(f"aoc/{GOOD}/tracking", f'"seq":{seq},'.encode())
+    served.wait_published(f"legacy/{GOOD}/tracking", f'"seq":{seq},'.encode())
 
 
 # --- legacy JSON and form bodies ---------------------------------------------------------
@@ -178,7 +178,7 @@ def test_hostile_uploads_write_nothing_and_good_ones_go_through(
         files=[("files", ("a.jpg", TINY_JPEG, "image/jpeg"))],
     )
     assert good.status_code == 200, good.text
-    served.wait_published(f"aoc/{GOOD}/snap", marker.encode())
+    served.wait_published(f"legacy/{GOOD}/snap", marker.encode())
     assert watch.escaped() == []
 
 
