@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
     sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     sim.add_argument("--prefix", default="SIM", help="ambulance id prefix")
+    from aoc import manage  # argparse only: the module's heavy imports are its own
+
+    manage.add_parsers(commands)
     return parser
 
 
@@ -38,41 +41,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     logs.configure(level=settings.log_level, fmt=settings.log_format, process=args.command)
     try:
-        asyncio.run(_run(args, settings))
+        return asyncio.run(_run(args, settings)) or 0
     except KeyboardInterrupt:
         return 130
     except StopFailed as exc:  # its tracebacks are logged already
         logging.getLogger("aoc").error("exiting with an error: %s", exc)
         return 1
-    return 0
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    # Imports are local: `aoc simulate` starts fast and needs no storage driver,
-    # and the runtime commands never import the simulator (the `sim` package).
+async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
+    # Imports are local: `aoc simulate` starts fast and needs no storage driver
+    # unless it creates accounts, and the runtime commands never import the
+    # simulator (the `sim` package).
+    if args.command in ("device", "dashboard"):
+        from aoc import manage
+
+        return await manage.run(args, settings)
     if args.command == "simulate":
-        from sim.fleet import simulate
+        from aoc import manage
+        from sim.fleet import ambulance_ids, simulate
 
+        try:
+            # Each simulated device logs in with its own account (from the credentials file).
+            passwords = await manage.simulator_passwords(
+                settings, ambulance_ids(args.prefix, args.ambulances)
+            )
+        except manage.ManageError as exc:
+            print(f"aoc simulate: {exc}", file=sys.stderr)
+            return exc.exit_code
         stats = await simulate(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
             ambulances=args.ambulances,
             rate=args.rate,
             duration=args.duration,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            passwords=passwords,
             snap_every=args.snap_every,
             crash_probability=args.crash_probability,
             seed=args.seed,
             id_prefix=args.prefix,
         )
         print(stats, file=sys.stderr)
-        return
+        return None
     if args.command == "up":
         from aoc.supervise import up
 
-        await up(settings)
-        return
+        return await up(settings)
     from aoc import lifecycle
 
     runners = {
@@ -82,6 +96,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         "realtime": lifecycle.run_realtime,
     }
     await runners[args.command](settings)
+    return None
 
 
 if __name__ == "__main__":

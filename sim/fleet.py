@@ -14,6 +14,10 @@ more work on 2 cores than the messages themselves; a shared client has no
 per-ambulance will, so ``online``/``offline`` are always also published
 explicitly (a clean disconnect never fires a will anyway).
 
+With ``passwords`` (a broker with accounts, as `aoc up` runs it) every
+ambulance logs in as its own device account, which may publish only its own
+topics: then each has a connection of its own, whatever ``max_connections``.
+
 Everything the fleet does is decided by random generators seeded from ``seed``
 and stepped per point, so two runs with one seed send the same sequence of
 positions, snapshots and crashes; only the timestamps differ.
@@ -30,6 +34,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -212,9 +217,9 @@ class _Link:
         *,
         host: str,
         port: int,
-        username: str | None,
-        password: str | None,
         identifier: str,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.fleet = fleet
         self.ambulances = ambulances
@@ -408,8 +413,7 @@ async def simulate(
     ambulances: int,
     rate: float,
     duration: float | None,
-    username: str | None = None,
-    password: str | None = None,
+    passwords: Mapping[str, str] | None = None,
     snap_every: float = 30.0,
     crash_probability: float = 0.0005,
     seed: int | None = None,
@@ -427,7 +431,8 @@ async def simulate(
     turns snapshots off. A progress line goes to ``stream`` when ``progress``
     is set and ``stream`` is a terminal (or ``force_progress``). Raises
     ``ValueError`` for impossible arguments; connection failures are retried
-    and counted in ``SimStats.errors``.
+    and counted in ``SimStats.errors``. ``passwords`` maps each ambulance id to
+    its device account's password (the username is the id); None: anonymous.
     """
     _validate(
         ambulances=ambulances,
@@ -454,6 +459,11 @@ async def simulate(
     ]
     # Spread the fleet evenly over one period so the broker sees a steady stream.
     offsets = [i * fleet.period / ambulances for i in range(ambulances)]
+    if passwords is not None:
+        missing = [a.ambulance_id for a in fleet_members if a.ambulance_id not in passwords]
+        if missing:
+            raise ValueError(f"no password for {', '.join(missing[:3])}")
+        max_connections = ambulances  # an account may publish for its own ambulance only
     links = max(1, min(ambulances, max_connections))
     run_id = f"{random.SystemRandom().getrandbits(32):08x}"
     log.info(
@@ -463,6 +473,12 @@ async def simulate(
     loop = asyncio.get_running_loop()
     started = loop.time()
     stop = asyncio.Event()
+    def account(k: int) -> tuple[str | None, str | None]:
+        # With accounts there is one ambulance per link: it logs in as that device.
+        if passwords is None:
+            return None, None
+        return fleet_members[k].ambulance_id, passwords[fleet_members[k].ambulance_id]
+
     tasks = [
         asyncio.create_task(
             _Link(
@@ -472,9 +488,9 @@ async def simulate(
                 stop,
                 host=host,
                 port=port,
-                username=username,
-                password=password,
                 identifier=f"{id_prefix}-sim-{run_id}-{k}",
+                username=account(k)[0],
+                password=account(k)[1],
             ).run(),
             name=f"sim-link-{k}",
         )

@@ -2,6 +2,7 @@
 // MQTT over WebSocket, or a device on plain MQTT, with the npm `mqtt` package.
 //
 //   node mqtt_client.mjs --url ws://127.0.0.1:9001 [--id device-332]
+//                        [--username dash-first --password <password>]
 //
 // Commands on stdin, one JSON object per line:
 //   {"cmd": "subscribe", "topics": ["aoc/+/state"]}   prints {"event": "subscribed", "granted": [...]}
@@ -14,12 +15,19 @@ import { parseArgs } from "node:util";
 import mqtt from "mqtt";
 
 const { values } = parseArgs({
-  options: { url: { type: "string" }, id: { type: "string", default: "" } },
+  options: {
+    url: { type: "string" },
+    id: { type: "string", default: "" },
+    username: { type: "string", default: "" },
+    password: { type: "string", default: "" },
+  },
 });
 const print = (event) => process.stdout.write(JSON.stringify(event) + "\n");
 
 const options = { reconnectPeriod: 0 };
 if (values.id) options.clientId = values.id;
+if (values.username) options.username = values.username;
+if (values.password) options.password = values.password;
 const client = mqtt.connect(values.url, options);
 client.on("connect", () => print({ event: "connect" }));
 client.on("error", (err) => print({ event: "error", message: err.message }));
