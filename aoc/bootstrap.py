@@ -32,13 +32,12 @@ from aoc import audit, credentials
 from aoc.config import Settings
 from aoc.manage import DASHBOARD, DEVICE, SERVICE, ManageError, admin_client, audit_store
 from broker import accounts
-from sim.fleet import ambulance_ids
 
 log = logging.getLogger(__name__)
 
 FIRST_DASHBOARD = "dash-first"
 # The fleet `aoc simulate` runs by default (its --prefix and --ambulances).
-SIMULATOR_DEVICES = tuple(ambulance_ids("SIM", 10))
+SIMULATOR_PREFIX, SIMULATOR_AMBULANCES = "SIM", 10
 DYNSEC_FILE = "dynamic-security.json"
 
 
@@ -102,7 +101,10 @@ def _prepare(settings: Settings, creds: credentials.Credentials) -> Accounts:
             creds.set_account("admin", *admin)
         accounts.write_initial_config(dynsec, *admin)
         log.info("created the broker's account file %s", dynsec)
-        for ambulance_id in SIMULATOR_DEVICES:
+        # Imported here, at first start only: the running services never load the simulator.
+        from sim.fleet import ambulance_ids  # noqa: PLC0415
+
+        for ambulance_id in ambulance_ids(SIMULATOR_PREFIX, SIMULATOR_AMBULANCES):
             creds.devices.setdefault(ambulance_id, accounts.new_password())
         creds.dashboards.setdefault(FIRST_DASHBOARD, accounts.new_password())
     elif admin is None:
