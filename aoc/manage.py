@@ -258,7 +258,9 @@ async def _dashboards(admin: DynsecAdmin) -> list[dict[str, Any]]:
 def add_parsers(commands: Any) -> None:
     """The ``device`` and ``dashboard`` subcommands, on ``aoc``'s subparsers."""
     device = commands.add_parser("device", help="broker accounts of ambulances (devices)")
-    actions = device.add_subparsers(dest="action", required=True)
+    # Alone, `aoc device` (and `aoc dashboard`) lists the accounts.
+    device.set_defaults(json=False)
+    actions = device.add_subparsers(dest="action")
     for action, text in (
         ("add", "create a device account; prints its password once"),
         ("remove", "delete a device account; its open connection is closed"),
@@ -271,7 +273,8 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
     dashboard = commands.add_parser("dashboard", help="broker accounts of MQTT dashboards")
-    actions = dashboard.add_subparsers(dest="action", required=True)
+    dashboard.set_defaults(json=False)
+    actions = dashboard.add_subparsers(dest="action")
     add = actions.add_parser("add", help="create a dashboard account; prints its password once")
     add.add_argument("name", help="its account is dash-<name>")
     add.add_argument(
@@ -295,6 +298,7 @@ def _ambulance_list(settings: Settings, value: str | None) -> list[str] | None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Carry out ``aoc device|dashboard <action>``; the exit code (one line on stderr if not 0)."""
+    args.action = args.action or "list"
     try:
         result, text = await _carry_out(args, settings)
     except ManageError as exc:

@@ -202,3 +202,15 @@ async def test_a_device_created_by_the_command_publishes_to_the_bridge(
         assert await received_until(sub, f"aoc/{amb}/tracking", b"mine") == [
             (f"aoc/{amb}/tracking", b"mine")
         ]
+
+
+async def test_a_bare_command_lists(secure_broker: services.Service, tmp_path: Path) -> None:
+    """Test that `aoc device` and `aoc dashboard` alone list the accounts."""
+    env = settings_env(secure_broker, tmp_path / "data", AOC_MQTT_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    amb = new_id()
+    await ok_json(env, "device", "add", amb, cwd=tmp_path)
+    code, out, err = await aoc(env, "device", cwd=tmp_path)
+    assert code == 0, err
+    assert amb in out.splitlines()
+    code, out, err = await aoc(env, "dashboard", cwd=tmp_path)
+    assert code == 0, err
