@@ -136,6 +136,24 @@ def _prepare(settings: Settings, creds: credentials.Credentials) -> Accounts:
     )
 
 
+def serve_env(settings: Settings) -> dict[str, str]:
+    """For a broker `aoc up` did not start: the service accounts the credentials file holds.
+
+    Those the operator set are left to the settings, as at any start.
+    """
+    try:
+        creds = credentials.load(settings.resolved_credentials_file)
+    except credentials.CredentialsError as exc:
+        raise ManageError(str(exc), 2) from exc
+    env: dict[str, str] = {}
+    bridge, shim = creds.account("bridge"), creds.account("shim")
+    if bridge is not None and not settings.mqtt_username:
+        env.update(AOC_MQTT_USERNAME=bridge[0], AOC_MQTT_PASSWORD=bridge[1])
+    if shim is not None and not settings.shim_mqtt_username:
+        env.update(AOC_SHIM_MQTT_USERNAME=shim[0], AOC_SHIM_MQTT_PASSWORD=shim[1])
+    return env
+
+
 def _operator(username: str | None, password: SecretStr | None) -> tuple[str, str] | None:
     """An account the operator configured (username and password), else None."""
     if username and password is not None:

@@ -21,7 +21,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ async def _accounts_of(admin: DynsecAdmin, kind: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _file_entries(settings: Settings) -> Any:
+def _file_entries(settings: Settings) -> Iterator[credentials.Credentials | None]:
     """The credentials file for editing, or None when there is none (nothing to keep in step)."""
     path = settings.resolved_credentials_file
     if not path.exists():

@@ -92,6 +92,8 @@ async def plan(settings: Settings) -> list[Child]:
     serve_env: dict[str, str] = {}
     if await port_open(settings.mqtt_port):
         log.warning("port %d already serves MQTT: using that broker", settings.mqtt_port)
+        # Maybe one an earlier `aoc up` left running: its accounts are in the file.
+        serve_env = bootstrap.serve_env(settings) if settings.broker_auth else {}
     else:
         wanted = bootstrap.prepare(settings) if settings.broker_auth else None
         conf = broker_conf.write(

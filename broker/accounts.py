@@ -74,7 +74,8 @@ __all__ = [
     "write_initial_config",
 ]
 
-CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+_CONTROL_ROOT = "$CONTROL/dynamic-security"
+CONTROL_TOPIC = f"{_CONTROL_ROOT}/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 
 # The service accounts' usernames (the admin's is a setting: AOC_MQTT_ADMIN_USERNAME).
@@ -203,10 +204,7 @@ def dashboard_ambulances(acls: Iterable[Mapping[str, Any]]) -> list[str] | None:
 
 def admin_acls() -> list[Acl]:
     """The admin sends plugin commands and reads their answers; nothing else."""
-    return [
-        Acl("publishClientSend", f"{CONTROL_TOPIC.rsplit('/', 1)[0]}/#"),
-        *_read([f"{CONTROL_TOPIC.rsplit('/', 1)[0]}/#"]),
-    ]
+    return [Acl("publishClientSend", f"{_CONTROL_ROOT}/#"), *_read([f"{_CONTROL_ROOT}/#"])]
 
 
 def _check_id(value: str) -> None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from aoc import credentials, supervise
+from aoc.config import Settings
 from broker import accounts
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
@@ -328,3 +329,34 @@ def test_up_refuses_accounts_it_cannot_manage(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("aoc up:")]
     assert len(lines) == 1 and "AOC_MQTT_ADMIN_PASSWORD" in lines[0]
+
+
+async def test_up_hands_serve_the_file_accounts_for_a_broker_already_running(
+    tmp_path: Path,
+) -> None:
+    """Test that with a broker already listening (an earlier `aoc up`'s), serve still logs in.
+
+    No broker is planned, and `aoc serve` gets the bridge's and the shim's
+    accounts from the credentials file; one the operator set stays theirs.
+    """
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        settings = Settings(
+            _env_file=None, mqtt_port=port, data_dir=tmp_path / "data", http_port=1,
+            mqtt_username=None, shim_mqtt_username=None,
+        )
+        with credentials.editing(settings.resolved_credentials_file) as creds:
+            creds.set_account("bridge", "aoc-bridge", "bridge-pw")
+            creds.set_account("shim", "aoc-shim", "shim-pw")
+        children = {child.name: child for child in await supervise.plan(settings)}
+        assert "mosquitto" not in children
+        assert children["aoc-serve"].env == {
+            "AOC_MQTT_USERNAME": "aoc-bridge", "AOC_MQTT_PASSWORD": "bridge-pw",
+            "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "shim-pw",
+        }
+        mine = settings.model_copy(update={"mqtt_username": "ops-bridge"})
+        children = {child.name: child for child in await supervise.plan(mine)}
+        assert children["aoc-serve"].env == {
+            "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "shim-pw",
+        }
