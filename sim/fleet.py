@@ -473,12 +473,11 @@ async def simulate(
     loop = asyncio.get_running_loop()
     started = loop.time()
     stop = asyncio.Event()
-    def account(k: int) -> tuple[str | None, str | None]:
-        # With accounts there is one ambulance per link: it logs in as that device.
-        if passwords is None:
-            return None, None
-        return fleet_members[k].ambulance_id, passwords[fleet_members[k].ambulance_id]
-
+    # With accounts there is one ambulance per link: it logs in as that device.
+    logins = [
+        (amb.ambulance_id, passwords[amb.ambulance_id]) if passwords is not None else (None, None)
+        for amb in fleet_members[:links]
+    ]
     tasks = [
         asyncio.create_task(
             _Link(
@@ -489,8 +488,8 @@ async def simulate(
                 host=host,
                 port=port,
                 identifier=f"{id_prefix}-sim-{run_id}-{k}",
-                username=account(k)[0],
-                password=account(k)[1],
+                username=logins[k][0],
+                password=logins[k][1],
             ).run(),
             name=f"sim-link-{k}",
         )

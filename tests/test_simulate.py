@@ -615,3 +615,44 @@ async def test_simulate_without_a_way_to_make_accounts_fails_with_one_line(
         f"aoc simulate: {data / 'credentials.json'} holds no password for SIM002, SIM003 and "
         "no admin account to create them: run fewer ambulances, or set AOC_MQTT_ADMIN_PASSWORD"
     ]
+
+
+async def test_with_accounts_each_ambulance_gets_its_own_connection(
+    secure_mosquitto: services.Service,
+) -> None:
+    """Test that passwords override max_connections: a shared link could publish for one id only."""
+    ids = prefix()
+    bridge, bridge_pw = f"bridge-{ids}", accounts.new_password()
+    passwords = {ids + n: accounts.new_password() for n in ("001", "002")}
+    async with accounts.DynsecAdmin(
+        host="127.0.0.1", port=secure_mosquitto.port, username=services.ADMIN,
+        password=ADMIN_PASSWORD,
+    ) as admin:
+        await admin.create_client(bridge, bridge_pw, accounts.bridge_acls())
+        for ambulance_id, password in passwords.items():
+            await admin.create_client(ambulance_id, password, accounts.device_acls(ambulance_id))
+    received = Received()
+    async with aiomqtt.Client(
+        "127.0.0.1", secure_mosquitto.port, username=bridge, password=bridge_pw
+    ) as bridge_client:
+        await bridge_client.subscribe("aoc/+/tracking", qos=1)
+
+        async def pump() -> None:
+            async for message in bridge_client.messages:
+                await received.add(message)
+
+        task = asyncio.create_task(pump())
+        try:
+            stats = await simulate(
+                host="127.0.0.1", port=secure_mosquitto.port, ambulances=2, rate=5,
+                duration=1.0, snap_every=0, crash_probability=0.0, seed=5, id_prefix=ids,
+                progress=False, max_connections=1, passwords=passwords,
+            )
+            await received.settle(stats.tracking)
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10.0)
+    assert stats.errors == 0
+    senders = Counter(m.topic.value.split("/")[1] for m in received)
+    assert set(senders) == set(passwords)
+    assert sum(senders.values()) == stats.tracking
