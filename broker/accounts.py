@@ -303,14 +303,17 @@ class DynsecAdmin:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> DynsecAdmin:
+        where = f"the broker at {self._host}:{self._port} as {self._username!r}"
         try:
             await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise AccountsError(f"cannot manage accounts on {where}: {exc}") from exc
+        try:
             await self._client.subscribe(RESPONSE_TOPIC, qos=1)
         except aiomqtt.MqttError as exc:
-            raise AccountsError(
-                f"cannot manage accounts on the broker at {self._host}:{self._port} "
-                f"as {self._username!r}: {exc}"
-            ) from exc
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+            raise AccountsError(f"cannot manage accounts on {where}: {exc}") from exc
         self._reader = asyncio.create_task(self._read(), name="dynsec-responses")
         return self
 
