@@ -65,7 +65,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         return await manage.run(args, settings)
     if args.command == "simulate":
         from aoc import manage
-        from sim.fleet import ambulance_ids, simulate
+        from sim.fleet import AccountRefused, ambulance_ids, simulate
 
         try:
             # Each simulated device logs in with its own account (from the credentials file).
@@ -75,18 +75,28 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         except manage.ManageError as exc:
             print(f"aoc simulate: {exc}", file=sys.stderr)
             return exc.exit_code
-        stats = await simulate(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            ambulances=args.ambulances,
-            rate=args.rate,
-            duration=args.duration,
-            passwords=passwords,
-            snap_every=args.snap_every,
-            crash_probability=args.crash_probability,
-            seed=args.seed,
-            id_prefix=args.prefix,
-        )
+        try:
+            stats = await simulate(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                ambulances=args.ambulances,
+                rate=args.rate,
+                duration=args.duration,
+                passwords=passwords,
+                snap_every=args.snap_every,
+                crash_probability=args.crash_probability,
+                seed=args.seed,
+                id_prefix=args.prefix,
+            )
+        except AccountRefused as exc:
+            path = settings.resolved_credentials_file
+            hint = (
+                f"the passwords come from {path}"
+                if passwords is not None
+                else f"without {path} (`aoc up` writes it) the devices connect anonymously"
+            )
+            print(f"aoc simulate: {exc}; {hint}", file=sys.stderr)
+            return 1
         print(stats, file=sys.stderr)
         return None
     if args.command == "up":

@@ -112,6 +112,7 @@ class _Fleet:
         self.snap_points = max(1, round(snap_every * rate)) if snap_every > 0 else 0
         self.crash_probability = crash_probability
         self.stats = stats
+        self.refused: list[str] = []  # accounts the broker refused at CONNECT
 
     async def drive(self, amb: _Ambulance, client: aiomqtt.Client, start: float) -> None:
         """Publish ``amb``'s points until cancelled; ``start`` staggers it among the fleet."""
@@ -247,6 +248,14 @@ class _Link:
                 await self._drive()
             except Exception as exc:  # a lost connection or a failed publish: reconnect
                 self.fleet.stats.errors += 1
+                if _refused(exc):  # a wrong password never heals: stop the whole fleet
+                    log.error(
+                        "simulator connection %s: the broker refused the account %s: %s",
+                        self.identifier, self.username or "(anonymous)", exc,
+                    )
+                    self.fleet.refused.append(self.username or "(anonymous)")
+                    self.stop.set()
+                    return  # nothing to sign off: this account cannot connect
                 if _only_mqtt_errors(exc):
                     log.warning(
                         "simulator connection %s: %s; retrying in %.1fs",
@@ -362,6 +371,22 @@ async def _settle(tasks: list[asyncio.Task[None]]) -> None:
         raise interrupted
 
 
+# CONNACK codes of a refused account: bad username or password, not authorised
+# (MQTT 3.1.1's 4 and 5, MQTT 5's 134 and 135, which paho reports for both).
+_REFUSED_CODES = frozenset({4, 5, 134, 135})
+
+
+class AccountRefused(Exception):
+    """The broker refused some devices' accounts; the simulation stopped. The text names them."""
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker refusing the account at CONNECT."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    return getattr(exc.rc, "value", exc.rc) in _REFUSED_CODES
+
+
 def _only_mqtt_errors(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_mqtt_errors(inner) for inner in exc.exceptions)
@@ -433,6 +458,7 @@ async def simulate(
     ``ValueError`` for impossible arguments; connection failures are retried
     and counted in ``SimStats.errors``. ``passwords`` maps each ambulance id to
     its device account's password (the username is the id); None: anonymous.
+    An account the broker refuses stops the simulation: ``AccountRefused``.
     """
     _validate(
         ambulances=ambulances,
@@ -512,4 +538,11 @@ async def simulate(
             stream.write(f"\r[simulate] {stats}\n")
             stream.flush()
         log.info("simulation stopped: %s", stats)
+    if fleet.refused:
+        refused = sorted(fleet.refused)
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise AccountRefused(
+            f"the broker refused the account of {', '.join(refused[:3])}{more} "
+            "(wrong password, or no such account)"
+        )
     return stats

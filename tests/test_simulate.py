@@ -656,3 +656,35 @@ async def test_with_accounts_each_ambulance_gets_its_own_connection(
     senders = Counter(m.topic.value.split("/")[1] for m in received)
     assert set(senders) == set(passwords)
     assert sum(senders.values()) == stats.tracking
+
+
+async def test_a_refused_account_stops_simulate_with_one_line(
+    secure_mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test a wrong password in the file, and no file at all: exit 1 and one line, no endless retry.
+
+    The run is asked for an hour: only the refusal can end it within the test.
+    """
+    ids = prefix()
+    data = tmp_path / "data"
+    async with accounts.DynsecAdmin(
+        host="127.0.0.1", port=secure_mosquitto.port, username=services.ADMIN,
+        password=ADMIN_PASSWORD,
+    ) as admin:
+        await admin.create_client(f"{ids}001", "right", accounts.device_acls(f"{ids}001"))
+    args = ("--ambulances", "1", "--prefix", ids, "--duration", "3600")
+    code, err = await _aoc_simulate(_env(secure_mosquitto, data), tmp_path, *args)
+    assert code == 1
+    path = data / "credentials.json"
+    assert [line for line in err.splitlines() if line.startswith("aoc simulate:")] == [
+        "aoc simulate: the broker refused the account of (anonymous) (wrong password, or no "
+        f"such account); without {path} (`aoc up` writes it) the devices connect anonymously"
+    ]
+    with credentials.editing(path) as creds:
+        creds.devices[f"{ids}001"] = "wrong"
+    code, err = await _aoc_simulate(_env(secure_mosquitto, data), tmp_path, *args)
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("aoc simulate:")] == [
+        f"aoc simulate: the broker refused the account of {ids}001 (wrong password, or no "
+        f"such account); the passwords come from {path}"
+    ]
