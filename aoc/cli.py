@@ -14,6 +14,9 @@ from aoc.parts import StopFailed
 
 
 def _parser() -> argparse.ArgumentParser:
+    # argparse only: these modules' heavy imports are their own, made when a command runs.
+    from aoc import bootstrap, manage
+
     parser = argparse.ArgumentParser(prog="aoc", description="AOC ambulance tracking backend")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run Mosquitto, Redis and `aoc serve` under supervision")
@@ -22,13 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("api", help="the HTTP API and legacy shim alone (scale-out)")
     commands.add_parser("realtime", help="a Socket.IO server alone (scale-out, via Redis)")
     sim = commands.add_parser("simulate", help="publish realistic device traffic over MQTT")
-    sim.add_argument("--ambulances", type=int, default=10, help="number of vehicles")
+    # The defaults are the fleet whose accounts `aoc up` makes at first start.
+    sim.add_argument(
+        "--ambulances", type=int, default=bootstrap.SIMULATOR_AMBULANCES, help="number of vehicles"
+    )
     sim.add_argument("--rate", type=float, default=1.0, help="tracking points per second each")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     sim.add_argument("--snap-every", type=float, default=30.0, help="seconds between snapshots")
     sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
     sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
-    sim.add_argument("--prefix", default="SIM", help="ambulance id prefix")
+    sim.add_argument(
+        "--prefix", default=bootstrap.SIMULATOR_PREFIX, help="ambulance id prefix"
+    )
+    manage.add_parsers(commands)
     tls.add_parser(commands)
     return parser
 
@@ -47,42 +56,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(args, settings))
+        return asyncio.run(_run(args, settings)) or 0
     except KeyboardInterrupt:
         return 130
     except StopFailed as exc:  # its tracebacks are logged already
         logging.getLogger("aoc").error("exiting with an error: %s", exc)
         return 1
-    return 0
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    # Imports are local: `aoc simulate` starts fast and needs no storage driver,
-    # and the runtime commands never import the simulator (the `sim` package).
+async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
+    # Imports are local: `aoc simulate` starts fast and needs no storage driver
+    # unless it creates accounts, and the runtime commands never import the
+    # simulator (the `sim` package).
+    if args.command in ("device", "dashboard"):
+        from aoc import manage
+
+        return await manage.run(args, settings)
     if args.command == "simulate":
-        from sim.fleet import simulate
+        from aoc import manage
+        from sim.fleet import AccountRefused, ambulance_ids, simulate
 
-        stats = await simulate(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            ambulances=args.ambulances,
-            rate=args.rate,
-            duration=args.duration,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
-            snap_every=args.snap_every,
-            crash_probability=args.crash_probability,
-            seed=args.seed,
-            id_prefix=args.prefix,
-            tls=tls.client_context(settings),
-        )
+        try:
+            # Each simulated device logs in with its own account (from the credentials file).
+            passwords = await manage.simulator_passwords(
+                settings, ambulance_ids(args.prefix, args.ambulances)
+            )
+        except manage.ManageError as exc:
+            print(f"aoc simulate: {exc}", file=sys.stderr)
+            return exc.exit_code
+        try:
+            stats = await simulate(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                ambulances=args.ambulances,
+                rate=args.rate,
+                duration=args.duration,
+                passwords=passwords,
+                snap_every=args.snap_every,
+                crash_probability=args.crash_probability,
+                seed=args.seed,
+                id_prefix=args.prefix,
+                tls=tls.client_context(settings),
+            )
+        except AccountRefused as exc:
+            path = settings.resolved_credentials_file
+            hint = (
+                f"the passwords come from {path}"
+                if passwords is not None
+                else f"without {path} (`aoc up` writes it) the devices connect anonymously"
+            )
+            print(f"aoc simulate: {exc}; {hint}", file=sys.stderr)
+            return 1
         print(stats, file=sys.stderr)
-        return
+        return None
     if args.command == "up":
         from aoc.supervise import up
 
-        await up(settings)
-        return
+        return await up(settings)
     from aoc import lifecycle
 
     runners = {
@@ -92,6 +122,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         "realtime": lifecycle.run_realtime,
     }
     await runners[args.command](settings)
+    return None
 
 
 if __name__ == "__main__":

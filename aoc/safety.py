@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 # Values the project's examples and images ship with: never a real secret.
 PLACEHOLDERS = frozenset({"changeme", "minioadmin"})
 
-# Commands that connect to the broker with the bridge's account (the API's
-# shim publishes with it too; the simulator with its devices' default account).
-BROKER_CLIENTS = frozenset({"serve", "bridge", "api", "simulate"})
-# Commands that manage broker accounts as the admin: `aoc up` at first start.
-BROKER_ADMINS = frozenset({"up", "device", "dashboard"})
+# Commands that connect to the broker with the bridge's account. Not `aoc up`,
+# `aoc simulate`, `aoc device` or `aoc dashboard`: they use the generated
+# passwords of the credentials file (random, never a default) when these are unset.
+BROKER_CLIENTS = frozenset({"serve", "bridge", "api"})
+# The long-running services: development mode warns at their start only, so
+# that management commands print nothing but their answer.
+SERVICES = frozenset({"up", "serve", "bridge", "api", "realtime"})
 # Commands that touch only the broker: the rest of the settings is not theirs.
 BROKER_ONLY = frozenset({"simulate"})
 # Commands whose process runs the legacy shim (the legacy HTTP endpoints).
@@ -125,14 +127,6 @@ def problems(settings: Settings, command: str) -> list[Problem]:
                 "legacy mode's shim publishes with its own account",
             )
         )
-    if command in BROKER_ADMINS:
-        found.append(
-            _weak(
-                "AOC_MQTT_ADMIN_PASSWORD",
-                settings.mqtt_admin_password,
-                f"the broker's account manager ({settings.mqtt_admin_username})",
-            )
-        )
     if not broker_only:
         found += _storage(settings)
         wide = _open_networks(settings.legacy_networks) if settings.legacy_mode else []
@@ -167,7 +161,7 @@ def check(settings: Settings, command: str) -> None:
     unsafe = problems(settings, command)
     if settings.env == "production":
         errors += [f"{problem} (refused in production mode)" for problem in unsafe]
-    elif unsafe:
+    elif unsafe and command in SERVICES:
         names = ", ".join(dict.fromkeys(problem.variable for problem in unsafe))
         log.warning("development mode; production mode would refuse: %s", names)
     if errors:

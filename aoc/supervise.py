@@ -1,10 +1,12 @@
 """``aoc up``: run the whole one-machine stack under supervision.
 
 Starts Mosquitto (with the project's ``mosquitto.conf``), Redis and ``aoc serve``
-as child processes, restarts any that dies with capped backoff (each restart
-counted and logged with its cause), and on Ctrl-C or SIGTERM stops them in
-reverse order: the application first, so it can finish and acknowledge its
-work while the broker is still up.
+as child processes (the broker with accounts on: ``aoc.bootstrap`` makes them
+at first start, and hands the bridge's and the shim's to ``aoc serve``),
+restarts any that dies with capped backoff (each restart counted and logged
+with its cause), and on Ctrl-C or SIGTERM stops them in reverse order: the
+application first, so it can finish and acknowledge its work while the broker
+is still up.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from aoc import tls
+from aoc import bootstrap, tls
 from aoc.config import Settings
+from aoc.manage import ManageError
 from aoc.parts import Backoff
 from bridge.validate import Limits
 from broker import conf as broker_conf
@@ -37,6 +41,9 @@ class Child:
     argv: list[str]
     port: int | None = None
     stop_timeout: float = 15.0
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # on top of os.environ
+    # Run once after its first start (the broker's accounts), before the next child starts.
+    after_start: Callable[[], Awaitable[object]] | None = field(default=None, repr=False)
     restarts: int = 0
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
@@ -82,15 +89,21 @@ async def plan(settings: Settings) -> list[Child]:
     """The children to run, skipping a broker or Redis that already listens on its port."""
     data = settings.data_dir.resolve()
     children: list[Child] = []
+    serve_env: dict[str, str] = {}
     if await port_open(settings.mqtt_port):
         log.warning("port %d already serves MQTT: using that broker", settings.mqtt_port)
+        # Maybe one an earlier `aoc up` left running: its accounts are in the file.
+        serve_env = bootstrap.serve_env(settings) if settings.broker_auth else {}
     else:
+        wanted = bootstrap.prepare(settings) if settings.broker_auth else None
         conf = broker_conf.write(
             data / "mosquitto" / "mosquitto.conf",
             mqtt_port=settings.mqtt_port,
             ws_port=settings.mqtt_ws_port,
             bind_host=settings.resolved_mqtt_bind_host,
             data_dir=data / "mosquitto" / "data",
+            auth=settings.broker_auth,
+            dynsec_file=bootstrap.dynsec_file(settings),
             # The largest packet a device may send follows the snapshot limits.
             max_packet_size=broker_conf.packet_bound(
                 Limits.from_settings(settings).max_snap_json_bytes
@@ -98,9 +111,11 @@ async def plan(settings: Settings) -> list[Child]:
             max_connections=settings.mqtt_max_connections,
             extra=tls.broker_listeners(settings),  # MQTT and wss over TLS, with a certificate
         )
-        children.append(
-            Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port)
-        )
+        broker = Child("mosquitto", [_binary("mosquitto"), "-c", str(conf)], settings.mqtt_port)
+        if wanted is not None:
+            broker.after_start = lambda: bootstrap.apply(settings, wanted)
+            serve_env = wanted.env
+        children.append(broker)
     redis = urlsplit(settings.redis_url)
     redis_port = redis.port or 6379
     if redis.hostname not in {"127.0.0.1", "localhost"} or await port_open(redis_port):
@@ -124,13 +139,15 @@ async def plan(settings: Settings) -> list[Child]:
         ]
         children.append(Child("redis", argv, redis_port))
     serve = [sys.executable, "-m", "aoc.cli", "serve"]
-    children.append(Child("aoc-serve", serve, settings.http_port, stop_timeout=20.0))
+    children.append(
+        Child("aoc-serve", serve, settings.http_port, stop_timeout=20.0, env=serve_env)
+    )
     return children
 
 
 async def _start(child: Child) -> None:
     # The child exports its restart count as a metric (AOC_RESTART_COUNT).
-    env = {**os.environ, "AOC_RESTART_COUNT": str(child.restarts)}
+    env = {**os.environ, **child.env, "AOC_RESTART_COUNT": str(child.restarts)}
     child.proc = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True, env=env)
     await wait_port(child)
     log.info("%s started (pid %d)", child.name, child.proc.pid)
@@ -174,22 +191,37 @@ async def _stop(child: Child) -> None:
     log.info("%s stopped", child.name)
 
 
-async def up(settings: Settings) -> None:
-    """Start the stack, keep it alive, stop it cleanly on the first signal."""
+async def up(settings: Settings) -> int:
+    """Start the stack, keep it alive, stop it cleanly on the first signal; the exit code."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    children = await plan(settings)
+    try:
+        children = await plan(settings)
+    except ManageError as exc:  # the broker's accounts cannot be prepared
+        print(f"aoc up: {exc}", file=sys.stderr)
+        return exc.exit_code
     started: list[Child] = []
     try:
         for child in children:
             await _start(child)
             started.append(child)
+            if child.after_start is not None:
+                try:
+                    await child.after_start()
+                except ManageError as exc:
+                    print(f"aoc up: {child.name}: {exc}", file=sys.stderr)
+                    return exc.exit_code
+        accounts = (
+            f" Broker accounts: {settings.resolved_credentials_file}."
+            if settings.broker_auth
+            else " The broker accepts anyone (AOC_BROKER_AUTH=false)."
+        )
         print(
             f"AOC is up: HTTP http://{settings.bind_host}:{settings.http_port}/docs, "
             f"Socket.IO :{settings.socketio_port}, MQTT :{settings.mqtt_port}, "
-            f"MQTT over WebSocket :{settings.mqtt_ws_port}. Ctrl-C stops everything.",
+            f"MQTT over WebSocket :{settings.mqtt_ws_port}.{accounts} Ctrl-C stops everything.",
             file=sys.stderr,
         )
         async with asyncio.TaskGroup() as group:
@@ -204,3 +236,4 @@ async def up(settings: Settings) -> None:
         stopping.set()
         for child in reversed(children):
             await _stop(child)
+    return 0

@@ -14,6 +14,16 @@ from pathlib import Path
 
 PROJECT_CONF = Path(__file__).resolve().parent.parent / "mosquitto.conf"
 
+# Where Mosquitto's dynamic security plugin lives: Debian and Ubuntu put it
+# under the multiarch directory, the eclipse-mosquitto image (and the
+# checked-in file) under /usr/lib.
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+_PLUGIN_GLOBS = (
+    f"/usr/lib/*/{DYNSEC_PLUGIN}",
+    f"/usr/lib/{DYNSEC_PLUGIN}",
+    f"/usr/local/lib/{DYNSEC_PLUGIN}",
+)
+
 # A PUBLISH packet's bytes besides its payload: fixed header, topic (at most
 # ``aoc/<64-character id>/tracking``), packet id; generously rounded up.
 PACKET_OVERHEAD = 1024
@@ -43,12 +53,39 @@ def _listener_address(bind_host: str) -> str:
     return bind_host
 
 
+def dynsec_plugin() -> Path:
+    """The installed dynamic security plugin; ``FileNotFoundError`` naming the package if none."""
+    for pattern in _PLUGIN_GLOBS:
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return found[0]
+    raise FileNotFoundError(
+        f"Mosquitto's dynamic security plugin ({DYNSEC_PLUGIN}) is not installed: "
+        "it ships with the mosquitto package (`make run` installs it)"
+    )
+
+
+def _auth(text: str, auth: bool, dynsec_file: Path | None) -> str:
+    """The plugin lines pointing at this machine's plugin and ``dynsec_file``; or anonymous."""
+    if not auth:
+        # A throwaway broker (most tests): anyone may connect, publish and subscribe.
+        text = re.sub(r"^(plugin|plugin_opt_\w+) .*\n", "", text, flags=re.MULTILINE)
+        return re.sub(r"^allow_anonymous .*$", "allow_anonymous true", text, flags=re.MULTILINE)
+    if dynsec_file is None:
+        raise ValueError("a broker with authentication needs its dynamic security file")
+    text = re.sub(r"^plugin .*$", f"plugin {dynsec_plugin()}", text, flags=re.MULTILINE)
+    config = f"plugin_opt_config_file {dynsec_file.resolve()}"
+    return re.sub(r"^plugin_opt_config_file .*$", config, text, flags=re.MULTILINE)
+
+
 def render(
     *,
     mqtt_port: int,
     ws_port: int,
     bind_host: str,
     data_dir: Path,
+    auth: bool = True,
+    dynsec_file: Path | None = None,
     source: Path = PROJECT_CONF,
     extra: str = "",
     max_packet_size: int | None = None,
@@ -67,9 +104,14 @@ def render(
 
     ``data_dir`` receives Mosquitto's persistence file. The broker runs as the
     current user, so it can read and write the files that user prepared
-    (Mosquitto started as root would otherwise switch to the ``mosquitto`` user).
+    (Mosquitto started as root would otherwise switch to the ``mosquitto`` user):
+    the dynamic security file among them, which the plugin also rewrites.
+
+    ``auth`` (the default) keeps the file's accounts and ACLs: the dynamic
+    security plugin of this machine, keeping its accounts in ``dynsec_file``.
+    ``auth=False`` is for throwaway brokers only: anonymous, no ACLs.
     """
-    text = source.read_text()
+    text = _auth(source.read_text(), auth, dynsec_file)
     ports = iter((mqtt_port, ws_port))
     bind = _listener_address(bind_host)
 
@@ -98,6 +140,8 @@ def write(
     ws_port: int,
     bind_host: str,
     data_dir: Path,
+    auth: bool = True,
+    dynsec_file: Path | None = None,
     extra: str = "",
     max_packet_size: int | None = None,
     max_connections: int | None = None,
@@ -109,6 +153,8 @@ def write(
         ws_port=ws_port,
         bind_host=bind_host,
         data_dir=data_dir,
+        auth=auth,
+        dynsec_file=dynsec_file,
         extra=extra,
         max_packet_size=max_packet_size,
         max_connections=max_connections,

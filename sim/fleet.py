@@ -14,6 +14,10 @@ more work on 2 cores than the messages themselves; a shared client has no
 per-ambulance will, so ``online``/``offline`` are always also published
 explicitly (a clean disconnect never fires a will anyway).
 
+With ``passwords`` (a broker with accounts, as `aoc up` runs it) every
+ambulance logs in as its own device account, which may publish only its own
+topics: then each has a connection of its own, whatever ``max_connections``.
+
 Everything the fleet does is decided by random generators seeded from ``seed``
 and stepped per point, so two runs with one seed send the same sequence of
 positions, snapshots and crashes; only the timestamps differ.
@@ -31,6 +35,7 @@ import random
 import ssl
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -108,6 +113,7 @@ class _Fleet:
         self.snap_points = max(1, round(snap_every * rate)) if snap_every > 0 else 0
         self.crash_probability = crash_probability
         self.stats = stats
+        self.refused: list[str] = []  # accounts the broker refused at CONNECT
 
     async def drive(self, amb: _Ambulance, client: aiomqtt.Client, start: float) -> None:
         """Publish ``amb``'s points until cancelled; ``start`` staggers it among the fleet."""
@@ -213,10 +219,10 @@ class _Link:
         *,
         host: str,
         port: int,
-        username: str | None,
-        password: str | None,
         identifier: str,
         tls: ssl.SSLContext | None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.fleet = fleet
         self.ambulances = ambulances
@@ -245,6 +251,14 @@ class _Link:
                 await self._drive()
             except Exception as exc:  # a lost connection or a failed publish: reconnect
                 self.fleet.stats.errors += 1
+                if _refused(exc):  # a wrong password never heals: stop the whole fleet
+                    log.error(
+                        "simulator connection %s: the broker refused the account %s: %s",
+                        self.identifier, self.username or "(anonymous)", exc,
+                    )
+                    self.fleet.refused.append(self.username or "(anonymous)")
+                    self.stop.set()
+                    return  # nothing to sign off: this account cannot connect
                 if _only_mqtt_errors(exc):
                     log.warning(
                         "simulator connection %s: %s; retrying in %.1fs",
@@ -361,6 +375,22 @@ async def _settle(tasks: list[asyncio.Task[None]]) -> None:
         raise interrupted
 
 
+# CONNACK codes of a refused account: bad username or password, not authorised
+# (MQTT 3.1.1's 4 and 5, MQTT 5's 134 and 135, which paho reports for both).
+_REFUSED_CODES = frozenset({4, 5, 134, 135})
+
+
+class AccountRefused(Exception):
+    """The broker refused some devices' accounts; the simulation stopped. The text names them."""
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker refusing the account at CONNECT."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    return getattr(exc.rc, "value", exc.rc) in _REFUSED_CODES
+
+
 def _only_mqtt_errors(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_mqtt_errors(inner) for inner in exc.exceptions)
@@ -412,8 +442,7 @@ async def simulate(
     ambulances: int,
     rate: float,
     duration: float | None,
-    username: str | None = None,
-    password: str | None = None,
+    passwords: Mapping[str, str] | None = None,
     snap_every: float = 30.0,
     crash_probability: float = 0.0005,
     seed: int | None = None,
@@ -432,8 +461,11 @@ async def simulate(
     turns snapshots off. A progress line goes to ``stream`` when ``progress``
     is set and ``stream`` is a terminal (or ``force_progress``). Raises
     ``ValueError`` for impossible arguments; connection failures are retried
-    and counted in ``SimStats.errors``. ``tls`` (``aoc.tls.client_context``)
-    puts every connection on TLS, verified by that context.
+    and counted in ``SimStats.errors``. ``passwords`` maps each ambulance id to
+    its device account's password (the username is the id); None: anonymous.
+    An account the broker refuses stops the simulation: ``AccountRefused``. ``tls``
+    (``aoc.tls.client_context``) puts every connection on TLS, verified by that
+    context.
     """
     _validate(
         ambulances=ambulances,
@@ -460,6 +492,11 @@ async def simulate(
     ]
     # Spread the fleet evenly over one period so the broker sees a steady stream.
     offsets = [i * fleet.period / ambulances for i in range(ambulances)]
+    if passwords is not None:
+        missing = [a.ambulance_id for a in fleet_members if a.ambulance_id not in passwords]
+        if missing:
+            raise ValueError(f"no password for {', '.join(missing[:3])}")
+        max_connections = ambulances  # an account may publish for its own ambulance only
     links = max(1, min(ambulances, max_connections))
     run_id = f"{random.SystemRandom().getrandbits(32):08x}"
     log.info(
@@ -469,6 +506,11 @@ async def simulate(
     loop = asyncio.get_running_loop()
     started = loop.time()
     stop = asyncio.Event()
+    # With accounts there is one ambulance per link: it logs in as that device.
+    logins = [
+        (amb.ambulance_id, passwords[amb.ambulance_id]) if passwords is not None else (None, None)
+        for amb in fleet_members[:links]
+    ]
     tasks = [
         asyncio.create_task(
             _Link(
@@ -478,10 +520,10 @@ async def simulate(
                 stop,
                 host=host,
                 port=port,
-                username=username,
-                password=password,
                 identifier=f"{id_prefix}-sim-{run_id}-{k}",
                 tls=tls,
+                username=logins[k][0],
+                password=logins[k][1],
             ).run(),
             name=f"sim-link-{k}",
         )
@@ -504,4 +546,11 @@ async def simulate(
             stream.write(f"\r[simulate] {stats}\n")
             stream.flush()
         log.info("simulation stopped: %s", stats)
+    if fleet.refused:
+        refused = sorted(fleet.refused)
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise AccountRefused(
+            f"the broker refused the account of {', '.join(refused[:3])}{more} "
+            "(wrong password, or no such account)"
+        )
     return stats

@@ -22,7 +22,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker import accounts
 from broker import conf as broker_conf
+
+ADMIN = "admin"  # the admin account of a test broker with authentication
+DYNSEC_FILE = "dynamic-security.json"
 
 
 def free_port() -> int:
@@ -165,17 +169,28 @@ def mosquitto(
     ws_port: int | None = None,
     extra: str = "",
     max_packet_size: int | None = None,
+    admin_password: str | None = None,
 ) -> Service:
-    """Mosquitto with the project's ``mosquitto.conf``, ports and paths substituted."""
+    """Mosquitto with the project's ``mosquitto.conf``, ports and paths substituted.
+
+    Anonymous (``auth=False``) unless ``admin_password`` is given: then with
+    the dynamic security plugin, whose file (``DYNSEC_FILE`` in ``workdir``,
+    made once) holds only the account ``admin`` with that password.
+    """
     port = port or free_port()
     ws_port = ws_port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    dynsec = workdir / DYNSEC_FILE
+    if admin_password is not None and not dynsec.exists():
+        accounts.write_initial_config(dynsec, ADMIN, admin_password)
     conf = broker_conf.write(
         workdir / "mosquitto.conf",
         mqtt_port=port,
         ws_port=ws_port,
         bind_host="127.0.0.1",
         data_dir=workdir / "data",
+        auth=admin_password is not None,
+        dynsec_file=dynsec,
         extra=extra,
         max_packet_size=max_packet_size,
     )

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import math
+import os
 import random
 import struct
 import subprocess
@@ -19,17 +20,22 @@ import sys
 import textwrap
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from aoc import credentials
 from bridge.messages import Crash, Snap, Status, Tracking
 from bridge.validate import Limits, parse
+from broker import accounts
 from sim import jpeg, motion
 from sim.fleet import SimStats, simulate
+from storage.base import AUDIT, Query
+from storage.sqlite import SQLiteDocumentStore
 from tests import services
 
 LIMITS = Limits(max_image_bytes=5 * 1024 * 1024, max_upload_files=10)
@@ -497,3 +503,188 @@ def test_the_runtime_does_not_import_the_simulator(command: str) -> None:
 def test_the_check_sees_the_simulator_once_loaded() -> None:
     """Test the check itself: `aoc simulate`'s import does show up."""
     assert "sim.fleet" in _modules_after("from sim.fleet import simulate")
+
+
+# -- with accounts, as `aoc up` runs the broker -------------------------------------------
+
+ADMIN_PASSWORD = "fake-simulate-admin"
+
+
+@pytest.fixture(scope="module")
+def secure_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    """A broker with accounts on (the dynamic security plugin), only ``admin`` at first."""
+    with services.mosquitto(
+        tmp_path_factory.mktemp("secure-mosquitto"), admin_password=ADMIN_PASSWORD
+    ) as service:
+        yield service
+
+
+async def _aoc_simulate(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str]:
+    """Run `aoc simulate <args>`: its exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aoc.cli", "simulate", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def _env(broker: services.Service, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AOC_")}
+    return {**env, "AOC_MQTT_PORT": str(broker.port), "AOC_DATA_DIR": str(data_dir),
+            "AOC_LOG_LEVEL": "WARNING"}
+
+
+async def test_simulate_logs_in_as_each_device_and_creates_missing_ones(
+    secure_mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test `aoc simulate` with the credentials file `aoc up` writes: every device gets through.
+
+    Two ids have accounts already (their passwords in the file); the third is
+    created through the file's admin account, recorded in the file and audited.
+    A bridge account receives every ambulance's traffic: each logged in as itself.
+    """
+    ids = prefix()
+    data = tmp_path / "data"
+    path = data / "credentials.json"
+    bridge, bridge_pw = f"bridge-{ids}", accounts.new_password()
+    async with accounts.DynsecAdmin(
+        host="127.0.0.1", port=secure_mosquitto.port, username=services.ADMIN,
+        password=ADMIN_PASSWORD,
+    ) as admin:
+        await admin.set_default_access()
+        await admin.create_client(bridge, bridge_pw, accounts.bridge_acls())
+        with credentials.editing(path) as creds:
+            creds.set_account("admin", services.ADMIN, ADMIN_PASSWORD)
+            for n in ("001", "002"):
+                creds.devices[ids + n] = accounts.new_password()
+                await admin.create_client(
+                    ids + n, creds.devices[ids + n], accounts.device_acls(ids + n)
+                )
+    received = Received()
+    async with aiomqtt.Client(
+        "127.0.0.1", secure_mosquitto.port, username=bridge, password=bridge_pw
+    ) as bridge_client:
+        await bridge_client.subscribe("aoc/+/tracking", qos=1)
+        await bridge_client.subscribe("aoc/+/status", qos=1)
+
+        async def pump() -> None:
+            async for message in bridge_client.messages:
+                await received.add(message)
+
+        task = asyncio.create_task(pump())
+        try:
+            code, err = await _aoc_simulate(
+                _env(secure_mosquitto, data), tmp_path,
+                "--ambulances", "3", "--prefix", ids, "--rate", "5", "--duration", "1",
+                "--snap-every", "0", "--seed", "1",
+            )
+            assert code == 0, err
+            assert "errors 0" in err
+            await received.until(
+                lambda r: {m.topic.value for m in r if payload(m) == b"offline"}
+                == {f"aoc/{ids}{n}/status" for n in ("001", "002", "003")}
+            )
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10.0)
+    senders = {m.topic.value.split("/")[1] for m in received if "tracking" in m.topic.value}
+    assert senders == {f"{ids}001", f"{ids}002", f"{ids}003"}
+    assert f"{ids}003" in credentials.load(path).devices
+    async with SQLiteDocumentStore(data / "aoc.sqlite3") as store:
+        page = await store.find(Query(AUDIT, limit=10))
+    assert [(d["action"], d["target"], d["details"]) for d in page.items] == [
+        ("device.add", f"{ids}003", {"via": "aoc simulate"})
+    ]
+
+
+async def test_simulate_without_a_way_to_make_accounts_fails_with_one_line(
+    secure_mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test ids the credentials file lacks, with no admin password anywhere: exit 2, one line."""
+    data = tmp_path / "data"
+    with credentials.editing(data / "credentials.json") as creds:
+        creds.devices["SIM001"] = "whatever"
+    code, err = await _aoc_simulate(
+        _env(secure_mosquitto, data), tmp_path, "--ambulances", "3", "--duration", "1"
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"aoc simulate: {data / 'credentials.json'} holds no password for SIM002, SIM003 and "
+        "no admin account to create them: run fewer ambulances, or set AOC_MQTT_ADMIN_PASSWORD"
+    ]
+
+
+async def test_with_accounts_each_ambulance_gets_its_own_connection(
+    secure_mosquitto: services.Service,
+) -> None:
+    """Test that passwords override max_connections: a shared link could publish for one id only."""
+    ids = prefix()
+    bridge, bridge_pw = f"bridge-{ids}", accounts.new_password()
+    passwords = {ids + n: accounts.new_password() for n in ("001", "002")}
+    async with accounts.DynsecAdmin(
+        host="127.0.0.1", port=secure_mosquitto.port, username=services.ADMIN,
+        password=ADMIN_PASSWORD,
+    ) as admin:
+        await admin.create_client(bridge, bridge_pw, accounts.bridge_acls())
+        for ambulance_id, password in passwords.items():
+            await admin.create_client(ambulance_id, password, accounts.device_acls(ambulance_id))
+    received = Received()
+    async with aiomqtt.Client(
+        "127.0.0.1", secure_mosquitto.port, username=bridge, password=bridge_pw
+    ) as bridge_client:
+        await bridge_client.subscribe("aoc/+/tracking", qos=1)
+
+        async def pump() -> None:
+            async for message in bridge_client.messages:
+                await received.add(message)
+
+        task = asyncio.create_task(pump())
+        try:
+            stats = await simulate(
+                host="127.0.0.1", port=secure_mosquitto.port, ambulances=2, rate=5,
+                duration=1.0, snap_every=0, crash_probability=0.0, seed=5, id_prefix=ids,
+                progress=False, max_connections=1, passwords=passwords,
+            )
+            await received.settle(stats.tracking)
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10.0)
+    assert stats.errors == 0
+    senders = Counter(m.topic.value.split("/")[1] for m in received)
+    assert set(senders) == set(passwords)
+    assert sum(senders.values()) == stats.tracking
+
+
+async def test_a_refused_account_stops_simulate_with_one_line(
+    secure_mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test a wrong password in the file, and no file at all: exit 1 and one line, no endless retry.
+
+    The run is asked for an hour: only the refusal can end it within the test.
+    """
+    ids = prefix()
+    data = tmp_path / "data"
+    async with accounts.DynsecAdmin(
+        host="127.0.0.1", port=secure_mosquitto.port, username=services.ADMIN,
+        password=ADMIN_PASSWORD,
+    ) as admin:
+        await admin.create_client(f"{ids}001", "right", accounts.device_acls(f"{ids}001"))
+    args = ("--ambulances", "1", "--prefix", ids, "--duration", "3600")
+    code, err = await _aoc_simulate(_env(secure_mosquitto, data), tmp_path, *args)
+    assert code == 1
+    path = data / "credentials.json"
+    assert [line for line in err.splitlines() if line.startswith("aoc simulate:")] == [
+        "aoc simulate: the broker refused the account of (anonymous) (wrong password, or no "
+        f"such account); without {path} (`aoc up` writes it) the devices connect anonymously"
+    ]
+    with credentials.editing(path) as creds:
+        creds.devices[f"{ids}001"] = "wrong"
+    code, err = await _aoc_simulate(_env(secure_mosquitto, data), tmp_path, *args)
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("aoc simulate:")] == [
+        f"aoc simulate: the broker refused the account of {ids}001 (wrong password, or no "
+        f"such account); the passwords come from {path}"
+    ]

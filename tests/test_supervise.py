@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -15,9 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import httpx
+import pytest
 
-from aoc import supervise
+from aoc import credentials, supervise
+from aoc.config import Settings
+from broker import accounts
+from storage.base import AUDIT, Query
+from storage.sqlite import SQLiteDocumentStore
 from tests import services
 
 
@@ -197,3 +204,159 @@ async def test_wait_port_sees_a_listening_port() -> None:
     async with server:
         child = supervise.Child("listening", ["true"], server.sockets[0].getsockname()[1])
         await supervise.wait_port(child, timeout=5.0)
+
+
+@contextlib.contextmanager
+def _running_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`aoc up` until the block ends, then Ctrl-C (it must exit 0); ``log`` gets its output."""
+    before = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "aoc.cli", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for(lambda: b"AOC is up" in log.read_bytes()[before:], 60, "the stack")
+        yield up
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+TRACKING = b'{"lat": 13.75, "lon": 100.5, "speed": 42.0, "heading": 90.0, "ts": %d}'
+
+
+async def _device_to_dashboard(port: int, creds: credentials.Credentials) -> bytes:
+    """A device's point, through the bridge of `aoc up`, as the first dashboard sees its state."""
+    device = "SIM001"
+    async with (
+        aiomqtt.Client(
+            "127.0.0.1", port, username="dash-first",
+            password=creds.dashboards["dash-first"], identifier="dash-first-test",
+        ) as dashboard,
+        aiomqtt.Client(
+            "127.0.0.1", port, username=device, password=creds.devices[device],
+            identifier=f"{device}-test",
+        ) as publisher,
+    ):
+        await dashboard.subscribe(f"aoc/{device}/state", qos=1)
+        await publisher.publish(
+            f"aoc/{device}/tracking", TRACKING % int(time.time() * 1000), qos=1
+        )
+        async with asyncio.timeout(DEADLINE):
+            async for message in dashboard.messages:
+                # Skip a retained state from before: the bridge must publish this one now.
+                if not message.retain:
+                    assert isinstance(message.payload, bytes)
+                    return message.payload
+    raise AssertionError("no state")
+
+
+async def _refused(port: int, username: str | None, password: str | None) -> None:
+    with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+        async with aiomqtt.Client("127.0.0.1", port, username=username, password=password):
+            pass
+
+
+async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_path: Path) -> None:
+    """Test `aoc up` with authentication: its credentials file works end to end, and lasts.
+
+    First start: the file (mode 0600, path printed, no secret in the output)
+    holds every account, a simulator device's point reaches the first
+    dashboard through the bridge (which got its account from `aoc up`), and
+    anonymous clients are refused. An account deleted behind its back is made
+    again at the next start, with the same password, as are the others.
+    """
+    data = tmp_path / "data"
+    ports, env = services.up_settings(data)
+    env = {k: v for k, v in env.items() if not k.startswith(("AOC_MQTT_USER", "AOC_MQTT_PASS",
+                                                            "AOC_SHIM_", "AOC_MQTT_ADMIN"))}
+    path = data / "credentials.json"
+    log = tmp_path / "up.log"
+    with _running_up(env, log):
+        creds = credentials.load(path)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert sorted(creds.devices) == [f"SIM{n:03d}" for n in range(1, 11)]
+        assert list(creds.dashboards) == ["dash-first"]
+        assert creds.account("bridge") is not None and creds.account("shim") is not None
+        admin = creds.account("admin")
+        assert admin is not None
+        assert creds.data["mqtt"] == {"host": "127.0.0.1", "port": ports["mqtt"],
+                                      "ws_port": ports["ws"]}
+        output = log.read_text()
+        assert f"Broker accounts: {path}" in output
+        secrets = [p for _, p in filter(None, map(creds.account, ("admin", "bridge", "shim")))]
+        assert not any(s in output for s in [*secrets, *creds.devices.values()])
+
+        state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
+        assert state["ambulance_id"] == "SIM001"
+        await _refused(ports["mqtt"], None, None)
+        await _refused(ports["mqtt"], "SIM002", "wrong")
+        async with accounts.DynsecAdmin(
+            host="127.0.0.1", port=ports["mqtt"], username=admin[0], password=admin[1]
+        ) as manager:
+            await manager.delete_client("SIM002")
+        await _refused(ports["mqtt"], "SIM002", creds.devices["SIM002"])
+
+    with _running_up(env, log):
+        assert credentials.load(path).data == creds.data  # nothing regenerated
+        async with aiomqtt.Client(
+            "127.0.0.1", ports["mqtt"], username="SIM002", password=creds.devices["SIM002"]
+        ) as device:
+            await device.publish("aoc/SIM002/status", b"online", qos=1)
+        state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
+        assert state["ambulance_id"] == "SIM001"
+    async with SQLiteDocumentStore(data / "aoc.sqlite3") as store:
+        page = await store.find(Query(AUDIT, limit=100))
+    made = [(d["action"], d["target"]) for d in page.items]
+    assert made.count(("device.add", "SIM002")) == 2  # first start, and made again
+    assert ("service.add", "aoc-bridge") in made and ("dashboard.add", "dash-first") in made
+
+
+def test_up_refuses_accounts_it_cannot_manage(tmp_path: Path) -> None:
+    """Test a broker account file without a known admin password: one line, exit 2, nothing run."""
+    data = tmp_path / "data"
+    _, env = services.up_settings(data)
+    env = {k: v for k, v in env.items() if not k.startswith("AOC_MQTT_ADMIN")}
+    (data / "mosquitto").mkdir(parents=True)
+    (data / "mosquitto" / "dynamic-security.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-m", "aoc.cli", "up"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("aoc up:")]
+    assert len(lines) == 1 and "AOC_MQTT_ADMIN_PASSWORD" in lines[0]
+
+
+async def test_up_hands_serve_the_file_accounts_for_a_broker_already_running(
+    tmp_path: Path,
+) -> None:
+    """Test that with a broker already listening (an earlier `aoc up`'s), serve still logs in.
+
+    No broker is planned, and `aoc serve` gets the bridge's and the shim's
+    accounts from the credentials file; one the operator set stays theirs.
+    """
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        settings = Settings(
+            _env_file=None, mqtt_port=port, data_dir=tmp_path / "data", http_port=1,
+            mqtt_username=None, shim_mqtt_username=None,
+        )
+        with credentials.editing(settings.resolved_credentials_file) as creds:
+            creds.set_account("bridge", "aoc-bridge", "fake-bridge-pw")
+            creds.set_account("shim", "aoc-shim", "fake-shim-pw")
+        children = {child.name: child for child in await supervise.plan(settings)}
+        assert "mosquitto" not in children
+        assert children["aoc-serve"].env == {
+            "AOC_MQTT_USERNAME": "aoc-bridge", "AOC_MQTT_PASSWORD": "fake-bridge-pw",
+            "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "fake-shim-pw",
+        }
+        mine = settings.model_copy(update={"mqtt_username": "ops-bridge"})
+        children = {child.name: child for child in await supervise.plan(mine)}
+        assert children["aoc-serve"].env == {
+            "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "fake-shim-pw",
+        }

@@ -91,6 +91,7 @@ def start_broker(
         data_dir=workdir / "data",
         extra=tls.broker_listeners(broker_settings),
         max_connections=limit,
+        auth=False,  # anonymous: these tests are about the transport
     )
     mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
     assert mosquitto, "mosquitto is not installed: run `make setup`"

@@ -7,7 +7,8 @@ and then idles until killed.
 Options: ``port``, ``client_id``; ``subscribe`` (a topic filter) with ``expect``
 (how many messages to read, acknowledging those whose payload is an even
 number, then syncing so the acks have reached the broker); ``will`` (topic,
-payload, qos, retain) for a client that only waits to die.
+payload, qos, retain) for a client that only waits to die; ``username`` and
+``password`` for a broker with accounts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ async def main(options: dict[str, Any]) -> None:
         clean_session=False,
         subscriptions=[(topic_filter, 1)] if topic_filter else (),
         will=(will[0], will[1].encode(), will[2], will[3]) if will else None,
+        username=options.get("username"),
+        password=options.get("password"),
     )
     async with client:
         say("subscribed")

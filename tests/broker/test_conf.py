@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aoc import supervise
+from aoc import credentials, supervise
 from aoc.config import Settings
 from bridge.validate import Limits
 from broker import MqttClient, MqttError
@@ -44,7 +44,7 @@ def test_both_listeners_bind_the_given_address(tmp_path: Path) -> None:
 
     def render(bind_host: str) -> str:
         return broker_conf.render(
-            mqtt_port=1883, ws_port=9001, bind_host=bind_host, data_dir=tmp_path
+            mqtt_port=1883, ws_port=9001, bind_host=bind_host, data_dir=tmp_path, auth=False
         )
 
     text = render("127.0.0.1")
@@ -90,10 +90,15 @@ async def test_aoc_up_runs_a_broker_that_listens_only_on_its_bind_address(tmp_pa
         bind_host="127.0.0.1", mqtt_port=port, mqtt_ws_port=ws_port, data_dir=tmp_path / "data"
     )
     children = {child.name: child for child in await supervise.plan(settings)}
-    argv = children["mosquitto"].argv
+    mosquitto = children["mosquitto"]
     # Started, it waits until both ports accept on 127.0.0.1.
-    broker = services.Service("mosquitto", argv, port, tmp_path / "run", extra_ports=(ws_port,))
+    broker = services.Service("mosquitto", mosquitto.argv, port, tmp_path / "run",
+                              extra_ports=(ws_port,))
     with broker:
+        assert mosquitto.after_start is not None  # `aoc up` makes the accounts
+        await mosquitto.after_start()
+        device = "SIM001"
+        password = credentials.load(settings.resolved_credentials_file).devices[device]
         # MQTT and MQTT over WebSocket connect on the bind address, and publish.
         for listening, transport in ((port, "tcp"), (ws_port, "websockets")):
             async with MqttClient(
@@ -103,8 +108,10 @@ async def test_aoc_up_runs_a_broker_that_listens_only_on_its_bind_address(tmp_pa
                 clean_session=True,
                 manual_ack=False,
                 transport=transport,
+                username=device,
+                password=password,
             ) as client:
-                await client.publish(f"aoc/{uuid.uuid4().hex[:8]}/status", b"{}", timeout=5)
+                await client.publish(f"aoc/{device}/status", b"{}", timeout=5)
         for address in others:
             for listening in (port, ws_port):
                 with pytest.raises(ConnectionRefusedError):
@@ -117,7 +124,8 @@ def test_max_packet_size_follows_the_snapshot_limits(tmp_path: Path) -> None:
     largest = Limits.from_settings(settings).max_snap_json_bytes
     bound = broker_conf.packet_bound(largest)
     text = broker_conf.render(
-        mqtt_port=1, ws_port=2, bind_host="127.0.0.1", data_dir=tmp_path, max_packet_size=bound
+        mqtt_port=1, ws_port=2, bind_host="127.0.0.1", data_dir=tmp_path, max_packet_size=bound,
+        auth=False,
     )
     assert [line for line in text.splitlines() if line.startswith("max_packet_size")] == [
         f"max_packet_size {bound}"
@@ -145,3 +153,32 @@ async def test_a_packet_over_the_bound_closes_the_connection(tmp_path: Path) -> 
             await client.publish(topic, bytes(1000), timeout=5)
             with pytest.raises(MqttError, match="connection lost"):
                 await client.publish(topic, bytes(8000), timeout=5)
+
+
+def auth_lines(text: str) -> list[str]:
+    """The lines that decide who may connect."""
+    return [line for line in text.splitlines() if line.startswith(("allow_anonymous", "plugin"))]
+
+
+def test_authentication_is_on_unless_explicitly_turned_off(tmp_path: Path) -> None:
+    """Test the plugin lines: this machine's plugin and file when on, none (anonymous) when off."""
+    checked_in = broker_conf.PROJECT_CONF.read_text()
+    # docker-compose mounts the file as is: the eclipse-mosquitto image's paths.
+    assert auth_lines(checked_in) == [
+        "allow_anonymous false",
+        "plugin /usr/lib/mosquitto_dynamic_security.so",
+        "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
+    ]
+    common = {"mqtt_port": 1, "ws_port": 2, "bind_host": "127.0.0.1", "data_dir": tmp_path}
+    on = auth_lines(broker_conf.render(**common, dynsec_file=tmp_path / "accounts.json"))
+    plugin = on[1].removeprefix("plugin ")
+    assert on == [
+        "allow_anonymous false",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {(tmp_path / 'accounts.json').resolve()}",
+    ]
+    assert Path(plugin).is_file() and plugin.endswith("/mosquitto_dynamic_security.so")
+    off = auth_lines(broker_conf.render(**common, auth=False))
+    assert off == ["allow_anonymous true"]
+    with pytest.raises(ValueError, match="dynamic security file"):
+        broker_conf.render(**common)  # on by default, and it needs the file

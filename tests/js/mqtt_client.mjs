@@ -2,6 +2,7 @@
 // MQTT over WebSocket, or a device on plain MQTT, with the npm `mqtt` package.
 //
 //   node mqtt_client.mjs --url ws://127.0.0.1:9001 [--id device-332] [--ca ca.crt]
+//                        [--username dash-first --password <password>]
 //
 // --ca: trust only this CA for wss:// and mqtts:// (the host name is verified).
 //
@@ -21,6 +22,8 @@ const { values } = parseArgs({
     url: { type: "string" },
     id: { type: "string", default: "" },
     ca: { type: "string", default: "" },
+    username: { type: "string", default: "" },
+    password: { type: "string", default: "" },
   },
 });
 const print = (event) => process.stdout.write(JSON.stringify(event) + "\n");
@@ -28,6 +31,8 @@ const print = (event) => process.stdout.write(JSON.stringify(event) + "\n");
 const options = { reconnectPeriod: 0 };
 if (values.id) options.clientId = values.id;
 if (values.ca) options.ca = readFileSync(values.ca);
+if (values.username) options.username = values.username;
+if (values.password) options.password = values.password;
 const client = mqtt.connect(values.url, options);
 client.on("connect", () => print({ event: "connect" }));
 client.on("error", (err) => print({ event: "error", message: err.message }));
