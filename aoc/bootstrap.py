@@ -22,9 +22,12 @@ topic; the file written here holds the same salted PBKDF2-SHA512 hash
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -51,7 +54,7 @@ class Accounts:
     """The accounts `aoc up` makes sure of, with their passwords."""
 
     bridge: tuple[str, str]
-    shim: tuple[str, str]
+    shim: tuple[str, str] | None
     devices: dict[str, str] = field(default_factory=dict)
     dashboards: dict[str, str] = field(default_factory=dict)
     # The environment `aoc serve` gets: the service accounts the operator did not set.
@@ -169,10 +172,10 @@ async def apply(settings: Settings, wanted: Accounts) -> list[str]:
     created: list[tuple[str, str]] = []  # (username, audit action)
     async with admin_client(settings) as admin:
         await admin.set_default_access()
-        for (username, password), acls in (
-            (wanted.bridge, accounts.bridge_acls()),
-            (wanted.shim, accounts.shim_acls()),
-        ):
+        services = [(wanted.bridge, accounts.bridge_acls())]
+        if wanted.shim is not None:
+            services.append((wanted.shim, accounts.shim_acls()))
+        for (username, password), acls in services:
             if await admin.put_client(username, password, acls, textname=SERVICE):
                 created.append((username, "service.add"))
         for kind, listed in ((DEVICE, wanted.devices), (DASHBOARD, wanted.dashboards)):
@@ -195,3 +198,75 @@ async def apply(settings: Settings, wanted: Accounts) -> list[str]:
                     store, actor=actor, action=action, target=username, details={"via": "aoc up"}
                 )
     return [username for username, _ in created]
+
+
+# --- a broker in another container (docker-compose) -------------------------------------------
+
+
+def add_parser(commands: Any) -> None:
+    """``aoc accounts init|apply``: the broker's accounts where `aoc up` does not run."""
+    parser = commands.add_parser(
+        "accounts", help="set up the broker's service accounts (docker-compose)"
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser(
+        "init", help="write the broker's account file with the admin account, if missing"
+    )
+    actions.add_parser(
+        "apply", help="create or update the bridge's and the shim's accounts from the settings"
+    )
+
+
+async def command(args: argparse.Namespace, settings: Settings) -> int:
+    """Carry out ``aoc accounts <action>``; the exit code (one line on stderr if not 0)."""
+    try:
+        if args.action == "init":
+            path = dynsec_file(settings)
+            made = init_file(settings)
+            print(f"{'created' if made else 'kept'} the broker's account file {path}")
+        else:
+            created = await apply_services(settings)
+            print(f"service accounts in place (created: {', '.join(created) or 'none'})")
+    except ManageError as exc:
+        print(f"aoc accounts {args.action}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except accounts.AccountsError as exc:
+        print(f"aoc accounts {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _required(variable: str, value: str | SecretStr | None) -> str:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not text:
+        raise ManageError(f"{variable} is empty: the broker's accounts are made from it", 2)
+    return text
+
+
+def init_file(settings: Settings) -> bool:
+    """The plugin's file with only the configured admin (whether it was created).
+
+    Run before the broker's first start, as the user the broker runs as (the
+    plugin rewrites the file at each change). An existing file is kept: it
+    holds every account made since.
+    """
+    password = _required("AOC_MQTT_ADMIN_PASSWORD", settings.mqtt_admin_password)
+    path = dynsec_file(settings)
+    if path.exists():
+        return False
+    accounts.write_initial_config(path, settings.mqtt_admin_username, password)
+    return True
+
+
+async def apply_services(settings: Settings) -> list[str]:
+    """The bridge's and (when configured) the shim's accounts from the settings; those created.
+
+    Their passwords are the operator's (the environment, or secrets), so no
+    credentials file is written; a password changed there is set again here.
+    """
+    bridge = (
+        _required("AOC_MQTT_USERNAME", settings.mqtt_username),
+        _required("AOC_MQTT_PASSWORD", settings.mqtt_password),
+    )
+    shim = _operator(settings.shim_mqtt_username, settings.shim_mqtt_password)
+    return await apply(settings, Accounts(bridge=bridge, shim=shim))

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefix", default=bootstrap.SIMULATOR_PREFIX, help="ambulance id prefix"
     )
     manage.add_parsers(commands)
+    bootstrap.add_parser(commands)
     tls.add_parser(commands)
     return parser
 
@@ -72,43 +73,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         from aoc import manage
 
         return await manage.run(args, settings)
-    if args.command == "simulate":
-        from aoc import manage
-        from sim.fleet import AccountRefused, ambulance_ids, simulate
+    if args.command == "accounts":
+        from aoc import bootstrap
 
-        try:
-            # Each simulated device logs in with its own account (from the credentials file).
-            passwords = await manage.simulator_passwords(
-                settings, ambulance_ids(args.prefix, args.ambulances)
-            )
-        except manage.ManageError as exc:
-            print(f"aoc simulate: {exc}", file=sys.stderr)
-            return exc.exit_code
-        try:
-            stats = await simulate(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
-                ambulances=args.ambulances,
-                rate=args.rate,
-                duration=args.duration,
-                passwords=passwords,
-                snap_every=args.snap_every,
-                crash_probability=args.crash_probability,
-                seed=args.seed,
-                id_prefix=args.prefix,
-                tls=tls.client_context(settings),
-            )
-        except AccountRefused as exc:
-            path = settings.resolved_credentials_file
-            hint = (
-                f"the passwords come from {path}"
-                if passwords is not None
-                else f"without {path} (`aoc up` writes it) the devices connect anonymously"
-            )
-            print(f"aoc simulate: {exc}; {hint}", file=sys.stderr)
-            return 1
-        print(stats, file=sys.stderr)
-        return None
+        return await bootstrap.command(args, settings)
+    if args.command == "simulate":
+        from aoc import simulate
+
+        return await simulate.run(args, settings)
     if args.command == "up":
         from aoc.supervise import up
 

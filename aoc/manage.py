@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aoc import audit, credentials
+from aoc import audit, credentials, tls
 from aoc.config import Settings
 from bridge import contract
 from broker import accounts
@@ -88,7 +88,11 @@ async def admin_client(settings: Settings) -> AsyncIterator[DynsecAdmin]:
     username, password = admin_account(settings)
     try:
         async with DynsecAdmin(
-            host=settings.mqtt_host, port=settings.mqtt_port, username=username, password=password
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=username,
+            password=password,
+            ssl_context=tls.client_context(settings),
         ) as admin:
             yield admin
     except accounts.AccountsError as exc:
