@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs
+from aoc import logs, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
 
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
     sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     sim.add_argument("--prefix", default="SIM", help="ambulance id prefix")
+    tokens_cli.add_parser(commands)
     return parser
 
 
@@ -67,6 +68,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             id_prefix=args.prefix,
         )
         print(stats, file=sys.stderr)
+        return
+    if args.command == "token":
+        await tokens_cli.run(args, settings)
         return
     if args.command == "up":
         from aoc.supervise import up

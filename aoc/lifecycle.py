@@ -38,7 +38,7 @@ from aoc import logs, metrics
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
-from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api import ApiDeps, SocketGate, create_app, create_realtime_app, create_sio
 from api.deps import Publisher, ReadyCheck
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
@@ -65,11 +65,17 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
+    """The document store, open until ``stack`` closes."""
+    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
+    await stack.enter_async_context(store)
+    return store
+
+
 async def _open_storage(
     settings: Settings, stack: AsyncExitStack, *, spool: bool = True
 ) -> tuple[DocumentStore, ObjectStore, StateCache]:
-    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
-    await stack.enter_async_context(store)
+    store = await _open_documents(settings, stack)
     objects = open_object_store(
         settings.resolved_objects_url,
         endpoint_url=settings.s3_endpoint_url,
@@ -396,12 +402,19 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop = stop or _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        sio = create_sio(cors_origins=settings.cors_origin_list)
-        wiring = await _wire_bridge(
-            settings, stack, publisher_id=f"aoc-api-{os.getpid()}", emitter=sio
+        store, objects, cache = await _open_storage(settings, stack)
+        # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
+        sio = create_sio(SocketGate(settings, store), cors_origins=settings.cors_origin_list)
+        wiring = _BridgeWiring(
+            settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            publisher_id=f"aoc-api-{os.getpid()}",
+            emitter=sio,
         )
         app = create_app(wiring.api_deps(publisher=True))
-        realtime = create_realtime_app(sio)
+        realtime = create_realtime_app(sio, settings)
         parts = Parts(stop)
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
         # the bridge's connection), then the bridge finishes its batch and sends
@@ -479,15 +492,18 @@ async def run_api(settings: Settings) -> None:
 
 
 async def run_realtime(settings: Settings) -> None:
-    """A Socket.IO server alone, fed by bridges through Redis."""
+    """A Socket.IO server alone, fed by bridges through Redis; tokens are read from the store."""
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
-    sio = create_sio(
-        cors_origins=settings.cors_origin_list,
-        client_manager=socketio.AsyncRedisManager(settings.redis_url),
-    )
-    realtime = create_realtime_app(sio)
-    parts = Parts(stop)
-    parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
-    with contextlib.suppress(asyncio.CancelledError):
-        await parts.run()
+    async with AsyncExitStack() as stack:
+        store = await _open_documents(settings, stack)
+        sio = create_sio(
+            SocketGate(settings, store),
+            cors_origins=settings.cors_origin_list,
+            client_manager=socketio.AsyncRedisManager(settings.redis_url),
+        )
+        realtime = create_realtime_app(sio, settings)
+        parts = Parts(stop)
+        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        with contextlib.suppress(asyncio.CancelledError):
+            await parts.run()
