@@ -12,11 +12,13 @@ import os
 import stat
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import socketio
 from pydantic import SecretStr
 
 from api import ApiDeps, SocketGate, create_app
@@ -27,6 +29,7 @@ from api.tokens import create_token, revoke_token
 from storage.base import AMBULANCES, AUDIT, IMAGES, Query, Write
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
+from tests import services
 from tests.api.conftest import client_for
 from tests.images import TINY_JPEG
 
@@ -294,3 +297,30 @@ async def test_token_changes_are_audited(store: SQLiteDocumentStore) -> None:
     ]
     assert records[0]["details"] == {"rooms": ["amb-1"]}
     assert token not in repr(records)
+
+
+async def test_aoc_serve_starts_with_every_guard_on(
+    tmp_path: Path, mosquitto: services.Service, redis_server: services.Service
+) -> None:
+    """Test a real `aoc serve` without legacy mode: legacy 403; reads and Socket.IO need a token."""
+    process = services.aoc(
+        "serve", tmp_path, mqtt_port=mosquitto.port, redis_port=redis_server.port, legacy=False
+    )
+    with process:
+        sio_url = f"http://127.0.0.1:{process.env['AOC_SOCKETIO_PORT']}"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{process.port}") as http:
+            legacy = await http.post(TRACKING, json={"ambulance_id": "P-1"})
+            anonymous_read = await http.get("/api/v1/ambulances")
+            read = await http.get("/api/v1/ambulances", params={"token": process.token})
+        refused = socketio.AsyncClient(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await refused.connect(sio_url, transports=["websocket"], wait_timeout=5)
+        admitted = socketio.AsyncClient(reconnection=False)
+        await admitted.connect(
+            f"{sio_url}?token={process.token}", transports=["websocket"], wait_timeout=5
+        )
+        assert admitted.connected
+        await admitted.disconnect()
+    assert legacy.status_code == 403
+    assert anonymous_read.status_code == 401
+    assert read.status_code == 200
