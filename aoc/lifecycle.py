@@ -83,6 +83,8 @@ async def _open_storage(
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
         public_url=settings.objects_public_url or None,
+        # Presigned S3 links handed to dashboards live as long as signed /files links.
+        presign_seconds=settings.image_url_ttl_seconds,
     )
     if spool and settings.spool_max_bytes:
         # Snapshots wait on local disk while object storage is down instead of

@@ -26,12 +26,15 @@ from api.realtime import create_realtime_app, create_sio
 from api.routes.health import create_probe_app
 from api.signing import secret_key
 from api.tokens import create_token, revoke_token
+from storage import open_object_store
 from storage.base import AMBULANCES, AUDIT, IMAGES, Query, Write
 from storage.localfs import LocalObjectStore
+from storage.s3 import S3ObjectStore
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
 from tests.api.conftest import client_for
 from tests.images import TINY_JPEG
+from tests.storage.conftest import open_s3, unique_bucket
 
 TRACKING = "/api/tracking/postAmbulanceTracking"
 KEY_OF = "ambulance_images/{aid}/2026/03/01/04_33/33_12_0001.jpg"
@@ -324,3 +327,36 @@ async def test_aoc_serve_starts_with_every_guard_on(
     assert legacy.status_code == 403
     assert anonymous_read.status_code == 401
     assert read.status_code == 200
+
+
+async def test_s3_image_links_are_presigned_for_the_configured_time(
+    deps: ApiDeps, store: SQLiteDocumentStore, api_token: str, seaweedfs: services.Service
+) -> None:
+    """Test that with S3 the API hands out S3's presigned link, valid for the configured TTL."""
+    bucket = unique_bucket()
+    objects = open_object_store(
+        f"s3://{bucket}",
+        endpoint_url=f"http://127.0.0.1:{seaweedfs.port}",
+        access_key="test-key",
+        secret_key="test-secret",
+        presign_seconds=deps.settings.image_url_ttl_seconds,
+    )
+    assert isinstance(objects, S3ObjectStore)
+    await open_s3(objects)
+    try:
+        key = KEY_OF.format(aid="s3-1")
+        await objects.put(key, TINY_JPEG, "image/jpeg")
+        await store.apply([Write(IMAGES, "insert", {
+            "_id": "s3-1", "ambulance_id": "s3-1", "createdAt": datetime.now(UTC),
+            "images": {"image0": key},
+        })])
+        async with client_for(dataclasses.replace(deps, objects=objects), api_token) as http:
+            body = (await http.get("/api/v1/ambulances/s3-1/snapshots")).json()
+        url = body["current"]["images"][0]["url"]
+        assert f"X-Amz-Expires={deps.settings.image_url_ttl_seconds}" in url
+        async with httpx.AsyncClient() as browser:
+            fetched = await browser.get(url)  # the test SeaweedFS has no auth: this proves
+        assert fetched.status_code == 200  # the link names the object, not that S3 checks it
+        assert fetched.content == TINY_JPEG
+    finally:
+        await objects.close()
