@@ -333,6 +333,7 @@ async def test_s3_image_links_are_presigned_for_the_configured_time(
     deps: ApiDeps, store: SQLiteDocumentStore, api_token: str, seaweedfs: services.Service
 ) -> None:
     """Test that with S3 the API hands out S3's presigned link, valid for the configured TTL."""
+    deps = with_settings(deps, image_url_ttl_seconds=600)  # not S3's usual hour
     bucket = unique_bucket()
     objects = open_object_store(
         f"s3://{bucket}",
