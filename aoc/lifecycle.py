@@ -38,8 +38,16 @@ from aoc import logs, metrics
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
-from api import ApiDeps, SocketGate, create_app, create_realtime_app, create_sio
+from api import (
+    ApiDeps,
+    RevocationSweep,
+    SocketGate,
+    create_app,
+    create_realtime_app,
+    create_sio,
+)
 from api.deps import Publisher, ReadyCheck
+from api.realtime import REVOCATION_SWEEP_SECONDS
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
@@ -399,6 +407,17 @@ def _server_part(make: Callable[[], EmbeddedServer]) -> Start:
     return lambda: _serving(make())
 
 
+@contextlib.asynccontextmanager
+async def _sweeping(sio: socketio.AsyncServer, gate: SocketGate) -> AsyncIterator[Running]:
+    sweep = RevocationSweep(sio, gate, every=REVOCATION_SWEEP_SECONDS)
+    yield Running(sweep.run, sweep.stop)
+
+
+def _revocations_part(sio: socketio.AsyncServer, gate: SocketGate) -> Start:
+    """The part that closes the Socket.IO connections of revoked tokens."""
+    return lambda: _sweeping(sio, gate)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or _stop_on_signals()
@@ -406,7 +425,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
-        sio = create_sio(SocketGate(settings, store), cors_origins=settings.cors_origin_list)
+        gate = SocketGate(settings, store)
+        sio = create_sio(gate, cors_origins=settings.cors_origin_list)
         wiring = _BridgeWiring(
             settings,
             store=store,
@@ -422,6 +442,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         # the bridge's connection), then the bridge finishes its batch and sends
         # its fan-out (alerts first) to dashboards still connected to Socket.IO.
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add("revocations", _revocations_part(sio, gate))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings)))
         log.info(
@@ -499,13 +520,15 @@ async def run_realtime(settings: Settings) -> None:
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)
+        gate = SocketGate(settings, store)
         sio = create_sio(
-            SocketGate(settings, store),
+            gate,
             cors_origins=settings.cors_origin_list,
             client_manager=socketio.AsyncRedisManager(settings.redis_url),
         )
         realtime = create_realtime_app(sio, settings)
         parts = Parts(stop)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add("revocations", _revocations_part(sio, gate))
         with contextlib.suppress(asyncio.CancelledError):
             await parts.run()

@@ -10,11 +10,14 @@ Clients connect with a token (``auth={"token": ...}``, or ``?token=`` in the
 URL for kiosks); a token limited to some ambulances joins only their rooms
 (``api.tokens``). Without a token, only legacy mode admits a client, from
 ``AOC_LEGACY_NETWORKS`` (``api.access``); such a client joins any room, as
-legacy dashboards did.
+legacy dashboards did. A revoked token joins nothing more at once, and its
+connections are closed by the next ``RevocationSweep`` (every few seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import Sequence
@@ -40,6 +43,8 @@ from storage.base import DocumentStore, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_ROOM_LENGTH = 128
+# How often the connections of revoked tokens are looked for and closed.
+REVOCATION_SWEEP_SECONDS = 5.0
 # Sent to a client whose room_join is refused: {"room": ..., "message": ...}.
 JOIN_ERROR_EVENT = "room_error"
 # Connected session ids per server (weak: a discarded server takes its set along).
@@ -103,11 +108,17 @@ class Session:
 
 
 class SocketGate:
-    """Admits Socket.IO connections and room joins (see the module's docstring)."""
+    """Admits Socket.IO connections and room joins (see the module's docstring).
+
+    It keeps the session of each connection of its server (``sessions``), so
+    that joins are checked against the connection's token and the
+    connections of a revoked token can be found (``revoked``).
+    """
 
     def __init__(self, settings: Settings, store: DocumentStore) -> None:
         self.settings = settings
         self.store = store
+        self.sessions: dict[str, Session] = {}  # by Socket.IO session id
         legacy_networks(settings)  # a bad AOC_LEGACY_NETWORKS fails at start, not per client
 
     async def admit(self, environ: dict[str, Any], auth: Any) -> Session:
@@ -144,6 +155,56 @@ class SocketGate:
             return f"this token may not join room {room!r}"
         return None
 
+    async def revoked(self) -> list[str]:
+        """The session ids whose token is no longer live: one store read per distinct token."""
+        by_token: dict[str, list[str]] = {}
+        for sid, session in list(self.sessions.items()):
+            if session.token is not None:
+                by_token.setdefault(session.token.token_id, []).append(sid)
+        gone = []
+        for token_id, sids in by_token.items():
+            if await live_token(self.store, token_id) is None:
+                gone.extend(sids)
+        return gone
+
+
+class RevocationSweep:
+    """Disconnects, every ``every`` seconds, the connections of tokens revoked meanwhile.
+
+    A revoked token's next ``room_join`` is refused at once; its open
+    connection, and the rooms it had joined, last until the next sweep.
+    """
+
+    def __init__(self, sio: socketio.AsyncServer, gate: SocketGate, *, every: float) -> None:
+        self.sio = sio
+        self.gate = gate
+        self.every = every
+        self._stop = asyncio.Event()
+
+    async def sweep(self) -> int:
+        """Disconnect the revoked tokens' connections now; how many there were."""
+        gone = await self.gate.revoked()
+        for sid in gone:
+            log.info("disconnecting Socket.IO session %s: its token was revoked", sid)
+            await self.sio.disconnect(sid)
+        return len(gone)
+
+    async def run(self) -> None:
+        """Sweep until ``stop``; a store outage skips a sweep (logged), it does not end the loop."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                log.warning("revoked tokens not checked (storage unavailable): %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
 
 def create_sio(
     gate: SocketGate,
@@ -169,7 +230,7 @@ def create_sio(
     sio = socketio.AsyncServer(**options)
     connected: set[str] = set()
     _CONNECTED[sio] = connected
-    sessions: dict[str, Session] = {}
+    sessions = gate.sessions
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         # ConnectionRefusedError goes back to the client as its connect_error.

@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from aoc.config import Settings
-from api import SocketGate, create_sio
+from api import RevocationSweep, SocketGate, create_sio
 from api.tokens import create_token, revoke_token
 from storage.sqlite import SQLiteDocumentStore
 from tests.api.test_realtime import realtime
@@ -44,7 +44,7 @@ class Client:
 def new_client() -> Client:
     sio = socketio.AsyncClient(reconnection=False)
     client = Client(sio, [], asyncio.Event())
-    for event in ("data", "room_error", "connect_error"):
+    for event in ("data", "room_error", "connect_error", "disconnect"):
 
         async def record(data: Any = None, event: str = event) -> None:
             client.events.append((event, data))
@@ -204,3 +204,34 @@ async def test_stock_socketio_client_needs_a_token(
         {"event": "data", "data": "room joined: JS-1"},
         {"event": "room_error", "room": "JS-2", "message": "this token may not join room 'JS-2'"},
     ]
+
+
+async def test_the_sweep_disconnects_a_revoked_tokens_connections(
+    settings: Settings, store: SQLiteDocumentStore
+) -> None:
+    """Test that after a revocation the sweep closes that token's connections, and no other."""
+    revoked = await create_token(store, "leaving", None, actor="tests")
+    kept = await create_token(store, "staying", None, actor="tests")
+    gate = SocketGate(strict(settings), store)
+    sio = create_sio(gate)
+    sweep = RevocationSweep(sio, gate, every=0.05)
+    sweeping = asyncio.create_task(sweep.run())
+    try:
+        async with realtime(sio, gate.settings) as url:
+            leaving = [await connect(url, auth={"token": revoked}) for _ in range(2)]
+            staying = await connect(url, auth={"token": kept})
+            for client in (*leaving, staying):
+                await client.sio.emit("room_join", "tracking")
+                await client.wait_for("data", lambda d: d == "room joined: tracking")
+            assert await sweep.sweep() == 0  # nothing revoked yet
+            await revoke_token(store, "leaving", actor="tests")
+            for client in leaving:
+                await client.wait_for("disconnect", within=10)
+            await sio.emit("data", "after", room="tracking")
+            await staying.wait_for("data", lambda d: d == "after")
+            assert staying.sio.connected
+            assert sorted(s.token.name for s in gate.sessions.values() if s.token) == ["staying"]
+            await staying.sio.disconnect()
+    finally:
+        sweep.stop()
+        await sweeping
