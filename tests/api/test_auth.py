@@ -74,7 +74,7 @@ async def test_read_api_needs_a_token(deps: ApiDeps) -> None:
     async with anonymous(create_app(deps)) as http:
         missing = await http.get("/api/v1/ambulances")
         wrong = await http.get("/api/v1/ambulances", headers={"Authorization": "Bearer aoc_x"})
-        not_ours = await http.get("/api/v1/dead-letters", params={"token": "secret"})
+        not_ours = await http.get("/api/v1/dead-letters", params={"token": "fake-token"})
         bearer = {"Authorization": f"Bearer {token}"}
         by_header = await http.get("/api/v1/ambulances", headers=bearer)
         by_query = await http.get("/api/v1/crashes", params={"token": token})
@@ -338,8 +338,8 @@ async def test_s3_image_links_are_presigned_for_the_configured_time(
     objects = open_object_store(
         f"s3://{bucket}",
         endpoint_url=f"http://127.0.0.1:{seaweedfs.port}",
-        access_key="test-key",
-        secret_key="test-secret",
+        access_key="fake-access-key",
+        secret_key="fake-secret",
         presign_seconds=deps.settings.image_url_ttl_seconds,
     )
     assert isinstance(objects, S3ObjectStore)

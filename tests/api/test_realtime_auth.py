@@ -17,10 +17,13 @@ import socketio
 
 from aoc.config import Settings
 from api import RevocationSweep, SocketGate, create_sio
-from api.tokens import create_token, revoke_token
+from api.tokens import PREFIX, create_token, revoke_token
 from storage.sqlite import SQLiteDocumentStore
 from tests.api.test_realtime import realtime
 from tests.compat.conftest import NodeClient
+
+# Shaped like a token (the prefix, 43 characters), but never created.
+UNKNOWN_TOKEN = PREFIX + "0" * 43
 
 
 @dataclasses.dataclass
@@ -90,7 +93,7 @@ async def test_no_token_is_refused_outside_legacy_mode(
         with pytest.raises(socketio.exceptions.ConnectionError, match="a token is required"):
             await connect(url)
         with pytest.raises(socketio.exceptions.ConnectionError, match="invalid or revoked"):
-            await connect(url, auth={"token": "aoc_not-a-token"})
+            await connect(url, auth={"token": UNKNOWN_TOKEN})
         assert sio.manager.rooms.get("/", {}).get(None, {}) == {}  # no session was kept
 
 
