@@ -39,6 +39,8 @@ from broker import accounts
 log = logging.getLogger(__name__)
 
 FIRST_DASHBOARD = "dash-first"
+# The read token (HTTP and Socket.IO) `aoc up` makes at first start.
+FIRST_TOKEN = "first"
 # The fleet `aoc simulate` runs by default (its --prefix and --ambulances).
 SIMULATOR_PREFIX, SIMULATOR_AMBULANCES = "SIM", 10
 DYNSEC_FILE = "dynamic-security.json"
@@ -198,6 +200,32 @@ async def apply(settings: Settings, wanted: Accounts) -> list[str]:
                     store, actor=actor, action=action, target=username, details={"via": "aoc up"}
                 )
     return [username for username, _ in created]
+
+
+async def first_token(settings: Settings) -> None:
+    """At first start, a read token for every ambulance, kept in the credentials file.
+
+    So that the first dashboard, or a curl of the read API, works without
+    anyone running `aoc token add`. One the operator revoked is not replaced.
+    """
+    from api import tokens  # noqa: PLC0415  (the API's modules, only when needed)
+
+    path = settings.resolved_credentials_file
+    try:
+        if credentials.load(path).data.get("api_token"):
+            return
+        async with audit_store(settings) as store:
+            token = await tokens.create_token(
+                store, FIRST_TOKEN, None, audit.operator(settings.operator)
+            )
+        with credentials.editing(path) as creds:
+            creds.data["api_token"] = token
+    except credentials.CredentialsError as exc:
+        raise ManageError(str(exc), 2) from exc
+    except tokens.TokenError as exc:  # made before, and its file entry lost since
+        log.warning("no first read token in %s: %s (`aoc token add` makes one)", path, exc)
+        return
+    log.info("created the read token %r (in %s)", FIRST_TOKEN, path)
 
 
 # --- a broker in another container (docker-compose) -------------------------------------------

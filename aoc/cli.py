@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs, safety, tls
+from aoc import logs, safety, tls, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     manage.add_parsers(commands)
     bootstrap.add_parser(commands)
     tls.add_parser(commands)
+    tokens_cli.add_parser(commands)
     return parser
 
 
@@ -81,6 +82,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         from aoc import simulate
 
         return await simulate.run(args, settings)
+    if args.command == "token":
+        return await tokens_cli.run(args, settings)
     if args.command == "up":
         from aoc.supervise import up
 

@@ -38,8 +38,16 @@ from aoc import logs, metrics, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
-from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api import (
+    ApiDeps,
+    RevocationSweep,
+    SocketGate,
+    create_app,
+    create_realtime_app,
+    create_sio,
+)
 from api.deps import Publisher, ReadyCheck
+from api.realtime import REVOCATION_SWEEP_SECONDS
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
@@ -65,11 +73,17 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
+    """The document store, open until ``stack`` closes."""
+    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
+    await stack.enter_async_context(store)
+    return store
+
+
 async def _open_storage(
     settings: Settings, stack: AsyncExitStack, *, spool: bool = True
 ) -> tuple[DocumentStore, ObjectStore, StateCache]:
-    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
-    await stack.enter_async_context(store)
+    store = await _open_documents(settings, stack)
     objects = open_object_store(
         settings.resolved_objects_url,
         endpoint_url=settings.s3_endpoint_url,
@@ -77,6 +91,8 @@ async def _open_storage(
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
         public_url=settings.objects_public_url or None,
+        # Presigned S3 links handed to dashboards live as long as signed /files links.
+        presign_seconds=settings.image_url_ttl_seconds,
     )
     if spool and settings.spool_max_bytes:
         # Snapshots wait on local disk while object storage is down instead of
@@ -100,8 +116,20 @@ def _mqtt(
     client_id: str,
     consumer: bool,
     subscriptions: Sequence[tuple[str, int]] = MAIN_SUBSCRIPTIONS,
+    shim: bool = False,
 ) -> MqttClient:
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    """A connection of the bridge's account, or (``shim``) of the legacy shim's.
+
+    The shim's account is the only one that may publish under ``legacy/``, and
+    it may publish nothing else: the broker's ACLs tell a legacy body from a
+    device's by that root (``bridge.contract``).
+    """
+    username, secret = (
+        (settings.shim_mqtt_username, settings.shim_mqtt_password)
+        if shim
+        else (settings.mqtt_username, settings.mqtt_password)
+    )
+    password = secret.get_secret_value() if secret else None
     return MqttClient(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
@@ -114,7 +142,7 @@ def _mqtt(
         unsubscriptions=[f for f, _ in SNAP_SUBSCRIPTIONS]
         if consumer and subscriptions == MAIN_SUBSCRIPTIONS
         else (),
-        username=settings.mqtt_username,
+        username=username,
         password=password,
         keepalive=settings.mqtt_keepalive,
         queue_size=settings.mqtt_queue_size,
@@ -129,11 +157,12 @@ def _api_deps(
     store: DocumentStore,
     objects: ObjectStore,
     cache: StateCache,
-    broker: ReadyCheck,
+    broker: ReadyCheck | None,
     publisher: Publisher | None = None,
 ) -> ApiDeps:
-    """What the HTTP routes need; readiness asks ``broker`` about the MQTT side."""
-    checks = {"broker": broker, "store": store.ping, "objects": objects.ping, "redis": cache.ping}
+    """What the HTTP routes need; readiness asks ``broker`` (if any) about the MQTT side."""
+    checks: dict[str, ReadyCheck] = {} if broker is None else {"broker": broker}
+    checks.update(store=store.ping, objects=objects.ping, redis=cache.ping)
     return ApiDeps(
         settings=settings,
         store=store,
@@ -256,6 +285,8 @@ class _Connections:
     publisher: MqttClient
     consumer: MqttClient
     snap_consumer: MqttClient
+    # The legacy shim's (legacy mode only): its requests publish on it.
+    shim: MqttClient | None = None
 
 
 class _BridgeWiring:
@@ -300,6 +331,18 @@ class _BridgeWiring:
                 _mqtt(self.settings, client_id=self.settings.mqtt_client_id, consumer=True)
             )
             snap_consumer = await stack.enter_async_context(_snap_mqtt(self.settings))
+            shim = (
+                await stack.enter_async_context(
+                    _mqtt(
+                        self.settings,
+                        client_id=f"{self.publisher_id}-shim",
+                        consumer=False,
+                        shim=True,
+                    )
+                )
+                if self.settings.legacy_mode
+                else None
+            )
             bridge = _bridge(
                 self.settings,
                 mqtt=consumer,
@@ -310,7 +353,7 @@ class _BridgeWiring:
                 cache=self.cache,
                 emitter=self.emitter,
             )
-            self._connections = _Connections(publisher, consumer, snap_consumer)
+            self._connections = _Connections(publisher, consumer, snap_consumer, shim)
             self._running.set()
             try:
                 yield Running(bridge.run, bridge.stop)
@@ -326,6 +369,8 @@ class _BridgeWiring:
         _require_connected(connections.consumer, "consumer")
         _require_connected(connections.snap_consumer, "snapshots")
         _require_connected(connections.publisher, "outbound")
+        if connections.shim is not None:
+            _require_connected(connections.shim, "legacy shim")
 
     async def publish(
         self,
@@ -336,10 +381,11 @@ class _BridgeWiring:
         retain: bool = False,
         timeout: float = 10.0,
     ) -> None:
-        """Publish on the running bridge's outbound connection (the legacy shim's ``Publisher``).
+        """Publish on the legacy shim's connection (its ``Publisher``), made with the bridge's.
 
         While the bridge (re)starts there is none: it is waited for within
-        ``timeout``, as ``MqttClient.publish`` waits for a reconnection.
+        ``timeout``, as ``MqttClient.publish`` waits for a reconnection. Made
+        with the bridge's, it publishes only once the bridge has subscribed.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -351,7 +397,9 @@ class _BridgeWiring:
                 f"no connection to the MQTT broker within {timeout}s: the bridge is not running"
             ) from exc
         assert self._connections is not None
-        await self._connections.publisher.publish(
+        if self._connections.shim is None:
+            raise MqttError("legacy mode is off: the legacy shim has no connection")
+        await self._connections.shim.publish(
             topic, payload, qos=qos, retain=retain, timeout=max(deadline - loop.time(), 0.0)
         )
 
@@ -392,22 +440,42 @@ def _server_part(make: Callable[[], EmbeddedServer]) -> Start:
     return lambda: _serving(make())
 
 
+@contextlib.asynccontextmanager
+async def _sweeping(sio: socketio.AsyncServer, gate: SocketGate) -> AsyncIterator[Running]:
+    sweep = RevocationSweep(sio, gate, every=REVOCATION_SWEEP_SECONDS)
+    yield Running(sweep.run, sweep.stop)
+
+
+def _revocations_part(sio: socketio.AsyncServer, gate: SocketGate) -> Start:
+    """The part that closes the Socket.IO connections of revoked tokens."""
+    return lambda: _sweeping(sio, gate)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        sio = create_sio(cors_origins=settings.cors_origin_list)
-        wiring = await _wire_bridge(
-            settings, stack, publisher_id=f"aoc-api-{os.getpid()}", emitter=sio
+        store, objects, cache = await _open_storage(settings, stack)
+        # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
+        gate = SocketGate(settings, store)
+        sio = create_sio(gate, cors_origins=settings.cors_origin_list)
+        wiring = _BridgeWiring(
+            settings,
+            store=store,
+            objects=objects,
+            cache=cache,
+            publisher_id=f"aoc-api-{os.getpid()}",
+            emitter=sio,
         )
         app = create_app(wiring.api_deps(publisher=True))
-        realtime = create_realtime_app(sio)
+        realtime = create_realtime_app(sio, settings)
         parts = Parts(stop)
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
         # the bridge's connection), then the bridge finishes its batch and sends
         # its fan-out (alerts first) to dashboards still connected to Socket.IO.
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add("revocations", _revocations_part(sio, gate))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings)))
         log.info(
@@ -462,15 +530,20 @@ async def run_api(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         # It writes no objects; the bridge owns the spool (and may share data_dir).
         store, objects, cache = await _open_storage(settings, stack, spool=False)
-        publisher = await stack.enter_async_context(
-            _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False)
+        # Only the legacy shim publishes, with its own account, in legacy mode.
+        publisher = (
+            await stack.enter_async_context(
+                _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False, shim=True)
+            )
+            if settings.legacy_mode
+            else None
         )
         deps = _api_deps(
             settings,
             store=store,
             objects=objects,
             cache=cache,
-            broker=_connected(publisher),
+            broker=_connected(publisher) if publisher is not None else None,
             publisher=publisher,
         )
         app = create_app(deps)
@@ -480,15 +553,20 @@ async def run_api(settings: Settings) -> None:
 
 
 async def run_realtime(settings: Settings) -> None:
-    """A Socket.IO server alone, fed by bridges through Redis."""
+    """A Socket.IO server alone, fed by bridges through Redis; tokens are read from the store."""
     stop = _stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
-    sio = create_sio(
-        cors_origins=settings.cors_origin_list,
-        client_manager=socketio.AsyncRedisManager(settings.redis_url),
-    )
-    realtime = create_realtime_app(sio)
-    parts = Parts(stop)
-    parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
-    with contextlib.suppress(asyncio.CancelledError):
-        await parts.run()
+    async with AsyncExitStack() as stack:
+        store = await _open_documents(settings, stack)
+        gate = SocketGate(settings, store)
+        sio = create_sio(
+            gate,
+            cors_origins=settings.cors_origin_list,
+            client_manager=socketio.AsyncRedisManager(settings.redis_url),
+        )
+        realtime = create_realtime_app(sio, settings)
+        parts = Parts(stop)
+        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add("revocations", _revocations_part(sio, gate))
+        with contextlib.suppress(asyncio.CancelledError):
+            await parts.run()

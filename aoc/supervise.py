@@ -199,7 +199,8 @@ async def up(settings: Settings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     try:
         children = await plan(settings)
-    except ManageError as exc:  # the broker's accounts cannot be prepared
+        await bootstrap.first_token(settings)
+    except ManageError as exc:  # the broker's accounts or the token cannot be prepared
         print(f"aoc up: {exc}", file=sys.stderr)
         return exc.exit_code
     started: list[Child] = []
@@ -213,10 +214,12 @@ async def up(settings: Settings) -> int:
                 except ManageError as exc:
                     print(f"aoc up: {child.name}: {exc}", file=sys.stderr)
                     return exc.exit_code
+        path = settings.resolved_credentials_file
         accounts = (
-            f" Broker accounts: {settings.resolved_credentials_file}."
+            f" Credentials of the simulator's devices, dashboard {bootstrap.FIRST_DASHBOARD}"
+            f" and a read token: {path}."
             if settings.broker_auth
-            else " The broker accepts anyone (AOC_BROKER_AUTH=false)."
+            else f" Read token: {path}. The broker accepts anyone (AOC_BROKER_AUTH=false)."
         )
         print(
             f"AOC is up: HTTP http://{settings.bind_host}:{settings.http_port}/docs, "

@@ -7,11 +7,19 @@ bridge emits directly or through Redis.
 
 from api.app import create_app
 from api.deps import ApiDeps, Publisher
-from api.realtime import connected_clients, create_realtime_app, create_sio
+from api.realtime import (
+    RevocationSweep,
+    SocketGate,
+    connected_clients,
+    create_realtime_app,
+    create_sio,
+)
 
 __all__ = [
     "ApiDeps",
     "Publisher",
+    "RevocationSweep",
+    "SocketGate",
     "connected_clients",
     "create_app",
     "create_realtime_app",

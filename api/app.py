@@ -1,4 +1,10 @@
-"""The FastAPI application: the legacy shim, the read API and health checks."""
+"""The FastAPI application: the legacy shim, the read API and health checks.
+
+Who may call what is in ``api.access``: the read API and ``/files`` need a
+token (or, for ``/files``, a signed URL), ``/metrics`` its own token or a
+network, the legacy endpoints legacy mode; the probes, ``/docs`` and
+``/openapi.json`` (the API's description, no data) stay open.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
 from api.routes import health, legacy, read
 from storage.base import StoreUnavailable
@@ -24,12 +31,20 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
-    """The HTTP API of port 5000, serving with ``deps``."""
+    """The HTTP API of port 5000, serving with ``deps``.
+
+    ``ValueError`` naming the variable for a malformed network setting.
+    """
+    # Parsed now so a bad setting fails the start, not each request.
+    legacy_networks(deps.settings)
+    metrics_refusal(deps.settings, None, None)
     app = FastAPI(
         title="AOC tracking API",
         version="2.0",
         description="Reads of the ambulance tracking backend, and the deprecated legacy "
-        "device endpoints (devices should publish over MQTT).",
+        "device endpoints (devices should publish over MQTT). Reads need a token from "
+        "`aoc token add` as `Authorization: Bearer <token>` or `?token=`; image links in "
+        "the answers are signed and expire, so they work without one.",
         exception_handlers={StoreUnavailable: _store_unavailable},
     )
     app.state.deps = deps

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from pydantic import AfterValidator
 
 from aoc.config import Settings
+from api.signing import UrlSigner, secret_key
 from bridge.contract import AMBULANCE_ID, reserved_reason
 from storage.base import DocumentStore, ObjectStore
 
@@ -87,9 +88,19 @@ class ApiDeps:
     publish_timeout: float = 5.0
     # Legacy uploads being read and encoded at once (settings.max_concurrent_uploads).
     upload_slots: Slots = field(init=False)
+    _signer: UrlSigner | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.upload_slots = Slots(self.settings.max_concurrent_uploads)
+
+    @property
+    def signer(self) -> UrlSigner:
+        """The image URL signer, made on first use (a development key is a file under data_dir)."""
+        if self._signer is None:
+            self._signer = UrlSigner(
+                secret_key(self.settings), ttl=self.settings.image_url_ttl_seconds
+            )
+        return self._signer
 
 
 def get_deps(request: Request) -> ApiDeps:

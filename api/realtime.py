@@ -5,29 +5,48 @@ Dashboards join rooms (an ambulance id, ``tracking``, ``snap``, ``crash``,
 payload is a JSON string. The bridge emits with ``emit("data", payload, room=...)``,
 on this process's server or, from a separate process, through a write-only
 Redis manager.
+
+Clients connect with a token (``auth={"token": ...}``, or ``?token=`` in the
+URL for kiosks); a token limited to some ambulances joins only their rooms
+(``api.tokens``). Without a token, only legacy mode admits a client, from
+``AOC_LEGACY_NETWORKS`` (``api.access``); such a client joins any room, as
+legacy dashboards did. A revoked token joins nothing more at once, and its
+connections are closed by the next ``RevocationSweep`` (every few seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from aoc import metrics
+from aoc.config import Settings
+from api.access import legacy_allowed, legacy_networks, metrics_refusal
 from api.pages import HOME_HTML
+from api.tokens import TokenInfo, live_token, verify_token
 from bridge.contract import EVENT, JOIN_EVENT, LEAVE_EVENT
+from storage.base import DocumentStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_ROOM_LENGTH = 128
+# How often the connections of revoked tokens are looked for and closed.
+REVOCATION_SWEEP_SECONDS = 5.0
+# Sent to a client whose room_join is refused: {"room": ..., "message": ...}.
+JOIN_ERROR_EVENT = "room_error"
 # Connected session ids per server (weak: a discarded server takes its set along).
 _CONNECTED: weakref.WeakKeyDictionary[socketio.AsyncServer, set[str]] = (
     weakref.WeakKeyDictionary()
@@ -60,13 +79,143 @@ def allowed_origins(origins: Sequence[str]) -> str | list[str] | None:
     return list(origins)
 
 
+def client_address(environ: dict[str, Any]) -> str | None:
+    """The client's address as uvicorn gave it.
+
+    Engine.IO's ASGI ``REMOTE_ADDR`` is always "127.0.0.1": only the ASGI
+    scope's ``client`` is the real peer.
+    """
+    scope = environ.get("asgi.scope") or {}
+    client = scope.get("client")
+    if client:
+        return str(client[0])
+    return None
+
+
+def presented_token(environ: dict[str, Any], auth: Any) -> str | None:
+    """The token of a connection: ``auth={"token": ...}``, else ``?token=`` in its URL."""
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        return str(auth["token"])
+    values = parse_qs(environ.get("QUERY_STRING", "")).get("token")
+    return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Who a connection is: its token, or None for a legacy client (legacy mode)."""
+
+    token: TokenInfo | None
+
+
+class SocketGate:
+    """Admits Socket.IO connections and room joins (see the module's docstring).
+
+    It keeps the session of each connection of its server (``sessions``), so
+    that joins are checked against the connection's token and the
+    connections of a revoked token can be found (``revoked``).
+    """
+
+    def __init__(self, settings: Settings, store: DocumentStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions: dict[str, Session] = {}  # by Socket.IO session id
+        legacy_networks(settings)  # a bad AOC_LEGACY_NETWORKS fails at start, not per client
+
+    async def admit(self, environ: dict[str, Any], auth: Any) -> Session:
+        """The session of a new connection; ``ConnectionRefusedError`` saying why not."""
+        token = presented_token(environ, auth)
+        if token is not None:
+            try:
+                info = await verify_token(self.store, token)
+            except StoreUnavailable as exc:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "tokens cannot be checked right now (storage unavailable): retry"
+                ) from exc
+            if info is None:
+                raise socketio.exceptions.ConnectionRefusedError("invalid or revoked token")
+            return Session(info)
+        if legacy_allowed(self.settings, client_address(environ)):
+            return Session(None)
+        raise socketio.exceptions.ConnectionRefusedError(
+            'a token is required: connect with auth={"token": "<token>"} (or ?token= in the '
+            "URL); `aoc token add <name>` makes one"
+        )
+
+    async def join_refusal(self, session: Session, room: str) -> str | None:
+        """Why ``session`` may not join ``room`` (its token revoked, or limited), or None."""
+        if session.token is None:
+            return None
+        try:
+            live = await live_token(self.store, session.token.token_id)
+        except StoreUnavailable:
+            return "tokens cannot be checked right now (storage unavailable): retry"
+        if live is None:
+            return "the token of this connection was revoked"
+        if not live.may_join(room):
+            return f"this token may not join room {room!r}"
+        return None
+
+    async def revoked(self) -> list[str]:
+        """The session ids whose token is no longer live: one store read per distinct token."""
+        by_token: dict[str, list[str]] = {}
+        for sid, session in list(self.sessions.items()):
+            if session.token is not None:
+                by_token.setdefault(session.token.token_id, []).append(sid)
+        gone = []
+        for token_id, sids in by_token.items():
+            if await live_token(self.store, token_id) is None:
+                gone.extend(sids)
+        return gone
+
+
+class RevocationSweep:
+    """Disconnects, every ``every`` seconds, the connections of tokens revoked meanwhile.
+
+    A revoked token's next ``room_join`` is refused at once; its open
+    connection, and the rooms it had joined, last until the next sweep.
+    """
+
+    def __init__(self, sio: socketio.AsyncServer, gate: SocketGate, *, every: float) -> None:
+        self.sio = sio
+        self.gate = gate
+        self.every = every
+        self._stop = asyncio.Event()
+
+    async def sweep(self) -> int:
+        """Disconnect the revoked tokens' connections now; how many there were."""
+        gone = await self.gate.revoked()
+        for sid in gone:
+            log.info("disconnecting Socket.IO session %s: its token was revoked", sid)
+            await self.sio.disconnect(sid)
+        return len(gone)
+
+    async def run(self) -> None:
+        """Sweep until ``stop``; a store outage skips a sweep (logged), it does not end the loop."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                log.warning("revoked tokens not checked (storage unavailable): %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def create_sio(
+    gate: SocketGate,
     *,
     cors_origins: Sequence[str] = (),
     client_manager: socketio.AsyncManager | None = None,
     logger: logging.Logger | None = None,
 ) -> socketio.AsyncServer:
     """A Socket.IO server with the legacy ``room_join``/``room_leave`` events.
+
+    ``gate`` decides who connects and who joins which room.
 
     Browsers from ``cors_origins`` (``Settings.cors_origin_list``) may connect,
     besides the server's own origin: see ``allowed_origins``.
@@ -81,24 +230,35 @@ def create_sio(
     sio = socketio.AsyncServer(**options)
     connected: set[str] = set()
     _CONNECTED[sio] = connected
+    sessions = gate.sessions
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        # ConnectionRefusedError goes back to the client as its connect_error.
+        sessions[sid] = await gate.admit(environ, auth)
         connected.add(sid)
 
     async def disconnect(sid: str, *args: Any) -> None:
         connected.discard(sid)
+        sessions.pop(sid, None)
 
-    async def room_join(sid: str, *args: Any) -> None:
+    async def room_join(sid: str, *args: Any) -> str | None:
         room = room_name(args[0] if args else None)
         if room is None:
             sio_log.debug("ignoring room_join from %s with %r", sid, args[:1])
-            return
+            return None
+        session = sessions.get(sid)
+        refusal = "not connected" if session is None else await gate.join_refusal(session, room)
+        if refusal is not None:
+            sio_log.info("room_join %r refused for %s: %s", room, sid, refusal)
+            await sio.emit(JOIN_ERROR_EVENT, {"room": room, "message": refusal}, to=sid)
+            return refusal  # for a client that asked for an acknowledgement
         try:
             await sio.enter_room(sid, room)
             # To the joiner only: the legacy broadcast told everyone who watches what.
             await sio.emit(EVENT, f"room joined: {room}", to=sid)
         except Exception:  # a handler must never raise into the server
             sio_log.exception("room_join %r for %s failed", room, sid)
+        return None
 
     async def room_leave(sid: str, *args: Any) -> None:
         room = room_name(args[0] if args else None)
@@ -131,13 +291,22 @@ async def _home(request: Request) -> HTMLResponse:
     return HTMLResponse(HOME_HTML)
 
 
-async def _metrics(request: Request) -> Response:
-    # `aoc realtime` alone has no HTTP API: its metrics (clients) are served here.
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+def create_realtime_app(sio: socketio.AsyncServer, settings: Settings) -> socketio.ASGIApp:
+    """The ASGI app of port 5050: Socket.IO at ``/socket.io/``, the home page, ``/metrics``.
 
+    ``/metrics`` is guarded as the HTTP API's (``api.access.metrics_refusal``).
+    """
 
-def create_realtime_app(sio: socketio.AsyncServer) -> socketio.ASGIApp:
-    """The ASGI app of port 5050: Socket.IO at ``/socket.io/``, the home page, ``/metrics``."""
+    async def _metrics(request: Request) -> Response:
+        # `aoc realtime` alone has no HTTP API: its metrics (clients) are served here.
+        host = request.client.host if request.client is not None else None
+        refusal = metrics_refusal(settings, host, request.headers.get("authorization"))
+        if refusal is not None:
+            status, detail = refusal
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     home = Starlette(
         routes=[Route("/", _home, methods=["GET"]), Route("/metrics", _metrics, methods=["GET"])]
     )

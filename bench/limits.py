@@ -290,7 +290,10 @@ async def fleet(stack: Stack, *, runs: int, count: int, cache: bool) -> None:
     await stack.probe()
     await _fill(stack, count, cache=cache)
     rows = []
-    async with probing(stack) as probes, httpx.AsyncClient(timeout=60) as client:
+    async with (
+        probing(stack) as probes,
+        httpx.AsyncClient(timeout=60, headers=stack.app.auth_headers) as client,
+    ):
         for _ in range(runs):
             start = time.monotonic()
             items, requests, size, sources = await _list_fleet(client, stack.http_url)

@@ -42,7 +42,7 @@ class Stack:
     workdir: Path
     mosquitto: services.Service
     redis: services.Service
-    app: services.Service
+    app: services.AocService  # its token reads the API (legacy mode serves the devices)
 
     @property
     def mqtt_port(self) -> int:

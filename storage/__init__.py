@@ -126,6 +126,7 @@ def open_object_store(
     access_key: str | None = None,
     secret_key: str | None = None,
     public_url: str | None = None,
+    presign_seconds: int | None = None,
     logger: logging.Logger | None = None,
 ) -> ObjectStore:
     """The object store named by ``url`` (not yet opened); ``ValueError`` if unknown."""
@@ -150,6 +151,7 @@ def open_object_store(
             secret_key=secret_key,
             public_url=public_url,
             logger=logger,
+            **({} if presign_seconds is None else {"presign_seconds": presign_seconds}),
         )
     raise ValueError(
         f"unknown object store URL {_redact(url)!r}: expected file:///... or s3://bucket"

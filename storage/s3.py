@@ -57,14 +57,19 @@ class S3ObjectStore(ObjectStore):
         access_key: str | None,
         secret_key: str | None,
         public_url: str | None = None,
+        presign_seconds: int = PRESIGN_SECONDS,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``public_url``: base URL browsers fetch objects from; else links are presigned."""
+        """``public_url``: base URL browsers fetch objects from; else links are presigned.
+
+        ``presign_seconds``: how long a presigned link stays valid.
+        """
         if not bucket:
             raise ValueError("an S3 bucket name is required")
         self._bucket = bucket
         self._region = region
         self._public_url = public_url.rstrip("/") if public_url else None
+        self._presign_seconds = presign_seconds
         self._log = logger or logging.getLogger(__name__)
         config = Config(
             s3={"addressing_style": "path"},
@@ -200,10 +205,12 @@ class S3ObjectStore(ObjectStore):
         return True
 
     def url(self, key: str) -> str | None:
-        """``public_url/key`` when configured, else a presigned GET valid for an hour."""
+        """``public_url/key`` when configured, else a presigned GET valid ``presign_seconds``."""
         validate_key(key)
         if self._public_url:
             return f"{self._public_url}/{quote(key, safe='/')}"
         return self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
+            "get_object",
+            Params={"Bucket": self._bucket, "Key": key},
+            ExpiresIn=self._presign_seconds,
         )

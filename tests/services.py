@@ -7,6 +7,8 @@ tests) on demand. Nothing here touches a system-wide instance.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -258,6 +260,49 @@ def running(service: Service) -> Iterator[Service]:
         yield service
 
 
+@dataclass
+class AocService(Service):
+    """An ``aoc`` process, with a token for its read API and Socket.IO (``token``)."""
+
+    token: str = ""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header of ``token``."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def api_token(env: dict[str, str]) -> str:
+    """A new token reading every ambulance, in the store the ``aoc`` process of ``env`` uses.
+
+    Created through the store itself (as `aoc token add` does), on a thread of
+    its own so that a test already inside an event loop can call it too.
+    """
+    from aoc.config import Settings  # noqa: PLC0415 (tests of the servers alone need none)
+    from api.tokens import create_token  # noqa: PLC0415
+    from storage import open_document_store  # noqa: PLC0415
+
+    data_dir = Path(env["AOC_DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=data_dir,
+        store_url=env.get("AOC_STORE_URL", ""),
+        mongodb_database=env.get("AOC_MONGODB_DATABASE", "aoc_v2"),
+    )
+
+    async def create() -> str:
+        store = open_document_store(
+            settings.resolved_store_url, database=settings.mongodb_database
+        )
+        async with store:
+            name = f"tests-{os.getpid()}-{time.monotonic_ns()}"
+            return await create_token(store, name, None, actor="tests")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, create()).result(60)
+
+
 def aoc(
     command: str,
     workdir: Path,
@@ -265,11 +310,14 @@ def aoc(
     mqtt_port: int,
     redis_port: int,
     env: dict[str, str] | None = None,
-) -> Service:
+    legacy: bool = True,
+) -> AocService:
     """An ``aoc`` process (``serve``, ``bridge``, ``api``, ``realtime``) as a real child process.
 
     Its HTTP port is ``port``; ``env`` holds extra ``AOC_*`` settings and may
-    override the defaults chosen here.
+    override the defaults chosen here. ``legacy``: legacy mode on (the suites
+    drive the stock legacy clients from loopback); the service's ``token``
+    reads everything.
     """
     http_port, socketio_port, bridge_port = free_port(), free_port(), free_port()
     settings = {
@@ -281,6 +329,7 @@ def aoc(
         "AOC_DATA_DIR": str(workdir / "data"),
         "AOC_MQTT_CLIENT_ID": f"aoc-bridge-{http_port}",
         "AOC_LOG_LEVEL": "INFO",
+        **({"AOC_LEGACY_MODE": "1"} if legacy else {}),
         **(env or {}),
     }
     http_port, socketio_port, bridge_port = (
@@ -294,7 +343,7 @@ def aoc(
         "bridge": (bridge_port,),  # its probes and metrics
     }
     waits = ports.get(command, ())
-    service = Service(
+    service = AocService(
         f"aoc-{command}",
         [sys.executable, "-m", "aoc.cli", command],
         waits[0] if waits else 0,
@@ -303,6 +352,7 @@ def aoc(
         extra_ports=waits[1:],
         # Started once its MQTT side is up: the bridge subscribed, or the shim's publisher.
         ready="broker" if command in ("serve", "bridge", "api") else None,
+        token=api_token(settings),
     )
     return service
 

@@ -400,13 +400,20 @@ def serve_settings(tmp_path: Path, *, mqtt_port: int, redis_url: str) -> Setting
         http_port=services.free_port(),
         socketio_port=services.free_port(),
         snap_workers=1,
+        legacy_mode=True,  # the legacy shim relays from loopback
     )
 
 
-async def get(url: str) -> httpx.Response | None:
+def read_headers(settings: Settings) -> dict[str, str]:
+    """A bearer header of a new token in the store of ``settings`` (the read API needs one)."""
+    token = services.api_token({"AOC_DATA_DIR": str(settings.data_dir)})
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> httpx.Response | None:
     """The answer to GET ``url``, or None while nothing answers."""
     try:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=headers) as client:
             return await client.get(url, timeout=5)
     except httpx.TransportError:
         return None
@@ -489,11 +496,14 @@ async def test_serve_keeps_serving_while_its_bridge_restarts(
     monkeypatch.setattr(lifecycle, "Bridge", FaultInjectingBridge)
     settings = serve_settings(tmp_path, mqtt_port=mosquitto.port, redis_url=redis_url)
     http_port, sio_port = settings.http_port, settings.socketio_port
+    headers = read_headers(settings)
     stop = asyncio.Event()
     serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
     ambulance_id = f"LC{uuid.uuid4().hex[:8]}"
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}", headers=headers
+        ) as http:
 
             async def answers(path: str, *, port: int = http_port) -> bool:
                 try:
@@ -641,6 +651,7 @@ async def test_serve_starts_with_the_broker_down_and_its_bridge_connects_later(
     broker = services.mosquitto(tmp_path / "mosquitto")  # its ports chosen, not started
     settings = serve_settings(tmp_path, mqtt_port=broker.port, redis_url=redis_url)
     base = f"http://127.0.0.1:{settings.http_port}"
+    headers = read_headers(settings)
     stop = asyncio.Event()
     serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
     ambulance_id = f"LD{uuid.uuid4().hex[:8]}"
@@ -657,7 +668,7 @@ async def test_serve_starts_with_the_broker_down_and_its_bridge_connects_later(
             relayed = await http.post("/api/tracking/postAmbulanceTracking", json=body, timeout=10)
             assert relayed.status_code == 200, relayed.text
             await until(
-                lambda: _ok(get(f"{base}/api/v1/ambulances/{ambulance_id}"), serving),
+                lambda: _ok(get(f"{base}/api/v1/ambulances/{ambulance_id}", headers), serving),
                 "the bridge to store the relayed point",
             )
     finally:

@@ -26,6 +26,7 @@ from broker import accounts
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
+from tests.e2e.conftest import eventually
 
 
 def _wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -254,6 +255,25 @@ async def _device_to_dashboard(port: int, creds: credentials.Credentials) -> byt
     raise AssertionError("no state")
 
 
+async def _legacy_point_is_stored(http_port: int, token: str) -> None:
+    """A legacy device's POST, published by the shim under its account, reaches the store."""
+    base = f"http://127.0.0.1:{http_port}"
+    body = {"ambulance_id": "LEG1", "tracking_latitude": 13.7, "tracking_longitude": 100.5,
+            "tracking_speed": 12.5, "tracking_heading": 90}
+    async with httpx.AsyncClient(base_url=base, timeout=DEADLINE) as http:
+        posted = await http.post("/api/tracking/postAmbulanceTracking", json=body)
+        assert posted.status_code == 200, posted.text
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def stored() -> httpx.Response | None:
+            read = await http.get("/api/v1/ambulances/LEG1", headers=headers)
+            return None if read.status_code == 404 else read
+
+        read = await eventually(stored, timeout=DEADLINE)
+    assert isinstance(read, httpx.Response) and read.status_code == 200, read
+    assert read.json()["speed"] == 12.5
+
+
 async def _refused(port: int, username: str | None, password: str | None) -> None:
     with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
         async with aiomqtt.Client("127.0.0.1", port, username=username, password=password):
@@ -273,6 +293,8 @@ async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_pa
     ports, env = services.up_settings(data)
     env = {k: v for k, v in env.items() if not k.startswith(("AOC_MQTT_USER", "AOC_MQTT_PASS",
                                                             "AOC_SHIM_", "AOC_MQTT_ADMIN"))}
+    # Legacy mode on: the shim publishes with its own account, which the ACLs keep to legacy/.
+    env["AOC_LEGACY_MODE"] = "1"
     path = data / "credentials.json"
     log = tmp_path / "up.log"
     with _running_up(env, log):
@@ -286,12 +308,21 @@ async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_pa
         assert creds.data["mqtt"] == {"host": "127.0.0.1", "port": ports["mqtt"],
                                       "ws_port": ports["ws"]}
         output = log.read_text()
-        assert f"Broker accounts: {path}" in output
+        assert f"a read token: {path}" in output
         secrets = [p for _, p in filter(None, map(creds.account, ("admin", "bridge", "shim")))]
-        assert not any(s in output for s in [*secrets, *creds.devices.values()])
+        token = creds.data["api_token"]
+        assert not any(s in output for s in [*secrets, *creds.devices.values(), token])
 
         state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
         assert state["ambulance_id"] == "SIM001"
+        # The first read token reads what the device sent; without it, nothing.
+        url = f"http://127.0.0.1:{ports['http']}/api/v1/ambulances/SIM001"
+        async with httpx.AsyncClient(timeout=DEADLINE) as http:
+            assert (await http.get(url)).status_code == 401
+            read = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert read.status_code == 200, read.text
+        assert read.json()["ambulance_id"] == "SIM001"
+        await _legacy_point_is_stored(ports["http"], token)
         await _refused(ports["mqtt"], None, None)
         await _refused(ports["mqtt"], "SIM002", "wrong")
         async with accounts.DynsecAdmin(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aoc.metrics import REGISTRY
+from api.access import FORBIDDEN, UNAUTHORIZED, require_metrics
 from api.deps import ApiDeps, Deps, ReadyCheck
 
 router = APIRouter(tags=["health"])
@@ -46,9 +47,22 @@ async def readyz(deps: Deps) -> JSONResponse:
     return JSONResponse(report, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(require_metrics)],
+    responses={
+        401: {**UNAUTHORIZED, "description": "AOC_METRICS_TOKEN is set and was not sent"},
+        403: {**FORBIDDEN, "description": "No AOC_METRICS_TOKEN, and the client is not in "
+              "AOC_METRICS_NETWORKS"},
+    },
+)
 async def metrics() -> Response:
-    """This process's metrics in the Prometheus text format."""
+    """This process's metrics in the Prometheus text format.
+
+    For ``AOC_METRICS_TOKEN`` as a bearer token, or (unset) clients in
+    ``AOC_METRICS_NETWORKS`` (loopback by default).
+    """
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -15,9 +15,10 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+from api.access import require_legacy
 from api.deps import Deps, Publisher, PublisherDep
 from api.legacy_input import Upload, field_error, read_body, read_uploads
 from api.pages import HOME_HTML
@@ -54,6 +55,7 @@ _LEGACY_BODY = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Empty or unparseable body"},
+    403: {"description": "Legacy mode is off, or the client is not in AOC_LEGACY_NETWORKS"},
     413: {"description": "Body or file too large, or too many files"},
     415: {"description": "Unsupported content type, or a file that is not JPEG/PNG"},
     422: {"description": "A field is missing or invalid (named by its legacy name)"},
@@ -61,6 +63,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "The MQTT broker did not acknowledge, or (uploads) too many uploads "
           "are in progress: retry after Retry-After seconds"},
 }
+# Checked before the body is read: outside legacy mode no legacy request costs anything.
+_LEGACY_ONLY = [Depends(require_legacy)]
 
 
 def _mqtt_hint(kind: Kind) -> str:
@@ -207,6 +211,7 @@ async def _relay(request: Request, deps: Deps, publisher: Publisher, *, crash: b
 @router.post(
     "/api/tracking/postAmbulanceTracking",
     deprecated=True,
+    dependencies=_LEGACY_ONLY,
     description=_mqtt_hint(Kind.TRACKING),
     openapi_extra={"requestBody": _LEGACY_BODY},
     responses=_ERRORS,
@@ -220,6 +225,7 @@ async def post_tracking(request: Request, deps: Deps, publisher: PublisherDep) -
 @router.post(
     "/api/crash/postAmbulanceCrashNotify",
     deprecated=True,
+    dependencies=_LEGACY_ONLY,
     description=_mqtt_hint(Kind.CRASH) + " Legacy `tracking_speed` is m/s here.",
     openapi_extra={"requestBody": _LEGACY_BODY},
     responses=_ERRORS,
@@ -233,6 +239,7 @@ async def post_crash(request: Request, deps: Deps, publisher: PublisherDep) -> d
 @router.post(
     "/api/snapshot/postAmbulanceImageUpload",
     deprecated=True,
+    dependencies=_LEGACY_ONLY,
     description=_mqtt_hint(Kind.SNAP) + " Multipart: `ambulance_id` and files in `files`.",
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "properties": {

@@ -7,11 +7,21 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from api.deps import AMBULANCE_ID_PATTERN, AmbulanceId, Deps, NotReserved
+from api.access import (
+    FORBIDDEN,
+    UNAUTHORIZED,
+    OptionalToken,
+    Token,
+    require_ambulance,
+    require_fleet,
+    require_token,
+    unauthorized,
+)
+from api.deps import AMBULANCE_ID_PATTERN, AmbulanceId, ApiDeps, Deps, NotReserved
 from api.models import (
     AmbulanceList,
     AmbulanceState,
@@ -25,6 +35,7 @@ from api.models import (
     TrackPage,
     TrackPoint,
 )
+from api.tokens import TokenInfo
 from bridge.contract import AMBULANCE_ID
 from storage import codec
 from storage.base import (
@@ -35,7 +46,6 @@ from storage.base import (
     IMAGES,
     TRACKINGS,
     Document,
-    ObjectStore,
     Page,
     StoreUnavailable,
 )
@@ -43,7 +53,11 @@ from storage.base import Query as StoreQuery
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1", tags=["read"])
+_SECURED: dict[int | str, dict[str, Any]] = {401: UNAUTHORIZED, 403: FORBIDDEN}
+# Every read needs a token (``api.access``); routes take it again to check its rooms.
+router = APIRouter(
+    prefix="/api/v1", tags=["read"], dependencies=[Depends(require_token)], responses=_SECURED
+)
 files_router = APIRouter(tags=["read"])
 
 M = TypeVar("M", bound=BaseModel)
@@ -143,7 +157,7 @@ def _fleet_json(docs: list[Document], source: str, next_cursor: str | None) -> b
     responses={503: {"description": "A cache cursor while the cache is unreachable"}},
 )
 async def list_ambulances(
-    deps: Deps, limit: Limit = FLEET_PAGE, cursor: Cursor = None
+    deps: Deps, token: Token, limit: Limit = FLEET_PAGE, cursor: Cursor = None
 ) -> Response:
     """The latest state of every ambulance, a page at a time (Redis cache, else the store).
 
@@ -152,7 +166,11 @@ async def list_ambulances(
     the bridge writes. From the store (Redis down or empty), they come in
     ``last_seen`` order: an ambulance updated during the listing can appear
     again on a later page (with its newer state), none is skipped.
+
+    A token limited to some ambulances gets theirs only, in one page.
     """
+    if token.rooms is not None:
+        return await _own_ambulances(deps, token.rooms)
     at = None if cursor is None else _fleet_cursor(cursor)
     docs: list[Document] | None = None
     next_cursor = None
@@ -182,13 +200,8 @@ async def list_ambulances(
     return Response(body, media_type="application/json")
 
 
-@router.get(
-    "/ambulances/{ambulance_id}",
-    response_model=AmbulanceState,
-    responses={404: {"description": "Unknown ambulance"}},
-)
-async def get_ambulance(ambulance_id: AmbulanceId, deps: Deps) -> AmbulanceState:
-    """The latest state of one ambulance."""
+async def _state(deps: ApiDeps, ambulance_id: str) -> Document | None:
+    """The latest state of one ambulance: the cache, else the store."""
     state = None
     if deps.cache is not None:
         try:
@@ -197,6 +210,25 @@ async def get_ambulance(ambulance_id: AmbulanceId, deps: Deps) -> AmbulanceState
             log.warning("state cache unavailable, reading the store: %s", exc)
     if state is None:
         state = await deps.store.get(AMBULANCES, ambulance_id)
+    return state
+
+
+async def _own_ambulances(deps: ApiDeps, ambulance_ids: tuple[str, ...]) -> Response:
+    """The fleet list of a limited token: its ambulances that have a state, in one page."""
+    docs = [doc for aid in ambulance_ids if (doc := await _state(deps, aid)) is not None]
+    body = await asyncio.to_thread(_fleet_json, docs, "store", None)
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/ambulances/{ambulance_id}",
+    response_model=AmbulanceState,
+    responses={404: {"description": "Unknown ambulance"}},
+)
+async def get_ambulance(ambulance_id: AmbulanceId, deps: Deps, token: Token) -> AmbulanceState:
+    """The latest state of one ambulance."""
+    require_ambulance(token, ambulance_id)
+    state = await _state(deps, ambulance_id)
     if state is None:
         raise HTTPException(404, detail=f"no ambulance {ambulance_id!r}")
     return AmbulanceState.model_validate(state)
@@ -206,6 +238,7 @@ async def get_ambulance(ambulance_id: AmbulanceId, deps: Deps) -> AmbulanceState
 async def get_track(
     ambulance_id: AmbulanceId,
     deps: Deps,
+    token: Token,
     *,
     since: Since = None,
     until: Until = None,
@@ -214,6 +247,7 @@ async def get_track(
     newest_first: bool = False,
 ) -> TrackPage:
     """Tracking history of one ambulance, one page at a time."""
+    require_ambulance(token, ambulance_id)
     page = await _find(deps, StoreQuery(
         TRACKINGS, ambulance_id=ambulance_id, since=_utc(since), until=_utc(until),
         limit=limit, cursor=cursor, newest_first=newest_first,
@@ -224,6 +258,7 @@ async def get_track(
 @router.get("/crashes", response_model=CrashPage)
 async def list_crashes(
     deps: Deps,
+    token: Token,
     *,
     ambulance_id: OptionalAmbulanceId = None,
     since: Since = None,
@@ -232,7 +267,11 @@ async def list_crashes(
     cursor: Cursor = None,
     newest_first: bool = False,
 ) -> CrashPage:
-    """Crash records, of one ambulance or all."""
+    """Crash records, of one ambulance or all (all: not for a token limited to some)."""
+    if ambulance_id is None:
+        require_fleet(token, "the crashes of every ambulance (pass ambulance_id)")
+    else:
+        require_ambulance(token, ambulance_id)
     page = await _find(deps, StoreQuery(
         CRASHES, ambulance_id=ambulance_id, since=_utc(since), until=_utc(until),
         limit=limit, cursor=cursor, newest_first=newest_first,
@@ -240,14 +279,28 @@ async def list_crashes(
     return CrashPage(items=_models(CrashRecord, page.items), next_cursor=page.next_cursor)
 
 
-def _image_set(doc: Document, request: Request, objects: ObjectStore) -> ImageSet:
+def image_url(key: str, request: Request, deps: ApiDeps) -> str:
+    """A link a browser opens without a header: the object store's own, else a signed /files URL.
+
+    The S3 store's own link is presigned (it expires), or a plain link under
+    ``AOC_OBJECTS_PUBLIC_URL`` when the operator published the bucket.
+    """
+    own = deps.objects.url(key)
+    if own is not None:
+        return own
+    expires, sig = deps.signer.sign(key)
+    url = request.url_for("get_file", key=key).include_query_params(expires=expires, sig=sig)
+    return str(url)
+
+
+def _image_set(doc: Document, request: Request, deps: ApiDeps) -> ImageSet:
     links = []
     images: dict[str, Any] = doc.get("images") or {}
     for name, key in images.items():
         if not isinstance(key, str):
             continue
         try:
-            url = objects.url(key) or str(request.url_for("get_file", key=key))
+            url = image_url(key, request, deps)
         except ValueError:  # a key the object store would refuse: not linkable
             log.warning("skipping invalid object key %r of %s", key, doc.get("_id"))
             continue
@@ -259,28 +312,36 @@ def _image_set(doc: Document, request: Request, objects: ObjectStore) -> ImageSe
 async def get_snapshots(
     ambulance_id: AmbulanceId,
     deps: Deps,
+    token: Token,
     request: Request,
+    *,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> Snapshots:
-    """The current images of one ambulance and the history of its snaps, newest first."""
+    """The current images of one ambulance and the history of its snaps, newest first.
+
+    Each image's ``url`` works without a token until it expires
+    (``AOC_IMAGE_URL_TTL_SECONDS``).
+    """
+    require_ambulance(token, ambulance_id)
     current = await deps.store.get(IMAGES, ambulance_id)
     page = await _find(deps, StoreQuery(
         IMAGE_HISTORIES, ambulance_id=ambulance_id, limit=limit, cursor=cursor, newest_first=True
     ))
     return Snapshots(
         ambulance_id=ambulance_id,
-        current=None if current is None else _image_set(current, request, deps.objects),
-        history=[_image_set(doc, request, deps.objects) for doc in page.items],
+        current=None if current is None else _image_set(current, request, deps),
+        history=[_image_set(doc, request, deps) for doc in page.items],
         next_cursor=page.next_cursor,
     )
 
 
 @router.get("/dead-letters", response_model=DeadLetterPage)
 async def list_dead_letters(
-    deps: Deps, since: Since = None, limit: Limit = 100, cursor: Cursor = None
+    deps: Deps, token: Token, since: Since = None, limit: Limit = 100, cursor: Cursor = None
 ) -> DeadLetterPage:
-    """Rejected messages with the reason, newest first."""
+    """Rejected messages with the reason, newest first (not for a token limited to some)."""
+    require_fleet(token, "the dead letters (messages of any device)")
     page = await _find(deps, StoreQuery(
         DEAD_LETTERS, since=_utc(since), limit=limit, cursor=cursor, newest_first=True
     ))
@@ -293,15 +354,29 @@ async def list_dead_letters(
     responses={
         200: {"content": {"image/jpeg": {}, "image/png": {}}},
         400: {"description": "Not a valid object key (e.g. a path climbing out with ..)"},
+        401: UNAUTHORIZED,
+        403: {"description": "An expired or wrong signature, or a token limited to other "
+              "ambulances"},
         404: {"description": "No object under this key"},
     },
 )
-async def get_file(key: str, deps: Deps) -> Response:
-    """The bytes of a stored object (images), with the content type of its extension."""
+async def get_file(
+    key: str,
+    deps: Deps,
+    token: OptionalToken,
+    expires: Annotated[int | None, Query(description="unix seconds, of a signed URL")] = None,
+    sig: Annotated[str | None, Query(max_length=128, description="of a signed URL")] = None,
+) -> Response:
+    """The bytes of a stored object (images), with the content type of its extension.
+
+    For a token, or for the signed URL the read API hands out (``expires`` and
+    ``sig``), until it expires.
+    """
     try:
         codec.validate_key(key)
     except ValueError as exc:
         raise HTTPException(400, detail=f"invalid object key: {exc}") from exc
+    _check_file_access(key, deps, token, expires, sig)
     try:
         data = await deps.objects.get(key)
     except KeyError as exc:
@@ -310,5 +385,28 @@ async def get_file(key: str, deps: Deps) -> Response:
     return Response(
         data,
         media_type=CONTENT_TYPES.get(ext, "application/octet-stream"),
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"},
+        # Private: a shared cache must not hand an image to someone without the link.
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
     )
+
+
+def _key_ambulance(key: str) -> str | None:
+    """The ambulance of an image key (``ambulance_images/<id>/...``), else None."""
+    parts = key.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "ambulance_images" else None
+
+
+def _check_file_access(
+    key: str, deps: ApiDeps, token: TokenInfo | None, expires: int | None, sig: str | None
+) -> None:
+    """Pass a token that may read the key's ambulance, or a valid signature; else 401/403."""
+    if token is not None:
+        if token.limited:
+            owner = _key_ambulance(key)
+            if owner is None or not token.may_read(owner):
+                raise HTTPException(403, detail="this token may not read this object")
+        return
+    if expires is None and sig is None:
+        raise unauthorized("a token or a signed URL (expires, sig) is required")
+    if expires is None or sig is None or not deps.signer.valid(key, expires, sig):
+        raise HTTPException(403, detail="this link is expired or its signature is wrong")

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from aoc.config import Settings
-from api import ApiDeps, create_app
+from api import ApiDeps, SocketGate, create_app
+from api.tokens import create_token
 from broker.client import MqttClient
 from storage.cache import StateCache
 from storage.localfs import LocalObjectStore
@@ -38,6 +39,9 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         max_image_bytes=MAX_IMAGE_BYTES,
         max_upload_files=MAX_UPLOAD_FILES,
+        # The legacy endpoints and token-less Socket.IO, for the test clients on loopback;
+        # the tests of the guards themselves turn it off.
+        legacy_mode=True,
     )
 
 
@@ -45,6 +49,18 @@ def settings(tmp_path: Path) -> Settings:
 async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
     async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
         yield opened  # type: ignore[misc]
+
+
+@pytest.fixture
+async def api_token(store: SQLiteDocumentStore) -> str:
+    """A token that reads every ambulance."""
+    return await create_token(store, "api-tests", None, actor="tests")
+
+
+@pytest.fixture
+def gate(settings: Settings, store: SQLiteDocumentStore) -> SocketGate:
+    """The Socket.IO gate of the tests' settings (legacy mode on, for loopback clients)."""
+    return SocketGate(settings, store)
 
 
 @pytest.fixture
@@ -92,14 +108,19 @@ def deps(
     )
 
 
-def client_for(deps: ApiDeps) -> httpx.AsyncClient:
+def client_for(deps: ApiDeps, token: str | None = None) -> httpx.AsyncClient:
+    """An in-process client of the app (from 127.0.0.1), sending ``token`` as a bearer."""
     transport = httpx.ASGITransport(app=create_app(deps))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=15)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", timeout=15, headers=headers
+    )
 
 
 @pytest.fixture
-async def http(deps: ApiDeps) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(deps) as client:
+async def http(deps: ApiDeps, api_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with a token that reads everything."""
+    async with client_for(deps, api_token) as client:
         yield client
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 import socketio
 
 from aoc.config import Settings
-from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api import ApiDeps, SocketGate, create_app, create_realtime_app, create_sio
+from api.tokens import create_token
 from tests import services
 from tests.api.test_limits import serving
 
@@ -39,12 +41,17 @@ def test_the_setting_is_a_comma_separated_list() -> None:
 
 @contextlib.asynccontextmanager
 async def api(deps: ApiDeps, origins: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of the API served with ``AOC_CORS_ORIGINS=origins``."""
+    """An HTTP client (with a token) of the API served with ``AOC_CORS_ORIGINS=origins``."""
     settings = deps.settings.model_copy(update={"cors_origins": origins})
     app = create_app(dataclasses.replace(deps, settings=settings))
+    token = await create_token(deps.store, f"cors-{uuid.uuid4().hex[:8]}", None, actor="tests")
     async with (
         serving(app) as port,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client,
     ):
         yield client
 
@@ -109,20 +116,24 @@ async def socketio_connects(port: int, origin: str | None, transport: str) -> bo
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_socketio_refuses_browsers_from_other_origins(transport: str) -> None:
+async def test_socketio_refuses_browsers_from_other_origins(
+    transport: str, gate: SocketGate
+) -> None:
     """Test that a configured origin connects, another is refused, and no Origin connects."""
-    sio = create_sio(cors_origins=[DASHBOARD])
-    async with serving(create_realtime_app(sio), graceful_timeout=1.0) as port:
+    sio = create_sio(gate, cors_origins=[DASHBOARD])
+    async with serving(create_realtime_app(sio, gate.settings), graceful_timeout=1.0) as port:
         assert await socketio_connects(port, DASHBOARD, transport)
         assert not await socketio_connects(port, OTHER, transport)
         assert await socketio_connects(port, None, transport)
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_socketio_admits_its_own_origin_only_by_default(transport: str) -> None:
+async def test_socketio_admits_its_own_origin_only_by_default(
+    transport: str, gate: SocketGate
+) -> None:
     """Test the default: a page served by the Socket.IO port itself connects, no other."""
-    sio = create_sio()
-    async with serving(create_realtime_app(sio), graceful_timeout=1.0) as port:
+    sio = create_sio(gate)
+    async with serving(create_realtime_app(sio, gate.settings), graceful_timeout=1.0) as port:
         assert await socketio_connects(port, f"http://127.0.0.1:{port}", transport)
         assert not await socketio_connects(port, DASHBOARD, transport)
         assert await socketio_connects(port, None, transport)

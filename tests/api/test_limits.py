@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from aoc.servers import server
-from api import ApiDeps, create_app, create_realtime_app, create_sio
+from api import ApiDeps, SocketGate, create_app, create_realtime_app, create_sio
 from api.routes import legacy
 from tests import services
 from tests.api.conftest import Subscriber, client_for
@@ -258,12 +258,12 @@ async def test_headers_that_never_finish_are_closed(deps: ApiDeps) -> None:
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_dashboards_outlive_the_timeouts(transport: str) -> None:
+async def test_dashboards_outlive_the_timeouts(transport: str, gate: SocketGate) -> None:
     """Test that a Socket.IO dashboard stays connected and served past every server timeout."""
-    sio = create_sio()
+    sio = create_sio(gate)
     bounds = {"max_connections": 10, "body_timeout": 0.3, "header_timeout": 0.3,
               "graceful_timeout": 1.0}
-    async with serving(create_realtime_app(sio), **bounds) as port:
+    async with serving(create_realtime_app(sio, gate.settings), **bounds) as port:
         client = socketio.AsyncClient(reconnection=False)
         received: asyncio.Queue[Any] = asyncio.Queue()
         client.on("data", handler=received.put)

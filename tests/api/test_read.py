@@ -74,20 +74,20 @@ async def test_ambulances_from_the_cache(
 
 
 async def test_ambulances_fall_back_to_the_store(
-    deps: ApiDeps, store: SQLiteDocumentStore, ambulance_id: str
+    deps: ApiDeps, store: SQLiteDocumentStore, ambulance_id: str, api_token: str
 ) -> None:
     """Test that an empty, missing or unreachable cache falls back to the AMBULANCES collection."""
     await put(store, AMBULANCES, state(ambulance_id), state("other-1", speed=99))
-    async with client_for(deps) as http:  # the test's cache prefix is empty
+    async with client_for(deps, api_token) as http:  # the test's cache prefix is empty
         empty = (await http.get("/api/v1/ambulances")).json()
     dead = StateCache(f"redis://127.0.0.1:{services.free_port()}/0", prefix="nothing")
     deps.cache = dead
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         unreachable = (await http.get("/api/v1/ambulances")).json()
         one = await http.get(f"/api/v1/ambulances/{ambulance_id}")
     await dead.close()
     deps.cache = None
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         no_cache = (await http.get("/api/v1/ambulances")).json()
     for body in (empty, unreachable, no_cache):
         assert body["source"] == "store"
@@ -308,11 +308,13 @@ async def test_dead_letters(http: httpx.AsyncClient, store: SQLiteDocumentStore)
     assert [d["id"] for d in since["items"]] == ["dl:2", "dl:1"]
 
 
-async def test_store_down_is_503(deps: ApiDeps, store: SQLiteDocumentStore) -> None:
+async def test_store_down_is_503(
+    deps: ApiDeps, store: SQLiteDocumentStore, api_token: str
+) -> None:
     """Test that reads answer 503 with a reason while the store is unavailable."""
     await store.close()
     deps.cache = None
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         responses = [
             await http.get("/api/v1/ambulances"),
             await http.get("/api/v1/ambulances/a1"),
@@ -383,13 +385,13 @@ async def test_fleet_pages_stay_consistent_while_the_bridge_writes(
 
 
 async def test_fleet_from_the_store_pages_with_its_cursor(
-    deps: ApiDeps, store: SQLiteDocumentStore
+    deps: ApiDeps, store: SQLiteDocumentStore, api_token: str
 ) -> None:
     """Test that without a cache the store's pages list every ambulance once."""
     docs = [state(f"s-{i:02d}", at=T0 + timedelta(seconds=i % 5)) for i in range(23)]
     await put(store, AMBULANCES, *docs)
     deps.cache = None
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         ids, sources = await _fleet(http, limit=5)
     assert sorted(ids) == sorted(d["ambulance_id"] for d in docs)
     assert len(ids) == len(set(ids))
@@ -416,15 +418,15 @@ async def test_bad_fleet_cursor_is_422(http: httpx.AsyncClient, cursor: str) -> 
 
 
 async def test_fleet_cache_cursor_without_the_cache_is_503(
-    deps: ApiDeps, cache: StateCache
+    deps: ApiDeps, cache: StateCache, api_token: str
 ) -> None:
     """Test that a cache cursor while Redis is unreachable says to list again, with Retry-After."""
     await cache.rebuild({f"c-{i}": state(f"c-{i}") for i in range(3)})
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         cursor = (await http.get("/api/v1/ambulances", params={"limit": 1})).json()["next_cursor"]
     dead = StateCache(f"redis://127.0.0.1:{services.free_port()}/0", prefix="nothing")
     deps.cache = dead
-    async with client_for(deps) as http:
+    async with client_for(deps, api_token) as http:
         response = await http.get("/api/v1/ambulances", params={"cursor": cursor})
     await dead.close()
     assert response.status_code == 503, response.text

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import socketio
 
+from aoc.config import Settings
 from aoc.servers import server
-from api import connected_clients, create_realtime_app, create_sio
+from api import SocketGate, connected_clients, create_realtime_app, create_sio
 from tests import services
 
 PAYLOAD = '{"ambulance_id":"332","tracking_latitude":13.7563,"note":"ไทย","tracking_speed":45}'
@@ -52,10 +53,13 @@ class Dashboard:
 
 
 @contextlib.asynccontextmanager
-async def realtime(sio: socketio.AsyncServer) -> AsyncIterator[str]:
+async def realtime(
+    sio: socketio.AsyncServer, settings: Settings | None = None
+) -> AsyncIterator[str]:
     """Serve ``create_realtime_app(sio)`` with uvicorn on a free port, in this event loop."""
     port = services.free_port()
-    embedded = server(create_realtime_app(sio), host="127.0.0.1", port=port)
+    settings = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+    embedded = server(create_realtime_app(sio, settings), host="127.0.0.1", port=port)
     task = asyncio.create_task(embedded.serve(), name="realtime-under-test")
     try:
         async with asyncio.timeout(10):
@@ -98,8 +102,8 @@ async def close_redis(*managers: Any) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def local_url() -> AsyncIterator[tuple[socketio.AsyncServer, str]]:
-    sio = create_sio()
+async def local_url(gate: SocketGate) -> AsyncIterator[tuple[socketio.AsyncServer, str]]:
+    sio = create_sio(gate)
     async with realtime(sio) as url:
         yield sio, url
 
@@ -203,10 +207,12 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-async def test_write_only_redis_manager_reaches_the_rooms(redis_url: str) -> None:
+async def test_write_only_redis_manager_reaches_the_rooms(
+    redis_url: str, gate: SocketGate
+) -> None:
     """Test that a separate write-only AsyncRedisManager emits to the right room via Redis."""
     channel = f"aoc-test-{uuid.uuid4().hex}"
-    sio = create_sio(client_manager=socketio.AsyncRedisManager(redis_url, channel=channel))
+    sio = create_sio(gate, client_manager=socketio.AsyncRedisManager(redis_url, channel=channel))
     bridge = socketio.AsyncRedisManager(redis_url, channel=channel, write_only=True)
     async with close_redis(sio.manager, bridge), realtime(sio) as url, \
             dashboards(url, 2) as (in_332, in_333):

@@ -82,7 +82,10 @@ def new_id() -> Callable[[], str]:
 
 @pytest.fixture
 async def http(stack: CompatStack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.http, timeout=WAIT) as client:
+    # With the stack's token: the read API needs one (the legacy endpoints do not).
+    async with httpx.AsyncClient(
+        base_url=stack.http, timeout=WAIT, headers=stack.service.auth_headers
+    ) as client:
         yield client
 
 

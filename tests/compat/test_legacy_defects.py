@@ -286,7 +286,9 @@ async def test_bad_requests_between_good_ones_stop_nothing(
         for aid in good_ids:
             await board.wait_data(lambda d, aid=aid: aid in d)  # type: ignore[misc]
             assert len(await eventually_stored(stack, TRACKINGS, aid, 1)) == 1
-    async with httpx.AsyncClient(base_url=stack.http, timeout=WAIT) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.http, timeout=WAIT, headers=stack.service.auth_headers
+    ) as http:
         letters = (await http.get("/api/v1/dead-letters", params={"limit": 1000})).json()["items"]
         assert {d["topic"] for d in letters} >= {
             f"aoc/{good_ids[1]}/tracking", f"aoc/{good_ids[2]}/tracking"
@@ -435,6 +437,7 @@ def test_the_secret_scanner_finds_legacy_style_secrets() -> None:
         assert secrets_in(line), line
     assert secrets_in(LEGACY_LIKE[0], code=True)
     assert secrets_in("password=settings.mqtt_password", code=True) == []
+    assert secrets_in('password = "hunter22"', code=True)
     assert secrets_in('access_key="test"', test=True) == []
     assert secrets_in('access_key="test"')  # only in tests
     assert secrets_in('API_TOKENS = "api_tokens"', code=True) == []

@@ -22,7 +22,7 @@ from tests import services
 class Stack:
     """A running `aoc serve` and how to reach each of its parts."""
 
-    service: services.Service
+    service: services.AocService
     mqtt_port: int
     redis_url: str
     data_dir: Path
@@ -124,7 +124,10 @@ async def dashboard(stack: Stack) -> AsyncIterator[Dashboard]:
 
 @pytest.fixture
 async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.http, timeout=10) as client:
+    # With the stack's token: the read API needs one (the legacy endpoints do not).
+    async with httpx.AsyncClient(
+        base_url=stack.http, timeout=10, headers=stack.service.auth_headers
+    ) as client:
         yield client
 
 

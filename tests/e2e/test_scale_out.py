@@ -64,7 +64,11 @@ async def test_a_point_crosses_three_processes(
             await device.publish(f"aoc/{ambulance_id}/tracking", json.dumps(body), qos=1)
         data = json.loads(await board.wait_for(lambda d: ambulance_id in d, timeout=20))
     assert data["tracking_speed"] == 95
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{parts['api'].port}") as http:
+    api = parts["api"]
+    assert isinstance(api, services.AocService)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{api.port}", headers=api.auth_headers
+    ) as http:
 
         async def state() -> dict[str, object] | None:
             response = await http.get(f"/api/v1/ambulances/{ambulance_id}")

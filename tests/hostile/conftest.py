@@ -28,6 +28,7 @@ import pytest
 
 from aoc.config import Settings
 from api import ApiDeps, create_app
+from api.tokens import create_token
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
@@ -75,6 +76,7 @@ class Served:
     test_dir: Path
     base_dir: Path
     app: Any
+    token: str  # reads every ambulance; the client sends it on every request
     published: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
 
     def request(self, method: str, url: str | httpx.URL, **options: Any) -> httpx.Response:
@@ -139,11 +141,13 @@ def served(
             clean_session=True, manual_ack=False,
         ))
         await _seed(store, objects)
+        token = await create_token(store, "hostile", None, actor="tests")
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=data_dir,
             max_image_bytes=MAX_IMAGE_BYTES,
             max_upload_files=MAX_UPLOAD_FILES,
+            legacy_mode=True,  # the legacy endpoints, for this loopback client
         )
         deps = ApiDeps(
             settings=settings, store=store, objects=objects, cache=cache, publisher=publisher,
@@ -151,9 +155,12 @@ def served(
         )
         app = create_app(deps)
         client = await stack.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=30
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
         ))
-        served = Served(runner, client, data_dir, test_dir, tmp_path_factory.getbasetemp(), app)
+        served = Served(
+            runner, client, data_dir, test_dir, tmp_path_factory.getbasetemp(), app, token
+        )
         subscriber = await stack.enter_async_context(
             aiomqtt.Client("127.0.0.1", mosquitto.port)
         )

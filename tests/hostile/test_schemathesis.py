@@ -59,7 +59,10 @@ schema = schemathesis.openapi.from_dict(_description())
 
 def send(served: Served, case: schemathesis.Case) -> object:
     """Send ``case`` exactly as schemathesis's requests transport would encode it."""
-    options = case.as_transport_kwargs(base_url=BASE_URL)
+    # With the read token (schemathesis generates no credentials of its own).
+    options = case.as_transport_kwargs(
+        base_url=BASE_URL, headers={"Authorization": f"Bearer {served.token}"}
+    )
     prepared = requests.Request(
         method=options["method"],
         url=options["url"],

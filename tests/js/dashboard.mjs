@@ -1,9 +1,10 @@
 // A legacy dashboard driven over stdin, for the compatibility tests.
 //
-//   node dashboard.mjs --url http://127.0.0.1:5050
+//   node dashboard.mjs --url http://127.0.0.1:5050 [--token aoc_...]
 //
 // Connects with the stock socket.io-client v4 and its default options (HTTP
-// long-polling first, then the upgrade to WebSocket), exactly as dashboards do.
+// long-polling first, then the upgrade to WebSocket), exactly as dashboards do;
+// with --token, it presents the token as new dashboards do: io(url, {auth: {token}}).
 // Reads JSON commands, one per line, on stdin:
 //   {"cmd": "join", "room": "\"332\""}     emit("room_join", room), as dashboards do
 //   {"cmd": "leave", "room": "332"}        emit("room_leave", room)
@@ -13,15 +14,18 @@
 // Prints one JSON object per line on stdout: {"event": "open", "transport": ...} (Engine.IO),
 // {"event": "connect", "transport": ...},
 // {"event": "upgrade", "transport": ...}, {"event": "data", "data": <payload as received>},
-// {"event": "disconnect", "reason": ...}, {"event": "error", "message": ...}.
+// {"event": "disconnect", "reason": ...}, {"event": "error", "message": ...},
+// {"event": "room_error", "room": ..., "message": ...} (a refused room_join).
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { io } from "socket.io-client";
 
-const { values } = parseArgs({ options: { url: { type: "string" } } });
+const { values } = parseArgs({
+  options: { url: { type: "string" }, token: { type: "string" } },
+});
 const print = (event) => process.stdout.write(JSON.stringify(event) + "\n");
 
-const socket = io(values.url);
+const socket = io(values.url, values.token ? { auth: { token: values.token } } : {});
 // The Engine.IO connection opens (on its first transport) before the Socket.IO one.
 socket.io.on("open", () => {
   const engine = socket.io.engine;
@@ -30,6 +34,7 @@ socket.io.on("open", () => {
 });
 socket.on("connect", () => print({ event: "connect", transport: socket.io.engine.transport.name }));
 socket.on("data", (data) => print({ event: "data", data }));
+socket.on("room_error", (error) => print({ event: "room_error", ...error }));
 socket.on("disconnect", (reason) => print({ event: "disconnect", reason }));
 socket.on("connect_error", (err) => print({ event: "error", message: err.message }));
 

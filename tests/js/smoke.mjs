@@ -1,6 +1,7 @@
 // Smoke check of a running AOC stack with the stock clients dashboards use.
 //
 //   node smoke.mjs [--http http://127.0.0.1:5050] [--mqtt ws://127.0.0.1:9001] [--room tracking] [--seconds 10]
+//                  [--token aoc_...]   (a Socket.IO token from `aoc token add`; none: legacy mode)
 //
 // Joins a legacy Socket.IO room and subscribes to the outbound MQTT topics,
 // prints what arrives, and exits 0 if both sides delivered at least one message
@@ -15,11 +16,16 @@ const { values } = parseArgs({
     mqtt: { type: "string", default: "ws://127.0.0.1:9001" },
     room: { type: "string", default: "tracking" },
     seconds: { type: "string", default: "10" },
+    token: { type: "string" },
   },
 });
 
 const counts = { socketio: 0, mqtt: 0 };
-const socket = io(values.http, { transports: ["websocket"], reconnection: false });
+const socket = io(values.http, {
+  transports: ["websocket"],
+  reconnection: false,
+  ...(values.token ? { auth: { token: values.token } } : {}),
+});
 socket.on("connect", () => socket.emit("room_join", values.room));
 socket.on("data", (payload) => {
   // Legacy semantics: every payload is a JSON string, except the join acknowledgement.
