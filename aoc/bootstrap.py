@@ -39,8 +39,8 @@ from broker import accounts
 log = logging.getLogger(__name__)
 
 FIRST_DASHBOARD = "dash-first"
-# The read token (HTTP and Socket.IO) `aoc up` makes at first start.
-FIRST_TOKEN = "first"
+# The name of the read token (HTTP and Socket.IO) `aoc up` makes at first start.
+FIRST_READER = "first"
 # The fleet `aoc simulate` runs by default (its --prefix and --ambulances).
 SIMULATOR_PREFIX, SIMULATOR_AMBULANCES = "SIM", 10
 DYNSEC_FILE = "dynamic-security.json"
@@ -216,7 +216,7 @@ async def first_token(settings: Settings) -> None:
             return
         async with audit_store(settings) as store:
             token = await tokens.create_token(
-                store, FIRST_TOKEN, None, audit.operator(settings.operator)
+                store, FIRST_READER, None, audit.operator(settings.operator)
             )
         with credentials.editing(path) as creds:
             creds.data["api_token"] = token
@@ -225,7 +225,7 @@ async def first_token(settings: Settings) -> None:
     except tokens.TokenError as exc:  # made before, and its file entry lost since
         log.warning("no first read token in %s: %s (`aoc token add` makes one)", path, exc)
         return
-    log.info("created the read token %r (in %s)", FIRST_TOKEN, path)
+    log.info("created the read token %r (in %s)", FIRST_READER, path)
 
 
 # --- a broker in another container (docker-compose) -------------------------------------------

@@ -29,15 +29,17 @@ log = logging.getLogger(__name__)
 # Values the project's examples and images ship with: never a real secret.
 PLACEHOLDERS = frozenset({"changeme", "minioadmin"})
 
-# Commands that connect to the broker with the bridge's account. Not `aoc up`,
+# Commands that connect to the broker with the bridge's account (`aoc api`
+# publishes only as the legacy shim, in legacy mode). Not `aoc up`,
 # `aoc simulate`, `aoc device` or `aoc dashboard`: they use the generated
 # passwords of the credentials file (random, never a default) when these are unset.
-BROKER_CLIENTS = frozenset({"serve", "bridge", "api"})
+BROKER_CLIENTS = frozenset({"serve", "bridge"})
 # The long-running services: development mode warns at their start only, so
 # that management commands print nothing but their answer.
 SERVICES = frozenset({"up", "serve", "bridge", "api", "realtime"})
-# Commands that touch only the broker: the rest of the settings is not theirs.
-BROKER_ONLY = frozenset({"simulate"})
+# Commands that touch only the broker (and, for `aoc accounts`, the audit
+# log): the rest of the settings is not theirs.
+BROKER_ONLY = frozenset({"simulate", "accounts"})
 # Commands whose process runs the legacy shim (the legacy HTTP endpoints).
 SHIM = frozenset({"serve", "api"})
 
@@ -125,6 +127,17 @@ def problems(settings: Settings, command: str) -> list[Problem]:
                 "AOC_SHIM_MQTT_PASSWORD",
                 settings.shim_mqtt_password,
                 "legacy mode's shim publishes with its own account",
+            )
+        )
+    elif settings.shim_mqtt_password is not None:  # set, even where unused: not a placeholder
+        found.append(_weak("AOC_SHIM_MQTT_PASSWORD", settings.shim_mqtt_password, "aoc-shim's"))
+    # Unset, the admin's is generated (`aoc up`); set, it must not be a placeholder.
+    if settings.mqtt_admin_password is not None:
+        found.append(
+            _weak(
+                "AOC_MQTT_ADMIN_PASSWORD",
+                settings.mqtt_admin_password,
+                f"the broker's account manager ({settings.mqtt_admin_username})",
             )
         )
     if not broker_only:

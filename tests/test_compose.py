@@ -22,11 +22,26 @@ from typing import Any
 import pytest
 import yaml
 
+from aoc import bootstrap
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"mosquitto", "redis", "mongo", "minio", "bridge", "api", "realtime"}
+LONG_RUNNING = {"mosquitto", "redis", "mongo", "minio", "bridge", "api", "realtime"}
+# The broker's account file before its first start, its service accounts after.
+ONE_SHOT = {"broker-init", "accounts"}
+SERVICES = LONG_RUNNING | ONE_SHOT
 APP_SERVICES = {"bridge", "api", "realtime"}
-SECRETS = {"MINIO_ROOT_USER": "dummy-user", "MINIO_ROOT_PASSWORD": "dummy-password-123"}
+SECRETS = {
+    "MINIO_ROOT_USER": "dummy-user",
+    "MINIO_ROOT_PASSWORD": "dummy-password-123",
+    "MONGO_ROOT_USER": "dummy-root",
+    "MONGO_PASSWORD": "dummy-mongo",
+    "REDIS_PASSWORD": "dummy-redis",
+    "AOC_MQTT_ADMIN_PASSWORD": "dummy-admin",
+    "AOC_MQTT_PASSWORD": "dummy-bridge",
+    "AOC_SHIM_MQTT_PASSWORD": "dummy-shim",
+    "AOC_SECRET_KEY": "dummy-signing",
+}
 
 
 def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -54,12 +69,12 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return loaded
 
 
-def test_the_seven_services(config: dict[str, Any]) -> None:
-    """Test that the topology is exactly the broker, the three stores and the three AOC parts."""
+def test_the_services(config: dict[str, Any]) -> None:
+    """Test the topology: the broker, the three stores, the three AOC parts, two one-shot steps."""
     assert set(config["services"]) == SERVICES
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(LONG_RUNNING))
 def test_every_service_restarts_and_has_a_health_check(config: dict[str, Any], name: str) -> None:
     """Test that each service restarts unless stopped and declares a real health check."""
     service = config["services"][name]
@@ -73,14 +88,20 @@ def test_app_services_wait_for_healthy_dependencies(config: dict[str, Any]) -> N
     """Test that the AOC services start only once what they use is healthy."""
     services = config["services"]
     expected = {
-        "bridge": {"mosquitto", "redis", "mongo", "minio"},
-        "api": {"mosquitto", "redis", "mongo", "minio"},
-        "realtime": {"redis"},
+        "bridge": {"accounts", "redis", "mongo", "minio"},
+        "api": {"accounts", "redis", "mongo", "minio"},
+        # Tokens are checked in the store.
+        "realtime": {"redis", "mongo"},
     }
     for name, needs in expected.items():
         depends = services[name]["depends_on"]
         assert set(depends) == needs, name
-        assert all(d["condition"] == "service_healthy" for d in depends.values()), name
+        for dependency, condition in depends.items():
+            # A one-shot step must have finished; a server must be healthy.
+            wanted = (
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            )
+            assert condition["condition"] == wanted, (name, dependency)
 
 
 def test_app_services_run_the_image_with_their_command(config: dict[str, Any]) -> None:
@@ -96,19 +117,70 @@ def test_app_services_run_the_image_with_their_command(config: dict[str, Any]) -
 
 def test_app_services_reach_the_other_services_by_name(config: dict[str, Any]) -> None:
     """Test the settings that point the bridge and the API at the stores and the broker."""
+    mongo = (
+        f"mongodb://{SECRETS['MONGO_ROOT_USER']}:{SECRETS['MONGO_PASSWORD']}"
+        "@mongo:27017/?authSource=admin"
+    )
+    redis = f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    for name in APP_SERVICES:
+        env = config["services"][name]["environment"]
+        # Production mode: each refuses to start with an empty or placeholder secret.
+        assert env["AOC_ENV"] == "production"
+        assert env["AOC_STORE_URL"] == mongo
+        assert env["AOC_REDIS_URL"] == redis
+        assert env["AOC_SECRET_KEY"] == SECRETS["AOC_SECRET_KEY"]
     for name in ("bridge", "api"):
         env = config["services"][name]["environment"]
-        assert env["AOC_STORE_URL"] == "mongodb://mongo:27017"
         assert env["AOC_OBJECTS_URL"] == "s3://aoc-images"
         assert env["AOC_S3_ENDPOINT_URL"] == "http://minio:9000"
-        assert env["AOC_REDIS_URL"] == "redis://redis:6379/0"
         assert env["AOC_MQTT_HOST"] == "mosquitto"
         # The secrets come from the environment the file was read with.
         assert env["AOC_S3_ACCESS_KEY"] == SECRETS["MINIO_ROOT_USER"]
         assert env["AOC_S3_SECRET_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
-    realtime = config["services"]["realtime"]["environment"]
-    assert realtime["AOC_REDIS_URL"] == "redis://redis:6379/0"
-    assert not any("SECRET" in key or "PASSWORD" in key for key in realtime)
+    services = config["services"]
+    root = services["mongo"]["environment"]
+    assert root["MONGO_INITDB_ROOT_USERNAME"] == SECRETS["MONGO_ROOT_USER"]
+    assert root["MONGO_INITDB_ROOT_PASSWORD"] == SECRETS["MONGO_PASSWORD"]
+
+
+def test_each_process_gets_exactly_its_broker_account(config: dict[str, Any]) -> None:
+    """Test the broker accounts: the bridge's, the shim's for the API, none for Socket.IO."""
+    services = config["services"]
+    bridge, api = services["bridge"]["environment"], services["api"]["environment"]
+    assert (bridge["AOC_MQTT_USERNAME"], bridge["AOC_MQTT_PASSWORD"]) == (
+        "aoc-bridge", SECRETS["AOC_MQTT_PASSWORD"]
+    )
+    # The API publishes only as the legacy shim: the bridge's account is emptied (unset).
+    assert not api["AOC_MQTT_USERNAME"] and not api["AOC_MQTT_PASSWORD"]
+    assert (api["AOC_SHIM_MQTT_USERNAME"], api["AOC_SHIM_MQTT_PASSWORD"]) == (
+        "aoc-shim", SECRETS["AOC_SHIM_MQTT_PASSWORD"]
+    )
+    assert not services["realtime"]["environment"]["AOC_MQTT_PASSWORD"]
+    # `accounts` makes both accounts from the same values, as the admin.
+    accounts = services["accounts"]["environment"]
+    assert accounts["AOC_MQTT_PASSWORD"] == bridge["AOC_MQTT_PASSWORD"]
+    assert accounts["AOC_SHIM_MQTT_PASSWORD"] == api["AOC_SHIM_MQTT_PASSWORD"]
+    assert accounts["AOC_MQTT_ADMIN_PASSWORD"] == SECRETS["AOC_MQTT_ADMIN_PASSWORD"]
+    assert services["accounts"]["command"] == ["accounts", "apply"]
+    assert services["accounts"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+
+
+def test_the_broker_starts_on_the_account_file_broker_init_writes(config: dict[str, Any]) -> None:
+    """Test that `broker-init` writes the plugin's file where mosquitto.conf reads it, first."""
+    services = config["services"]
+    init = services["broker-init"]
+    assert init["command"] == ["accounts", "init"]
+    assert init["environment"]["AOC_MQTT_ADMIN_PASSWORD"] == SECRETS["AOC_MQTT_ADMIN_PASSWORD"]
+    # `aoc accounts init` writes AOC_DATA_DIR/mosquitto/<DYNSEC_FILE>: the broker's volume.
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
+    data = init["environment"]["AOC_DATA_DIR"]
+    broker_volume = {v.split(":")[1]: v.split(":")[0] for v in services["mosquitto"]["volumes"]}
+    assert mounts[f"{data}/mosquitto"] == broker_volume["/mosquitto/data"]
+    conf = (ROOT / "mosquitto.conf").read_text()
+    assert f"plugin_opt_config_file /mosquitto/data/{bootstrap.DYNSEC_FILE}\n" in conf
+    assert re.search(r"^allow_anonymous false$", conf, re.MULTILINE)
+    depends = services["mosquitto"]["depends_on"]
+    assert depends == {"broker-init": {"condition": "service_completed_successfully"}}
 
 
 def test_mosquitto_runs_the_project_conf_with_a_data_volume(config: dict[str, Any]) -> None:
@@ -130,7 +202,7 @@ def test_mosquitto_runs_the_project_conf_with_a_data_volume(config: dict[str, An
 def test_stateful_services_keep_data_on_named_volumes(config: dict[str, Any]) -> None:
     """Test that Redis (append-only), MongoDB and MinIO write to named volumes."""
     services = config["services"]
-    assert "--appendonly" in services["redis"]["command"]
+    assert "--appendonly yes" in services["redis"]["command"][-1]
     mounts = {
         "redis": "/data",
         "mongo": "/data/db",
@@ -191,7 +263,10 @@ def test_no_secret_is_written_in_the_file() -> None:
         for key, value in block.items():
             if secretive.search(key):
                 checked += 1
-                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:\?[^}]+|:-)\}", str(value)), key
+                # An emptied value unsets a secret another block gives (AOC_MQTT_PASSWORD: "").
+                assert value == "" or re.fullmatch(
+                    r"\$\{[A-Z0-9_]+(:\?[^}]+|:-)\}", str(value)
+                ), key
     assert checked >= 4
 
 
