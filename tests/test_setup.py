@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "missing-packages"
@@ -171,3 +174,31 @@ def test_the_script_is_posix_shell() -> None:
     assert dash is not None, "dash is Debian's /bin/sh: every Debian machine has it"
     subprocess.run([dash, "-n", str(SCRIPT)], check=True)
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_building_the_package_warns_of_nothing(tmp_path: Path) -> None:
+    """Test `pip install -e .`'s build: no setuptools warning (the licence was a deprecated table).
+
+    The build runs as pip runs it, with the newest setuptools in an isolated
+    environment, on a copy of the metadata (pyproject.toml, README.md) and empty
+    packages, so the source tree gets no build directories.
+    """
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("aoc", "api", "bridge", "broker", "storage", "sim"):
+        (source / package).mkdir()
+        (source / package / "__init__.py").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "--disable-pip-version-check",
+         str(source), "-w", str(tmp_path / "wheel")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and "No matching distribution found for setuptools" in output:
+        pytest.skip("no package index to fetch setuptools from")  # an offline machine
+    assert result.returncode == 0, output
+    warnings = [line for line in output.splitlines() if "Warning" in line or "deprecated" in line]
+    assert warnings == []
