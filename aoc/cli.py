@@ -15,7 +15,7 @@ from aoc.parts import StopFailed
 
 def _parser() -> argparse.ArgumentParser:
     # argparse only: these modules' heavy imports are their own, made when a command runs.
-    from aoc import bootstrap, manage
+    from aoc import bootstrap, manage, simulate
 
     parser = argparse.ArgumentParser(prog="aoc", description="AOC ambulance tracking backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -24,19 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("bridge", help="the MQTT bridge alone (scale-out)")
     commands.add_parser("api", help="the HTTP API and legacy shim alone (scale-out)")
     commands.add_parser("realtime", help="a Socket.IO server alone (scale-out, via Redis)")
-    sim = commands.add_parser("simulate", help="publish realistic device traffic over MQTT")
-    # The defaults are the fleet whose accounts `aoc up` makes at first start.
-    sim.add_argument(
-        "--ambulances", type=int, default=bootstrap.SIMULATOR_AMBULANCES, help="number of vehicles"
-    )
-    sim.add_argument("--rate", type=float, default=1.0, help="tracking points per second each")
-    sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    sim.add_argument("--snap-every", type=float, default=30.0, help="seconds between snapshots")
-    sim.add_argument("--crash-probability", type=float, default=0.0005, help="per point")
-    sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
-    sim.add_argument(
-        "--prefix", default=bootstrap.SIMULATOR_PREFIX, help="ambulance id prefix"
-    )
+    simulate.add_parser(commands)
     manage.add_parsers(commands)
     bootstrap.add_parser(commands)
     tls.add_parser(commands)

@@ -1,27 +1,122 @@
-"""`aoc simulate`: a fleet of simulated ambulances, each on its own device account."""
+"""`aoc simulate`: a fleet of simulated ambulances, each on its own device account.
+
+The parser is here, the fleet in ``sim.fleet``: that package is imported only
+when the command runs, so that parsing the command line (which every process
+does) never loads the simulator.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from aoc import manage, tls
+from aoc import bootstrap, manage, tls
 from aoc.config import Settings
-from sim.fleet import AccountRefused, ambulance_ids, simulate
+
+if TYPE_CHECKING:
+    from sim.fleet import SimStats
+
+# Long enough for `aoc up` to restart its broker, short enough to notice a wrong port.
+GIVE_UP_AFTER = 30.0
+
+
+def _number(
+    kind: Callable[[str], float], check: Callable[[float], bool], what: str
+) -> Callable[[str], float]:
+    """An argparse type: ``kind`` of the text, refused unless finite and ``check`` holds."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (math.isfinite(value) and check(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE_INT = _number(int, lambda v: v >= 1, "a whole number of at least 1")
+POSITIVE = _number(float, lambda v: v > 0, "a number above 0")
+NOT_NEGATIVE = _number(float, lambda v: v >= 0, "a number of at least 0")
+ANY_NUMBER = _number(float, lambda v: True, "a number")
+PROBABILITY = _number(float, lambda v: 0 <= v <= 1, "a probability between 0 and 1")
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `aoc simulate` on the ``aoc`` command's subcommands."""
+    sim = commands.add_parser("simulate", help="publish realistic device traffic over MQTT")
+    sim.set_defaults(simulate_parser=sim)
+    # The defaults are the fleet whose accounts `aoc up` makes at first start.
+    sim.add_argument(
+        "--ambulances", type=POSITIVE_INT, default=bootstrap.SIMULATOR_AMBULANCES,
+        help="number of vehicles (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--rate", type=POSITIVE, default=1.0,
+        help="tracking points per second each (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--duration", type=NOT_NEGATIVE, default=None, help="seconds (default: until Ctrl-C)"
+    )
+    sim.add_argument(
+        "--snap-every", type=ANY_NUMBER, default=30.0,
+        help="seconds between snapshots; 0: none (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--crash-probability", type=PROBABILITY, default=0.0005,
+        help="per point (default: %(default)s)",
+    )
+    sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
+    sim.add_argument(
+        "--prefix", default=bootstrap.SIMULATOR_PREFIX,
+        help="ambulance id prefix (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--give-up-after", type=POSITIVE, default=GIVE_UP_AFTER, metavar="SECONDS",
+        help="stop with exit code 1 when the broker stays unreachable this long "
+        "(default: %(default)s)",
+    )
+    sim.add_argument(
+        "--progress-every", type=NOT_NEGATIVE, default=10.0, metavar="SECONDS",
+        help="when stderr is not a terminal, a progress line this often; 0: none "
+        "(on a terminal the line is live; default: %(default)s)",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the simulation ``args`` describe; the exit code (one line on stderr if not 0)."""
+    """Run the simulation ``args`` describe; the exit code.
+
+    0: everything was sent; 1: some publishes or connections failed (the
+    summary says how many), or the broker stayed unreachable (one line says
+    so); 2: arguments or accounts that do not allow a run.
+    """
+    from sim import fleet  # noqa: PLC0415 (see the module's docstring)
+
+    try:  # what argparse cannot check alone: the ids that prefix and count make
+        fleet.check_arguments(
+            ambulances=args.ambulances, rate=args.rate, duration=args.duration,
+            crash_probability=args.crash_probability, id_prefix=args.prefix,
+        )
+    except ValueError as exc:
+        args.simulate_parser.error(str(exc))  # usage and exit code 2, as argparse's own
     try:
         # Each simulated device logs in with its own account (from the credentials file).
         passwords = await manage.simulator_passwords(
-            settings, ambulance_ids(args.prefix, args.ambulances)
+            settings, fleet.ambulance_ids(args.prefix, args.ambulances)
         )
     except manage.ManageError as exc:
         print(f"aoc simulate: {exc}", file=sys.stderr)
         return exc.exit_code
+    stats = fleet.SimStats()
     try:
-        stats = await simulate(
+        await fleet.simulate(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
             ambulances=args.ambulances,
@@ -33,8 +128,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             id_prefix=args.prefix,
             tls=tls.client_context(settings),
+            give_up_after=args.give_up_after,
+            progress_every=args.progress_every,
+            stats=stats,
         )
-    except AccountRefused as exc:
+    except fleet.AccountRefused as exc:
         path = settings.resolved_credentials_file
         hint = (
             f"the passwords come from {path}"
@@ -43,5 +141,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(f"aoc simulate: {exc}; {hint}", file=sys.stderr)
         return 1
-    print(stats, file=sys.stderr)
-    return 0
+    except fleet.BrokerUnreachable as exc:
+        if stats.sent:  # it ran a while before the broker went away
+            _summary(stats)
+        print(f"aoc simulate: {exc}; giving up", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:  # Ctrl-C: what was sent until then, and the exit code 130
+        _summary(stats)
+        raise
+    _summary(stats)
+    return 1 if stats.errors else 0
+
+
+def _summary(stats: SimStats) -> None:
+    print(f"[simulate] {stats}", file=sys.stderr)

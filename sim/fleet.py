@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from bridge import contract
 from sim import jpeg
@@ -52,6 +53,12 @@ _PUBLISH_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 5.0  # paho's socket connect, then again for the CONNACK
 _SIGN_OFF_TIMEOUT = 5.0
 _MAX_BACKOFF = 10.0
+_ERASE_LINE = "\r\x1b[K"
+# paho's own log lines about the socket (``failed to receive on socket``) repeat,
+# per connection and per retry, what the failure it raises says: the fleet
+# reports that once per cause instead. Shown when debugging.
+_PAHO_LOG = logging.getLogger(f"{__name__}.paho")
+_PAHO_LOG.addFilter(lambda record: log.isEnabledFor(logging.DEBUG))
 
 
 @dataclass(slots=True)
@@ -114,6 +121,19 @@ class _Fleet:
         self.crash_probability = crash_probability
         self.stats = stats
         self.refused: list[str] = []  # accounts the broker refused at CONNECT
+        self.unreachable: str | None = None  # why a connection kept failing, once given up
+        self._causes: set[str] = set()
+
+    def first_time(self, cause: str) -> bool:
+        """Whether ``cause`` of a failure comes up for the first time in this run.
+
+        A broker that is down fails every connection at every retry, for the
+        same reason: one line says it, ``SimStats.errors`` counts the rest.
+        """
+        if cause in self._causes:
+            return False
+        self._causes.add(cause)
+        return True
 
     async def drive(self, amb: _Ambulance, client: aiomqtt.Client, start: float) -> None:
         """Publish ``amb``'s points until cancelled; ``start`` staggers it among the fleet."""
@@ -223,8 +243,10 @@ class _Link:
         tls: ssl.SSLContext | None,
         username: str | None = None,
         password: str | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         self.fleet = fleet
+        self.give_up_after = give_up_after
         self.ambulances = ambulances
         self.offsets = offsets
         self.stop = stop
@@ -240,10 +262,20 @@ class _Link:
             else None
         )
         self.client: aiomqtt.Client | None = None  # set while connected
+        self.said_online = False  # whether the broker holds an ``online`` of ours to undo
+        # Since when every attempt has failed (None: the last one got through).
+        self.failing_since: float | None = None
 
     async def run(self) -> None:
-        """Publish until ``stop`` is set, reconnecting on failures; then say ``offline``."""
+        """Publish until ``stop`` is set, reconnecting on failures; then say ``offline``.
+
+        A connection that keeps failing for ``give_up_after`` seconds stops the
+        whole fleet (``_Fleet.unreachable`` says why): retrying forever would
+        only fill the terminal.
+        """
+        loop = asyncio.get_running_loop()
         backoff = 0.5
+        self.failing_since = loop.time()
         while not self.stop.is_set():
             try:
                 await self._connect()
@@ -259,19 +291,34 @@ class _Link:
                     self.fleet.refused.append(self.username or "(anonymous)")
                     self.stop.set()
                     return  # nothing to sign off: this account cannot connect
-                if _only_mqtt_errors(exc):
-                    log.warning(
-                        "simulator connection %s: %s; retrying in %.1fs",
-                        self.identifier, str(exc) or type(exc).__name__, backoff,
-                    )
-                else:
-                    log.exception("simulator connection %s failed; retrying", self.identifier)
+                cause = (str(exc) or type(exc).__name__).rstrip(".")
+                if self.failing_since is None:
+                    self.failing_since = loop.time()
+                failing = loop.time() - self.failing_since
+                if self.give_up_after is not None and failing >= self.give_up_after:
+                    if self.fleet.unreachable is None:
+                        self.fleet.unreachable = f"{cause} (failing for {failing:.0f} s)"
+                    self.stop.set()
+                elif self.fleet.first_time(cause):  # the next ones are only counted
+                    if _only_mqtt_errors(exc):
+                        log.warning(
+                            "broker %s:%d: %s; retrying%s",
+                            self.host, self.port, cause, self._until(),
+                        )
+                    else:
+                        log.error(
+                            "simulator connection %s failed; retrying",
+                            self.identifier, exc_info=exc,
+                        )
                 await self._close()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(backoff * random.uniform(0.5, 1.0)):
                         await self.stop.wait()
                 backoff = min(backoff * 2, _MAX_BACKOFF)
         await self._sign_off()
+
+    def _until(self) -> str:
+        return f" for up to {self.give_up_after:g} s" if self.give_up_after is not None else ""
 
     def _new_client(self) -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -285,6 +332,7 @@ class _Link:
             keepalive=30,
             timeout=_CONNECT_TIMEOUT,  # bounds the CONNACK and the DISCONNECT waits
             tls_context=self.tls,
+            logger=_PAHO_LOG,
         )
 
     async def _connect(self) -> None:
@@ -307,6 +355,8 @@ class _Link:
         assert client is not None
         for amb in self.ambulances:
             await self.fleet.status(amb, client, online=True)
+        self.said_online = True
+        self.failing_since = None  # connected and published: the broker is there
         start = asyncio.get_running_loop().time()
         drivers = [
             asyncio.create_task(
@@ -332,9 +382,13 @@ class _Link:
     async def _sign_off(self) -> None:
         """Publish ``offline`` for every ambulance and disconnect, bounded; never raises.
 
-        Stopped between connections (after a failure, or before the first one), the link
-        connects once more to say it: a device going offline always says so.
+        Stopped between connections (after a failure), the link connects once
+        more to say it: a device going offline always says so. A link that never
+        said ``online`` has nothing to undo.
         """
+        if not self.said_online:
+            await self._close()
+            return
         try:
             async with asyncio.timeout(_SIGN_OFF_TIMEOUT):
                 if self.client is None:
@@ -344,10 +398,9 @@ class _Link:
                     await self.fleet.status(amb, self.client, online=False)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             self.fleet.stats.errors += 1
-            log.warning(
-                "simulator connection %s could not say offline: %s",
-                self.identifier, str(exc) or type(exc).__name__,
-            )
+            cause = str(exc) or type(exc).__name__
+            if self.fleet.first_time(f"offline: {cause}"):
+                log.warning("could not say offline: %s", cause)
         finally:
             await self._close()
 
@@ -385,8 +438,13 @@ class AccountRefused(Exception):
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is the broker refusing the account at CONNECT."""
-    if not isinstance(exc, aiomqtt.MqttCodeError):
+    """Whether ``exc`` is the broker refusing the account at CONNECT.
+
+    Only a CONNACK (``MqttConnectError``): paho's own error numbers overlap
+    the codes, and its 4 (``MQTT_ERR_NO_CONN``, a publish on a connection the
+    broker has just closed) is no refusal of an account.
+    """
+    if not isinstance(exc, MqttConnectError):
         return False
     return getattr(exc.rc, "value", exc.rc) in _REFUSED_CODES
 
@@ -397,17 +455,65 @@ def _only_mqtt_errors(exc: BaseException) -> bool:
     return isinstance(exc, aiomqtt.MqttError | TimeoutError)
 
 
-async def _report(stats: SimStats, stream: TextIO, started: float, interval: float = 0.5) -> None:
-    """Rewrite one progress line in place until cancelled."""
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(interval)
-        stats.elapsed = loop.time() - started
-        stream.write(f"\r[simulate] {stats}")
-        stream.flush()
+class BrokerUnreachable(Exception):
+    """A connection kept failing for ``give_up_after`` seconds; the simulation stopped."""
 
 
-def _validate(
+class _Progress(logging.Filter):
+    """The live progress line on ``stream``.
+
+    On a terminal it is one line rewritten in place twice a second, erased
+    whenever a log record is about to be written to the same stream (so that
+    the record starts on a line of its own) and at the end. Elsewhere (a pipe,
+    a log file) it is a line of its own every ``every`` seconds.
+    """
+
+    def __init__(
+        self, stats: SimStats, stream: TextIO, started: float, *, terminal: bool, every: float
+    ) -> None:
+        super().__init__()
+        self.stats, self.stream, self.started = stats, stream, started
+        self.terminal = terminal
+        self.every = 0.5 if terminal else every
+        self.drawn = False  # a partial line is on the terminal
+        self.handlers = [
+            handler
+            for handler in logging.getLogger().handlers
+            if getattr(handler, "stream", None) is stream
+        ]
+
+    async def run(self) -> None:
+        """Write the line every ``every`` seconds until cancelled; then erase it (terminal)."""
+        for handler in self.handlers:
+            handler.addFilter(self)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(self.every)
+                self.stats.elapsed = loop.time() - self.started
+                if self.terminal:
+                    self.stream.write(f"{_ERASE_LINE}[simulate] {self.stats}")
+                    self.drawn = True
+                else:
+                    self.stream.write(f"[simulate] {self.stats}\n")
+                self.stream.flush()
+        finally:
+            for handler in self.handlers:
+                handler.removeFilter(self)
+            self.erase()
+
+    def erase(self) -> None:
+        if self.drawn:
+            self.stream.write(_ERASE_LINE)
+            self.stream.flush()
+            self.drawn = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.erase()  # the next tick draws the line again, under the record
+        return True
+
+
+def check_arguments(
     *,
     ambulances: int,
     rate: float,
@@ -415,9 +521,10 @@ def _validate(
     crash_probability: float,
     id_prefix: str,
 ) -> None:
+    """Raise ``ValueError`` for arguments that cannot make valid traffic."""
     if ambulances < 1:
         raise ValueError("ambulances must be at least 1")
-    if not rate > 0:
+    if not 0 < rate < math.inf:
         raise ValueError("rate must be a positive number of points per second")
     if duration is not None and duration < 0:
         raise ValueError("duration must be >= 0 seconds (or None to run until cancelled)")
@@ -448,26 +555,34 @@ async def simulate(
     seed: int | None = None,
     id_prefix: str = "SIM",
     progress: bool = True,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
     force_progress: bool = False,
+    progress_every: float = 10.0,
     max_connections: int = 100,
     tls: ssl.SSLContext | None = None,
+    give_up_after: float | None = None,
+    stats: SimStats | None = None,
 ) -> SimStats:
     """Run a fleet of ``ambulances`` publishing to ``host:port`` for ``duration`` seconds.
 
     ``duration=None`` runs until cancelled (Ctrl-C); either way every ambulance
     publishes ``offline`` before its connection closes, within a few seconds
     (a second cancellation does not cut that short). ``snap_every <= 0``
-    turns snapshots off. A progress line goes to ``stream`` when ``progress``
-    is set and ``stream`` is a terminal (or ``force_progress``). Raises
-    ``ValueError`` for impossible arguments; connection failures are retried
-    and counted in ``SimStats.errors``. ``passwords`` maps each ambulance id to
+    turns snapshots off. With ``progress``, a live progress line goes to
+    ``stream`` (default: stderr): rewritten in place on a terminal (or with
+    ``force_progress``), else a line every ``progress_every`` seconds (0:
+    none). It is erased at the end: the caller prints the summary it wants.
+    Raises ``ValueError`` for impossible arguments; connection failures are
+    retried, logged once per cause and counted in ``SimStats.errors``; a
+    connection failing for ``give_up_after`` seconds (None: never) stops the
+    simulation: ``BrokerUnreachable``. ``passwords`` maps each ambulance id to
     its device account's password (the username is the id); None: anonymous.
     An account the broker refuses stops the simulation: ``AccountRefused``. ``tls``
     (``aoc.tls.client_context``) puts every connection on TLS, verified by that
-    context.
+    context. ``stats``, if given, is filled in as the run goes: what was sent
+    is known even when the run is cancelled.
     """
-    _validate(
+    check_arguments(
         ambulances=ambulances,
         rate=rate,
         duration=duration,
@@ -476,7 +591,9 @@ async def simulate(
     )
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
-    stats = SimStats(seed=seed)
+    if stats is None:
+        stats = SimStats()
+    stats.seed = seed
     fleet = _Fleet(
         rate=rate, snap_every=snap_every, crash_probability=crash_probability, stats=stats
     )
@@ -524,14 +641,22 @@ async def simulate(
                 tls=tls,
                 username=logins[k][0],
                 password=logins[k][1],
+                give_up_after=give_up_after,
             ).run(),
             name=f"sim-link-{k}",
         )
         for k in range(links)
     ]
-    show = progress and (force_progress or stream.isatty())
+    # Looked up now, not bound at import: whatever stderr is when the run starts.
+    stream = stream or sys.stderr
+    terminal = force_progress or stream.isatty()
     reporter = (
-        asyncio.create_task(_report(stats, stream, started), name="sim-progress") if show else None
+        asyncio.create_task(
+            _Progress(stats, stream, started, terminal=terminal, every=progress_every).run(),
+            name="sim-progress",
+        )
+        if progress and (terminal or progress_every > 0)
+        else None
     )
     try:
         await asyncio.wait(tasks, timeout=duration)
@@ -543,9 +668,10 @@ async def simulate(
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            stream.write(f"\r[simulate] {stats}\n")
-            stream.flush()
-        log.info("simulation stopped: %s", stats)
+        # DEBUG: the caller prints the summary (at INFO it would show twice).
+        log.debug("simulation stopped: %s", stats)
+    if fleet.unreachable is not None:
+        raise BrokerUnreachable(f"cannot reach the broker at {host}:{port}: {fleet.unreachable}")
     if fleet.refused:
         refused = sorted(fleet.refused)
         more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
