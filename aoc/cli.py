@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs, safety, tls, tokens_cli
+from aoc import logs, safety, settings_help, show_config, tls, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
 
@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     from aoc import bootstrap, manage, simulate
 
     parser = argparse.ArgumentParser(prog="aoc", description="AOC ambulance tracking backend")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {settings_help.version()}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run Mosquitto, Redis and `aoc serve` under supervision")
     commands.add_parser("serve", help="bridge + HTTP API + Socket.IO in one process")
@@ -29,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_parser(commands)
     tls.add_parser(commands)
     tokens_cli.add_parser(commands)
+    show_config.add_parser(commands)
+    settings_help.document(commands)  # last: every command's --help names its settings
     return parser
 
 
@@ -40,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `aoc tls init` makes what a safe configuration needs: it is never refused.
     if args.command == "tls":
         return tls.command(args, settings)
+    if args.command == "config":  # shows what is wrong rather than refusing it
+        return show_config.command(args, settings)
     try:
         safety.check(settings, args.command)
     except safety.ConfigError as exc:
