@@ -426,6 +426,35 @@ async def test_unreachable_broker_is_counted_not_raised() -> None:
     assert stats.elapsed == pytest.approx(1.0, abs=0.5)
 
 
+async def test_a_broker_stopped_mid_run_is_no_refused_account(tmp_path: Path) -> None:
+    """Test a broker that stops during a run: failures counted, not blamed on the accounts.
+
+    A publish on the connection the broker closed fails with paho's error 4
+    (not connected), which was taken for CONNACK code 4 (bad username or
+    password): the run stopped with ``AccountRefused``.
+    """
+    ids = prefix()
+    broker = services.mosquitto(tmp_path / "broker").start()
+    task: asyncio.Task[SimStats] | None = None
+    try:
+        async with collect(broker.port, ids) as received:
+            task = asyncio.create_task(simulate(
+                host="127.0.0.1", port=broker.port, ambulances=2, rate=5, duration=3.0,
+                snap_every=0, seed=1, id_prefix=ids, progress=False,
+            ))
+            await received.until(lambda r: len(by_kind(r)["tracking"]) >= 2)
+        broker.stop()
+        async with asyncio.timeout(30):
+            stats = await task
+    finally:
+        broker.stop()
+        if task is not None and not task.done():  # the test failed: don't leave it running
+            task.cancel()
+            await asyncio.wait({task}, timeout=30.0)
+    assert stats.tracking >= 2
+    assert stats.errors > 0
+
+
 async def test_progress_line_only_when_asked(mosquitto: services.Service) -> None:
     """Test the live progress line: rewritten in place when forced, then erased; else silent."""
     forced, quiet = io.StringIO(), io.StringIO()
