@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_parser(commands)
     tokens_cli.add_parser(commands)
     show_config.add_parser(commands)
-    settings_help.document(commands)  # last: every command's --help names its settings
+    settings_help.document(parser, commands)  # last: every command's --help names its settings
     return parser
 
 

@@ -94,7 +94,7 @@ def _comments() -> dict[str, str]:
 def describe(field: str) -> str:
     """What ``field`` means, in a sentence (empty when the source says nothing)."""
     text = Settings.model_fields[field].description or _comments().get(field, "")
-    text = text.replace("``", "`")  # reStructuredText's literals, as the rest of the help writes them
+    text = text.replace("``", "`")  # reStructuredText's literals, written as the help writes them
     # The first sentence: up to a full stop that ends a word and is followed by a space.
     first = re.split(r"(?<=[a-z0-9)`\"])\.\s", text, maxsplit=1)[0]
     return first.rstrip(".")
@@ -123,12 +123,7 @@ def variables_text(fields: list[str], width: int | None = None) -> str:
 def epilog(command: str) -> str:
     """The part of ``aoc <command> --help`` that names the settings it reads."""
     width = _width()
-    source = textwrap.fill(
-        f"Settings come from {PREFIX}* environment variables, then from the file "
-        f"{ENV_FILE} in the working directory (the environment wins); `aoc config` "
-        "shows the values in effect and where each came from.",
-        width=width,
-    )
+    source = _sources(width)
     if command == "config":
         return f"{source}\nIt reads every {PREFIX}* variable the other commands' --help name."
     fields = settings_use.fields(command)
@@ -137,17 +132,30 @@ def epilog(command: str) -> str:
     return f"{source}\n\nenvironment ({PREFIX}*=default):\n{variables_text(fields, width)}"
 
 
+def _sources(width: int) -> str:
+    return textwrap.fill(
+        f"Settings come from {PREFIX}* environment variables, then from the file "
+        f"{ENV_FILE} in the working directory (the environment wins); `aoc config` "
+        "shows the values in effect and where each came from.",
+        width=width,
+    )
+
+
 def _width() -> int:
     return min(shutil.get_terminal_size().columns, 100) - 2
 
 
-def document(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def document(
+    parser: argparse.ArgumentParser, commands: argparse._SubParsersAction[argparse.ArgumentParser]
+) -> None:
     """Give each command's parser (and its subcommands') a description and the settings it reads.
 
     Called once every command is registered, so that no module has to repeat it.
     """
-    for name, parser in commands.choices.items():
-        _document(parser, epilog(name))
+    parser.epilog = f"{_sources(_width())}\nEach command's --help lists the variables it reads."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for name, command in commands.choices.items():
+        _document(command, epilog(name))
     _describe(commands)
 
 

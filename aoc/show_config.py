@@ -107,7 +107,8 @@ def _text(found: dict[str, Any]) -> str:
     state = "read" if env_file["found"] else "not found"
     lines = [f"# {env_file['path']}: {state}; secrets are masked"]
     rows = found["settings"]
-    width = min(max(len(name) + len(_shown(entry["value"])) + 1 for name, entry in rows.items()), 48)
+    # Comments aligned, unless a long value (a URL) would push them all far right.
+    width = min(max(len(name) + len(_shown(e["value"])) + 1 for name, e in rows.items()), 48)
     for name, entry in rows.items():
         assignment = f"{name}={_shown(entry['value'])}"
         lines.append(f"{assignment:<{width}}  # {entry['source']}")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -33,12 +34,15 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
     return found
 
 
-def _aoc(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def _aoc(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run `aoc <args>` with no AOC_ variable but ``env``: its exit code and output."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("AOC_")}
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "aoc.cli", *args], env={**base, **(env or {})}, cwd=cwd,
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
 
 
@@ -66,7 +70,7 @@ def test_help_names_each_variable_with_its_default(command: str) -> None:
     for action in parser._actions:  # every option it has is named
         for option in action.option_strings:
             assert option in text
-    top = command.split()[0]
+    top = command.split(maxsplit=1)[0]
     if top == "config":
         assert "every AOC_* variable" in text
         return
@@ -91,11 +95,16 @@ def test_help_shows_real_defaults_and_meanings() -> None:
     assert "AOC_TLS_HOSTNAMES=" in _aoc("tls", "init", "--help").stdout
 
 
-def test_version() -> None:
-    """Test `aoc --version`: the installed package's version."""
+def test_version_and_top_level_help() -> None:
+    """Test `aoc --version` (the package's version) and `aoc --help` (where settings come from)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == settings_help.DISTRIBUTION
     result = _aoc("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"aoc {metadata.version(settings_help.DISTRIBUTION)}"
+    assert result.stdout.strip() == f"aoc {project['version']}"
+    top = _aoc("--help").stdout
+    assert "--version" in top and ".env" in top and "AOC_*" in top
 
 
 SECRETS = ("pw-from-env", "url-secret", "param-secret", "dotenv-secret", "mongo-secret")

@@ -193,7 +193,7 @@ def test_building_the_package_warns_of_nothing(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "--disable-pip-version-check",
          str(source), "-w", str(tmp_path / "wheel")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
     )
     output = result.stdout + result.stderr
