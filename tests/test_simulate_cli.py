@@ -11,6 +11,7 @@ import asyncio
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def _simulate(port: int, tmp_path: Path, *args: str, timeout: float = 60) -> tup
         cwd=tmp_path, capture_output=True, text=True, timeout=timeout, check=False,
     )
     return result.returncode, result.stderr
+
+
+async def _until_tracking(stderr: asyncio.StreamReader) -> list[str]:
+    """Lines of a running `aoc simulate`'s stderr up to a progress line that counts tracking."""
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while not any(re.search(r"tracking [1-9]", line) for line in lines):
+            line = (await stderr.readline()).decode()
+            assert line, f"aoc simulate ended first: {''.join(lines)}"
+            lines.append(line)
+    return lines
 
 
 @pytest.mark.parametrize(
@@ -173,10 +185,7 @@ async def test_broker_gone_mid_run_gives_up_as_unreachable(tmp_path: Path) -> No
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
-        lines: list[str] = []
-        async with asyncio.timeout(30):
-            while not any(re.search(r"tracking [1-9]", line) for line in lines):
-                lines.append((await proc.stderr.readline()).decode())
+        lines = await _until_tracking(proc.stderr)
         broker.stop()
         async with asyncio.timeout(60):
             _, rest = await proc.communicate()
@@ -195,3 +204,26 @@ def test_give_up_default_is_bounded() -> None:
     """Test that the command's default gives up (the library's default retries for ever)."""
     args = cli._parser().parse_args(["simulate"])
     assert 0 < args.give_up_after <= 60
+
+
+async def test_ctrl_c_prints_the_summary_once_and_exits_130(
+    mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test Ctrl-C (SIGINT) in a run without --duration: offline said, then one summary, 130."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aoc.cli", "simulate", "--ambulances", "2", "--rate", "5",
+        "--snap-every", "0", "--progress-every", "0.3", "--prefix", "CLI5",
+        env=_env(mosquitto.port, tmp_path), cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines = await _until_tracking(proc.stderr)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        _, rest = await proc.communicate()
+    assert proc.returncode == 130
+    err = "".join(lines) + rest.decode()
+    last = err.strip().splitlines()[-1]
+    # The summary comes after the sign-off: two online and two offline statuses.
+    assert SUMMARY.match(last) and "status 4 " in last, err
+    assert "simulation stopped" not in err and "Traceback" not in err
