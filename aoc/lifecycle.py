@@ -309,8 +309,12 @@ class _BridgeWiring:
         cache: StateCache,
         publisher_id: str,
         emitter: Emitter,
+        shim: bool = False,
     ) -> None:
         self.settings = settings
+        # Whether this process runs the legacy shim (`aoc serve` in legacy mode):
+        # only then does it log in with the shim's account too.
+        self.shim = shim
         self.store = store
         self.objects = objects
         self.cache = cache
@@ -340,7 +344,7 @@ class _BridgeWiring:
                         shim=True,
                     )
                 )
-                if self.settings.legacy_mode
+                if self.shim
                 else None
             )
             bridge = _bridge(
@@ -467,6 +471,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             cache=cache,
             publisher_id=f"aoc-api-{os.getpid()}",
             emitter=sio,
+            shim=settings.legacy_mode,
         )
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio, settings)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aoc import bootstrap, tls
-from aoc.config import Settings
+from aoc.config import Settings, redact_url
 from aoc.manage import ManageError
 from aoc.parts import Backoff
 from bridge.validate import Limits
@@ -119,7 +119,7 @@ async def plan(settings: Settings) -> list[Child]:
     redis = urlsplit(settings.redis_url)
     redis_port = redis.port or 6379
     if redis.hostname not in {"127.0.0.1", "localhost"} or await port_open(redis_port):
-        log.warning("using the Redis server at %s", settings.redis_url)
+        log.warning("using the Redis server at %s", redact_url(settings.redis_url))
     else:
         (data / "redis").mkdir(parents=True, exist_ok=True)
         argv = [

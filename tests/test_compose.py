@@ -41,6 +41,7 @@ SECRETS = {
     "AOC_MQTT_PASSWORD": "dummy-bridge",
     "AOC_SHIM_MQTT_PASSWORD": "dummy-shim",
     "AOC_SECRET_KEY": "dummy-signing",
+    "AOC_MQTT_CLIENT_ID": "dummy-session",
 }
 
 
@@ -150,6 +151,8 @@ def test_each_process_gets_exactly_its_broker_account(config: dict[str, Any]) ->
     assert (bridge["AOC_MQTT_USERNAME"], bridge["AOC_MQTT_PASSWORD"]) == (
         "aoc-bridge", SECRETS["AOC_MQTT_PASSWORD"]
     )
+    # Its session's id comes from .env: a well-known one could be taken over.
+    assert bridge["AOC_MQTT_CLIENT_ID"] == SECRETS["AOC_MQTT_CLIENT_ID"]
     # The API publishes only as the legacy shim: the bridge's account is emptied (unset).
     assert not api["AOC_MQTT_USERNAME"] and not api["AOC_MQTT_PASSWORD"]
     assert (api["AOC_SHIM_MQTT_USERNAME"], api["AOC_SHIM_MQTT_PASSWORD"]) == (
@@ -343,3 +346,12 @@ def test_http_health_checks_run(
         server.shutdown()
         server.server_close()
     assert (result.returncode == 0) == (status == 200)
+
+
+def test_no_password_goes_on_a_command_line(config: dict[str, Any]) -> None:
+    """Test that no command or health check passes a password as an argument (`ps` shows those)."""
+    for name, service in config["services"].items():
+        lines = [service.get("command", []), service.get("healthcheck", {}).get("test", [])]
+        text = " ".join(" ".join(part) if isinstance(part, list) else part for part in lines)
+        assert " -P " not in text and "--requirepass" not in text, name
+        assert not any(secret in text for secret in SECRETS.values()), name

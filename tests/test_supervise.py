@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from aoc import credentials, supervise
-from aoc.config import Settings
+from aoc.config import Settings, redact_url
 from broker import accounts
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
@@ -315,6 +315,18 @@ async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_pa
 
         state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
         assert state["ambulance_id"] == "SIM001"
+        # Any account may connect with any client id: one with the default id
+        # of the bridge's session does not take over the session of this bridge.
+        client_id = creds.data["bridge_client_id"]
+        assert re.fullmatch(r"aoc-bridge-[0-9a-f]{16}", client_id)
+        for taken in ("aoc-bridge", "aoc-bridge-snap"):
+            async with aiomqtt.Client(
+                "127.0.0.1", ports["mqtt"], username="dash-first",
+                password=creds.dashboards["dash-first"], identifier=taken, clean_session=True,
+            ):
+                pass
+        state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
+        assert state["ambulance_id"] == "SIM001"
         # The first read token reads what the device sent; without it, nothing.
         url = f"http://127.0.0.1:{ports['http']}/api/v1/ambulances/SIM001"
         async with httpx.AsyncClient(timeout=DEADLINE) as http:
@@ -391,3 +403,32 @@ async def test_up_hands_serve_the_file_accounts_for_a_broker_already_running(
         assert children["aoc-serve"].env == {
             "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "fake-shim-pw",
         }
+
+
+async def test_an_external_redis_is_named_without_its_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that `aoc up` names the Redis it uses with its password masked (URLs carry one)."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        broker_auth=False,
+        mqtt_port=services.free_port(),
+        redis_url="redis://:fake-redis-pw@cache.example:6379/0",
+    )
+    with caplog.at_level(logging.WARNING, logger="aoc.supervise"):
+        children = await supervise.plan(settings)
+    assert [child.name for child in children] == ["mosquitto", "aoc-serve"]
+    assert "using the Redis server at redis://:***@cache.example:6379/0" in caplog.text
+    assert "fake-redis-pw" not in caplog.text
+
+
+def test_urls_in_logs_have_their_passwords_masked() -> None:
+    """Test ``redact_url`` on each place a URL carries a password, and on one without."""
+    assert redact_url("mongodb://aoc:fake-pw@mongo:27017/?authSource=admin") == (
+        "mongodb://aoc:***@mongo:27017/?authSource=admin"
+    )
+    assert redact_url("redis://redis:6379/0?password=fake-pw&db=1") == (
+        "redis://redis:6379/0?password=***&db=1"
+    )
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
