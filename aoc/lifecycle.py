@@ -435,13 +435,18 @@ async def _wire_bridge(
 
 
 @contextlib.asynccontextmanager
-async def _serving(server: EmbeddedServer) -> AsyncIterator[Running]:
+async def _serving(server: EmbeddedServer, bound: asyncio.Event | None) -> AsyncIterator[Running]:
+    if bound is not None:
+        server.on_bound = bound.set
     yield Running(server.serve, server.stop)
 
 
-def _server_part(make: Callable[[], EmbeddedServer]) -> Start:
-    """A server part: a new server at each (re)start (uvicorn's state is per run)."""
-    return lambda: _serving(make())
+def _server_part(make: Callable[[], EmbeddedServer], bound: asyncio.Event | None = None) -> Start:
+    """A server part: a new server at each (re)start (uvicorn's state is per run).
+
+    ``bound`` is set once one of its servers listens on its port.
+    """
+    return lambda: _serving(make(), bound)
 
 
 @contextlib.asynccontextmanager
@@ -476,23 +481,34 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio, settings)
         parts = Parts(stop)
+        sio_bound, http_bound = asyncio.Event(), asyncio.Event()
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
         # the bridge's connection), then the bridge finishes its batch and sends
         # its fan-out (alerts first) to dashboards still connected to Socket.IO.
-        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add(
+            "socketio", _server_part(lambda: _socketio_server(realtime, settings), sio_bound)
+        )
         parts.add("revocations", _revocations_part(sio, gate))
         parts.add("bridge", wiring.start)
-        parts.add("http", _server_part(lambda: _http_server(app, settings)))
-        log.info(
-            "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
-            settings.bind_host,
-            settings.http_port,
-            settings.bind_host,
-            settings.socketio_port,
-            settings.mqtt_host,
-            settings.mqtt_port,
-        )
-        await parts.run()
+        parts.add("http", _server_part(lambda: _http_server(app, settings), http_bound))
+
+        async def announce() -> None:  # once both ports are ours, not before
+            await asyncio.gather(sio_bound.wait(), http_bound.wait())
+            log.info(
+                "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
+                settings.bind_host,
+                settings.http_port,
+                settings.bind_host,
+                settings.socketio_port,
+                settings.mqtt_host,
+                settings.mqtt_port,
+            )
+
+        announcing = asyncio.create_task(announce())
+        try:
+            await parts.run()
+        finally:
+            announcing.cancel()
 
 
 async def run_bridge(settings: Settings) -> None:
