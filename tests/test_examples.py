@@ -188,7 +188,7 @@ async def test_the_examples_work_against_a_real_deployment(
             for room in (ambulance, f"CRASH_NOTIFY_{ambulance}"):
                 await sio.wait_for(f"join {room}", lambda line, r=room: line == f"room joined: {r}")
             # The device's account is what lets it publish: a wrong password is refused.
-            refused = run_shell("device.sh", device_env | {"PASSWORD": "wrong"})
+            refused = run_shell("device.sh", device_env | {"PASSWORD": "fake-wrong-password"})
             assert refused.returncode != 0
             published = run_shell("device.sh", device_env)
             assert published.returncode == 0, published.stderr
@@ -213,5 +213,5 @@ async def test_the_examples_work_against_a_real_deployment(
         assert ambulance in [item["ambulance_id"] for item in fleet["items"]]
         [stored] = track["items"]
         assert (stored["speed"], stored["location"]) == (45.5, {"lat": 13.7563, "lon": 100.5018})
-        unauthorized = run_shell("read-api.sh", api_env | {"TOKEN": "aoc_not-a-token"})
+        unauthorized = run_shell("read-api.sh", api_env | {"TOKEN": "fake-unknown-token"})
         assert unauthorized.returncode != 0  # curl -f: the 401 fails the script

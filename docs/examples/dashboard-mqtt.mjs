@@ -4,9 +4,9 @@
 //   MQTT_WS_URL=ws://127.0.0.1:9001 MQTT_USERNAME=dash-wall MQTT_PASSWORD=... node dashboard-mqtt.mjs
 import mqtt from "mqtt";
 
-const client = mqtt.connect(process.env.MQTT_WS_URL ?? "ws://127.0.0.1:9001", {
-  username: process.env.MQTT_USERNAME ?? "dash-wall",
-  password: process.env.MQTT_PASSWORD,
+const { MQTT_WS_URL, MQTT_USERNAME, MQTT_PASSWORD } = process.env;
+const client = mqtt.connect(MQTT_WS_URL ?? "ws://127.0.0.1:9001", {
+  username: MQTT_USERNAME ?? "dash-wall", password: MQTT_PASSWORD,
 });
 
 client.on("connect", () => {
