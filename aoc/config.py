@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     socketio_port: int = 5050
     # `aoc bridge` alone serves /healthz, /readyz and /metrics here.
     bridge_http_port: int = 5001
+    # The HTTP API's address as browsers reach it (scheme://host[:port][/path]),
+    # which the image links of the read API are built on; empty: taken from each
+    # request, whose Host header the client writes (development only).
+    public_url: str = ""
 
     # MQTT broker (Mosquitto).
     mqtt_host: str = "127.0.0.1"
@@ -94,8 +98,13 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
     s3_secret_key: SecretStr | None = None
-    # Public base URL of object links handed to browsers (empty: served by the HTTP API).
+    # Public base URL of object links handed to browsers (a published bucket);
+    # empty: S3 links are presigned, directory objects are served by the HTTP API.
     objects_public_url: str = ""
+    # Where image links point: "store", the object store's own links (above);
+    # "api", always the HTTP API's signed /files links under public_url (when
+    # browsers cannot reach the object store, as with docker-compose's MinIO).
+    image_links: Literal["store", "api"] = "store"
     # While object storage is down, snapshots wait in this local spool (empty:
     # data_dir/spool); past spool_max_bytes the bridge holds its batches. 0: no spool.
     spool_dir: Path | None = None
@@ -208,6 +217,19 @@ class Settings(BaseSettings):
         """
         origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
         return [origin for origin in origins if origin]
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        """An http(s) base URL without query or fragment, its trailing slash dropped."""
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or (
+            parts.fragment
+        ):
+            raise ValueError(f"{value!r} is not an http(s)://host[:port][/path] URL")
+        return value.rstrip("/")
 
     @property
     def resolved_credentials_file(self) -> Path:

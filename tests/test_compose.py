@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from aoc import bootstrap
+from aoc.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -186,6 +187,38 @@ def test_the_broker_starts_on_the_account_file_broker_init_writes(config: dict[s
     assert depends == {"broker-init": {"condition": "service_completed_successfully"}}
 
 
+def test_images_are_pinned(config: dict[str, Any]) -> None:
+    """Test that MinIO runs a release tag, and no image is whatever `latest` is on pull day."""
+    minio = config["services"]["minio"]["image"]
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", minio), minio
+    for name, service in config["services"].items():
+        if service["image"] == "aoc-tracking:latest":  # built here, from this checkout
+            continue
+        _, _, tag = service["image"].partition(":")
+        assert tag and tag != "latest", name
+
+
+def test_image_links_go_through_the_api_on_its_public_url(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    """Test that the API hands out its own links (no browser reaches minio:9000).
+
+    On AOC_PUBLIC_URL when .env sets it; the operator may switch to the store's links.
+    """
+    api = config["services"]["api"]["environment"]
+    assert api["AOC_IMAGE_LINKS"] == "api"
+    assert not api["AOC_PUBLIC_URL"]  # unset unless .env says: each request's own URL
+    public = "https://aoc.example.org"
+    env = {**SECRETS, "AOC_PUBLIC_URL": public, "AOC_IMAGE_LINKS": "store"}
+    result = compose_config(tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    chosen = yaml.safe_load(result.stdout)["services"]["api"]["environment"]
+    assert (chosen["AOC_PUBLIC_URL"], chosen["AOC_IMAGE_LINKS"]) == (public, "store")
+    # The settings take the file's default as it is.
+    settings = Settings(_env_file=None, image_links=api["AOC_IMAGE_LINKS"])  # type: ignore[call-arg]
+    assert settings.image_links == "api"
+
+
 def test_mosquitto_runs_the_project_conf_with_a_data_volume(config: dict[str, Any]) -> None:
     """Test that Mosquitto mounts mosquitto.conf read-only and keeps its persistence on a volume."""
     mosquitto = config["services"]["mosquitto"]
@@ -326,7 +359,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(
     ("name", "port", "path"),
-    [("api", 5000, "/healthz"), ("bridge", 5001, "/healthz"), ("realtime", 5050, "/")],
+    # Readiness, not liveness, for the parts that have it; the Socket.IO port has no probe.
+    [("api", 5000, "/readyz"), ("bridge", 5001, "/readyz"), ("realtime", 5050, "/")],
 )
 @pytest.mark.parametrize("status", [200, 503])
 def test_http_health_checks_run(

@@ -687,10 +687,13 @@ def gated_channel(
 
 
 def publishing(*topics: str) -> Plan:
-    """A plan of publications; an alert's payload is a crash record named after its topic."""
+    """A plan of publications; an alert's payload names its crash record after its topic.
+
+    As the bridge publishes it: the record's public ``id`` (``bridge.public``).
+    """
     plan = Plan()
     for name in topics:
-        plan.publishes.append(Publish(name, json.dumps({"_id": f"crash-{name}"}).encode()))
+        plan.publishes.append(Publish(name, json.dumps({"id": f"crash-{name}"}).encode()))
     return plan
 
 
