@@ -109,6 +109,7 @@ async def _open_storage(
         objects = SpoolingObjectStore(
             objects, spool_dir=settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes
         )
+        metrics.watch_spool(objects)
     try:
         await stack.enter_async_context(objects)
     except StoreUnavailable as exc:  # no spool (`aoc api`): it must answer at start
