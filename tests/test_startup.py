@@ -54,7 +54,8 @@ def aoc(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.Co
         ({"AOC_MQTT_PORT": "0"}, f"AOC_MQTT_PORT='0' is invalid: {PORTS}"),
         (
             {"AOC_STORE_URL": "postgres://aoc:hunter2@db/aoc"},
-            f"AOC_STORE_URL='postgres://aoc:***@db/aoc' is invalid: unknown scheme: expected {URLS}",
+            "AOC_STORE_URL='postgres://aoc:***@db/aoc' is invalid: unknown scheme: "
+            f"expected {URLS}",
         ),
         (
             {"AOC_STORE_URL": "ftp://files.example/aoc"},
@@ -79,7 +80,7 @@ def aoc(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.Co
 def test_a_misconfiguration_is_one_line_and_exit_2(
     env: dict[str, str], line: str, tmp_path: Path
 ) -> None:
-    """Test that `aoc serve` prints exactly the one line naming variable, value and what is valid."""
+    """Test that `aoc serve` prints exactly one line: the variable, its value, what is valid."""
     done = aoc("serve", cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), **env)
     assert (done.returncode, done.stderr) == (2, line + "\n")
     assert done.stdout == ""
@@ -169,7 +170,7 @@ def test_an_unreachable_mongodb_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_api_with_its_broker_unreachable_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    """Test that `aoc api` in legacy mode, its shim's broker down at start, exits 1 with one line."""
+    """Test that `aoc api` in legacy mode exits 1 with one line when its broker is down."""
     env = _safe_env(tmp_path)
     port = env["AOC_MQTT_PORT"]
     done = aoc(
@@ -257,5 +258,5 @@ def test_fields_only_services_read_are_warnings_elsewhere(
 
 def test_service_fields_are_settings() -> None:
     """Test that every name in SERVICE_FIELDS is a setting (a typo would make no warning)."""
-    assert SERVICE_FIELDS <= set(Settings.model_fields)
+    assert set(Settings.model_fields) >= SERVICE_FIELDS
     assert startup.variable("http_port") == "AOC_HTTP_PORT"
