@@ -28,7 +28,7 @@ SERVICE_FIELDS = frozenset({
     "cors_origins", "http_port", "socketio_port", "bridge_http_port",
     "mqtt_queue_size", "mqtt_queue_bytes",
     "objects_url", "s3_endpoint_url", "s3_region", "s3_access_key", "s3_secret_key",
-    "objects_public_url", "spool_dir", "spool_max_bytes",
+    "objects_public_url", "spool_dir", "spool_max_bytes", "redis_url",
     "speed_orange_kmh", "speed_red_kmh", "crash_dedup_seconds", "max_clock_ahead_seconds",
     "google_maps_key", "max_image_bytes", "max_upload_files", "dead_letter_payload_bytes",
     "http_max_connections", "socketio_max_connections", "http_body_timeout",
@@ -237,6 +237,17 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return url
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        expected = "redis://host:6379/0, rediss://... or unix:///path"
+        return _scheme(url, ("redis", "rediss", "unix"), expected)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, url: str | None) -> str | None:
+        return url and _scheme(url, ("http", "https"), "http://host:port or https://host")
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, level: str) -> str:
@@ -277,3 +288,10 @@ class Settings(BaseSettings):
     def resolved_objects_url(self) -> str:
         """The object storage URL, defaulting to a directory under ``data_dir``."""
         return self.objects_url or f"file://{(self.data_dir / 'objects').resolve()}"
+
+
+def _scheme(url: str, schemes: tuple[str, ...], expected: str) -> str:
+    """``url`` if it starts with one of ``schemes``, else ``ValueError`` saying what is valid."""
+    if url.split("://", 1)[0].lower() not in schemes or "://" not in url:
+        raise ValueError(f"expected {expected}")
+    return url

@@ -67,6 +67,16 @@ def aoc(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.Co
             "expected file:///absolute/directory or s3://bucket",
         ),
         (
+            {"AOC_REDIS_URL": "http://cache:6379"},
+            "AOC_REDIS_URL='http://cache:6379' is invalid: expected redis://host:6379/0, "
+            "rediss://... or unix:///path",
+        ),
+        (
+            {"AOC_S3_ENDPOINT_URL": "minio:9000"},
+            "AOC_S3_ENDPOINT_URL='minio:9000' is invalid: expected http://host:port or "
+            "https://host",
+        ),
+        (
             {"AOC_LOG_LEVEL": "loud"},
             "AOC_LOG_LEVEL='loud' is invalid: expected one of DEBUG, INFO, WARNING, ERROR, "
             "CRITICAL",
