@@ -38,6 +38,7 @@ from aoc import logs, metrics, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
 from aoc.servers import EmbeddedServer, server
+from aoc.startup import Unreachable, setting
 from api import (
     ApiDeps,
     RevocationSweep,
@@ -63,6 +64,10 @@ from storage.spool import SpoolingObjectStore
 
 log = logging.getLogger(__name__)
 
+# A part failing with these waits for a dependency (the broker, a store): one
+# warning line per restart, no traceback (``aoc.parts``).
+OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
+
 
 def _stop_on_signals() -> asyncio.Event:
     """An event set by the first SIGINT or SIGTERM."""
@@ -75,8 +80,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
     """The document store, open until ``stack`` closes."""
-    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
-    await stack.enter_async_context(store)
+    url = settings.resolved_store_url
+    store = open_document_store(url, database=settings.mongodb_database)
+    try:
+        await stack.enter_async_context(store)
+    except StoreUnavailable as exc:  # exit 1, one line: `aoc up` may restart with backoff
+        raise Unreachable(setting(settings, "store_url", url), exc) from exc
     return store
 
 
@@ -100,7 +109,12 @@ async def _open_storage(
         objects = SpoolingObjectStore(
             objects, spool_dir=settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes
         )
-    await stack.enter_async_context(objects)
+        metrics.watch_spool(objects)
+    try:
+        await stack.enter_async_context(objects)
+    except StoreUnavailable as exc:  # no spool (`aoc api`): it must answer at start
+        url = settings.resolved_objects_url
+        raise Unreachable(setting(settings, "objects_url", url), exc) from exc
     cache = StateCache(settings.redis_url)
     try:
         await cache.open()
@@ -480,7 +494,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         )
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio, settings)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         sio_bound, http_bound = asyncio.Event(), asyncio.Event()
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
         # the bridge's connection), then the bridge finishes its batch and sends
@@ -528,7 +542,7 @@ async def run_bridge(settings: Settings) -> None:
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("bridge", wiring.start)
         parts.add(
             "http",
@@ -544,6 +558,20 @@ async def run_bridge(settings: Settings) -> None:
         await parts.run()
 
 
+async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClient:
+    """`aoc api`'s connection for the legacy shim, open until ``stack`` closes.
+
+    Unlike the bridge's (a part of `aoc serve`, retried in the process), it is
+    made once: a broker down at start is one line and exit 1 (``Unreachable``).
+    """
+    client = _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False, shim=True)
+    try:
+        return await stack.enter_async_context(client)
+    except MqttError as exc:
+        where = f"{setting(settings, 'mqtt_host')}, {setting(settings, 'mqtt_port')}"
+        raise Unreachable(f"the MQTT broker at {where}", exc) from exc
+
+
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
     stop = _stop_on_signals()
@@ -552,13 +580,7 @@ async def run_api(settings: Settings) -> None:
         # It writes no objects; the bridge owns the spool (and may share data_dir).
         store, objects, cache = await _open_storage(settings, stack, spool=False)
         # Only the legacy shim publishes, with its own account, in legacy mode.
-        publisher = (
-            await stack.enter_async_context(
-                _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False, shim=True)
-            )
-            if settings.legacy_mode
-            else None
-        )
+        publisher = await _shim_publisher(settings, stack) if settings.legacy_mode else None
         deps = _api_deps(
             settings,
             store=store,
@@ -568,7 +590,7 @@ async def run_api(settings: Settings) -> None:
             publisher=publisher,
         )
         app = create_app(deps)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("http", _server_part(lambda: _http_server(app, settings)))
         await parts.run()
 
@@ -586,7 +608,7 @@ async def run_realtime(settings: Settings) -> None:
             client_manager=socketio.AsyncRedisManager(settings.redis_url),
         )
         realtime = create_realtime_app(sio, settings)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))
         with contextlib.suppress(asyncio.CancelledError):

@@ -44,14 +44,14 @@ from aoc import bootstrap, ports, tls
 from aoc.config import Settings, redact_url
 from aoc.manage import ManageError
 from aoc.parts import Backoff
+from aoc.startup import EXIT_CONFIG
 from bridge.validate import Limits
 from broker import conf as broker_conf
 
 log = logging.getLogger(__name__)
 
-# The exit code of a configuration error, aoc's convention (``aoc.manage.ManageError``):
-# a child exiting with it is not restarted, and `aoc up` exits with it too.
-CONFIG_ERROR = 2
+# A child exiting with ``EXIT_CONFIG`` (a configuration error: ``aoc.startup``)
+# is not restarted, and `aoc up` exits with it too.
 # A child that dies this often within this many seconds is given up on.
 FAST_DEATHS = 5
 FAST_WINDOW_S = 60.0
@@ -160,7 +160,7 @@ def _holds_its_port(child: Child) -> None:
         raise Failed(
             f"port {child.port}{_setting_of(child, child.port)} answers, but not from "
             f"{child.name}: {holder} holds it",
-            CONFIG_ERROR,
+            EXIT_CONFIG,
         )
 
 
@@ -349,7 +349,7 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
                 for n in ("http_port", "socketio_port")
             ],
             ready=http_ready,
-            config_error_exit=CONFIG_ERROR,
+            config_error_exit=EXIT_CONFIG,
         )
     )
     return children
@@ -367,12 +367,12 @@ def check_ports(children: list[Child]) -> None:
                 raise Failed(
                     f"port {port} ({variable}) is in use by "
                     f"{holder or 'another program'}: stop it, or set {variable} to a free port",
-                    CONFIG_ERROR,
+                    EXIT_CONFIG,
                 )
             raise Failed(
                 f"{child.name} cannot listen on {host}:{port} ({variable}): "
                 f"{error.strerror or error}",
-                CONFIG_ERROR,
+                EXIT_CONFIG,
             )
 
 
@@ -467,7 +467,7 @@ def _incurable(child: Child, code: int, cause: str, deaths: deque[float]) -> Fai
         return Failed(
             f"{child.name} exited with code {code}, a configuration error (its output above "
             "names it): not restarting it",
-            CONFIG_ERROR,
+            EXIT_CONFIG,
         )
     if len(deaths) == FAST_DEATHS and deaths[-1] - deaths[0] <= FAST_WINDOW_S:
         return Failed(
@@ -541,7 +541,7 @@ async def _first_start(child: Child, stopping: asyncio.Event) -> bool:
     except (OSError, RuntimeError, TimeoutError) as exc:
         code = child.proc.returncode if child.proc is not None else None
         config = code is not None and code == child.config_error_exit
-        raise Failed(str(exc), CONFIG_ERROR if config else 1) from exc
+        raise Failed(str(exc), EXIT_CONFIG if config else 1) from exc
 
 
 async def _supervise(

@@ -602,7 +602,7 @@ async def test_a_port_answered_by_another_process_is_not_the_childs() -> None:
             assert child.proc is not None
             child.proc.kill()
             await child.proc.wait()
-    assert raised.value.code == supervise.CONFIG_ERROR
+    assert raised.value.code == supervise.EXIT_CONFIG
     assert str(raised.value).startswith(
         f"port {port} (AOC_HTTP_PORT) answers, but not from aoc-serve: pid {os.getpid()} ("
     )
@@ -657,7 +657,7 @@ def _drive() -> None:
     async def main() -> int:
         stopping = supervise.stop_on_signals()
         children = [
-            supervise.Child(name, argv, config_error_exit=supervise.CONFIG_ERROR)
+            supervise.Child(name, argv, config_error_exit=supervise.EXIT_CONFIG)
             for name, argv in spec["children"]
         ]
         delay = spec["delay"]
@@ -735,7 +735,7 @@ def test_a_child_exiting_with_a_configuration_error_is_not_restarted(tmp_path: P
     """Test that exit code 2 (a configuration error) stops everything at once, exit code 2."""
     supervisor = _supervising(tmp_path, "exit 2", delay=0.01)
     code, output, starts = _finished(supervisor, tmp_path)
-    assert code == supervise.CONFIG_ERROR, output
+    assert code == supervise.EXIT_CONFIG, output
     assert starts == 1
     lines = [line for line in output.splitlines() if line.startswith("aoc up:")]
     assert len(lines) == 1 and "quitter exited with code 2, a configuration error" in lines[0]
