@@ -37,6 +37,7 @@ from fastapi import FastAPI
 from aoc import logs, metrics, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
+from aoc.safety import ConfigError
 from aoc.servers import EmbeddedServer, server
 from aoc.startup import Unreachable, setting
 from api import (
@@ -60,7 +61,7 @@ from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
 from storage.base import DocumentStore, ObjectStore, StoreUnavailable
 from storage.cache import StateCache
-from storage.spool import SpoolingObjectStore
+from storage.spool import SpoolingObjectStore, SpoolInUse
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ async def _open_storage(
         metrics.watch_spool(objects)
     try:
         await stack.enter_async_context(objects)
+    except SpoolInUse as exc:  # no restart cures it: a configuration error
+        variable = "AOC_SPOOL_DIR" if settings.spool_dir else "AOC_DATA_DIR"
+        raise ConfigError(
+            f"{variable}: {exc} (another `aoc serve`, `aoc bridge` or `aoc up` on this data "
+            "directory?): stop it, or give this process a directory of its own"
+        ) from exc
     except StoreUnavailable as exc:  # no spool (`aoc api`): it must answer at start
         url = settings.resolved_objects_url
         raise Unreachable(setting(settings, "objects_url", url), exc) from exc

@@ -51,6 +51,10 @@ _HEADER_LIMIT = 4096  # a key is at most 1 KiB: a longer first line is not a hea
 _LOCK_NAME = "lock"
 
 
+class SpoolInUse(RuntimeError):
+    """Another process holds the spool's lock: two bridges on one data directory."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     seq: int
@@ -307,7 +311,7 @@ class SpoolingObjectStore(ObjectStore):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(fd)
-            raise RuntimeError(f"object spool {self._dir} is used by another process") from exc
+            raise SpoolInUse(f"object spool {self._dir} is used by another process") from exc
         self._lock_fd = fd
 
     def _unlock(self) -> None:

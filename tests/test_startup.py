@@ -271,3 +271,35 @@ def test_service_fields_are_settings() -> None:
     """Test that every name in SERVICE_FIELDS is a setting (a typo would make no warning)."""
     assert set(Settings.model_fields) >= SERVICE_FIELDS
     assert startup.variable("http_port") == "AOC_HTTP_PORT"
+
+
+def test_a_second_process_on_one_data_directory_is_one_line_and_exit_2(
+    mosquitto: services.Service, redis_server: services.Service, tmp_path: Path
+) -> None:
+    """Test that a second `aoc serve` on a data directory in use stops at once: exit 2.
+
+    A second `make run` in the same folder used to crash-loop on the spool's
+    lock, with a traceback each time.
+    """
+    first = services.aoc(
+        "serve", tmp_path, mqtt_port=mosquitto.port, redis_port=redis_server.port
+    )
+    with first:
+        done = aoc(
+            "serve",
+            cwd=tmp_path,
+            AOC_DATA_DIR=str(tmp_path / "data"),
+            AOC_MQTT_PORT=str(mosquitto.port),
+            AOC_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+            AOC_HTTP_PORT=str(free_port()),
+            AOC_SOCKETIO_PORT=str(free_port()),
+            AOC_MQTT_CLIENT_ID="aoc-bridge-second",
+        )
+    assert done.returncode == startup.EXIT_CONFIG, done.stderr
+    spool = (tmp_path / "data" / "spool").resolve()
+    errors = [line for line in done.stderr.splitlines() if "WARNING" not in line]
+    assert errors == [
+        f"AOC_DATA_DIR: object spool {spool} is used by another process (another `aoc serve`, "
+        "`aoc bridge` or `aoc up` on this data directory?): stop it, or give this process a "
+        "directory of its own"
+    ]
