@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from aoc import logs, safety, startup, tls, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
+from storage.base import StoreUnavailable
 
 log = logging.getLogger("aoc")
 
@@ -55,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tls":
             return tls.command(args, settings)
         safety.check(settings, args.command)
-        return asyncio.run(_run(args, settings)) or 0
+        try:
+            return asyncio.run(_run(args, settings)) or 0
+        except StoreUnavailable as exc:  # the management commands' audit log and tokens
+            where = startup.setting(settings, "store_url", settings.resolved_store_url)
+            raise startup.Unreachable(where, exc) from exc
     except safety.ConfigError as exc:
         return _refuse(exc)
     except startup.Unreachable as exc:

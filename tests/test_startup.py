@@ -303,3 +303,18 @@ def test_a_second_process_on_one_data_directory_is_one_line_and_exit_2(
         "`aoc bridge` or `aoc up` on this data directory?): stop it, or give this process a "
         "directory of its own"
     ]
+
+
+@pytest.mark.parametrize("command", [("token", "list"), ("token", "add", "kiosk")])
+def test_a_management_command_without_its_store_is_one_line_and_exit_1(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Test `aoc token` with MongoDB down: one line naming the store, no traceback."""
+    port = free_port()
+    url = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=500"
+    done = aoc(*command, cwd=tmp_path, AOC_STORE_URL=url)
+    assert done.returncode == startup.EXIT_UNREACHABLE, done.stderr
+    assert done.stderr.splitlines() == [
+        f"cannot start: AOC_STORE_URL='{url}' is unreachable: MongoDB: "
+        f"127.0.0.1:{port}: [Errno 111] Connection refused"
+    ]
