@@ -35,7 +35,7 @@ typecheck: setup
 # needs neither root nor the network. /usr/sbin: where Debian puts mosquitto,
 # outside a normal user's PATH.
 RUN_COMMANDS := mosquitto:mosquitto redis-server:redis-server
-TEST_COMMANDS := docker-compose:docker-compose node:nodejs npm:npm
+TEST_COMMANDS := docker-compose:docker-compose node:nodejs npm:npm mosquitto_pub:mosquitto-clients
 APT_INSTALL = $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
 .stamps/apt-run:

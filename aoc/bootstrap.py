@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ def _prepare(settings: Settings, creds: credentials.Credentials) -> Accounts:
         creds, "shim", accounts.SHIM_USERNAME,
         _operator(settings.shim_mqtt_username, settings.shim_mqtt_password),
     )
-    env: dict[str, str] = {}
+    env: dict[str, str] = _session_env(settings, creds)
     if give_bridge:
         env.update(AOC_MQTT_USERNAME=bridge[0], AOC_MQTT_PASSWORD=bridge[1])
     if give_shim:
@@ -141,6 +142,23 @@ def _prepare(settings: Settings, creds: credentials.Credentials) -> Accounts:
     )
 
 
+def _session_env(settings: Settings, creds: credentials.Credentials) -> dict[str, str]:
+    """The bridge's MQTT client id, unless the operator set one: made once, unguessable.
+
+    Any account may connect with any client id, and a connection with the id
+    of the bridge's persistent session takes that session over (a clean start
+    wipes what the broker queued for it). The plugin cannot tie ids to
+    accounts, so the id `aoc up` gives its bridge is not the well-known default.
+    """
+    if "mqtt_client_id" in settings.model_fields_set:
+        return {}
+    client_id = creds.data.get("bridge_client_id")
+    if not isinstance(client_id, str) or not client_id:
+        client_id = f"{settings.mqtt_client_id}-{secrets.token_hex(8)}"
+        creds.data["bridge_client_id"] = client_id
+    return {"AOC_MQTT_CLIENT_ID": client_id}
+
+
 def serve_env(settings: Settings) -> dict[str, str]:
     """For a broker `aoc up` did not start: the service accounts the credentials file holds.
 
@@ -151,6 +169,10 @@ def serve_env(settings: Settings) -> dict[str, str]:
     except credentials.CredentialsError as exc:
         raise ManageError(str(exc), 2) from exc
     env: dict[str, str] = {}
+    client_id = creds.data.get("bridge_client_id")
+    chosen = "mqtt_client_id" in settings.model_fields_set
+    if isinstance(client_id, str) and client_id and not chosen:
+        env["AOC_MQTT_CLIENT_ID"] = client_id  # the session the bridge had
     bridge, shim = creds.account("bridge"), creds.account("shim")
     if bridge is not None and not settings.mqtt_username:
         env.update(AOC_MQTT_USERNAME=bridge[0], AOC_MQTT_PASSWORD=bridge[1])

@@ -8,9 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aoc import logs, safety, settings_help, show_config, tls, tokens_cli
+from aoc import logs, safety, settings_help, show_config, startup, tls, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
+from storage.base import StoreUnavailable
+
+log = logging.getLogger("aoc")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,25 +43,54 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, read settings once, configure logging, run the command."""
     args = _parser().parse_args(argv)
-    settings = Settings()
-    logs.configure(level=settings.log_level, fmt=settings.log_format, process=args.command)
-    # `aoc tls init` makes what a safe configuration needs: it is never refused.
-    if args.command == "tls":
-        return tls.command(args, settings)
-    if args.command == "config":  # shows what is wrong rather than refusing it
-        return show_config.command(args, settings)
     try:
+        settings = _settings(args.command)
+        # Never refused: `aoc tls init` makes what a safe configuration needs,
+        # `aoc config` shows what production mode would refuse.
+        unrefused = {"tls": tls.command, "config": show_config.command}
+        if args.command in unrefused:
+            return unrefused[args.command](args, settings)
         safety.check(settings, args.command)
+        try:
+            return asyncio.run(_run(args, settings)) or 0
+        except StoreUnavailable as exc:  # the management commands' audit log and tokens
+            where = startup.setting(settings, "store_url", settings.resolved_store_url)
+            raise startup.Unreachable(where, exc) from exc
     except safety.ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_run(args, settings)) or 0
+        return _refuse(exc)
+    except startup.Unreachable as exc:
+        return _unreachable(exc)
     except KeyboardInterrupt:
         return 130
     except StopFailed as exc:  # its tracebacks are logged already
         logging.getLogger("aoc").error("exiting with an error: %s", exc)
         return 1
+
+
+def _settings(command: str) -> Settings:
+    """Read the settings and configure logging; ``ConfigError`` if a value is invalid."""
+    loaded = startup.load(command)
+    settings = loaded.settings  # with errors: the valid values, for the log level
+    logs.configure(level=settings.log_level, fmt=settings.log_format, process=command)
+    for line in loaded.ignored:
+        log.warning("%s", line)
+    if loaded.errors:
+        log.debug("invalid settings", exc_info=loaded.detail)
+        raise safety.ConfigError("\n".join(loaded.errors))
+    return settings
+
+
+def _refuse(exc: safety.ConfigError) -> int:
+    """A configuration error: one line per problem on stderr; no restart can cure it."""
+    print(exc, file=sys.stderr)
+    return startup.EXIT_CONFIG
+
+
+def _unreachable(exc: startup.Unreachable) -> int:
+    """A dependency that did not answer at start: one line; a later restart may find it."""
+    log.debug("cannot start", exc_info=exc)
+    print(f"cannot start: {exc}", file=sys.stderr)
+    return startup.EXIT_UNREACHABLE
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int | None:

@@ -7,18 +7,46 @@ with no secrets: SQLite and a local directory instead of MongoDB and S3.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import storage
+
+ENV_PREFIX = "AOC_"
+# A TCP port to listen on or connect to.
+Port = Annotated[int, Field(ge=1, le=65535)]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Settings that only the long-running services (``aoc.safety.SERVICES``) read:
+# their HTTP and Socket.IO servers, the bridge's tuning, the object store. An
+# invalid value of one is an error there, and a warning in any other command
+# (`aoc simulate` does not fail on AOC_HTTP_PORT=abc); see ``aoc.startup``.
+SERVICE_FIELDS = frozenset({
+    "cors_origins", "http_port", "socketio_port", "bridge_http_port",
+    "mqtt_queue_size", "mqtt_queue_bytes",
+    "objects_url", "s3_endpoint_url", "s3_region", "s3_access_key", "s3_secret_key",
+    "objects_public_url", "spool_dir", "spool_max_bytes", "redis_url",
+    "speed_orange_kmh", "speed_red_kmh", "crash_dedup_seconds", "max_clock_ahead_seconds",
+    "google_maps_key", "max_image_bytes", "max_upload_files", "dead_letter_payload_bytes",
+    "http_max_connections", "socketio_max_connections", "http_body_timeout",
+    "http_body_min_rate", "http_header_timeout", "max_concurrent_uploads",
+    "dead_letter_max_count", "dead_letter_max_age_days", "dead_letter_rate",
+    "dead_letter_burst", "dead_letter_prune_seconds", "device_rate", "device_burst",
+    "batch_size", "batch_wait_ms", "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
+    "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
+})
 
 
 class Settings(BaseSettings):
     """All configuration of every AOC process."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AOC_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_ignore_empty=True,
         extra="ignore",
@@ -33,15 +61,19 @@ class Settings(BaseSettings):
     # Browser origins (scheme://host[:port]) allowed to call the HTTP API and
     # Socket.IO, comma-separated; empty: same origin only; "*": any.
     cors_origins: str = ""
-    http_port: int = 5000
-    socketio_port: int = 5050
+    http_port: Port = 5000
+    socketio_port: Port = 5050
     # `aoc bridge` alone serves /healthz, /readyz and /metrics here.
-    bridge_http_port: int = 5001
+    bridge_http_port: Port = 5001
+    # The HTTP API's address as browsers reach it (scheme://host[:port][/path]),
+    # which the image links of the read API are built on; empty: taken from each
+    # request, whose Host header the client writes (development only).
+    public_url: str = ""
 
     # MQTT broker (Mosquitto).
     mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 1883
-    mqtt_ws_port: int = 9001
+    mqtt_port: Port = 1883
+    mqtt_ws_port: Port = 9001
     # The bridge's broker account (``broker.accounts``); unset: anonymous.
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -64,8 +96,8 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    mqtt_tls_port: int = 8883
-    mqtt_wss_port: int = 9443
+    mqtt_tls_port: Port = 8883
+    mqtt_wss_port: Port = 9443
     # Host names (comma-separated) the `aoc tls init` certificate also names,
     # besides localhost, 127.0.0.1 and ::1.
     tls_hostnames: str = ""
@@ -92,8 +124,13 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
     s3_secret_key: SecretStr | None = None
-    # Public base URL of object links handed to browsers (empty: served by the HTTP API).
+    # Public base URL of object links handed to browsers (a published bucket);
+    # empty: S3 links are presigned, directory objects are served by the HTTP API.
     objects_public_url: str = ""
+    # Where image links point: "store", the object store's own links (above);
+    # "api", always the HTTP API's signed /files links under public_url (when
+    # browsers cannot reach the object store, as with docker-compose's MinIO).
+    image_links: Literal["store", "api"] = "store"
     # While object storage is down, snapshots wait in this local spool (empty:
     # data_dir/spool); past spool_max_bytes the bridge holds its batches. 0: no spool.
     spool_dir: Path | None = None
@@ -193,6 +230,42 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    # Checked here, so that a mistake is one line naming its variable
+    # (``aoc.startup``), not a failure deep inside a command.
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        problem = url and storage.document_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @field_validator("objects_url")
+    @classmethod
+    def _objects_url(cls, url: str) -> str:
+        problem = url and storage.object_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        expected = "redis://host:6379/0, rediss://... or unix:///path"
+        return _scheme(url, ("redis", "rediss", "unix"), expected)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, url: str | None) -> str | None:
+        return url and _scheme(url, ("http", "https"), "http://host:port or https://host")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
+
     @property
     def resolved_mqtt_bind_host(self) -> str:
         """The address Mosquitto's listeners bind, defaulting to ``bind_host``."""
@@ -206,6 +279,19 @@ class Settings(BaseSettings):
         """
         origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
         return [origin for origin in origins if origin]
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        """An http(s) base URL without query or fragment, its trailing slash dropped."""
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or (
+            parts.fragment
+        ):
+            raise ValueError(f"{value!r} is not an http(s)://host[:port][/path] URL")
+        return value.rstrip("/")
 
     @property
     def resolved_credentials_file(self) -> Path:
@@ -226,3 +312,22 @@ class Settings(BaseSettings):
     def resolved_objects_url(self) -> str:
         """The object storage URL, defaulting to a directory under ``data_dir``."""
         return self.objects_url or f"file://{(self.data_dir / 'objects').resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: the password of its user info and a ``password=`` masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.split(":", 1)[0]
+        netloc = f"{name}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _scheme(url: str, schemes: tuple[str, ...], expected: str) -> str:
+    """``url`` if it starts with one of ``schemes``, else ``ValueError`` saying what is valid."""
+    if url.split("://", 1)[0].lower() not in schemes or "://" not in url:
+        raise ValueError(f"expected {expected}")
+    return url

@@ -37,7 +37,9 @@ from fastapi import FastAPI
 from aoc import logs, metrics, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start
+from aoc.safety import ConfigError
 from aoc.servers import EmbeddedServer, server
+from aoc.startup import Unreachable, setting
 from api import (
     ApiDeps,
     RevocationSweep,
@@ -59,9 +61,13 @@ from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
 from storage.base import DocumentStore, ObjectStore, StoreUnavailable
 from storage.cache import StateCache
-from storage.spool import SpoolingObjectStore
+from storage.spool import SpoolingObjectStore, SpoolInUse
 
 log = logging.getLogger(__name__)
+
+# A part failing with these waits for a dependency (the broker, a store): one
+# warning line per restart, no traceback (``aoc.parts``).
+OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -75,8 +81,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
     """The document store, open until ``stack`` closes."""
-    store = open_document_store(settings.resolved_store_url, database=settings.mongodb_database)
-    await stack.enter_async_context(store)
+    url = settings.resolved_store_url
+    store = open_document_store(url, database=settings.mongodb_database)
+    try:
+        await stack.enter_async_context(store)
+    except StoreUnavailable as exc:  # exit 1, one line: `aoc up` may restart with backoff
+        raise Unreachable(setting(settings, "store_url", url), exc) from exc
     return store
 
 
@@ -100,7 +110,18 @@ async def _open_storage(
         objects = SpoolingObjectStore(
             objects, spool_dir=settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes
         )
-    await stack.enter_async_context(objects)
+        metrics.watch_spool(objects)
+    try:
+        await stack.enter_async_context(objects)
+    except SpoolInUse as exc:  # no restart cures it: a configuration error
+        variable = "AOC_SPOOL_DIR" if settings.spool_dir else "AOC_DATA_DIR"
+        raise ConfigError(
+            f"{variable}: {exc} (another `aoc serve`, `aoc bridge` or `aoc up` on this data "
+            "directory?): stop it, or give this process a directory of its own"
+        ) from exc
+    except StoreUnavailable as exc:  # no spool (`aoc api`): it must answer at start
+        url = settings.resolved_objects_url
+        raise Unreachable(setting(settings, "objects_url", url), exc) from exc
     cache = StateCache(settings.redis_url)
     try:
         await cache.open()
@@ -309,8 +330,12 @@ class _BridgeWiring:
         cache: StateCache,
         publisher_id: str,
         emitter: Emitter,
+        shim: bool = False,
     ) -> None:
         self.settings = settings
+        # Whether this process runs the legacy shim (`aoc serve` in legacy mode):
+        # only then does it log in with the shim's account too.
+        self.shim = shim
         self.store = store
         self.objects = objects
         self.cache = cache
@@ -340,7 +365,7 @@ class _BridgeWiring:
                         shim=True,
                     )
                 )
-                if self.settings.legacy_mode
+                if self.shim
                 else None
             )
             bridge = _bridge(
@@ -431,13 +456,18 @@ async def _wire_bridge(
 
 
 @contextlib.asynccontextmanager
-async def _serving(server: EmbeddedServer) -> AsyncIterator[Running]:
+async def _serving(server: EmbeddedServer, bound: asyncio.Event | None) -> AsyncIterator[Running]:
+    if bound is not None:
+        server.on_bound = bound.set
     yield Running(server.serve, server.stop)
 
 
-def _server_part(make: Callable[[], EmbeddedServer]) -> Start:
-    """A server part: a new server at each (re)start (uvicorn's state is per run)."""
-    return lambda: _serving(make())
+def _server_part(make: Callable[[], EmbeddedServer], bound: asyncio.Event | None = None) -> Start:
+    """A server part: a new server at each (re)start (uvicorn's state is per run).
+
+    ``bound`` is set once one of its servers listens on its port.
+    """
+    return lambda: _serving(make(), bound)
 
 
 @contextlib.asynccontextmanager
@@ -467,27 +497,39 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             cache=cache,
             publisher_id=f"aoc-api-{os.getpid()}",
             emitter=sio,
+            shim=settings.legacy_mode,
         )
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio, settings)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
+        sio_bound, http_bound = asyncio.Event(), asyncio.Event()
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
         # the bridge's connection), then the bridge finishes its batch and sends
         # its fan-out (alerts first) to dashboards still connected to Socket.IO.
-        parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
+        parts.add(
+            "socketio", _server_part(lambda: _socketio_server(realtime, settings), sio_bound)
+        )
         parts.add("revocations", _revocations_part(sio, gate))
         parts.add("bridge", wiring.start)
-        parts.add("http", _server_part(lambda: _http_server(app, settings)))
-        log.info(
-            "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
-            settings.bind_host,
-            settings.http_port,
-            settings.bind_host,
-            settings.socketio_port,
-            settings.mqtt_host,
-            settings.mqtt_port,
-        )
-        await parts.run()
+        parts.add("http", _server_part(lambda: _http_server(app, settings), http_bound))
+
+        async def announce() -> None:  # once both ports are ours, not before
+            await asyncio.gather(sio_bound.wait(), http_bound.wait())
+            log.info(
+                "serving: HTTP on %s:%d, Socket.IO on %s:%d, MQTT broker %s:%d",
+                settings.bind_host,
+                settings.http_port,
+                settings.bind_host,
+                settings.socketio_port,
+                settings.mqtt_host,
+                settings.mqtt_port,
+            )
+
+        announcing = asyncio.create_task(announce())
+        try:
+            await parts.run()
+        finally:
+            announcing.cancel()
 
 
 async def run_bridge(settings: Settings) -> None:
@@ -507,7 +549,7 @@ async def run_bridge(settings: Settings) -> None:
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("bridge", wiring.start)
         parts.add(
             "http",
@@ -523,6 +565,20 @@ async def run_bridge(settings: Settings) -> None:
         await parts.run()
 
 
+async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClient:
+    """`aoc api`'s connection for the legacy shim, open until ``stack`` closes.
+
+    Unlike the bridge's (a part of `aoc serve`, retried in the process), it is
+    made once: a broker down at start is one line and exit 1 (``Unreachable``).
+    """
+    client = _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False, shim=True)
+    try:
+        return await stack.enter_async_context(client)
+    except MqttError as exc:
+        where = f"{setting(settings, 'mqtt_host')}, {setting(settings, 'mqtt_port')}"
+        raise Unreachable(f"the MQTT broker at {where}", exc) from exc
+
+
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
     stop = _stop_on_signals()
@@ -531,13 +587,7 @@ async def run_api(settings: Settings) -> None:
         # It writes no objects; the bridge owns the spool (and may share data_dir).
         store, objects, cache = await _open_storage(settings, stack, spool=False)
         # Only the legacy shim publishes, with its own account, in legacy mode.
-        publisher = (
-            await stack.enter_async_context(
-                _mqtt(settings, client_id=f"aoc-api-{os.getpid()}", consumer=False, shim=True)
-            )
-            if settings.legacy_mode
-            else None
-        )
+        publisher = await _shim_publisher(settings, stack) if settings.legacy_mode else None
         deps = _api_deps(
             settings,
             store=store,
@@ -547,7 +597,7 @@ async def run_api(settings: Settings) -> None:
             publisher=publisher,
         )
         app = create_app(deps)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("http", _server_part(lambda: _http_server(app, settings)))
         await parts.run()
 
@@ -565,7 +615,7 @@ async def run_realtime(settings: Settings) -> None:
             client_manager=socketio.AsyncRedisManager(settings.redis_url),
         )
         realtime = create_realtime_app(sio, settings)
-        parts = Parts(stop)
+        parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))
         with contextlib.suppress(asyncio.CancelledError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ __all__ = [
     "run",
     "simulator_passwords",
 ]
+
+log = logging.getLogger(__name__)
 
 # What the plugin's ``textname`` of an account says it is: how `list` tells
 # devices and dashboards from each other and from the service accounts.
@@ -438,6 +441,7 @@ async def _create_for_simulator(settings: Settings, path: Path, missing: list[st
                 creds.devices[ambulance_id] = await add_device(
                     admin, store, actor=actor, ambulance_id=ambulance_id, via="aoc simulate"
                 )
+    log.info("created device accounts for %s (in %s)", _few(missing), path)
 
 
 def _few(ids: Sequence[str]) -> str:

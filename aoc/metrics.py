@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,9 @@ from prometheus_client import (
 from bridge import contract
 from bridge.messages import Crash, Parsed, Plan, Snap, Tracking
 from storage.base import DEAD_LETTERS
+
+if TYPE_CHECKING:
+    from storage.spool import SpoolingObjectStore
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -148,6 +152,18 @@ STORE_AVAILABLE = Gauge(
 SOCKETIO_CLIENTS = Gauge(
     "aoc_socketio_clients", "Socket.IO clients connected to this process", registry=REGISTRY
 )
+# The object spool (``storage.spool``) of `aoc serve` and `aoc bridge`: what
+# waits on local disk for the object store. 0 where there is no spool.
+SPOOL_BYTES = Gauge(
+    "aoc_object_spool_bytes",
+    "Bytes of snapshots waiting in the local object spool (bounded by AOC_SPOOL_MAX_BYTES)",
+    registry=REGISTRY,
+)
+SPOOL_ITEMS = Gauge(
+    "aoc_object_spool_items",
+    "Snapshots waiting in the local object spool for the object store",
+    registry=REGISTRY,
+)
 PROCESS_RESTARTS = Gauge(
     "aoc_process_restarts",
     "Times `aoc up` restarted this process (AOC_RESTART_COUNT)",
@@ -182,6 +198,12 @@ for _reason in DEAD_LETTER_DROP_REASONS:
 for _channel in FANOUT_CHANNELS:
     for _reason in FANOUT_DROP_REASONS:
         FANOUT_DROPPED.labels(_channel, _reason)
+
+
+def watch_spool(spool: SpoolingObjectStore) -> None:
+    """Export ``spool``'s fill, read at each scrape."""
+    SPOOL_BYTES.set_function(lambda: spool.spooled_bytes)
+    SPOOL_ITEMS.set_function(lambda: spool.pending)
 
 
 def kind_of(topic: str) -> str:

@@ -117,9 +117,15 @@ class Parts:
         first_delay: float = FIRST_DELAY_S,
         max_delay: float = MAX_DELAY_S,
         healthy_after: float = HEALTHY_AFTER_S,
+        outages: tuple[type[Exception], ...] = (),
     ) -> None:
+        """``outages``: failures that mean a dependency is down (the broker, a store).
+
+        Expected while it is, they are one WARNING line each, the traceback at DEBUG.
+        """
         self._stop = stop
         self._delays = (first_delay, max_delay, healthy_after)
+        self._outages = outages
         self._parts: dict[str, _Part] = {}
         self._stop_failures: dict[str, Exception] = {}
 
@@ -178,8 +184,10 @@ class Parts:
             metrics.PART_RESTARTS.labels(part.name).inc()
             cause = "ended on its own" if failure is None else _why(failure)
             # The traceback at ERROR for a new kind of failure; a repeat only at DEBUG.
-            new = failure is not None and (cause != last or backoff.healthy(ran_for))
-            log.error(
+            outage = failure is not None and self._is_outage(failure)
+            new = failure is not None and not outage and (cause != last or backoff.healthy(ran_for))
+            log.log(
+                logging.WARNING if outage else logging.ERROR,
                 "%s failed (%s); restart #%d in %.1fs",
                 part.name,
                 cause,
@@ -192,6 +200,10 @@ class Parts:
             last = None if failure is None else cause
             if await Backoff.wait(self._stop, delay):
                 return
+
+    def _is_outage(self, failure: Exception) -> bool:
+        leaves = _leaves(failure)
+        return bool(self._outages) and all(isinstance(leaf, self._outages) for leaf in leaves)
 
     async def _run_once(self, part: _Part) -> Exception | None:
         """Start ``part``, run it until it ends; the exception that ended it, if any."""

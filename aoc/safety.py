@@ -92,15 +92,25 @@ def _url(variable: str, url: str, server: str) -> Problem | None:
 
 
 def _open_networks(networks: str) -> list[str]:
-    """The entries of a comma-separated CIDR list that admit every address."""
+    """The entries of a comma-separated CIDR list that admit public addresses.
+
+    Legacy mode and unauthenticated /metrics are for a closed network: an entry
+    that reaches beyond the private, loopback and link-local ranges (0.0.0.0/0,
+    or 0.0.0.0/1 and 128.0.0.0/1 that add up to it) opens them to the Internet.
+    """
     wide: list[str] = []
     for entry in (part.strip() for part in networks.split(",")):
         try:
-            if entry and ipaddress.ip_network(entry, strict=False).prefixlen == 0:
-                wide.append(entry)
+            network = ipaddress.ip_network(entry, strict=False) if entry else None
         except ValueError:
-            continue  # the legacy-mode gate reports malformed entries itself
+            continue  # the gates report malformed entries themselves
+        if network is not None and not (network.is_private or network.is_loopback):
+            wide.append(entry)
     return wide
+
+
+# Shorter than this, a signing key can be guessed offline from one signed link.
+MIN_SECRET_KEY_LENGTH = 32
 
 
 def problems(settings: Settings, command: str) -> list[Problem]:
@@ -111,9 +121,33 @@ def problems(settings: Settings, command: str) -> list[Problem]:
     found: list[Problem | None] = []
     broker_only = command in BROKER_ONLY
     if not broker_only:
-        found.append(_weak("AOC_SECRET_KEY", settings.secret_key, "it signs image URLs"))
+        found += _signing_key(settings)
         if not settings.broker_auth:
             found.append(Problem("AOC_BROKER_AUTH", "is off: the broker would admit anyone"))
+    found += _broker_accounts(settings, command)
+    if settings.metrics_token is not None:
+        found.append(_weak("AOC_METRICS_TOKEN", settings.metrics_token, "/metrics's token"))
+    if not broker_only:
+        found += _storage(settings)
+        found += _networks(settings)
+    return [problem for problem in found if problem is not None]
+
+
+def _signing_key(settings: Settings) -> list[Problem | None]:
+    key = _secret(settings.secret_key).strip()
+    if 0 < len(key) < MIN_SECRET_KEY_LENGTH and key.lower() not in PLACEHOLDERS:
+        return [
+            Problem(
+                "AOC_SECRET_KEY",
+                f"is {len(key)} characters: give it {MIN_SECRET_KEY_LENGTH} at least",
+            )
+        ]
+    return [_weak("AOC_SECRET_KEY", settings.secret_key, "it signs image URLs")]
+
+
+def _broker_accounts(settings: Settings, command: str) -> list[Problem | None]:
+    """The account ``command`` logs in with; any other broker password set: no placeholder."""
+    found: list[Problem | None] = []
     if command in BROKER_CLIENTS:
         account = settings.mqtt_username or "(none)"
         if not settings.mqtt_username:
@@ -121,6 +155,17 @@ def problems(settings: Settings, command: str) -> list[Problem]:
         found.append(
             _weak("AOC_MQTT_PASSWORD", settings.mqtt_password, f"the password of {account}")
         )
+        default_id = Settings.model_fields["mqtt_client_id"].default
+        if settings.mqtt_client_id == default_id or settings.mqtt_client_id in PLACEHOLDERS:
+            found.append(
+                Problem(
+                    "AOC_MQTT_CLIENT_ID",
+                    f"is {settings.mqtt_client_id!r}: any broker account that knows the id of "
+                    "the bridge's session can take it over; give it a random suffix",
+                )
+            )
+    elif settings.mqtt_password is not None:  # `aoc accounts apply` makes the bridge's from it
+        found.append(_weak("AOC_MQTT_PASSWORD", settings.mqtt_password, "the bridge's"))
     if command in SHIM and settings.legacy_mode:
         found.append(
             _weak(
@@ -129,7 +174,7 @@ def problems(settings: Settings, command: str) -> list[Problem]:
                 "legacy mode's shim publishes with its own account",
             )
         )
-    elif settings.shim_mqtt_password is not None:  # set, even where unused: not a placeholder
+    elif settings.shim_mqtt_password is not None:
         found.append(_weak("AOC_SHIM_MQTT_PASSWORD", settings.shim_mqtt_password, "aoc-shim's"))
     # Unset, the admin's is generated (`aoc up`); set, it must not be a placeholder.
     if settings.mqtt_admin_password is not None:
@@ -140,17 +185,23 @@ def problems(settings: Settings, command: str) -> list[Problem]:
                 f"the broker's account manager ({settings.mqtt_admin_username})",
             )
         )
-    if not broker_only:
-        found += _storage(settings)
-        wide = _open_networks(settings.legacy_networks) if settings.legacy_mode else []
+    return found
+
+
+def _networks(settings: Settings) -> list[Problem | None]:
+    """Networks let in without a token: legacy mode's, and /metrics's when it has no token."""
+    found: list[Problem | None] = []
+    gates = (
+        ("AOC_LEGACY_NETWORKS", "legacy mode", settings.legacy_networks, settings.legacy_mode),
+        ("AOC_METRICS_NETWORKS", "/metrics", settings.metrics_networks,
+         settings.metrics_token is None),
+    )
+    for variable, what, networks, open_ in gates:
+        wide = _open_networks(networks) if open_ else []
         if wide:
-            found.append(
-                Problem(
-                    "AOC_LEGACY_NETWORKS",
-                    f"opens legacy mode (no token) to every address ({', '.join(wide)})",
-                )
-            )
-    return [problem for problem in found if problem is not None]
+            reason = f"opens {what} (no token) to public addresses ({', '.join(wide)})"
+            found.append(Problem(variable, reason))
+    return found
 
 
 def _storage(settings: Settings) -> list[Problem | None]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -154,6 +154,13 @@ class ServerFailed(Exception):
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its owner."""
+
+    on_bound: Callable[[], None] | None = None  # called once it listens on its port
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_bound is not None:
+            self.on_bound()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -47,7 +47,7 @@ BRIDGE = MQTT_SESSION | STORE | OBJECTS | {
 ACCESS = frozenset({"secret_key", "legacy_mode", "legacy_networks", "cors_origins"})
 HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
     "redis_url", "http_port", "max_concurrent_uploads", "max_image_bytes", "max_upload_files",
-    "shim_mqtt_username", "shim_mqtt_password",
+    "shim_mqtt_username", "shim_mqtt_password", "public_url", "image_links",
 }
 REALTIME = STORE | ACCESS | {"redis_url", "socketio_port", "socketio_max_connections"}
 SERVE = SERVER | BRIDGE | HTTP_API | REALTIME

@@ -12,8 +12,9 @@ Rules, in one place (Socket.IO applies the same ones in ``api.realtime``):
   address in ``AOC_METRICS_NETWORKS``.
 - The legacy POST endpoints answer only in legacy mode (``AOC_LEGACY_MODE``)
   and only to client addresses in ``AOC_LEGACY_NETWORKS``.
-- ``/healthz``, ``/readyz`` (probes), ``/``, ``/error_codes``, ``/docs`` and
-  ``/openapi.json`` stay open: they carry no data.
+- ``/healthz``, ``/readyz`` (probes), ``/``, ``/error_codes``, ``/docs``,
+  ``/redoc`` (their scripts under ``/docs-assets/``) and ``/openapi.json``
+  stay open: they carry no data.
 
 Client addresses are the connection's peer as uvicorn reports it
 (``request.client``); ``X-Forwarded-For`` is never trusted, so a reverse

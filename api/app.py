@@ -2,8 +2,9 @@
 
 Who may call what is in ``api.access``: the read API and ``/files`` need a
 token (or, for ``/files``, a signed URL), ``/metrics`` its own token or a
-network, the legacy endpoints legacy mode; the probes, ``/docs`` and
-``/openapi.json`` (the API's description, no data) stay open.
+network, the legacy endpoints legacy mode; the probes, ``/docs``, ``/redoc``
+(with their assets) and ``/openapi.json`` (the API's description, no data)
+stay open.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import health, legacy, read
+from api.routes import docs, health, legacy, read
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
         "`aoc token add` as `Authorization: Bearer <token>` or `?token=`; image links in "
         "the answers are signed and expire, so they work without one.",
         exception_handlers={StoreUnavailable: _store_unavailable},
+        # Served by api.routes.docs on local copies of their scripts, not a CDN's.
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.add_docs(app)
     app.state.deps = deps
     origins = deps.settings.cors_origin_list
     if origins:

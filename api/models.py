@@ -1,14 +1,23 @@
 """Response models of the read API: the public view of stored documents.
 
 Each model ignores the fields it does not name, so internal bookkeeping of the
-bridge (running sums, open episodes) never leaks into responses.
+bridge (running sums, open episodes) never leaks into responses. A record's id
+is ``id``, as in the MQTT alert, and measures are rounded on the way out
+(``bridge.public``): metres to 0.1 m, speeds to 0.1 km/h.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer
+
+from bridge.public import ID, kmh, metres
+
+# Stored with full precision, answered rounded (``bridge.public``).
+Metres = Annotated[float | None, PlainSerializer(metres, return_type=float | None)]
+Kmh = Annotated[float | None, PlainSerializer(kmh, return_type=float | None)]
 
 
 class _Doc(BaseModel):
@@ -16,7 +25,7 @@ class _Doc(BaseModel):
 
 
 class _Record(_Doc):
-    id: str = Field(validation_alias=AliasChoices("_id", "id"))
+    id: str = Field(validation_alias=AliasChoices("_id", ID))
 
 
 class Location(BaseModel):
@@ -29,14 +38,14 @@ class AmbulanceState(_Doc):
 
     ambulance_id: str
     location: Location | None = None
-    speed: float | None = Field(default=None, description="km/h")
+    speed: Kmh = Field(default=None, description="km/h, to 0.1")
     heading: float | None = None
     state: str | None = Field(default=None, description="GREEN, ORANGE or RED")
     last_seen: datetime | None = Field(default=None, description="device time of the latest point")
     received_at: datetime | None = None
     online: bool = False
-    covered_distance: float | None = Field(default=None, description="metres")
-    avg_speed: float | None = Field(default=None, description="km/h")
+    covered_distance: Metres = Field(default=None, description="metres, to 0.1")
+    avg_speed: Kmh = Field(default=None, description="km/h, to 0.1")
     estimated_time: float | None = Field(default=None, description="seconds to the destination")
     source_location: Location | None = None
     destination_location: Location | None = None
@@ -53,17 +62,17 @@ class AmbulanceList(BaseModel):
 class TrackPoint(_Record):
     ambulance_id: str
     location: Location | None = None
-    speed: float | None = None
+    speed: Kmh = Field(default=None, description="km/h, to 0.1")
     heading: float | None = None
     state: str | None = None
     count_datetime: datetime
     received_at: datetime | None = None
     seq: int | None = None
-    accuracy: float | None = None
-    altitude: float | None = None
+    accuracy: Metres = Field(default=None, description="metres, to 0.1")
+    altitude: Metres = Field(default=None, description="metres, to 0.1")
     destination_location: Location | None = None
-    covered_distance: float | None = None
-    avg_speed: float | None = None
+    covered_distance: Metres = Field(default=None, description="metres, to 0.1")
+    avg_speed: Kmh = Field(default=None, description="km/h, to 0.1")
     estimated_time: float | None = None
     speed_above_80: str | None = None
     speed_above_120: str | None = None
@@ -83,7 +92,7 @@ class LocationDetail(BaseModel):
 class CrashRecord(_Record):
     ambulance_id: str
     location: Location | None = None
-    speed: float | None = Field(default=None, description="km/h")
+    speed: Kmh = Field(default=None, description="km/h, to 0.1")
     heading: float | None = None
     state: str | None = None
     count_datetime: datetime

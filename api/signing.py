@@ -67,4 +67,6 @@ class UrlSigner:
         """Whether ``sig`` signs ``key`` until ``expires``, and that is not past."""
         if expires < (now if now is not None else time.time()):
             return False
-        return hmac.compare_digest(self.signature(key, expires), sig.lower())
+        # Bytes: compare_digest refuses a str with non-ASCII characters (a 500).
+        given = sig.lower().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(self.signature(key, expires).encode(), given)

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from aoc import metrics
 from bridge.contract import Kind, room_kind
 from bridge.messages import Emit, Plan, Publish
+from bridge.public import ID
 
 
 def is_alert(send: Emit | Publish) -> bool:
@@ -79,8 +80,12 @@ def alert_ids(plan: Plan) -> list[str]:
             record = json.loads(body)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("_id"), str):
-            ids.add(record["_id"])
+        if not isinstance(record, dict):
+            continue
+        # The room's record has the stored ``_id``, the MQTT alert the public ``id``.
+        record_id = record.get("_id", record.get(ID))
+        if isinstance(record_id, str):
+            ids.add(record_id)
     return sorted(ids)
 
 

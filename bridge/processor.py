@@ -73,6 +73,7 @@ from bridge.messages import (
     Status,
     Tracking,
 )
+from bridge.public import public_record
 from bridge.snapshots import Digits, image_digest, store_images
 from bridge.speed import THRESHOLDS, SpeedRules, Threshold, advance, classify
 from bridge.state import AmbulanceState
@@ -96,8 +97,17 @@ _UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES)
 
 
 def state_message(state: AmbulanceState) -> Document:
-    """The public latest-state view published on ``aoc/<id>/state``."""
-    return state.public()
+    """The public latest-state view published on ``aoc/<id>/state`` (measures rounded)."""
+    return public_record(state.public())
+
+
+def alert_message(record: Document) -> Document:
+    """The crash record as published on ``aoc/<id>/alert``: ``id``, measures rounded.
+
+    The ``CRASH_NOTIFY_<id>`` room gets the record as stored instead (the
+    legacy contract, with ``_id`` and every digit).
+    """
+    return public_record(record)
 
 
 def dead_letter_doc(item: Rejected, *, limit: int) -> Document:
@@ -617,7 +627,7 @@ class Processor:
         draft.publishes.append(
             Publish(
                 contract.topic(aid, contract.Kind.ALERT),
-                dumps(record).encode("utf-8"),
+                dumps(alert_message(record)).encode("utf-8"),
                 retain=False,
                 qos=1,
             )

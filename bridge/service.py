@@ -271,6 +271,9 @@ class Bridge:
         # stale, written over the rebuild: its read of the store may have
         # passed an ambulance before that ambulance's newer state was stored.
         self._cache_missed: dict[str, Document] = {}
+        # Whether this bridge has seen a built cache: an empty one before that
+        # is a first start (or another bridge's fresh Redis), not a loss.
+        self._cache_seen_built = False
         self.counts: dict[str, int] = {}
 
         def channel(
@@ -721,19 +724,24 @@ class Bridge:
         metrics.STORE_AVAILABLE.labels("redis").set(1 if written else 0)
         if not written:
             self._stale(plan, f"Redis did not take a state update: {channel.last_error!r}")
-        elif not built:
+        elif built:
+            self._cache_seen_built = True
+        elif self._cache_seen_built:
             # Back empty without any call failing: the other ambulances' states
             # are missing until rebuilt from the store.
             self._stale(plan, "Redis lost the cache")
+        else:
+            self._stale(plan, "it is empty (first use)", level=logging.INFO)
 
     def _cache_dropped(self, plan: Plan) -> None:
         """A plan's states never reach Redis: the cache is stale until rebuilt."""
         self._stale(plan, "state updates dropped")
 
-    def _stale(self, plan: Plan, why: str) -> None:
+    def _stale(self, plan: Plan, why: str, *, level: int = logging.WARNING) -> None:
         self._cache_missed.update(plan.states)
         if not self._cache_stale.is_set():
-            self._log.warning("latest-state cache is stale, rebuilding it from the store: %s", why)
+            self._log.log(level, "latest-state cache is stale, rebuilding it from the store: %s",
+                          why)
             self._cache_stale.set()
 
     async def _heal_cache(self) -> None:
@@ -780,4 +788,5 @@ class Bridge:
                     del self._cache_missed[ambulance_id]
         # No await since the last look at what was missed: nothing can slip in.
         self._cache_stale.clear()
+        self._cache_seen_built = True
         self._log.info("redis cache rebuilt from the store (%d ambulances)", len(states))

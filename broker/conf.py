@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import os
+import pwd
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 PROJECT_CONF = Path(__file__).resolve().parent.parent / "mosquitto.conf"
 
@@ -23,6 +27,9 @@ _PLUGIN_GLOBS = (
     f"/usr/lib/{DYNSEC_PLUGIN}",
     f"/usr/local/lib/{DYNSEC_PLUGIN}",
 )
+
+# The account Debian's package (and the eclipse-mosquitto image) runs the broker as.
+BROKER_USER = "mosquitto"
 
 # A PUBLISH packet's bytes besides its payload: fixed header, topic (at most
 # ``aoc/<64-character id>/tracking``), packet id; generously rounded up.
@@ -78,6 +85,61 @@ def _auth(text: str, auth: bool, dynsec_file: Path | None) -> str:
     return re.sub(r"^plugin_opt_config_file .*$", config, text, flags=re.MULTILINE)
 
 
+class BrokerUser(NamedTuple):
+    """Who runs the broker; ``why_root``: why it is root although ``BROKER_USER`` exists."""
+
+    name: str
+    why_root: str | None = None
+
+
+def _permits(path: Path, user: pwd.struct_passwd, groups: set[int], bit: int) -> bool:
+    """Whether ``user`` has permission ``bit`` (4 read, 1 search) on ``path`` (mode bits only)."""
+    info = path.stat()
+    if info.st_uid == user.pw_uid:
+        return bool(info.st_mode >> 6 & bit)
+    if info.st_gid in groups:
+        return bool(info.st_mode >> 3 & bit)
+    return bool(info.st_mode & bit)
+
+
+def _blocker(user: pwd.struct_passwd, owned: Iterable[Path], reads: Iterable[Path]) -> Path | None:
+    """The first path keeping ``user`` from the directories it will own or the files it reads."""
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    for given, needs_read in [*((p, False) for p in owned), *((p, True) for p in reads)]:
+        path = given.resolve()
+        # Directories missing yet are made by root with the default mode: searchable.
+        for parent in (p for p in reversed(path.parents) if p.exists()):
+            if not _permits(parent, user, groups, 1):
+                return parent
+        if needs_read and not _permits(path, user, groups, 4):
+            return path
+    return None
+
+
+def broker_user(owned: Iterable[Path] = (), reads: Iterable[Path] = ()) -> BrokerUser:
+    """Who should run the broker: the current user, but never root when it can be avoided.
+
+    Started as root, Mosquitto keeps root's rights unless told to switch to
+    another user (``render``'s ``user``): root uses ``BROKER_USER`` when it
+    exists and can reach the directories it will own (``owned``, handed to it
+    by ``write``) and read ``reads`` (the TLS certificate and key); otherwise
+    root it stays, with ``why_root`` saying what the operator can change.
+    """
+    current = getpass.getuser()
+    if os.geteuid() != 0:
+        return BrokerUser(current)
+    try:
+        user = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return BrokerUser(current)
+    blocker = _blocker(user, owned, reads)
+    if blocker is not None:
+        return BrokerUser(
+            current, f"the {BROKER_USER} user may not enter or read {blocker}"
+        )
+    return BrokerUser(BROKER_USER)
+
+
 def render(
     *,
     mqtt_port: int,
@@ -90,6 +152,7 @@ def render(
     extra: str = "",
     max_packet_size: int | None = None,
     max_connections: int | None = None,
+    user: str | None = None,
 ) -> str:
     """The text of ``source`` with listeners, persistence path and user replaced.
 
@@ -102,9 +165,9 @@ def render(
     the largest payload the settings accept: a maximum-size JSON snapshot).
     ``max_connections``, when given, replaces each listener's.
 
-    ``data_dir`` receives Mosquitto's persistence file. The broker runs as the
-    current user, so it can read and write the files that user prepared
-    (Mosquitto started as root would otherwise switch to the ``mosquitto`` user):
+    ``data_dir`` receives Mosquitto's persistence file. The broker runs as
+    ``user`` (default: the current user, who prepared its files; ``broker_user``
+    tells when root should hand them to another), who reads and writes them:
     the dynamic security file among them, which the plugin also rewrites.
 
     ``auth`` (the default) keeps the file's accounts and ACLs: the dynamic
@@ -129,7 +192,7 @@ def render(
     if max_connections is not None:
         limit = f"max_connections {max_connections}"
         text = re.sub(r"^max_connections .*$", limit, text, flags=re.MULTILINE)
-    text += f"\n# Added by broker.conf.render\nuser {getpass.getuser()}\n{extra}\n"
+    text += f"\n# Added by broker.conf.render\nuser {user or getpass.getuser()}\n{extra}\n"
     return text
 
 
@@ -145,8 +208,15 @@ def write(
     extra: str = "",
     max_packet_size: int | None = None,
     max_connections: int | None = None,
+    user: str | None = None,
 ) -> Path:
-    """Render the configuration into ``path`` and create ``data_dir``."""
+    """Render the configuration into ``path`` and create ``data_dir``.
+
+    With a ``user`` other than the current one (root handing the broker to
+    ``BROKER_USER``), that user gets what the broker writes: ``data_dir`` and
+    its files (persistence), the dynamic security file and its directory (the
+    plugin saves to a new file beside it, then renames it).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     text = render(
         mqtt_port=mqtt_port,
@@ -158,9 +228,28 @@ def write(
         extra=extra,
         max_packet_size=max_packet_size,
         max_connections=max_connections,
+        user=user,
     )
-    path.write_text(text)
+    # A new file renamed over the old: a link the broker's user put there is
+    # replaced, never followed (root writes this file at every start).
+    fresh = path.with_name(f".{path.name}.new")
+    fresh.unlink(missing_ok=True)
+    fresh.write_text(text)
+    fresh.replace(path)
+    if user is not None and user != getpass.getuser():
+        owned = [path, data_dir, *data_dir.iterdir()]
+        if dynsec_file is not None:
+            owned += [dynsec_file.parent, dynsec_file]
+        _hand_over(user, owned)
     return path
+
+
+def _hand_over(user: str, paths: Iterable[Path]) -> None:
+    """Make ``user`` (and its group) own each of ``paths`` that exists; links are not followed."""
+    account = pwd.getpwnam(user)
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 
 def tls_listeners(

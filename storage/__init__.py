@@ -70,8 +70,11 @@ __all__ = [
     "StateCache",
     "StoreUnavailable",
     "Write",
+    "document_url_problem",
+    "object_url_problem",
     "open_document_store",
     "open_object_store",
+    "redact",
     "validate_key",
 ]
 
@@ -91,31 +94,61 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def open_document_store(
-    url: str, *, database: str = "aoc_v2", logger: logging.Logger | None = None
-) -> DocumentStore:
-    """The document store named by ``url`` (not yet opened); ``ValueError`` if unknown."""
+# What each factory accepts, for error messages (the settings name it too).
+DOCUMENT_URLS = (
+    "sqlite:///relative.db, sqlite:////absolute/path.db, mongodb://... or mongodb+srv://..."
+)
+OBJECT_URLS = "file:///absolute/directory or s3://bucket"
+
+
+def document_url_problem(url: str) -> str | None:
+    """Why ``url`` names no document store ``open_document_store`` can open, or None."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         prefix = "sqlite:///"
         if not url.lower().startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(
-                f"invalid SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
-            )
-        path = unquote(url[len(prefix) :].split("?", 1)[0])
-        if path == ":memory:":
-            raise ValueError("an in-memory SQLite store would lose every acknowledged write")
+            return f"not a SQLite file: expected {DOCUMENT_URLS}"
+        if _sqlite_path(url) == ":memory:":
+            return "an in-memory SQLite store would lose every acknowledged write"
+        return None
+    if scheme in ("mongodb", "mongodb+srv"):
+        return None
+    return f"unknown scheme: expected {DOCUMENT_URLS}"
+
+
+def _sqlite_path(url: str) -> str:
+    return unquote(url[len("sqlite:///") :].split("?", 1)[0])
+
+
+def open_document_store(
+    url: str, *, database: str = "aoc_v2", logger: logging.Logger | None = None
+) -> DocumentStore:
+    """The document store named by ``url`` (not yet opened); ``ValueError`` if unknown."""
+    problem = document_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"document store URL {redact(url)!r}: {problem}")
+    if url.lower().startswith("sqlite"):
         from storage.sqlite import SQLiteDocumentStore  # noqa: PLC0415 (lazy driver)
 
-        return SQLiteDocumentStore(Path(path), logger=logger)
-    if scheme in ("mongodb", "mongodb+srv"):
-        from storage.mongo import MongoDocumentStore  # noqa: PLC0415 (lazy driver)
+        return SQLiteDocumentStore(Path(_sqlite_path(url)), logger=logger)
+    from storage.mongo import MongoDocumentStore  # noqa: PLC0415 (lazy driver)
 
-        return MongoDocumentStore.from_url(url, database=database, logger=logger)
-    raise ValueError(
-        f"unknown document store URL {_redact(url)!r}: expected sqlite:///..., mongodb://... "
-        "or mongodb+srv://..."
-    )
+    return MongoDocumentStore.from_url(url, database=database, logger=logger)
+
+
+def object_url_problem(url: str) -> str | None:
+    """Why ``url`` names no object store ``open_object_store`` can open, or None."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            return "not an absolute directory: expected file:///absolute/directory"
+        return None
+    if scheme == "s3":
+        if not parts.netloc or parts.path.strip("/"):
+            return "not a bucket: expected s3://bucket (no key prefix)"
+        return None
+    return f"unknown scheme: expected {OBJECT_URLS}"
 
 
 def open_object_store(
@@ -130,35 +163,29 @@ def open_object_store(
     logger: logging.Logger | None = None,
 ) -> ObjectStore:
     """The object store named by ``url`` (not yet opened); ``ValueError`` if unknown."""
+    problem = object_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"object store URL {redact(url)!r}: {problem}")
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ValueError(f"invalid file URL {url!r}: use file:///absolute/directory")
+    if parts.scheme.lower() == "file":
         from storage.localfs import LocalObjectStore  # noqa: PLC0415 (lazy driver)
 
         return LocalObjectStore(Path(unquote(parts.path)), logger=logger)
-    if scheme == "s3":
-        if not parts.netloc or parts.path.strip("/"):
-            raise ValueError(f"invalid S3 URL {url!r}: use s3://bucket (no key prefix)")
-        from storage.s3 import S3ObjectStore  # noqa: PLC0415 (lazy driver)
+    from storage.s3 import S3ObjectStore  # noqa: PLC0415 (lazy driver)
 
-        return S3ObjectStore(
-            parts.netloc,
-            endpoint_url=endpoint_url,
-            region=region,
-            access_key=access_key,
-            secret_key=secret_key,
-            public_url=public_url,
-            logger=logger,
-            **({} if presign_seconds is None else {"presign_seconds": presign_seconds}),
-        )
-    raise ValueError(
-        f"unknown object store URL {_redact(url)!r}: expected file:///... or s3://bucket"
+    return S3ObjectStore(
+        parts.netloc,
+        endpoint_url=endpoint_url,
+        region=region,
+        access_key=access_key,
+        secret_key=secret_key,
+        public_url=public_url,
+        logger=logger,
+        **({} if presign_seconds is None else {"presign_seconds": presign_seconds}),
     )
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """``url`` without a password, for error messages that end up in logs."""
     parts = urlsplit(url)
     if parts.password is None:

@@ -58,6 +58,15 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached or written right now; the caller may retry."""
 
 
+class StoreMisconfigured(StoreUnavailable):
+    """The backend answers but refuses us: no credentials, access denied, no such bucket.
+
+    Still a ``StoreUnavailable``, so callers keep what they hold (the object
+    spool keeps snapshots) and retry: an operator fixes it without a restart.
+    Unlike an outage, readiness reports it (``/readyz``): waiting will not cure it.
+    """
+
+
 class Conflict(Exception):
     """A conditional write found another version than it expected (see ``Write.expect``).
 

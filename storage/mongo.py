@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from pymongo.errors import (
     ExecutionTimeout,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
     WriteConcernError,
     WTimeoutError,
 )
@@ -72,6 +74,18 @@ def _transient(exc: PyMongoError) -> bool:
             bool(errors) and all(e.get("code") == _DUPLICATE_KEY for e in errors)
         )
     return isinstance(exc, OperationFailure) and exc.code == _DUPLICATE_KEY
+
+
+def _short(exc: PyMongoError) -> str:
+    """``exc`` without the topology description and timeouts pymongo appends.
+
+    A server that cannot be selected reads "127.0.0.1:1: [Errno 111] Connection
+    refused" rather than a 1 KB line; the whole message is in the traceback.
+    """
+    if isinstance(exc, ServerSelectionTimeoutError):
+        head = str(exc).split(", Timeout: ", 1)[0]
+        return re.sub(r" \(configured timeouts: [^)]*\)", "", head)
+    return str(exc)
 
 
 class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
@@ -135,7 +149,7 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
             return fn(db)
         except PyMongoError as exc:
             if _transient(exc):
-                raise StoreUnavailable(f"MongoDB: {exc}") from exc
+                raise StoreUnavailable(f"MongoDB: {_short(exc)}") from exc
             raise
 
     # -- lifecycle ----------------------------------------------------------

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from storage.base import ObjectStore, StoreUnavailable
+from storage.base import ObjectStore, StoreMisconfigured, StoreUnavailable
 from storage.codec import validate_key
 
 if TYPE_CHECKING:
@@ -43,6 +43,27 @@ def _code(exc: ClientError) -> str:
 
 def _not_found(exc: ClientError) -> bool:
     return _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+
+
+# Answers that mean "this store is set up wrong" (credentials, permissions, the
+# bucket), by code; waiting does not cure them (``StoreMisconfigured``).
+_MISCONFIGURED = {
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied",
+    "AccountProblem": "access denied",
+    "InvalidAccessKeyId": "unknown access key",
+    "SignatureDoesNotMatch": "wrong secret key",
+    "AuthorizationHeaderMalformed": "wrong region or credentials",
+    "InvalidToken": "invalid credentials",
+    "ExpiredToken": "expired credentials",
+    "NoSuchBucket": "no such bucket",
+    "PermanentRedirect": "the bucket is in another region",
+}
+
+
+def _misconfigured(exc: ClientError) -> str | None:
+    """What is set up wrong, if ``exc`` says so (a HEAD's 403 carries no code)."""
+    return _MISCONFIGURED.get(_code(exc)) or ("access denied" if _status(exc) == 403 else None)
 
 
 class S3ObjectStore(ObjectStore):
@@ -93,10 +114,20 @@ class S3ObjectStore(ObjectStore):
         except ClientError as exc:
             if _status(exc) >= 500 or _code(exc) in _RETRYABLE_CODES:
                 raise StoreUnavailable(f"S3 {what}: {exc}") from exc
+            wrong = _misconfigured(exc)
+            if wrong is not None:
+                raise self._misconfiguration(what, wrong, exc) from exc
             raise
+        except NoCredentialsError as exc:  # before any request: nothing to sign with
+            raise self._misconfiguration(what, "no credentials", exc) from exc
         except (BotoConnectionError, BotoCoreError) as exc:
             # Connection refused/reset, timeouts, a truncated response body...
             raise StoreUnavailable(f"S3 {what}: {exc}") from exc
+
+    def _misconfiguration(self, what: str, wrong: str, exc: Exception) -> StoreMisconfigured:
+        return StoreMisconfigured(
+            f"S3 {what}: misconfigured: {wrong} (bucket {self._bucket}): {exc}"
+        )
 
     async def open(self) -> None:
         """Create the bucket if it does not exist; idempotent."""
@@ -125,8 +156,17 @@ class S3ObjectStore(ObjectStore):
         await asyncio.to_thread(self._client.close)
 
     async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the bucket answers."""
-        await self._run("ping", lambda: self._client.head_bucket(Bucket=self._bucket))
+        """Raise ``StoreUnavailable`` unless the bucket answers.
+
+        ``StoreMisconfigured`` if it answers no: no credentials, access denied,
+        no such bucket (a HEAD's 404 is the bucket's, made by ``open``).
+        """
+        try:
+            await self._run("ping", lambda: self._client.head_bucket(Bucket=self._bucket))
+        except ClientError as exc:
+            if _not_found(exc):
+                raise self._misconfiguration("ping", "no such bucket", exc) from exc
+            raise
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` under ``key`` (S3 acknowledges only durably stored objects)."""

@@ -15,11 +15,16 @@ While anything is spooled, new puts join the queue instead of going to
 ``inner``: an older spooled copy of a key must never overwrite a newer one, and
 during an outage each direct attempt would wait for the store's timeouts.
 
-Readiness: ``ping`` succeeds while the spool accepts objects (the process can
-take work, so ``/readyz`` shows ``"objects": "ok"``); ``degraded`` says why it
-is degraded, for logs and a future health detail. When ``inner`` is down and
-the spool is full, ``ping`` and ``put`` raise ``StoreUnavailable`` and
-``/readyz`` answers 503 with that message: the bridge then holds its batches.
+Readiness: ``ping`` succeeds while the spool accepts objects during an outage
+(the process can take work, so ``/readyz`` shows ``"objects": "ok"``);
+``degraded`` says why it is degraded, for logs and a future health detail.
+When ``inner`` is down and the spool is full, ``ping`` and ``put`` raise
+``StoreUnavailable`` and ``/readyz`` answers 503 with that message: the bridge
+then holds its batches. When ``inner`` answers but refuses (no credentials,
+access denied, no such bucket: ``StoreMisconfigured``), the spool still takes
+objects, so none is lost while an operator fixes it, but ``ping`` raises: a
+misconfiguration is not ready, and says why, instead of filling the spool
+quietly toward its bound.
 
 One process owns a spool directory (an exclusive lock): ``aoc serve`` or
 ``aoc bridge``, the processes that write objects.
@@ -37,13 +42,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.base import ObjectStore, StoreUnavailable
+from storage.base import ObjectStore, StoreMisconfigured, StoreUnavailable
 from storage.codec import validate_key
 from storage.localfs import LocalObjectStore
 
 _ENTRY_RE = re.compile(r"^(\d{16})\.spool$")
 _HEADER_LIMIT = 4096  # a key is at most 1 KiB: a longer first line is not a header
 _LOCK_NAME = "lock"
+
+
+class SpoolInUse(RuntimeError):
+    """Another process holds the spool's lock: two bridges on one data directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,8 @@ class SpoolingObjectStore(ObjectStore):
         self._inner_open = False
         self._outage = False  # logged once per outage
         self._full = False  # logged once per full episode
+        # ``inner``'s last answer, if it was a refusal (see the module's docstring).
+        self._misconfigured: StoreMisconfigured | None = None
         self._uploaded = 0
         self._wake = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
@@ -135,6 +146,7 @@ class SpoolingObjectStore(ObjectStore):
             self._inner_open = True
         except StoreUnavailable as exc:
             # Start anyway: the spool takes objects, the drain opens it later.
+            self._answered(exc)
             self._outage = True
             self._log.warning("object store unavailable at start-up, spooling: %s", exc)
 
@@ -151,15 +163,24 @@ class SpoolingObjectStore(ObjectStore):
             self._unlock()
 
     async def ping(self) -> None:
-        """Succeed while objects can be stored, in ``inner`` or in the spool."""
+        """Succeed while objects can be stored, in ``inner`` or in the spool.
+
+        ``StoreMisconfigured`` while ``inner`` refuses, even if the spool accepts.
+        """
         if self.degraded is None:
             try:
                 await self._inner.ping()
+                self._answered(None)
                 return
-            except StoreUnavailable:
-                if not self._refusing:
+            except StoreUnavailable as exc:
+                self._answered(exc)
+                if not self._refusing and self._misconfigured is None:
                     return
                 raise
+        if self._misconfigured is not None:
+            raise StoreMisconfigured(
+                f"{self._misconfigured} ({len(self._queue)} objects, {self._bytes} bytes spooled)"
+            )
         if self._refusing:
             raise StoreUnavailable(
                 f"object store unavailable and spool full ({self._bytes} bytes)"
@@ -176,6 +197,7 @@ class SpoolingObjectStore(ObjectStore):
         if self.degraded is None:
             try:
                 await self._inner.put(key, data, content_type)
+                self._answered(None)
                 return
             except StoreUnavailable as exc:
                 self._note_outage(exc)
@@ -231,7 +253,12 @@ class SpoolingObjectStore(ObjectStore):
 
     # The spool itself.
 
-    def _note_outage(self, exc: Exception) -> None:
+    def _answered(self, exc: StoreUnavailable | None) -> None:
+        """Note ``inner``'s last answer: success (None), an outage or a refusal."""
+        self._misconfigured = exc if isinstance(exc, StoreMisconfigured) else None
+
+    def _note_outage(self, exc: StoreUnavailable) -> None:
+        self._answered(exc)
         if not self._outage:
             self._outage = True
             self._log.warning("object store unavailable, spooling objects in %s: %s",
@@ -284,7 +311,7 @@ class SpoolingObjectStore(ObjectStore):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(fd)
-            raise RuntimeError(f"object spool {self._dir} is used by another process") from exc
+            raise SpoolInUse(f"object spool {self._dir} is used by another process") from exc
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -353,8 +380,10 @@ class SpoolingObjectStore(ObjectStore):
                 return True
             await self._inner.put(entry.key, data, entry.content_type)
         except StoreUnavailable as exc:
+            self._answered(exc)
             self._log.debug("object store still unavailable: %s", exc)
             return False
+        self._answered(None)
         await self._remove(entry)
         self._uploaded += 1
         if not self._queue:
@@ -362,6 +391,7 @@ class SpoolingObjectStore(ObjectStore):
         return True
 
     def _recovered(self) -> None:
+        self._answered(None)
         self._log.info("object store back: uploaded %d spooled objects", self._uploaded)
         self._uploaded = 0
         self._outage = False

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from aoc import bootstrap
+from aoc.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -41,6 +42,7 @@ SECRETS = {
     "AOC_MQTT_PASSWORD": "dummy-bridge",
     "AOC_SHIM_MQTT_PASSWORD": "dummy-shim",
     "AOC_SECRET_KEY": "dummy-signing",
+    "AOC_MQTT_CLIENT_ID": "dummy-session",
 }
 
 
@@ -150,6 +152,8 @@ def test_each_process_gets_exactly_its_broker_account(config: dict[str, Any]) ->
     assert (bridge["AOC_MQTT_USERNAME"], bridge["AOC_MQTT_PASSWORD"]) == (
         "aoc-bridge", SECRETS["AOC_MQTT_PASSWORD"]
     )
+    # Its session's id comes from .env: a well-known one could be taken over.
+    assert bridge["AOC_MQTT_CLIENT_ID"] == SECRETS["AOC_MQTT_CLIENT_ID"]
     # The API publishes only as the legacy shim: the bridge's account is emptied (unset).
     assert not api["AOC_MQTT_USERNAME"] and not api["AOC_MQTT_PASSWORD"]
     assert (api["AOC_SHIM_MQTT_USERNAME"], api["AOC_SHIM_MQTT_PASSWORD"]) == (
@@ -181,6 +185,38 @@ def test_the_broker_starts_on_the_account_file_broker_init_writes(config: dict[s
     assert re.search(r"^allow_anonymous false$", conf, re.MULTILINE)
     depends = services["mosquitto"]["depends_on"]
     assert depends == {"broker-init": {"condition": "service_completed_successfully"}}
+
+
+def test_images_are_pinned(config: dict[str, Any]) -> None:
+    """Test that MinIO runs a release tag, and no image is whatever `latest` is on pull day."""
+    minio = config["services"]["minio"]["image"]
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", minio), minio
+    for name, service in config["services"].items():
+        if service["image"] == "aoc-tracking:latest":  # built here, from this checkout
+            continue
+        _, _, tag = service["image"].partition(":")
+        assert tag and tag != "latest", name
+
+
+def test_image_links_go_through_the_api_on_its_public_url(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    """Test that the API hands out its own links (no browser reaches minio:9000).
+
+    On AOC_PUBLIC_URL when .env sets it; the operator may switch to the store's links.
+    """
+    api = config["services"]["api"]["environment"]
+    assert api["AOC_IMAGE_LINKS"] == "api"
+    assert not api["AOC_PUBLIC_URL"]  # unset unless .env says: each request's own URL
+    public = "https://aoc.example.org"
+    env = {**SECRETS, "AOC_PUBLIC_URL": public, "AOC_IMAGE_LINKS": "store"}
+    result = compose_config(tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    chosen = yaml.safe_load(result.stdout)["services"]["api"]["environment"]
+    assert (chosen["AOC_PUBLIC_URL"], chosen["AOC_IMAGE_LINKS"]) == (public, "store")
+    # The settings take the file's default as it is.
+    settings = Settings(_env_file=None, image_links=api["AOC_IMAGE_LINKS"])  # type: ignore[call-arg]
+    assert settings.image_links == "api"
 
 
 def test_mosquitto_runs_the_project_conf_with_a_data_volume(config: dict[str, Any]) -> None:
@@ -323,7 +359,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(
     ("name", "port", "path"),
-    [("api", 5000, "/healthz"), ("bridge", 5001, "/healthz"), ("realtime", 5050, "/")],
+    # Readiness, not liveness, for the parts that have it; the Socket.IO port has no probe.
+    [("api", 5000, "/readyz"), ("bridge", 5001, "/readyz"), ("realtime", 5050, "/")],
 )
 @pytest.mark.parametrize("status", [200, 503])
 def test_http_health_checks_run(
@@ -343,3 +380,12 @@ def test_http_health_checks_run(
         server.shutdown()
         server.server_close()
     assert (result.returncode == 0) == (status == 200)
+
+
+def test_no_password_goes_on_a_command_line(config: dict[str, Any]) -> None:
+    """Test that no command or health check passes a password as an argument (`ps` shows those)."""
+    for name, service in config["services"].items():
+        lines = [service.get("command", []), service.get("healthcheck", {}).get("test", [])]
+        text = " ".join(" ".join(part) if isinstance(part, list) else part for part in lines)
+        assert " -P " not in text and "--requirepass" not in text, name
+        assert not any(secret in text for secret in SECRETS.values()), name

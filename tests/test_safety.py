@@ -25,6 +25,7 @@ SAFE: dict[str, Any] = {
     "secret_key": "k" * 43,
     "mqtt_username": "aoc-bridge",
     "mqtt_password": "fake-bridge-1",
+    "mqtt_client_id": "aoc-bridge-5f0c2a9e81d4b736",
     "shim_mqtt_username": "aoc-shim",
     "shim_mqtt_password": "fake-shim-1",
     "mqtt_admin_password": "fake-admin-1",
@@ -57,6 +58,7 @@ def test_the_defaults_are_each_named() -> None:
         "AOC_SECRET_KEY",
         "AOC_MQTT_USERNAME",
         "AOC_MQTT_PASSWORD",
+        "AOC_MQTT_CLIENT_ID",
         "AOC_REDIS_URL",
     ]
     # `aoc up` generates the broker's passwords; the simulator and the account
@@ -85,6 +87,16 @@ def test_the_defaults_are_each_named() -> None:
         ({"legacy_mode": True, "legacy_networks": "10.0.0.0/8,0.0.0.0/0"}, "api",
          "AOC_LEGACY_NETWORKS"),
         ({"legacy_mode": True, "legacy_networks": "::/0"}, "serve", "AOC_LEGACY_NETWORKS"),
+        # Two halves add up to every address; one public network is enough.
+        ({"legacy_mode": True, "legacy_networks": "0.0.0.0/1,128.0.0.0/1"}, "api",
+         "AOC_LEGACY_NETWORKS"),
+        ({"legacy_mode": True, "legacy_networks": "192.168.0.0/16,8.8.8.0/24"}, "api",
+         "AOC_LEGACY_NETWORKS"),
+        ({"metrics_networks": "0.0.0.0/0"}, "bridge", "AOC_METRICS_NETWORKS"),
+        ({"metrics_token": "changeme"}, "bridge", "AOC_METRICS_TOKEN"),
+        ({"secret_key": "x" * 31}, "api", "AOC_SECRET_KEY"),
+        ({"mqtt_password": "changeme"}, "accounts", "AOC_MQTT_PASSWORD"),
+        ({"mqtt_client_id": "aoc-bridge"}, "bridge", "AOC_MQTT_CLIENT_ID"),
     ],
 )
 def test_each_unsafe_setting_is_named(changes: dict[str, Any], command: str, variable: str) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import logging
 import os
+import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +26,10 @@ import httpx
 import pytest
 
 from aoc import credentials, supervise
-from aoc.config import Settings
+from aoc.config import Settings, redact_url
+from aoc.parts import Backoff
 from broker import accounts
+from broker import conf as broker_conf
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
@@ -315,6 +322,18 @@ async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_pa
 
         state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
         assert state["ambulance_id"] == "SIM001"
+        # Any account may connect with any client id: one with the default id
+        # of the bridge's session does not take over the session of this bridge.
+        client_id = creds.data["bridge_client_id"]
+        assert re.fullmatch(r"aoc-bridge-[0-9a-f]{16}", client_id)
+        for taken in ("aoc-bridge", "aoc-bridge-snap"):
+            async with aiomqtt.Client(
+                "127.0.0.1", ports["mqtt"], username="dash-first",
+                password=creds.dashboards["dash-first"], identifier=taken, clean_session=True,
+            ):
+                pass
+        state = json.loads(await _device_to_dashboard(ports["mqtt"], creds))
+        assert state["ambulance_id"] == "SIM001"
         # The first read token reads what the device sent; without it, nothing.
         url = f"http://127.0.0.1:{ports['http']}/api/v1/ambulances/SIM001"
         async with httpx.AsyncClient(timeout=DEADLINE) as http:
@@ -380,8 +399,11 @@ async def test_up_hands_serve_the_file_accounts_for_a_broker_already_running(
         with credentials.editing(settings.resolved_credentials_file) as creds:
             creds.set_account("bridge", "aoc-bridge", "fake-bridge-pw")
             creds.set_account("shim", "aoc-shim", "fake-shim-pw")
-        children = {child.name: child for child in await supervise.plan(settings)}
+        borrowed: list[str] = []
+        children = {child.name: child for child in await supervise.plan(settings, borrowed)}
         assert "mosquitto" not in children
+        # Whose broker it is, in the "up" line: this test's process listens there.
+        assert borrowed[0].startswith(f"the MQTT broker on :{port} (pid {os.getpid()} (")
         assert children["aoc-serve"].env == {
             "AOC_MQTT_USERNAME": "aoc-bridge", "AOC_MQTT_PASSWORD": "fake-bridge-pw",
             "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "fake-shim-pw",
@@ -391,3 +413,347 @@ async def test_up_hands_serve_the_file_accounts_for_a_broker_already_running(
         assert children["aoc-serve"].env == {
             "AOC_SHIM_MQTT_USERNAME": "aoc-shim", "AOC_SHIM_MQTT_PASSWORD": "fake-shim-pw",
         }
+
+
+async def test_an_external_redis_is_named_without_its_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that `aoc up` names the Redis it uses with its password masked (URLs carry one)."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        broker_auth=False,
+        mqtt_port=services.free_port(),
+        redis_url="redis://:fake-redis-pw@cache.example:6379/0",
+    )
+    with caplog.at_level(logging.WARNING, logger="aoc.supervise"):
+        children = await supervise.plan(settings)
+    assert [child.name for child in children] == ["mosquitto", "aoc-serve"]
+    assert "using the Redis server at redis://:***@cache.example:6379/0" in caplog.text
+    assert "fake-redis-pw" not in caplog.text
+
+
+def test_urls_in_logs_have_their_passwords_masked() -> None:
+    """Test ``redact_url`` on each place a URL carries a password, and on one without."""
+    assert redact_url("mongodb://aoc:fake-pw@mongo:27017/?authSource=admin") == (
+        "mongodb://aoc:***@mongo:27017/?authSource=admin"
+    )
+    assert redact_url("redis://redis:6379/0?password=fake-pw&db=1") == (
+        "redis://redis:6379/0?password=***&db=1"
+    )
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+# --- no child outlives `aoc up`, and "up" means its own processes ---------------------------
+
+
+def _started(log: Path) -> dict[str, int]:
+    """Each child's pid, as `aoc up` logged it at its (last) start."""
+    found = re.findall(r"(\S+) started \(pid (\d+)\)", log.read_text(errors="replace"))
+    return {name: int(pid) for name, pid in found}
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie not yet reaped has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter, unlike tmp_path's (root's pytest directory is 0700).
+
+    So that, run as root, `aoc up` can hand the broker to the ``mosquitto`` user.
+    """
+    path = Path(tempfile.mkdtemp(prefix="aoc-up-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _broker_user() -> int:
+    """The uid `aoc up` should run Mosquitto as: never root when a ``mosquitto`` user exists."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(broker_conf.BROKER_USER).pw_uid
+    return os.geteuid()
+
+
+def _up(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aoc.cli", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def test_sighup_stops_every_child_and_the_broker_is_not_root(open_dir: Path) -> None:
+    """Test that a hang-up (a closed terminal) stops `aoc up` and every child it started.
+
+    Also, run as root, Mosquitto runs as the ``mosquitto`` user, which owns
+    the files the broker writes; the stack is ready all the same.
+    """
+    data = open_dir / "data"
+    ports, env = services.up_settings(data)
+    log = open_dir / "up.log"
+    up = _up(env, log)
+    try:
+        _wait_for(lambda: b"AOC is up" in log.read_bytes(), 60, "the stack")
+        pids = _started(log)
+        assert sorted(pids) == ["aoc-serve", "mosquitto", "redis"]
+        assert _uid(pids["mosquitto"]) == _broker_user()
+        for owned in ("mosquitto/dynamic-security.json", "mosquitto/data"):
+            assert (data / owned).stat().st_uid == _broker_user(), owned
+        up.send_signal(signal.SIGHUP)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert [name for name, pid in pids.items() if not _gone(pid)] == []
+    for name in ("mqtt", "redis", "http", "sio"):
+        assert not services.port_is_open(ports[name]), f"{name} still listening after SIGHUP"
+
+
+def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
+    """Test that no child outlives `aoc up` killed with SIGKILL (it can stop nothing itself)."""
+    ports, env = services.up_settings(tmp_path / "data")
+    log = tmp_path / "up.log"
+    up = _up(env, log)
+    try:
+        _wait_for(lambda: b"AOC is up" in log.read_bytes(), 60, "the stack")
+        pids = _started(log)
+        assert sorted(pids) == ["aoc-serve", "mosquitto", "redis"]
+    finally:
+        up.kill()
+        up.wait()
+    _wait_for(lambda: all(map(_gone, pids.values())), 60, "every child to exit")
+    _wait_for(
+        lambda: not any(map(services.port_is_open, ports.values())), 60, "every port to close"
+    )
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    """Someone else's server: 200 and ``{}`` to any GET, /healthz and /readyz included."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_up_refuses_an_http_port_held_by_another_server(tmp_path: Path) -> None:
+    """Test that with another server on the HTTP port, `aoc up` starts nothing and says so.
+
+    One line names the port, its variable and the process; exit code 2; never "AOC is up".
+    """
+    ports, env = services.up_settings(tmp_path / "data")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", ports["http"]), _Answering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "aoc.cli", "up"], env=env, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2, result.stderr
+    assert "AOC is up" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("aoc up:")]
+    assert len(lines) == 1, result.stderr
+    assert f"port {ports['http']} (AOC_HTTP_PORT) is in use by pid {os.getpid()}" in lines[0]
+    assert "started (pid" not in result.stderr
+    for name in ("mqtt", "redis", "sio"):
+        assert not services.port_is_open(ports[name]), f"{name} listening"
+
+
+async def test_a_port_answered_by_another_process_is_not_the_childs() -> None:
+    """Test that a child is not taken as started when someone else answers on its port.
+
+    The port is taken after `aoc up` checked it was free (here: before the
+    child starts, by this test's process): the child cannot bind it, and the
+    answer is not its own.
+    """
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        child = supervise.Child(
+            "aoc-serve", ["sleep", "600"], port,
+            binds=[supervise.Bind("AOC_HTTP_PORT", "127.0.0.1", port)],
+        )
+        try:
+            with pytest.raises(supervise.Failed) as raised:
+                async with asyncio.timeout(DEADLINE):
+                    await supervise._start(child)
+        finally:
+            assert child.proc is not None
+            child.proc.kill()
+            await child.proc.wait()
+    assert raised.value.code == supervise.EXIT_CONFIG
+    assert str(raised.value).startswith(
+        f"port {port} (AOC_HTTP_PORT) answers, but not from aoc-serve: pid {os.getpid()} ("
+    )
+
+
+def test_serve_logs_serving_only_once_its_ports_are_bound(tmp_path: Path) -> None:
+    """Test that `aoc serve` with its HTTP port taken says "serving" only once it has it."""
+    env = {
+        **os.environ,
+        "AOC_DATA_DIR": str(tmp_path / "data"),
+        "AOC_SOCKETIO_PORT": str(services.free_port()),
+        "AOC_MQTT_PORT": str(services.free_port()),  # no broker: the bridge retries
+        "AOC_REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0",
+        "AOC_LOG_LEVEL": "INFO",
+    }
+    log = tmp_path / "serve.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["AOC_HTTP_PORT"] = str(taken.getsockname()[1])
+        with log.open("wb") as out:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "aoc.cli", "serve"], env=env, stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for(lambda: b"http failed (" in log.read_bytes(), 60, "the bind failure")
+            assert b"serving:" not in log.read_bytes()
+        except BaseException:
+            serve.kill()
+            serve.wait()
+            raise
+    try:
+        # Freed, the port is bound at the server's next restart.
+        _wait_for(lambda: b"serving:" in log.read_bytes(), 60, "the serving line")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+# --- what a restart cannot cure, and a stop during a restart's wait ---------------------------
+
+
+def _drive() -> None:
+    """`aoc up`'s supervision of test children (``sys.argv[1]``, JSON), run by the tests below."""
+    spec = json.loads(sys.argv[1])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    async def main() -> int:
+        stopping = supervise.stop_on_signals()
+        children = [
+            supervise.Child(name, argv, config_error_exit=supervise.EXIT_CONFIG)
+            for name, argv in spec["children"]
+        ]
+        delay = spec["delay"]
+        return await supervise.run(
+            children, stopping, announce="up", backoff=lambda: Backoff(first=delay, cap=delay)
+        )
+
+    sys.exit(asyncio.run(main()))
+
+
+def _supervising(tmp_path: Path, quitter: str, delay: float) -> subprocess.Popen[bytes]:
+    """A supervisor of a sleeper and of ``quitter`` (a shell command run after noting its start).
+
+    Each start of the quitter appends its pid to ``starts`` in ``tmp_path``.
+    """
+    spec = {
+        "children": [
+            ["sleeper", ["sleep", "600"]],
+            ["quitter", ["sh", "-c", f"echo $$ >> {tmp_path / 'starts'}; {quitter}"]],
+        ],
+        "delay": delay,
+    }
+    with (tmp_path / "out.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.test_supervise", json.dumps(spec)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
+        )
+
+
+def _finished(supervisor: subprocess.Popen[bytes], tmp_path: Path) -> tuple[int, str, int]:
+    """Its exit code, its output, and how often the quitter started; the sleeper must be gone."""
+    try:
+        code = supervisor.wait(DEADLINE)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    output = (tmp_path / "out.log").read_text()
+    sleeper = _started(tmp_path / "out.log")["sleeper"]
+    assert _gone(sleeper), "the other child outlived the supervisor"
+    return code, output, len((tmp_path / "starts").read_text().split())
+
+
+def test_a_stop_during_a_restart_wait_starts_nothing(tmp_path: Path) -> None:
+    """Test that SIGHUP while a dead child waits for its restart ends the wait: no restart.
+
+    The wait is an hour long; the supervisor exits, having started the child once.
+    """
+    supervisor = _supervising(tmp_path, "exit 3", delay=3600.0)
+    _wait_for(
+        lambda: "quitter died (exit code 3); restart #1 in 3600.0s" in (
+            tmp_path / "out.log").read_text(), DEADLINE, "the restart wait",
+    )
+    supervisor.send_signal(signal.SIGHUP)
+    code, output, starts = _finished(supervisor, tmp_path)
+    assert code == 0, output
+    assert starts == 1
+    assert "sleeper stopped" in output
+
+
+def test_a_child_dying_fast_again_and_again_stops_the_supervisor(tmp_path: Path) -> None:
+    """Test that a child that dies FAST_DEATHS times within a minute stops everything: one line."""
+    supervisor = _supervising(tmp_path, "exit 3", delay=0.01)
+    code, output, starts = _finished(supervisor, tmp_path)
+    assert code == 1, output
+    assert starts == supervise.FAST_DEATHS  # the first start and 4 restarts, then no more
+    lines = [line for line in output.splitlines() if line.startswith("aoc up:")]
+    assert lines == [
+        f"aoc up: quitter died {supervise.FAST_DEATHS} times within 60s (last: exit code 3): "
+        "giving up (its output above says why)"
+    ]
+
+
+def test_a_child_exiting_with_a_configuration_error_is_not_restarted(tmp_path: Path) -> None:
+    """Test that exit code 2 (a configuration error) stops everything at once, exit code 2."""
+    supervisor = _supervising(tmp_path, "exit 2", delay=0.01)
+    code, output, starts = _finished(supervisor, tmp_path)
+    assert code == supervise.EXIT_CONFIG, output
+    assert starts == 1
+    lines = [line for line in output.splitlines() if line.startswith("aoc up:")]
+    assert len(lines) == 1 and "quitter exited with code 2, a configuration error" in lines[0]
+
+
+def test_the_broker_stays_root_only_where_its_user_cannot_reach(open_dir: Path) -> None:
+    """Test the broker's user: root hands it over unless that user cannot enter its directory."""
+    closed = open_dir / "closed"
+    closed.mkdir(mode=0o700)
+    user = broker_conf.broker_user(owned=[closed / "data" / "mosquitto"])
+    if _broker_user() == os.geteuid():  # not root, or no mosquitto user: nothing to hand over
+        assert user == (pwd.getpwuid(os.geteuid()).pw_name, None)
+        return
+    assert user.name == "root"
+    assert user.why_root == f"the mosquitto user may not enter or read {closed}"
+    closed.chmod(0o711)  # searchable, not readable: enough to reach what is below
+    assert broker_conf.broker_user(owned=[closed / "data"]) == ("mosquitto", None)
+
+
+if __name__ == "__main__":
+    _drive()

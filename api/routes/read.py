@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -69,6 +70,9 @@ Since = Annotated[datetime | None, Query(description="inclusive, ISO 8601")]
 Until = Annotated[datetime | None, Query(description="exclusive, ISO 8601")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
+TrackOrder = Annotated[
+    Literal["newest", "oldest"], Query(description="`newest` (default) or `oldest` point first")
+]
 OptionalAmbulanceId = Annotated[str | None, Query(pattern=AMBULANCE_ID_PATTERN), NotReserved]
 
 
@@ -244,13 +248,26 @@ async def get_track(
     until: Until = None,
     limit: Limit = 100,
     cursor: Cursor = None,
-    newest_first: bool = False,
+    order: TrackOrder = "newest",
+    newest_first: Annotated[
+        bool | None,
+        Query(deprecated=True, description="the former name: true is `order=newest`, false "
+              "`order=oldest`; when given, it decides"),
+    ] = None,
 ) -> TrackPage:
-    """Tracking history of one ambulance, one page at a time."""
+    """Tracking history of one ambulance, one page at a time, newest point first by default.
+
+    ``order=newest`` (the default: what a dashboard draws first) or ``oldest``.
+    Follow ``next_cursor`` with the same ``order`` until it is null; ``since``
+    and ``until`` bound the time range in either order.
+    """
     require_ambulance(token, ambulance_id)
+    if newest_first is not None:
+        # Clients of the former parameter keep the order they asked for.
+        order = "newest" if newest_first else "oldest"
     page = await _find(deps, StoreQuery(
         TRACKINGS, ambulance_id=ambulance_id, since=_utc(since), until=_utc(until),
-        limit=limit, cursor=cursor, newest_first=newest_first,
+        limit=limit, cursor=cursor, newest_first=order == "newest",
     ))
     return TrackPage(items=_models(TrackPoint, page.items), next_cursor=page.next_cursor)
 
@@ -283,14 +300,21 @@ def image_url(key: str, request: Request, deps: ApiDeps) -> str:
     """A link a browser opens without a header: the object store's own, else a signed /files URL.
 
     The S3 store's own link is presigned (it expires), or a plain link under
-    ``AOC_OBJECTS_PUBLIC_URL`` when the operator published the bucket.
+    ``AOC_OBJECTS_PUBLIC_URL`` when the operator published the bucket; with
+    ``AOC_IMAGE_LINKS=api`` every link is the API's own. The API's links are
+    built on ``AOC_PUBLIC_URL``; only when it is unset on the request's own
+    URL, whose host a client chooses (its ``Host`` header).
     """
-    own = deps.objects.url(key)
-    if own is not None:
-        return own
+    codec.validate_key(key)
+    settings = deps.settings
+    if settings.image_links == "store":
+        own = deps.objects.url(key)
+        if own is not None:
+            return own
+    base = settings.public_url or str(request.base_url).rstrip("/")
+    path = quote(str(request.app.url_path_for("get_file", key=key)), safe="/")
     expires, sig = deps.signer.sign(key)
-    url = request.url_for("get_file", key=key).include_query_params(expires=expires, sig=sig)
-    return str(url)
+    return f"{base}{path}?{urlencode({'expires': expires, 'sig': sig})}"
 
 
 def _image_set(doc: Document, request: Request, deps: ApiDeps) -> ImageSet:

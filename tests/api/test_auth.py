@@ -156,10 +156,12 @@ async def test_image_links_are_signed_and_work_without_a_header(
             parts.path, params={**query, "expires": str(int(query["expires"]) + 3600)}
         )
         unsigned = await browser.get(parts.path)
+        # Not hex at all: a refusal like any other wrong signature, not a 500.
+        non_ascii = await browser.get(parts.path, params={**query, "sig": "\u00e9" * 64})
     assert fetched.status_code == 200, fetched.text
     assert fetched.content == TINY_JPEG
     assert fetched.headers["content-type"] == "image/jpeg"
-    for refused in (tampered_sig, other_key, longer):
+    for refused in (tampered_sig, other_key, longer, non_ascii):
         assert refused.status_code == 403, refused.text
         assert refused.json()["detail"] == "this link is expired or its signature is wrong"
     assert unsigned.status_code == 401

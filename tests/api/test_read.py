@@ -18,6 +18,7 @@ from storage.base import (
     TRACKINGS,
     Write,
 )
+from storage.base import Query as StoreQuery
 from storage.cache import StateCache
 from storage.codec import encode_cursor
 from storage.localfs import LocalObjectStore
@@ -134,31 +135,92 @@ async def test_a_room_name_is_no_ambulance_id(
     assert crashes.status_code == 422, crashes.text
 
 
-async def test_track_pages_with_the_cursor(
+async def _track(http: httpx.AsyncClient, url: str, **params: Any) -> list[float]:
+    """The speeds of every point of a track, following next_cursor (pages of 2)."""
+    speeds: list[float] = []
+    params = {"limit": 2, **params}
+    while True:
+        page = (await http.get(url, params=params)).json()
+        speeds += [p["speed"] for p in page["items"]]
+        if page["next_cursor"] is None:
+            return speeds
+        params["cursor"] = page["next_cursor"]
+
+
+async def test_track_is_newest_first_and_pages_either_way(
     http: httpx.AsyncClient, store: SQLiteDocumentStore, ambulance_id: str
 ) -> None:
-    """Test that the track is paged oldest first with next_cursor, and since/until filter it."""
+    """Test that the track comes newest first by default, oldest on request, paged both ways."""
     await put(store, TRACKINGS, *(point(ambulance_id, i) for i in range(5)))
     await put(store, TRACKINGS, point("someone-else", 0))
     url = f"/api/v1/ambulances/{ambulance_id}/track"
     first = (await http.get(url, params={"limit": 2})).json()
-    assert [p["speed"] for p in first["items"]] == [0, 10]
-    assert first["items"][0]["id"] == point(ambulance_id, 0)["_id"]
-    assert datetime.fromisoformat(first["items"][1]["count_datetime"]) == T0 + timedelta(seconds=1)
-    seen = first["items"]
-    cursor = first["next_cursor"]
-    while cursor is not None:
-        page = (await http.get(url, params={"limit": 2, "cursor": cursor})).json()
-        seen += page["items"]
-        cursor = page["next_cursor"]
-    assert [p["speed"] for p in seen] == [0, 10, 20, 30, 40]
+    assert [p["speed"] for p in first["items"]] == [40, 30]
+    assert first["items"][0]["id"] == point(ambulance_id, 4)["_id"]
+    assert datetime.fromisoformat(first["items"][1]["count_datetime"]) == T0 + timedelta(seconds=3)
+    assert await _track(http, url) == [40, 30, 20, 10, 0]
+    assert await _track(http, url, order="newest") == [40, 30, 20, 10, 0]
+    assert await _track(http, url, order="oldest") == [0, 10, 20, 30, 40]
     window = {"since": (T0 + timedelta(seconds=1)).isoformat(),
               "until": (T0 + timedelta(seconds=3)).isoformat()}
-    ranged = (await http.get(url, params=window)).json()
-    assert [p["speed"] for p in ranged["items"]] == [10, 20]
-    assert ranged["next_cursor"] is None
-    newest = (await http.get(url, params={"limit": 1, "newest_first": "true"})).json()
-    assert newest["items"][0]["speed"] == 40
+    assert await _track(http, url, **window) == [20, 10]
+    assert await _track(http, url, order="oldest", **window) == [10, 20]
+    # The former parameter keeps its meaning for the clients that send it.
+    assert await _track(http, url, newest_first="false") == [0, 10, 20, 30, 40]
+    assert await _track(http, url, newest_first="true") == [40, 30, 20, 10, 0]
+    bad = await http.get(url, params={"order": "sideways"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["query", "order"]
+
+
+async def test_track_order_is_documented(http: httpx.AsyncClient) -> None:
+    """Test that OpenAPI describes `order`: its two values and its default, newest."""
+    schema = (await http.get("/openapi.json")).json()
+    track = schema["paths"]["/api/v1/ambulances/{ambulance_id}/track"]["get"]
+    [order] = [p for p in track["parameters"] if p["name"] == "order"]
+    assert order["schema"]["enum"] == ["newest", "oldest"]
+    assert order["schema"]["default"] == "newest"
+    assert "newest" in order["description"]
+    [former] = [p for p in track["parameters"] if p["name"] == "newest_first"]
+    assert former["deprecated"] is True
+
+
+async def test_measures_are_rounded_to_their_meaning(
+    http: httpx.AsyncClient, cache: StateCache, store: SQLiteDocumentStore, ambulance_id: str
+) -> None:
+    """Test that metres and km/h are answered to 0.1, and stored with full precision."""
+    raw = state(ambulance_id, speed=37.47599999999998) | {
+        "covered_distance": 1234.5678901, "avg_speed": 41.04999999999,
+    }
+    await cache.set_many({ambulance_id: raw})
+    one = (await http.get(f"/api/v1/ambulances/{ambulance_id}")).json()
+    [listed] = [i for i in (await http.get("/api/v1/ambulances")).json()["items"]
+                if i["ambulance_id"] == ambulance_id]
+    for item in (one, listed):
+        assert (item["speed"], item["covered_distance"], item["avg_speed"]) == (37.5, 1234.6, 41.0)
+    track_point = point(ambulance_id, 1) | {
+        "speed": 37.47599999999998, "covered_distance": 10.04999, "avg_speed": 5.55555,
+        "accuracy": 4.96, "altitude": 12.34,
+    }
+    await put(store, TRACKINGS, track_point)
+    [item] = (await http.get(f"/api/v1/ambulances/{ambulance_id}/track")).json()["items"]
+    assert {k: item[k] for k in ("speed", "covered_distance", "avg_speed", "accuracy",
+                                 "altitude")} == {
+        "speed": 37.5, "covered_distance": 10.0, "avg_speed": 5.6, "accuracy": 5.0,
+        "altitude": 12.3,
+    }
+    crash = {"_id": f"crash:{ambulance_id}:1", "ambulance_id": ambulance_id,
+             "location": {"lat": 13.7, "lon": 100.5}, "speed": 149.76000000000002,
+             "heading": 90.0, "count_datetime": T0, "state": "RED", "received_at": T0,
+             "location_detail": None, "duplicate_of": None}
+    await put(store, CRASHES, crash)
+    [listed_crash] = (await http.get(
+        "/api/v1/crashes", params={"ambulance_id": ambulance_id}
+    )).json()["items"]
+    assert listed_crash["speed"] == 149.8
+    # Storage keeps every digit: rounding is for output only.
+    [stored] = (await store.find(StoreQuery(TRACKINGS, ambulance_id=ambulance_id))).items
+    assert stored["speed"] == 37.47599999999998
 
 
 @pytest.mark.parametrize(

@@ -204,7 +204,7 @@ async def test_distance_average_and_eta(
         "state": "ORANGE",
         "last_seen": "2024-05-01T08:00:02.000Z",
         "online": True,
-        "covered_distance": pytest.approx(2 * step),
+        "covered_distance": round(2 * step, 1),  # 0.1 m on the way out
         "avg_speed": 60,
         "estimated_time": pytest.approx(expected_eta),
     }
@@ -370,7 +370,12 @@ async def test_crash_record_dedup_window_and_fan_out(
     )
     alerts = [p for p in plan.publishes if p.topic == f"aoc/{AID}/alert"]
     assert [a.retain for a in alerts] == [False, False]
-    assert json.loads(alerts[0].payload)["_id"] == first_id
+    # The MQTT alert names the id as the read API does; the room keeps the stored record.
+    alert = json.loads(alerts[0].payload)
+    assert alert["id"] == first_id and "_id" not in alert
+    assert {k: v for k, v in alert.items() if k != "id"} == {
+        k: v for k, v in json.loads(notify[0]).items() if k != "_id"
+    }
     assert plan.states == {}  # a crash does not move the latest position
 
     # The window survives a restart: it is anchored in the stored state.
@@ -872,3 +877,35 @@ async def test_the_crash_window_of_an_older_version_survives_the_upgrade(
     assert plan.counts == {"crash_repeat": 1}
     [record] = await stored(store, CRASHES)
     assert record["duplicate_of"] == old_id
+
+
+async def test_mqtt_output_rounds_measures_the_rooms_keep_every_digit(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that state and alert carry 0.1 m and 0.1 km/h; the rooms and the store do not round."""
+    ms = 10.41  # a legacy crash speed in m/s: times 3.6 is 37.476000000000006
+    kmh = ms * 3.6
+    assert str(kmh) != "37.5"
+    batch = [
+        message("tracking", {"lat": LAT, "lon": LON, "speed": 33.333333, "ts": T0_MS}),
+        message(
+            "tracking", {"lat": LAT + 0.0001234, "lon": LON, "speed": 20.06, "ts": T0_MS + 1000}
+        ),
+        message("crash", {"lat": LAT, "lon": LON, "speed": kmh, "ts": T0_MS + 2000}),
+    ]
+    plan = await run(processor(store, objects), store, batch)
+    [state_pub] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/state"]
+    state = json.loads(state_pub.payload)
+    step = haversine_m(Position(LAT, LON), Position(LAT + 0.0001234, LON))
+    assert state["covered_distance"] == round(step, 1) != step
+    assert state["speed"] == 20.1
+    assert state["avg_speed"] == round((33.333333 + 20.06) / 2, 1)
+    [alert_pub] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/alert"]
+    assert json.loads(alert_pub.payload)["speed"] == 37.5
+    # The legacy CRASH_NOTIFY record and the store keep the value as computed.
+    [notify] = [e.data for e in plan.emits if e.room == f"CRASH_NOTIFY_{AID}"]
+    assert json.loads(notify)["speed"] == kmh
+    [record] = await stored(store, CRASHES)
+    assert record["speed"] == kmh
+    stored_state = await store.get(AMBULANCES, AID)
+    assert stored_state is not None and stored_state["covered_distance"] == pytest.approx(step)

@@ -687,10 +687,13 @@ def gated_channel(
 
 
 def publishing(*topics: str) -> Plan:
-    """A plan of publications; an alert's payload is a crash record named after its topic."""
+    """A plan of publications; an alert's payload names its crash record after its topic.
+
+    As the bridge publishes it: the record's public ``id`` (``bridge.public``).
+    """
     plan = Plan()
     for name in topics:
-        plan.publishes.append(Publish(name, json.dumps({"_id": f"crash-{name}"}).encode()))
+        plan.publishes.append(Publish(name, json.dumps({"id": f"crash-{name}"}).encode()))
     return plan
 
 
@@ -786,6 +789,36 @@ async def test_a_rebuilt_cache_holds_what_updates_cache_not_the_outbox(
         await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
         assert await cache.get("U2") is not None
         assert await cache.get(AID) == updated
+
+
+async def test_an_empty_cache_at_first_use_is_built_quietly_a_lost_one_is_a_warning(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test the two reasons for a rebuild: a fresh Redis (INFO) and one that lost the cache.
+
+    A first `make run` used to warn "Redis lost the cache" at its first point.
+    """
+    fresh = GatedCache(redis_url)  # never built: a first start
+    await fresh.open()
+    try:
+        with caplog.at_level(logging.INFO, logger="bridge.service"):
+            async with running(tmp_path, cache=fresh, batch_size=1) as rig:
+                rig.feed(0)
+                await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+                await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache built")
+                first = [(r.levelno, r.getMessage()) for r in caplog.records]
+                caplog.clear()
+                await wipe(redis_url, fresh.prefix)
+                rig.feed(1)
+                await until(lambda: len(rig.mqtt.acked) == 2, "point 1 acknowledged")
+                await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+                lost = [(r.levelno, r.getMessage()) for r in caplog.records]
+    finally:
+        await fresh.close()
+    rebuild = "latest-state cache is stale, rebuilding it from the store: "
+    assert (logging.INFO, rebuild + "it is empty (first use)") in first
+    assert not [message for level, message in first if level >= logging.WARNING]
+    assert (logging.WARNING, rebuild + "Redis lost the cache") in lost
 
 
 class CountingCache(StateCache):

@@ -146,19 +146,27 @@ async def test_the_shim_writes_legacy_topics_only_and_the_bridge_reads_them_shar
     secure_broker: services.Service, admin: accounts.DynsecAdmin
 ) -> None:
     """Test the shim's rights (legacy/ only) and the bridge's shared subscriptions."""
-    amb, bridge, shim = new_id(), new_id("bridge"), new_id("shim")
+    amb, bridge, shim, dash = new_id(), new_id("bridge"), new_id("shim"), new_id("dash-")
     bridge_pw = await add(admin, bridge, accounts.bridge_acls())
     shim_pw = await add(admin, shim, accounts.shim_acls())
+    dash_pw = await add(admin, dash, accounts.dashboard_acls())
     shared = ("$share/bridges/legacy/+/tracking", "$share/bridges/aoc/+/tracking")
     async with (
         logged_in(secure_broker, bridge, bridge_pw, *shared) as sub,
+        logged_in(secure_broker, dash, dash_pw, f"aoc/{amb}/state") as watcher,
         logged_in(secure_broker, shim, shim_pw) as legacy,
+        logged_in(secure_broker, bridge, bridge_pw) as bridge_out,
     ):
         await legacy.publish(f"aoc/{amb}/tracking", b"as-a-device", qos=1)
         await legacy.publish(f"aoc/{amb}/state", b"forged", qos=1)
         await legacy.publish(f"legacy/{amb}/tracking", b"legacy-body", qos=1)
         assert await received_until(sub, f"legacy/{amb}/tracking", b"legacy-body") == [
             (f"legacy/{amb}/tracking", b"legacy-body")
+        ]
+        # The bridge's state is what a dashboard sees; the shim's forgery is not.
+        await bridge_out.publish(f"aoc/{amb}/state", b"bridge-state", qos=1)
+        assert await received_until(watcher, f"aoc/{amb}/state", b"bridge-state") == [
+            (f"aoc/{amb}/state", b"bridge-state")
         ]
 
 

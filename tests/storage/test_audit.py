@@ -23,3 +23,11 @@ async def test_a_change_is_recorded_with_who_what_and_when(doc_store: DocumentSt
 def test_the_operator_is_the_configured_name_or_the_os_user() -> None:
     assert audit.operator("dispatch-lead") == "dispatch-lead"
     assert audit.operator("").startswith("os:")
+
+
+async def test_changes_read_back_in_the_order_made(doc_store: DocumentStore) -> None:
+    """Test that many changes within one millisecond (MongoDB's precision) keep their order."""
+    for n in range(30):
+        await audit.record(doc_store, actor="os:alice", action="device.add", target=f"AMB-{n}")
+    page = await doc_store.find(Query(AUDIT, limit=100))
+    assert [d["target"] for d in page.items] == [f"AMB-{n}" for n in range(30)]

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 
-from storage.base import ObjectStore, StoreUnavailable
+from storage.base import ObjectStore, StoreMisconfigured, StoreUnavailable
 from storage.localfs import LocalObjectStore
 from storage.s3 import S3ObjectStore
 from tests.services import free_port
@@ -148,7 +147,8 @@ async def test_s3_open_creates_a_missing_bucket(s3_endpoint: str, s3_bucket: str
     await store.open()
     await store.ping()
     missing = s3_store(s3_endpoint, unique_bucket())
-    with pytest.raises(ClientError):  # ping does not create anything
+    # ping does not create anything: a missing bucket is a misconfiguration
+    with pytest.raises(StoreMisconfigured, match="misconfigured: no such bucket"):
         await missing.ping()
     # Nothing is written to it: each SeaweedFS bucket takes volumes from a small pool.
     cleanup = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",

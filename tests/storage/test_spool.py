@@ -19,7 +19,7 @@ import pytest
 
 from storage.base import StoreUnavailable
 from storage.localfs import LocalObjectStore
-from storage.spool import SpoolingObjectStore
+from storage.spool import SpoolingObjectStore, SpoolInUse
 from tests import services
 from tests.images import TINY_JPEG
 from tests.storage.conftest import open_s3, s3_store, unique_bucket
@@ -277,7 +277,7 @@ async def test_two_stores_cannot_share_a_spool(
     other = SpoolingObjectStore(
         LocalObjectStore(tmp_path / "other"), spool_dir=spool_dir, max_bytes=1 << 20
     )
-    with pytest.raises(RuntimeError, match="used by another process"):
+    with pytest.raises(SpoolInUse, match="used by another process"):
         await other.open()
     await spooled.ping()
 

@@ -1,0 +1,320 @@
+"""Configuration mistakes and unreachable dependencies at start: one line each, on the real command.
+
+Exit code 2 for a configuration error (a restart cannot cure it), 1 for a
+dependency that does not answer at start (a restart with backoff may find
+it); the traceback only at ``AOC_LOG_LEVEL=DEBUG``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aoc import startup
+from aoc.config import SERVICE_FIELDS, Settings
+from tests import services
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+URLS = "sqlite:///relative.db, sqlite:////absolute/path.db, mongodb://... or mongodb+srv://..."
+PORTS = "expected an integer from 1 to 65535"
+
+
+def environment(**env: str) -> dict[str, str]:
+    """This process's environment without its AOC settings, plus ``env``."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("AOC_")}
+    return {**clean, "PYTHONPATH": str(ROOT), **env}
+
+
+def aoc(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """``aoc`` as a process with only ``env`` as its AOC settings, run in ``cwd`` (no .env)."""
+    return subprocess.run(
+        [sys.executable, "-m", "aoc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment(**env),
+        cwd=cwd,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"AOC_HTTP_PORT": "abc"}, f"AOC_HTTP_PORT='abc' is invalid: {PORTS}"),
+        ({"AOC_HTTP_PORT": "99999"}, f"AOC_HTTP_PORT='99999' is invalid: {PORTS}"),
+        ({"AOC_MQTT_PORT": "0"}, f"AOC_MQTT_PORT='0' is invalid: {PORTS}"),
+        (
+            {"AOC_STORE_URL": "postgres://aoc:hunter2@db/aoc"},
+            "AOC_STORE_URL='postgres://aoc:***@db/aoc' is invalid: unknown scheme: "
+            f"expected {URLS}",
+        ),
+        (
+            {"AOC_STORE_URL": "ftp://files.example/aoc"},
+            f"AOC_STORE_URL='ftp://files.example/aoc' is invalid: unknown scheme: expected {URLS}",
+        ),
+        (
+            {"AOC_OBJECTS_URL": "ftp://files.example/aoc"},
+            "AOC_OBJECTS_URL='ftp://files.example/aoc' is invalid: unknown scheme: "
+            "expected file:///absolute/directory or s3://bucket",
+        ),
+        (
+            {"AOC_REDIS_URL": "http://cache:6379"},
+            "AOC_REDIS_URL='http://cache:6379' is invalid: expected redis://host:6379/0, "
+            "rediss://... or unix:///path",
+        ),
+        (
+            {"AOC_S3_ENDPOINT_URL": "minio:9000"},
+            "AOC_S3_ENDPOINT_URL='minio:9000' is invalid: expected http://host:port or "
+            "https://host",
+        ),
+        (
+            {"AOC_LOG_LEVEL": "loud"},
+            "AOC_LOG_LEVEL='loud' is invalid: expected one of DEBUG, INFO, WARNING, ERROR, "
+            "CRITICAL",
+        ),
+        (
+            {"AOC_ENV": "prod"},
+            "AOC_ENV='prod' is invalid: expected one of 'development', 'production'",
+        ),
+    ],
+)
+def test_a_misconfiguration_is_one_line_and_exit_2(
+    env: dict[str, str], line: str, tmp_path: Path
+) -> None:
+    """Test that `aoc serve` prints exactly one line: the variable, its value, what is valid."""
+    done = aoc("serve", cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), **env)
+    assert (done.returncode, done.stderr) == (2, line + "\n")
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["up", "bridge", "api", "realtime"])
+def test_every_service_refuses_an_invalid_port(command: str, tmp_path: Path) -> None:
+    """Test that each service stops at AOC_HTTP_PORT=abc with the one line, before starting."""
+    done = aoc(command, cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), AOC_HTTP_PORT="abc")
+    assert (done.returncode, done.stderr) == (2, f"AOC_HTTP_PORT='abc' is invalid: {PORTS}\n")
+
+
+def test_every_error_gets_its_line(tmp_path: Path) -> None:
+    """Test that several mistakes are one line each, in the order of the settings."""
+    done = aoc(
+        "serve", cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), AOC_HTTP_PORT="99999",
+        AOC_BATCH_SIZE="0", AOC_BROKER_AUTH="maybe",
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"AOC_HTTP_PORT='99999' is invalid: {PORTS}",
+        "AOC_BROKER_AUTH='maybe' is invalid: expected true or false (1/0, yes/no, on/off)",
+        "AOC_BATCH_SIZE='0' is invalid: expected an integer > 0",
+    ]
+
+
+def test_the_traceback_shows_at_debug_only(tmp_path: Path) -> None:
+    """Test that AOC_LOG_LEVEL=DEBUG adds pydantic's error and its traceback, the line last."""
+    done = aoc(
+        "serve", cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), AOC_HTTP_PORT="abc",
+        AOC_LOG_LEVEL="debug",
+    )
+    assert done.returncode == 2
+    assert "Traceback" in done.stderr
+    assert "http_port" in done.stderr  # pydantic's own words, for a developer
+    assert done.stderr.splitlines()[-1] == f"AOC_HTTP_PORT='abc' is invalid: {PORTS}"
+
+
+def test_simulate_runs_with_an_http_port_it_does_not_use(
+    mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test that AOC_HTTP_PORT=abc is a warning for `aoc simulate`, which then publishes."""
+    done = aoc(
+        "simulate", "--ambulances", "1", "--rate", "5", "--duration", "2", "--snap-every", "999",
+        cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), AOC_HTTP_PORT="abc",
+        AOC_MQTT_PORT=str(mosquitto.port),
+    )
+    assert done.returncode == 0, done.stderr
+    warning = (
+        f"AOC_HTTP_PORT='abc' is invalid: {PORTS} (ignored: `aoc simulate` does not use it)"
+    )
+    mentions = [line for line in done.stderr.splitlines() if "AOC_HTTP_PORT" in line]
+    assert len(mentions) == 1 and mentions[0].endswith(f"WARNING simulate aoc: {warning}")
+    sent = re.findall(r"tracking (\d+)", done.stderr)
+    assert sent and int(sent[-1]) > 0, done.stderr
+
+
+def _safe_env(tmp_path: Path) -> dict[str, str]:
+    """Settings that development mode has nothing to warn about: stderr holds only the error."""
+    return {
+        "AOC_DATA_DIR": str(tmp_path),
+        "AOC_SECRET_KEY": "s" * 32,
+        "AOC_MQTT_USERNAME": "aoc-bridge",
+        "AOC_MQTT_PASSWORD": "p" * 16,
+        "AOC_MQTT_CLIENT_ID": "aoc-bridge-0123456789abcdef",
+        "AOC_REDIS_URL": f"redis://:{'r' * 16}@127.0.0.1:{free_port()}/0",
+        "AOC_MQTT_PORT": str(free_port()),
+        "AOC_HTTP_PORT": str(free_port()),
+        "AOC_SOCKETIO_PORT": str(free_port()),
+    }
+
+
+def test_an_unreachable_mongodb_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Test that `aoc serve` on a MongoDB nobody listens on exits 1 with one line, no traceback.
+
+    Exit 1, not 2: the server may come back, so `aoc up` may restart it (with backoff).
+    """
+    port = free_port()
+    done = aoc(
+        "serve", cwd=tmp_path, **_safe_env(tmp_path),
+        AOC_STORE_URL=f"mongodb://aoc:hunter2@127.0.0.1:{port}/?authSource=admin",
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"cannot start: AOC_STORE_URL='mongodb://aoc:***@127.0.0.1:{port}/?authSource=admin' "
+        f"is unreachable: MongoDB: 127.0.0.1:{port}: [Errno 111] Connection refused"
+    ]
+
+
+def test_api_with_its_broker_unreachable_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Test that `aoc api` in legacy mode exits 1 with one line when its broker is down."""
+    env = _safe_env(tmp_path)
+    port = env["AOC_MQTT_PORT"]
+    done = aoc(
+        "api", cwd=tmp_path, **env, AOC_LEGACY_MODE="1", AOC_SHIM_MQTT_USERNAME="aoc-shim",
+        AOC_SHIM_MQTT_PASSWORD="q" * 16,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    # Redis is optional: its absence is one warning line of its own.
+    assert [line for line in lines if "redis unavailable" not in line] == [
+        f"cannot start: the MQTT broker at AOC_MQTT_HOST='127.0.0.1', AOC_MQTT_PORT={port} is "
+        f"unreachable: could not connect to MQTT broker 127.0.0.1:{port} within 10.0s: "
+        f"[Errno 111] Connect call failed ('127.0.0.1', {port})"
+    ]
+    assert len(lines) == 2
+
+
+def test_serve_and_bridge_with_the_broker_down_log_one_warning_line_per_failure(
+    tmp_path: Path,
+) -> None:
+    """Test that a bridge that cannot reach the broker logs one WARNING line a try, no traceback."""
+    running: dict[str, subprocess.Popen[str]] = {}
+    logs = {command: tmp_path / f"{command}.log" for command in ("serve", "bridge")}
+    try:
+        for command, log in logs.items():
+            env = _safe_env(tmp_path / command)
+            env["AOC_BRIDGE_HTTP_PORT"] = str(free_port())
+            (tmp_path / command).mkdir()
+            with log.open("w") as out:
+                running[command] = subprocess.Popen(
+                    [sys.executable, "-m", "aoc.cli", command],
+                    stdout=out, stderr=subprocess.STDOUT, text=True,
+                    env=environment(**env), cwd=tmp_path / command,
+                )
+        deadline = time.monotonic() + 60
+        while not all("bridge failed (" in log.read_text() for log in logs.values()):
+            assert time.monotonic() < deadline, {c: p.read_text() for c, p in logs.items()}
+            assert all(proc.poll() is None for proc in running.values())
+            time.sleep(0.2)
+    finally:
+        for proc in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in running.values():
+            proc.wait(30)
+    for command, log in logs.items():
+        text = log.read_text()
+        assert running[command].returncode == 0, text
+        assert "Traceback" not in text
+        failed = [line for line in text.splitlines() if "bridge failed (" in line]
+        assert failed and all(
+            f"WARNING {command} aoc.parts: bridge failed (MqttError: could not connect to MQTT "
+            "broker 127.0.0.1:" in line
+            for line in failed
+        ), text
+        # Every line is a log line of its own: no continuation (traceback) lines.
+        assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in text.splitlines()), text
+
+
+def test_fields_only_services_read_are_warnings_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Test that load() tells errors from ignored values by command, defaults standing in."""
+    monkeypatch.setenv("AOC_HTTP_PORT", "abc")
+    monkeypatch.setenv("AOC_MQTT_PORT", "1884")
+    monkeypatch.setenv("AOC_BATCH_SIZE", "-1")
+    loaded = startup.load("simulate", _env_file=None)
+    assert loaded.errors == []
+    assert loaded.ignored == [
+        f"AOC_HTTP_PORT='abc' is invalid: {PORTS} (ignored: `aoc simulate` does not use it)",
+        "AOC_BATCH_SIZE='-1' is invalid: expected an integer > 0 "
+        "(ignored: `aoc simulate` does not use it)",
+    ]
+    assert (loaded.settings.http_port, loaded.settings.mqtt_port) == (5000, 1884)
+    served = startup.load("serve", _env_file=None)
+    assert served.ignored == []
+    assert [line.split(" is ")[0] for line in served.errors] == [
+        "AOC_HTTP_PORT='abc'",
+        "AOC_BATCH_SIZE='-1'",
+    ]
+    monkeypatch.setenv("AOC_MQTT_PORT", "70000")  # simulate reads this one: an error there
+    assert startup.load("simulate", _env_file=None).errors == [
+        f"AOC_MQTT_PORT='70000' is invalid: {PORTS}"
+    ]
+
+
+def test_service_fields_are_settings() -> None:
+    """Test that every name in SERVICE_FIELDS is a setting (a typo would make no warning)."""
+    assert set(Settings.model_fields) >= SERVICE_FIELDS
+    assert startup.variable("http_port") == "AOC_HTTP_PORT"
+
+
+def test_a_second_process_on_one_data_directory_is_one_line_and_exit_2(
+    mosquitto: services.Service, redis_server: services.Service, tmp_path: Path
+) -> None:
+    """Test that a second `aoc serve` on a data directory in use stops at once: exit 2.
+
+    A second `make run` in the same folder used to crash-loop on the spool's
+    lock, with a traceback each time.
+    """
+    first = services.aoc(
+        "serve", tmp_path, mqtt_port=mosquitto.port, redis_port=redis_server.port
+    )
+    with first:
+        done = aoc(
+            "serve",
+            cwd=tmp_path,
+            AOC_DATA_DIR=str(tmp_path / "data"),
+            AOC_MQTT_PORT=str(mosquitto.port),
+            AOC_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+            AOC_HTTP_PORT=str(free_port()),
+            AOC_SOCKETIO_PORT=str(free_port()),
+            AOC_MQTT_CLIENT_ID="aoc-bridge-second",
+        )
+    assert done.returncode == startup.EXIT_CONFIG, done.stderr
+    spool = (tmp_path / "data" / "spool").resolve()
+    errors = [line for line in done.stderr.splitlines() if "WARNING" not in line]
+    assert errors == [
+        f"AOC_DATA_DIR: object spool {spool} is used by another process (another `aoc serve`, "
+        "`aoc bridge` or `aoc up` on this data directory?): stop it, or give this process a "
+        "directory of its own"
+    ]
+
+
+@pytest.mark.parametrize("command", [("token", "list"), ("token", "add", "kiosk")])
+def test_a_management_command_without_its_store_is_one_line_and_exit_1(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Test `aoc token` with MongoDB down: one line naming the store, no traceback."""
+    port = free_port()
+    url = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=500"
+    done = aoc(*command, cwd=tmp_path, AOC_STORE_URL=url)
+    assert done.returncode == startup.EXIT_UNREACHABLE, done.stderr
+    assert done.stderr.splitlines() == [
+        f"cannot start: AOC_STORE_URL='{url}' is unreachable: MongoDB: "
+        f"127.0.0.1:{port}: [Errno 111] Connection refused"
+    ]
