@@ -24,10 +24,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from aoc import config, settings_use
+from aoc.config import ENV_PREFIX as PREFIX
 from aoc.config import Settings
+from aoc.startup import variable
 
 DISTRIBUTION = "aoc-tracking"  # the name in pyproject.toml
-PREFIX: str = Settings.model_config.get("env_prefix", "")
 ENV_FILE = Path(str(Settings.model_config.get("env_file") or ".env"))
 _FIELD = re.compile(r"(\w+)\s*:")
 
@@ -38,11 +39,6 @@ def version() -> str:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def variable(field: str) -> str:
-    """The environment variable of a ``Settings`` field: ``http_port`` -> ``AOC_HTTP_PORT``."""
-    return f"{PREFIX}{field}".upper()
 
 
 def show(value: Any) -> str:

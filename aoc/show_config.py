@@ -19,8 +19,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from dotenv import dotenv_values
 from pydantic import SecretStr
 
+import storage
 from aoc.config import Settings
-from aoc.settings_help import ENV_FILE, show, variable
+from aoc.settings_help import ENV_FILE, show
+from aoc.startup import variable
 
 MASK = "********"
 ENVIRONMENT, DOTENV, DEFAULT = "environment", str(ENV_FILE), "default"
@@ -37,25 +39,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the password of a URL (user info or a query parameter) masked."""
+    """``text`` with the password of a URL masked: its user info's, and a secret parameter's."""
     if "://" not in text:
         return text
     try:
-        parts = urlsplit(text)
-        password = parts.password
+        parts = urlsplit(storage.redact(text))  # the user info's
     except ValueError:  # not a URL after all (a port that is not a number, ...)
         return text
-    netloc = parts.netloc
-    if password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}:{MASK}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        secret = [key for key, _ in pairs if any(s in key.lower() for s in _SECRET_PARAMETERS)]
-        if secret:
-            query = urlencode([(k, MASK if k in secret else v) for k, v in pairs], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = {key for key, _ in pairs if any(s in key.lower() for s in _SECRET_PARAMETERS)}
+    if not secret:
+        return parts.geturl()
+    query = urlencode([(k, MASK if k in secret else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(query=query))
 
 
 def masked(value: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aoc import cli, settings_help, settings_use, show_config
-from aoc.config import Settings
+from aoc.config import SERVICE_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,9 +146,9 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     assert settings["AOC_SECRET_KEY"] == {"value": "********", "source": ".env"}
     assert settings["AOC_MQTT_ADMIN_PASSWORD"] == {"value": None, "source": "default"}
     assert settings["AOC_REDIS_URL"]["value"] == (
-        "redis://:********@127.0.0.1:6379/0?password=********&db=1"
+        "redis://:***@127.0.0.1:6379/0?password=********&db=1"
     )
-    assert settings["AOC_STORE_URL"]["value"] == "mongodb://aoc:********@db.example:27017/aoc"
+    assert settings["AOC_STORE_URL"]["value"] == "mongodb://aoc:***@db.example:27017/aoc"
     assert set(settings) == {settings_help.variable(f) for f in Settings.model_fields}
     lines = text.stdout.splitlines()
     assert any(line.startswith("AOC_HTTP_PORT=5999 ") and line.endswith("# .env") for line in lines)
@@ -162,8 +162,8 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     ("url", "shown"),
     [
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("redis://:pw@h:1/0", "redis://:********@h:1/0"),
-        ("mongodb://user:pw@a:1,b:2/db?replicaSet=rs", "mongodb://user:********@a:1,b:2/db?replicaSet=rs"),
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("mongodb://user:pw@a:1,b:2/db?replicaSet=rs", "mongodb://user:***@a:1,b:2/db?replicaSet=rs"),
         ("mongodb://user@h/db", "mongodb://user@h/db"),
         ("s3://bucket?secret_key=pw&region=x", "s3://bucket?secret_key=********&region=x"),
         ("not a url", "not a url"),
@@ -172,3 +172,14 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
 def test_mask_url(url: str, shown: str) -> None:
     """Test that a URL's password (user info or a secret parameter) is masked, the rest kept."""
     assert show_config.mask_url(url) == shown
+
+
+def test_the_table_agrees_with_the_service_only_settings() -> None:
+    """Test settings_use against config.SERVICE_FIELDS (whose bad values only services refuse).
+
+    A command that is not a service must read none of them, or it would run on
+    a default in place of a value it was given.
+    """
+    services = {"up", "serve", "bridge", "api", "realtime", "config"}
+    for command in set(settings_use.COMMANDS) - services:
+        assert set(settings_use.fields(command)) & SERVICE_FIELDS == set(), command
