@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "missing-packages"
 TEST_PAIRS = ["docker-compose:docker-compose", "node:nodejs", "npm:npm"]
@@ -207,8 +205,7 @@ def test_building_the_package_warns_of_nothing(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
     )
     output = result.stdout + result.stderr
-    if result.returncode != 0 and "No matching distribution found for setuptools" in output:
-        pytest.skip("no package index to fetch setuptools from")  # an offline machine
+    # `make test` installs from the package index too: this needs no more than it.
     assert result.returncode == 0, output
     warnings = [line for line in output.splitlines() if "Warning" in line or "deprecated" in line]
     assert warnings == []
