@@ -259,6 +259,13 @@ class Settings(BaseSettings):
     def _s3_endpoint_url(cls, url: str | None) -> str | None:
         return url and _scheme(url, ("http", "https"), "http://host:port or https://host")
 
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, path: Path) -> Path:
+        if path.exists() and not path.is_dir():
+            raise ValueError("it is a file: expected a directory (made if missing)")
+        return path
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, level: str) -> str:
@@ -327,7 +334,12 @@ def redact_url(url: str) -> str:
 
 
 def _scheme(url: str, schemes: tuple[str, ...], expected: str) -> str:
-    """``url`` if it starts with one of ``schemes``, else ``ValueError`` saying what is valid."""
+    """``url`` if it starts with one of ``schemes`` and has a valid port, else ``ValueError``."""
     if url.split("://", 1)[0].lower() not in schemes or "://" not in url:
         raise ValueError(f"expected {expected}")
+    try:
+        urlsplit(url).port  # noqa: B018  (it raises for a port out of range or not a number)
+    except ValueError:
+        why = f"its port is not an integer from 1 to 65535: expected {expected}"
+        raise ValueError(why) from None
     return url

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from fastapi import FastAPI
 
 from aoc import logs, metrics, tls
 from aoc.config import Settings
-from aoc.parts import Parts, Running, Start
+from aoc.parts import Parts, Running, Start, stop_on_signals
 from aoc.safety import ConfigError
 from aoc.servers import EmbeddedServer, server
 from aoc.startup import Unreachable, setting
@@ -68,15 +67,6 @@ log = logging.getLogger(__name__)
 # A part failing with these waits for a dependency (the broker, a store): one
 # warning line per restart, no traceback (``aoc.parts``).
 OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
@@ -483,7 +473,7 @@ def _revocations_part(sio: socketio.AsyncServer, gate: SocketGate) -> Start:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store, objects, cache = await _open_storage(settings, stack)
@@ -534,7 +524,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
 async def run_bridge(settings: Settings) -> None:
     """The bridge alone; it reaches Socket.IO servers through Redis."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         emitter = socketio.AsyncRedisManager(
@@ -581,7 +571,7 @@ async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClie
 
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         # It writes no objects; the bridge owns the spool (and may share data_dir).
@@ -604,7 +594,7 @@ async def run_api(settings: Settings) -> None:
 
 async def run_realtime(settings: Settings) -> None:
     """A Socket.IO server alone, fed by bridges through Redis; tokens are read from the store."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)

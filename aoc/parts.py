@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -240,3 +241,18 @@ def _why(exc: BaseException) -> str:
         f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
         for leaf in _leaves(exc)
     )
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGINT, SIGTERM or SIGHUP.
+
+    SIGHUP is what a closed terminal or a dropped SSH session sends: left to
+    its default, it would kill the process without a clean stop (a bridge
+    would not finish and acknowledge its batch, `aoc up` would leave its
+    children running).
+    """
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping

@@ -94,8 +94,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the simulation ``args`` describe; the exit code.
 
     0: everything was sent; 1: some publishes or connections failed (the
-    summary says how many), or the broker stayed unreachable (one line says
-    so); 2: arguments or accounts that do not allow a run.
+    summary says how many), the broker stayed unreachable or refused an
+    account (one line says so); 2: arguments, or a credentials file, that do
+    not allow a run.
     """
     from sim import fleet  # noqa: PLC0415 (see the module's docstring)
 

@@ -114,20 +114,52 @@ class Loaded:
     detail: ValidationError | None = None
 
 
+# The ports each command listens on: two servers of one process (or of `aoc up`'s
+# children) cannot share one, and no restart would cure it.
+LISTENS: dict[str, tuple[str, ...]] = {
+    "serve": ("http_port", "socketio_port"),
+    "up": ("http_port", "socketio_port", "mqtt_port", "mqtt_ws_port"),
+}
+TLS_LISTENS = ("mqtt_tls_port", "mqtt_wss_port")
+
+
+def clashes(settings: Settings, command: str) -> list[str]:
+    """One line per port that two of ``command``'s listeners are given."""
+    names = list(LISTENS.get(command, ()))
+    if command == "up" and settings.tls_cert_file is not None:
+        names += TLS_LISTENS
+    by_port: dict[int, list[str]] = {}
+    for name in names:
+        by_port.setdefault(getattr(settings, name), []).append(variable(name))
+    return [
+        f"{' and '.join(shared)} are both {port}: each listener needs a port of its own"
+        for port, shared in by_port.items()
+        if len(shared) > 1
+    ]
+
+
 def load(command: str, **init: Any) -> Loaded:
     """Read the settings for ``command`` (``init``: values that win over the environment)."""
     try:
-        return Loaded(Settings(**init))
+        settings = Settings(**init)
     except ValidationError as exc:
         detail = exc
+    else:
+        return Loaded(settings, errors=clashes(settings, command))
     invalid = detail.errors()
     names = {str(error["loc"][0]) for error in invalid if error["loc"]}
     loaded = Loaded(_defaults_for(names, init), detail=detail)
     for error in invalid:
         line = describe(error)
         lenient = command not in safety.SERVICES and error["loc"]
-        if lenient and error["loc"][0] in SERVICE_FIELDS:
-            loaded.ignored.append(f"{line} (ignored: `aoc {command}` does not use it)")
+        # `aoc config` is how an operator looks for the mistake: it shows them all.
+        if lenient and (error["loc"][0] in SERVICE_FIELDS or command == "config"):
+            why = (
+                "the default is shown in its place"
+                if command == "config"
+                else f"ignored: `aoc {command}` does not use it"
+            )
+            loaded.ignored.append(f"{line} ({why})")
         else:
             loaded.errors.append(line)
     return loaded

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from aoc import bootstrap, ports, tls
 from aoc.config import Settings, redact_url
 from aoc.manage import ManageError
-from aoc.parts import Backoff
+from aoc.parts import Backoff, stop_on_signals
 from aoc.startup import EXIT_CONFIG
 from bridge.validate import Limits
 from broker import conf as broker_conf
@@ -101,19 +101,6 @@ class Child:
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
-def stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGINT, SIGTERM or SIGHUP.
-
-    SIGHUP is what a closed terminal or a dropped SSH session sends: left to
-    its default, it would kill `aoc up` without stopping its children.
-    """
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stopping.set)
-    return stopping
-
-
 def _variable(setting: str) -> str:
     """The environment variable of a ``Settings`` field."""
     return f"{Settings.model_config.get('env_prefix', '')}{setting}".upper()
@@ -156,7 +143,8 @@ def _holds_its_port(child: Child) -> None:
     if child.proc is None or child.port is None:
         return
     holder = ports.holder(child.port, first=[child.proc.pid])
-    if holder is not None and holder.pid != child.proc.pid:
+    # A holder whose pid /proc would not show us (another user's) is unknown, not foreign.
+    if holder is not None and holder.pid is not None and holder.pid != child.proc.pid:
         raise Failed(
             f"port {child.port}{_setting_of(child, child.port)} answers, but not from "
             f"{child.name}: {holder} holds it",
@@ -632,6 +620,10 @@ async def up(settings: Settings) -> int:
     except ManageError as exc:  # the broker's accounts or the token cannot be prepared
         print(f"aoc up: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (ValueError, OSError) as exc:  # the broker's configuration cannot be written
+        log.debug("cannot prepare the broker", exc_info=exc)
+        print(f"aoc up: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except Failed as exc:
         print(f"aoc up: {exc}", file=sys.stderr)
         return exc.code

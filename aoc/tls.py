@@ -77,6 +77,9 @@ def problems(settings: Settings) -> list[str]:
     if (cert is None) != (key is None):
         missing = "AOC_TLS_KEY_FILE" if key is None else "AOC_TLS_CERT_FILE"
         found.append(f"{missing} is empty: the broker's TLS listeners need a certificate and key")
+    for variable, path in (("AOC_TLS_CERT_FILE", cert), ("AOC_TLS_KEY_FILE", key)):
+        if path is not None and not path.is_file():
+            found.append(f"{variable}='{path}' is not a file: run `aoc tls init`, or fix the path")
     return found
 
 

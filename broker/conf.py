@@ -217,6 +217,16 @@ def write(
     its files (persistence), the dynamic security file and its directory (the
     plugin saves to a new file beside it, then renames it).
     """
+    handing_over = user is not None and user != getpass.getuser()
+    if handing_over:
+        # The broker's user owns the directory these live in: a link it put in
+        # place of one would have root create and chown files wherever it points.
+        for planted in (data_dir, dynsec_file):
+            if planted is not None and planted.is_symlink():
+                raise ValueError(
+                    f"{planted} is a symbolic link, in a directory the broker's user "
+                    f"({user}) owns: refusing to hand what it points to over; remove it"
+                )
     data_dir.mkdir(parents=True, exist_ok=True)
     text = render(
         mqtt_port=mqtt_port,
@@ -234,9 +244,13 @@ def write(
     # replaced, never followed (root writes this file at every start).
     fresh = path.with_name(f".{path.name}.new")
     fresh.unlink(missing_ok=True)
-    fresh.write_text(text)
+    # O_EXCL and O_NOFOLLOW: a link made between the unlink and here is refused.
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     fresh.replace(path)
-    if user is not None and user != getpass.getuser():
+    if handing_over:
+        assert user is not None
         owned = [path, data_dir, *data_dir.iterdir()]
         if dynsec_file is not None:
             owned += [dynsec_file.parent, dynsec_file]

@@ -111,9 +111,23 @@ def document_url_problem(url: str) -> str | None:
         if _sqlite_path(url) == ":memory:":
             return "an in-memory SQLite store would lose every acknowledged write"
         return None
-    if scheme in ("mongodb", "mongodb+srv"):
+    if scheme == "mongodb":
+        return _mongodb_problem(url)
+    if scheme == "mongodb+srv":  # parsing it would look its hosts up in DNS
         return None
     return f"unknown scheme: expected {DOCUMENT_URLS}"
+
+
+def _mongodb_problem(url: str) -> str | None:
+    """What pymongo finds wrong in a ``mongodb://`` URL (hosts, ports, options), or None."""
+    from pymongo.errors import ConfigurationError, InvalidURI  # noqa: PLC0415  (only for MongoDB)
+    from pymongo.uri_parser import parse_uri  # noqa: PLC0415
+
+    try:
+        parse_uri(url)
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        return f"not a MongoDB URL pymongo accepts: {exc}"
+    return None
 
 
 def _sqlite_path(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -107,7 +108,7 @@ def test_version_and_top_level_help() -> None:
     assert "--version" in top and ".env" in top and "AOC_*" in top
 
 
-SECRETS = ("pw-from-env", "url-secret", "param-secret", "dotenv-secret", "mongo-secret")
+SECRETS = ("fake-pw-from-env", "url-secret", "param-secret", "dotenv-secret", "mongo-secret")
 
 
 def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     env = {
         "AOC_ENV": "production",
         "AOC_MQTT_PORT": "2883",
-        "AOC_MQTT_PASSWORD": "pw-from-env",
+        "AOC_MQTT_PASSWORD": "fake-pw-from-env",
         "AOC_REDIS_URL": "redis://:url-secret@127.0.0.1:6379/0?password=param-secret&db=1",
         "aoc_operator": "night-shift",  # names match in any case, as Settings reads them
     }
@@ -183,3 +184,17 @@ def test_the_table_agrees_with_the_service_only_settings() -> None:
     services = {"up", "serve", "bridge", "api", "realtime", "config"}
     for command in set(settings_use.COMMANDS) - services:
         assert set(settings_use.fields(command)) & SERVICE_FIELDS == set(), command
+
+
+def test_config_shows_even_with_an_invalid_value_and_names_it(tmp_path: Path) -> None:
+    """Test `aoc config` with a mistake in a setting every command reads: it still answers.
+
+    An operator runs it to find the mistake; it was refused (exit 2) instead.
+    """
+    result = _aoc("config", env={"AOC_MQTT_PORT": "abc"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "AOC_MQTT_PORT='abc' is invalid: expected an integer from 1 to 65535 "
+        "(the default is shown in its place)"
+    ) in result.stderr
+    assert re.search(r"^AOC_MQTT_PORT=1883\b", result.stdout, re.MULTILINE)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import socket
 import time
 import uuid
@@ -692,3 +693,22 @@ def test_the_command_exits_1_without_a_traceback_when_a_part_failed_while_stoppi
     err = capsys.readouterr().err
     assert "exiting with an error: bridge failed while stopping: RuntimeError" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["bridge", "api", "realtime"])
+def test_a_hang_up_stops_each_process_cleanly(
+    command: str, mosquitto: services.Service, redis_server: services.Service, tmp_path: Path
+) -> None:
+    """Test SIGHUP (a closed terminal, a dropped SSH session) as SIGTERM: a clean stop, exit 0.
+
+    Left to its default, SIGHUP killed the process without finishing its work.
+    """
+    process = services.aoc(
+        command, tmp_path, mqtt_port=mosquitto.port, redis_port=redis_server.port
+    )
+    with process:
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGHUP)
+        code = process.proc.wait(60)
+    assert code == 0, process.log_tail()
+    assert "stopping" in process.log_tail(50)

@@ -318,3 +318,47 @@ def test_a_management_command_without_its_store_is_one_line_and_exit_1(
         f"cannot start: AOC_STORE_URL='{url}' is unreachable: MongoDB: "
         f"127.0.0.1:{port}: [Errno 111] Connection refused"
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "line"),
+    [
+        ("serve", {"AOC_REDIS_URL": "redis://127.0.0.1:99999/0"},
+         "AOC_REDIS_URL='redis://127.0.0.1:99999/0' is invalid: its port is not an integer "
+         "from 1 to 65535: expected redis://host:6379/0, rediss://... or unix:///path"),
+        ("serve", {"AOC_STORE_URL": "mongodb://127.0.0.1:99999"},
+         "AOC_STORE_URL='mongodb://127.0.0.1:99999' is invalid: not a MongoDB URL pymongo "
+         "accepts: Port must be an integer between 0 and 65535"),
+        ("serve", {"AOC_STORE_URL": "mongodb://"},
+         "AOC_STORE_URL='mongodb://' is invalid: not a MongoDB URL pymongo accepts: "
+         "Must provide at least one hostname or IP"),
+        ("serve", {"AOC_DATA_DIR": "/etc/passwd"},
+         "AOC_DATA_DIR='/etc/passwd' is invalid: it is a file: expected a directory "
+         "(made if missing)"),
+        ("up", {"AOC_BIND_HOST": "localhost"},
+         "aoc up: Mosquitto's WebSocket listener needs an IP address to bind, not 'localhost': "
+         "set AOC_MQTT_BIND_HOST (or AOC_BIND_HOST) to one"),
+        ("up", {"AOC_TLS_CERT_FILE": "/no/cert.pem", "AOC_TLS_KEY_FILE": "/no/key.pem"},
+         "AOC_TLS_CERT_FILE='/no/cert.pem' is not a file: run `aoc tls init`, or fix the path"),
+        ("serve", {"AOC_HTTP_PORT": "5999", "AOC_SOCKETIO_PORT": "5999"},
+         "AOC_HTTP_PORT and AOC_SOCKETIO_PORT are both 5999: each listener needs a port of "
+         "its own"),
+        ("up", {"AOC_MQTT_PORT": "5998", "AOC_HTTP_PORT": "5998"},
+         "AOC_HTTP_PORT and AOC_MQTT_PORT are both 5998: each listener needs a port of its own"),
+    ],
+)
+def test_more_mistakes_are_one_line_and_exit_2(
+    command: str, env: dict[str, str], line: str, tmp_path: Path
+) -> None:
+    """Test mistakes a review found still ending in a traceback (or 60 s of restarts, exit 1)."""
+    ports = {
+        "AOC_MQTT_PORT": str(free_port()), "AOC_MQTT_WS_PORT": str(free_port()),
+        "AOC_HTTP_PORT": str(free_port()), "AOC_SOCKETIO_PORT": str(free_port()),
+        "AOC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "AOC_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = aoc(command, cwd=tmp_path, timeout=90, **{**ports, **env})
+    assert done.returncode == startup.EXIT_CONFIG, done.stderr[-600:]
+    errors = [text for text in done.stderr.splitlines() if " WARNING " not in text]
+    assert "Traceback" not in done.stderr
+    assert line in errors, errors

@@ -25,7 +25,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from aoc import credentials, supervise
+from aoc import credentials, parts, supervise
 from aoc.config import Settings, redact_url
 from aoc.parts import Backoff
 from broker import accounts
@@ -655,7 +655,7 @@ def _drive() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
     async def main() -> int:
-        stopping = supervise.stop_on_signals()
+        stopping = parts.stop_on_signals()
         children = [
             supervise.Child(name, argv, config_error_exit=supervise.EXIT_CONFIG)
             for name, argv in spec["children"]

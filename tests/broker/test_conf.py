@@ -182,3 +182,27 @@ def test_authentication_is_on_unless_explicitly_turned_off(tmp_path: Path) -> No
     assert off == ["allow_anonymous true"]
     with pytest.raises(ValueError, match="dynamic security file"):
         broker_conf.render(**common)  # on by default, and it needs the file
+
+
+def test_root_never_follows_a_link_the_brokers_user_planted(tmp_path: Path) -> None:
+    """Test that handing the broker's files over refuses a link in place of its data directory.
+
+    The broker's user owns the directory that holds its data directory: a link
+    there had root create and chown the files it points to (root's own secrets).
+    """
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    secret = victim / "secret"
+    secret.write_text("root only\n")
+    before = secret.stat()
+    broker_dir = tmp_path / "mosquitto"
+    broker_dir.mkdir()
+    (broker_dir / "data").symlink_to(victim)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        broker_conf.write(
+            broker_dir / "mosquitto.conf", mqtt_port=1883, ws_port=9001, bind_host="127.0.0.1",
+            data_dir=broker_dir / "data", auth=False, user=broker_conf.BROKER_USER,
+        )
+    after = secret.stat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert sorted(p.name for p in victim.iterdir()) == ["secret"]
