@@ -7,10 +7,9 @@ with no secrets: SQLite and a local directory instead of MongoDB and S3.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -319,18 +318,6 @@ class Settings(BaseSettings):
     def resolved_objects_url(self) -> str:
         """The object storage URL, defaulting to a directory under ``data_dir``."""
         return self.objects_url or f"file://{(self.data_dir / 'objects').resolve()}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for a log line: the password of its user info and a ``password=`` masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.split(":", 1)[0]
-        netloc = f"{name}:***@{host}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _scheme(url: str, schemes: tuple[str, ...], expected: str) -> str:

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import storage
 from aoc import bootstrap, ports, tls
-from aoc.config import Settings, redact_url
+from aoc.config import Settings
 from aoc.manage import ManageError
 from aoc.parts import Backoff, stop_on_signals
 from aoc.startup import EXIT_CONFIG
@@ -298,8 +299,8 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
     redis = urlsplit(settings.redis_url)
     redis_port = redis.port or 6379
     if redis.hostname not in {"127.0.0.1", "localhost"}:
-        log.warning("using the Redis server at %s", redact_url(settings.redis_url))
-        borrowed.append(f"Redis at {redact_url(settings.redis_url)}")
+        log.warning("using the Redis server at %s", storage.redact(settings.redis_url))
+        borrowed.append(f"Redis at {storage.redact(settings.redis_url)}")
     elif await port_open(redis_port):
         who = _holder(redis_port, str(data / "redis"))
         log.warning("port %d already serves Redis: using it, %s", redis_port, who)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -200,9 +201,12 @@ def open_object_store(
 
 
 def redact(url: str) -> str:
-    """``url`` without a password, for error messages that end up in logs."""
+    """``url`` for a log line: the password of its user info and a ``password=`` masked."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if parts.password is None and query == parts.query:
         return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    return parts._replace(query=query).geturl()

@@ -26,10 +26,11 @@ import httpx
 import pytest
 
 from aoc import credentials, parts, supervise
-from aoc.config import Settings, redact_url
+from aoc.config import Settings
 from aoc.parts import Backoff
 from broker import accounts
 from broker import conf as broker_conf
+from storage import redact
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
@@ -434,14 +435,14 @@ async def test_an_external_redis_is_named_without_its_password(
 
 
 def test_urls_in_logs_have_their_passwords_masked() -> None:
-    """Test ``redact_url`` on each place a URL carries a password, and on one without."""
-    assert redact_url("mongodb://aoc:fake-pw@mongo:27017/?authSource=admin") == (
+    """Test ``storage.redact`` on each place a URL carries a password, and on one without."""
+    assert redact("mongodb://aoc:fake-pw@mongo:27017/?authSource=admin") == (
         "mongodb://aoc:***@mongo:27017/?authSource=admin"
     )
-    assert redact_url("redis://redis:6379/0?password=fake-pw&db=1") == (
+    assert redact("redis://redis:6379/0?password=fake-pw&db=1") == (
         "redis://redis:6379/0?password=***&db=1"
     )
-    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 # --- no child outlives `aoc up`, and "up" means its own processes ---------------------------
