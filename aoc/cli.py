@@ -16,7 +16,12 @@ from storage.base import StoreUnavailable
 log = logging.getLogger("aoc")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, documented: bool = True) -> argparse.ArgumentParser:
+    """The ``aoc`` command line; ``documented``: with the settings each --help lists.
+
+    The lists are only read for --help: building them (from the settings'
+    source) is left out of every other start.
+    """
     # argparse only: these modules' heavy imports are their own, made when a command runs.
     from aoc import bootstrap, manage, simulate
 
@@ -36,13 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_parser(commands)
     tokens_cli.add_parser(commands)
     show_config.add_parser(commands)
-    settings_help.document(parser, commands)  # last: every command's --help names its settings
+    if documented:  # last: every command's --help names its settings
+        settings_help.document(parser, commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, read settings once, configure logging, run the command."""
-    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    asks_help = any(arg in ("-h", "--help") for arg in arguments)
+    args = _parser(documented=asks_help).parse_args(arguments)
     try:
         settings = _settings(args.command)
         # Never refused: `aoc tls init` makes what a safe configuration needs,
