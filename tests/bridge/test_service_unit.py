@@ -791,28 +791,44 @@ async def test_a_rebuilt_cache_holds_what_updates_cache_not_the_outbox(
         assert await cache.get(AID) == updated
 
 
+class Records(logging.Handler):
+    """The (level, message) of each record logged to it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.levelno, record.getMessage()))
+
+
 async def test_an_empty_cache_at_first_use_is_built_quietly_a_lost_one_is_a_warning(
-    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, redis_url: str
 ) -> None:
     """Test the two reasons for a rebuild: a fresh Redis (INFO) and one that lost the cache.
 
     A first `make run` used to warn "Redis lost the cache" at its first point.
+    The bridge logs to a logger of this test's own: the suite's other tests
+    configure the shared ones.
     """
+    records = Records()
+    logger = logging.getLogger(f"test.cache.{uuid.uuid4().hex}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(records)
     fresh = GatedCache(redis_url)  # never built: a first start
     await fresh.open()
     try:
-        with caplog.at_level(logging.INFO, logger="bridge.service"):
-            async with running(tmp_path, cache=fresh, batch_size=1) as rig:
-                rig.feed(0)
-                await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
-                await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache built")
-                first = [(r.levelno, r.getMessage()) for r in caplog.records]
-                caplog.clear()
-                await wipe(redis_url, fresh.prefix)
-                rig.feed(1)
-                await until(lambda: len(rig.mqtt.acked) == 2, "point 1 acknowledged")
-                await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
-                lost = [(r.levelno, r.getMessage()) for r in caplog.records]
+        async with running(tmp_path, cache=fresh, batch_size=1, logger=logger) as rig:
+            rig.feed(0)
+            await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+            await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache built")
+            first, records.seen = records.seen, []
+            await wipe(redis_url, fresh.prefix)
+            rig.feed(1)
+            await until(lambda: len(rig.mqtt.acked) == 2, "point 1 acknowledged")
+            await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
+            lost = records.seen
     finally:
         await fresh.close()
     rebuild = "latest-state cache is stale, rebuilding it from the store: "
