@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 from aoc import logs, safety, settings_help, show_config, startup, tls, tokens_cli
 from aoc.config import Settings
@@ -41,9 +43,43 @@ def _parser(*, documented: bool = True) -> argparse.ArgumentParser:
     tls.add_parser(commands)
     tokens_cli.add_parser(commands)
     show_config.add_parser(commands)
+    _add_bench(commands)
     if documented:  # last: every command's --help names its settings
         settings_help.document(parser, commands)
     return parser
+
+
+def _bench_suite() -> ModuleType | None:
+    """``bench.suite`` of the clone this ``aoc`` runs from; None for an installed ``aoc``.
+
+    The harness (``bench/``, and the ``tests/services.py`` it starts servers
+    with) is not packaged: it is found next to the ``aoc`` package, appended
+    to the path so that it never shadows an installed module.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "suite.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    from bench import suite
+
+    return suite
+
+
+def _bench(args: argparse.Namespace, _settings: Settings) -> int:
+    suite = _bench_suite()
+    if suite is None:
+        print("aoc bench runs from a clone of the repository (bench/ is not installed)")
+        return 2
+    return int(suite.main(args))
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    suite = _bench_suite()
+    if suite is not None:
+        suite.add_parser(commands)
+        return
+    commands.add_parser("bench", help="benchmarks: only from a clone of the repository")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args.command)
         # Never refused: `aoc tls init` makes what a safe configuration needs,
         # `aoc config` shows what production mode would refuse.
-        unrefused = {"tls": tls.command, "config": show_config.command}
+        # `aoc bench` starts servers of its own, with settings of its own.
+        unrefused = {"tls": tls.command, "config": show_config.command, "bench": _bench}
         if args.command in unrefused:
             return unrefused[args.command](args, settings)
         safety.check(settings, args.command)

@@ -1,0 +1,379 @@
+"""``aoc bench``: the whole performance picture in one invocation.
+
+Stages (``bench.stages``; each a function of the shared ``Context`` returning
+a ``StageResult``, listed in ``STAGES``, so a new one is one more entry):
+
+1. ``throughput``: the raw ceiling (the project's broker configuration,
+   multi-process paho publishers, a bare paho subscriber) and the full
+   pipeline (the same publishers against ``aoc serve``, Redis and Socket.IO
+   watchers), alternating run by run; medians, and their ratio.
+2. ``latency``: points paced at ``--ambulances`` x ``--rate`` Hz; publish ->
+   Socket.IO and publish -> stored percentiles, achieved against offered rate,
+   backlog, CPU of every process, memory start/warm/end.
+3. ``shim``: legacy tracking POSTs (autocannon) through to storage, next to a
+   database-less Express + socket.io server of the legacy shape.
+4. ``fanout``: many Socket.IO clients in room ``tracking``, through the
+   pipeline and from a stock python-socketio server at the same event rate.
+
+Every ratio is of two figures measured in the same invocation, and both are
+shown. Progress goes to stderr; the table (or JSON, ``--format json``) to
+stdout; ``--json FILE`` writes the JSON too. Run from the repository root
+(``bench`` and ``tests`` are not installed packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the stages' modules start servers: imported only when a run starts
+    from bench.procstat import ProcessFigures
+
+STAGE_NAMES = ["throughput", "latency", "shim", "fanout"]  # bench.stages.STAGES, in order
+
+
+@dataclass
+class Config:
+    """What to run and how big; ``smoke()`` gives the small, fast configuration."""
+
+    stages: list[str]
+    runs: int = 3
+    publishers: int = 2  # processes
+    clients: int = 5  # MQTT clients per publisher process
+    window: int = 100  # QoS 1 publishes in flight per client (flood)
+    messages: int = 20_000  # per throughput run
+    flood_ambulances: int = 1000
+    ambulances: int = 1000  # latency stage
+    rate: float = 1.0  # Hz per ambulance
+    duration: float = 20.0  # seconds of the latency stage
+    watchers: int = 1  # Socket.IO clients in room tracking (throughput, latency)
+    room_watchers: int = 1  # Socket.IO clients each in `rooms_each` ambulance rooms
+    rooms_each: int = 10
+    shim_requests: int = 5000
+    shim_connections: int = 50
+    fanout_clients: int = 100
+    fanout_processes: int = 4
+    fanout_rate: float = 50.0  # events a second, in all
+    fanout_duration: float = 10.0
+    store_url: str | None = None
+    keep: Path | None = None
+    smoke: bool = False
+    timeout: float = 300.0  # seconds any one wait may take
+
+    @classmethod
+    def smoke_config(cls, stages: list[str]) -> Config:
+        return cls(
+            stages=stages,
+            runs=1,
+            publishers=2,
+            clients=2,
+            window=20,
+            messages=1000,
+            flood_ambulances=40,
+            ambulances=20,
+            rate=2.0,
+            duration=2.0,
+            rooms_each=2,
+            shim_requests=200,
+            shim_connections=5,
+            fanout_clients=6,
+            fanout_processes=2,
+            fanout_rate=20.0,
+            fanout_duration=2.0,
+            smoke=True,
+            timeout=60.0,
+        )
+
+
+@dataclass
+class Row:
+    """One figure; with ``reference``, a ratio of two figures of the same invocation."""
+
+    stage: str
+    metric: str
+    value: float | None
+    unit: str = ""
+    reference: float | None = None
+    reference_label: str = ""
+    runs: list[float] = field(default_factory=list)  # per-run values (value is their median)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.reference:
+            return None
+        return self.value / self.reference
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+@dataclass
+class StageResult:
+    """What one stage measured: figures, processes, what was lost, and notes."""
+
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    processes: list[ProcessFigures] = field(default_factory=list)
+    lost: int | None = None  # acknowledged by the broker (or answered 2xx) but not stored
+    notes: list[str] = field(default_factory=list)
+    series: dict[str, Any] = field(default_factory=dict)  # e.g. backlog over time
+
+    def row(self, metric: str, value: float | None, unit: str = "", **extra: Any) -> Row:
+        made = Row(self.name, metric, value, unit, **extra)
+        self.rows.append(made)
+        return made
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": [r.as_dict() for r in self.rows],
+            "processes": [p.as_dict() for p in self.processes],
+            "lost": self.lost,
+            "notes": self.notes,
+            "series": self.series,
+        }
+
+
+def progress(text: str) -> None:
+    """One progress line on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cells(row: Row) -> list[str]:
+    ratio = row.ratio
+    return [
+        row.stage,
+        row.metric,
+        _fmt(row.value),
+        row.unit,
+        f"{_fmt(row.reference)} {row.reference_label}".strip() if row.reference else "",
+        f"{ratio:.2f}" if ratio is not None else "",
+    ]
+
+
+HEADER = ["stage", "measure", "value", "unit", "reference (same run)", "ratio"]
+PROC_HEADER = ["stage", "process", "CPU % of a core", "RSS start MiB", "warm", "end"]
+
+
+def _proc_cells(stage: StageResult) -> list[list[str]]:
+    return [
+        [
+            stage.name,
+            p.name,
+            _fmt(p.cpu_percent),
+            _fmt(p.rss_start_mib),
+            _fmt(p.rss_warm_mib),
+            _fmt(p.rss_end_mib),
+        ]
+        for p in stage.processes
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """A plain text table: the first ``left`` columns left-aligned, the figures right-aligned."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    pad = [str.ljust if i < left else str.rjust for i in range(len(header))]
+    lines = [
+        "  ".join(p(c, w) for p, c, w in zip(pad, row, widths, strict=True))
+        for row in (header, *rows)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render_text(results: list[StageResult]) -> str:
+    rows = []
+    for stage in results:
+        rows += [_cells(r) for r in stage.rows]
+        if stage.lost is not None:
+            rows.append(
+                [stage.name, "LOST (acknowledged, not stored)", str(stage.lost), "", "", ""]
+            )
+    parts = [_table(HEADER, rows) if rows else "(no figures)"]
+    procs = [cells for s in results for cells in _proc_cells(s)]
+    if procs:
+        parts.append(_table(PROC_HEADER, procs))
+    notes = [f"- {s.name}: {n}" for s in results for n in s.notes]
+    if notes:
+        parts.append("notes:\n" + "\n".join(notes))
+    return "\n\n".join(parts)
+
+
+def render_markdown(results: list[StageResult]) -> str:
+    """The figures as a Markdown table, to paste into the README."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for stage in results:
+        for row in stage.rows:
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row)) + " |")
+        if stage.lost is not None:
+            lines.append(f"| {stage.name} | lost (acknowledged, not stored) | {stage.lost} | | | |")
+    return "\n".join(lines)
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run(config: Config, stages: dict[str, Callable[..., StageResult]]) -> dict[str, Any]:
+    """Run the chosen stages on one shared context; the JSON-able report."""
+    from bench.stages import Context  # noqa: PLC0415 (imports the services)
+
+    started = datetime.now(UTC)
+    results: list[StageResult] = []
+    with contextlib.ExitStack() as exits:
+        workdir = config.keep or Path(
+            exits.enter_context(tempfile.TemporaryDirectory(prefix="aoc-bench-"))
+        )
+        ctx = exits.enter_context(Context.open(config, workdir))
+        for name in config.stages:
+            progress(f"stage {name}")
+            result = stages[name](ctx)
+            results.append(result)
+            progress(f"stage {name} done")
+    return {
+        "started": started.isoformat(),
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "machine": _machine(),
+        "stages": [r.as_dict() for r in results],
+        "_results": results,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser, stage_names: list[str]) -> None:
+    """The options of ``aoc bench``."""
+    d = Config(stages=[])
+    add = parser.add_argument
+    add(
+        "--stages",
+        default=",".join(stage_names),
+        help=f"comma-separated, in order (default: all: {','.join(stage_names)})",
+    )
+    add(
+        "--smoke",
+        action="store_true",
+        help="a small, fast configuration (seconds per stage); figures mean little",
+    )
+    add("--runs", type=int, default=d.runs, help="ceiling/pipeline run pairs (medians shown)")
+    add("--publishers", type=int, default=d.publishers, help="publisher processes")
+    add("--clients", type=int, default=d.clients, help="MQTT clients per publisher process")
+    add("--window", type=int, default=d.window, help="QoS 1 publishes in flight per client")
+    add("--messages", type=int, default=d.messages, help="points per throughput run")
+    add("--ambulances", type=int, default=d.ambulances, help="latency stage: ambulances")
+    add("--rate", type=float, default=d.rate, help="latency stage: points/s per ambulance")
+    add("--duration", type=float, default=d.duration, help="latency stage: seconds")
+    add(
+        "--watchers",
+        type=int,
+        default=d.watchers,
+        help="Socket.IO clients in room tracking during throughput and latency",
+    )
+    add(
+        "--room-watchers",
+        type=int,
+        default=d.room_watchers,
+        help="Socket.IO clients each in a few per-ambulance rooms",
+    )
+    add("--shim-requests", type=int, default=d.shim_requests, help="POSTs per server")
+    add("--shim-connections", type=int, default=d.shim_connections, help="autocannon connections")
+    add("--fanout-clients", type=int, default=d.fanout_clients, help="Socket.IO clients")
+    add("--fanout-processes", type=int, default=d.fanout_processes, help="their processes")
+    add("--fanout-rate", type=float, default=d.fanout_rate, help="tracking events/s, in all")
+    add("--fanout-duration", type=float, default=d.fanout_duration, help="seconds per server")
+    add(
+        "--store-url",
+        default=None,
+        help="AOC_STORE_URL of aoc serve (default: SQLite; mongodb://... for MongoDB)",
+    )
+    add("--keep", type=Path, default=None, help="keep logs and data in this directory")
+    add("--json", type=Path, default=None, dest="json_file", help="also write the JSON here")
+    add("--format", choices=("table", "json"), default="table", help="what stdout gets")
+    add("--markdown", action="store_true", help="also print the figures as a Markdown table")
+
+
+def config_from(args: argparse.Namespace, stage_names: list[str]) -> Config:
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in stage_names]
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {unknown}: choose from {stage_names}")
+    if args.smoke:
+        config = Config.smoke_config(stages)
+    else:
+        config = Config(
+            stages=stages,
+            runs=args.runs,
+            publishers=args.publishers,
+            clients=args.clients,
+            window=args.window,
+            messages=args.messages,
+            ambulances=args.ambulances,
+            rate=args.rate,
+            duration=args.duration,
+            watchers=args.watchers,
+            room_watchers=args.room_watchers,
+            shim_requests=args.shim_requests,
+            shim_connections=args.shim_connections,
+            fanout_clients=args.fanout_clients,
+            fanout_processes=args.fanout_processes,
+            fanout_rate=args.fanout_rate,
+            fanout_duration=args.fanout_duration,
+        )
+    config.store_url = args.store_url
+    config.keep = args.keep
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``aoc bench``; 1 when something acknowledged was not stored."""
+    from bench.stages import STAGES  # noqa: PLC0415
+
+    config = config_from(args, STAGE_NAMES)
+    report = run(config, STAGES)
+    results: list[StageResult] = report.pop("_results")
+    text = json.dumps(report, indent=2)
+    if args.json_file is not None:
+        args.json_file.write_text(text + "\n")
+    if args.format == "json":
+        print(text)
+    else:
+        print(render_text(results))
+    if args.markdown:
+        print("\n" + render_markdown(results))
+    return 1 if any(r.lost for r in results) else 0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``aoc bench`` and its options."""
+    parser = commands.add_parser(
+        "bench",
+        help="benchmark the whole pipeline against its references (run from a clone)",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    add_arguments(parser, STAGE_NAMES)
