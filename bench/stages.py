@@ -56,6 +56,7 @@ from tests import services
 
 STORE_POLL = 0.005  # seconds between the store observer's reads
 STORED_METRIC = 'aoc_messages_stored_total{kind="tracking"}'
+SIO_DROPPED = 'aoc_fanout_dropped_total{channel="socketio",reason="queue_full"}'
 JS = ROOT / "tests" / "js"
 
 
@@ -204,17 +205,76 @@ def _stop_all(children: list[Child], timeout: float) -> list[dict[str, Any]]:
     return results
 
 
-def _metric(stack: Stack) -> float | None:
-    """The bridge's stored-tracking counter, or None when it cannot be read."""
+def _metrics(stack: Stack) -> dict[str, float]:
+    """Every sample of the bridge's ``/metrics`` (``name{labels}`` -> value); {} if unreadable."""
     try:
         with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
             text = response.read().decode()
     except OSError:
-        return None
+        return {}
+    samples = {}
     for line in text.splitlines():
-        if line.startswith(STORED_METRIC):
-            return float(line.split()[-1])
-    return None
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def _metric(stack: Stack) -> float | None:
+    """The bridge's stored-tracking counter, or None when it cannot be read."""
+    return _metrics(stack).get(STORED_METRIC)
+
+
+def _dropped(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Socket.IO sends the bridge dropped between two scrapes (its fan-out queue was full)."""
+    if SIO_DROPPED not in after:
+        return 0.0 if after else None
+    return after[SIO_DROPPED] - before.get(SIO_DROPPED, 0.0)
+
+
+def settle(stack: Stack, timeout: float) -> float:
+    """Block until the fan-out has sent everything queued before now; the seconds it took.
+
+    A probe point goes in behind whatever an earlier stage left queued; the
+    bridge stores and emits in order, so when a Socket.IO client in the
+    probe's room has it, the queue ahead of it is gone (sent or dropped) and
+    the next measurement starts from an idle pipeline.
+    """
+    import asyncio  # noqa: PLC0415
+
+    import socketio  # noqa: PLC0415
+
+    from bridge import contract  # noqa: PLC0415
+    from bridge.contract import Kind  # noqa: PLC0415
+
+    async def probe() -> float:
+        started = time.monotonic()
+        aid = f"SETTLE-{uuid.uuid4().hex[:6]}"
+        got = asyncio.Event()
+        client = socketio.AsyncClient(reconnection=False)
+
+        @client.on(contract.EVENT)  # type: ignore[untyped-decorator]
+        async def on_data(data: object) -> None:
+            if isinstance(data, str) and aid in data and not data.startswith("room joined"):
+                got.set()
+
+        await client.connect(
+            stack.socketio_url, transports=["websocket"], auth={"token": stack.app.token}
+        )
+        try:
+            await client.emit(contract.JOIN_EVENT, aid)
+            await asyncio.sleep(0.2)  # the join is handled before the point arrives
+            body = f'{{"lat":13.7,"lon":100.5,"speed":1,"ts":{stack_mod.now_ms()},"seq":0}}'
+            async with stack.mqtt() as mqtt:
+                await mqtt.publish(contract.topic(aid, Kind.TRACKING), body, qos=1)
+            async with asyncio.timeout(timeout):
+                await got.wait()
+        finally:
+            await client.disconnect()
+        return time.monotonic() - started
+
+    return asyncio.run(probe())
 
 
 def _stored_since(ctx: Context, stack: Stack, baseline: float | None, prefix: str) -> int:
@@ -281,6 +341,15 @@ class StoreObserver:
         self._conn.close()
 
 
+def _busiest(procs: list[ProcessFigures]) -> str:
+    """The process that used the most CPU: the first to saturate, on a loaded pipeline."""
+    known = [p for p in procs if p.cpu_percent is not None]
+    if not known:
+        return "busiest process: unknown"
+    top = max(known, key=lambda p: p.cpu_percent or 0.0)
+    return f"busiest process: {top.name} at {top.cpu_percent:.0f}% of a core"
+
+
 def _latency_rows(result: StageResult, label: str, values: list[float]) -> None:
     p50, p95, p99 = _pcts(values)
     result.row(f"{label} p50", p50, "ms")
@@ -298,15 +367,17 @@ class _Run:
     lost: int = 0
     procs: list[ProcessFigures] = field(default_factory=list)
     delivered: float | None = None  # Socket.IO deliveries per stored point (tracking room)
+    dropped: float | None = None  # Socket.IO sends the bridge dropped (fan-out queue full)
 
 
 def _ceiling_run(ctx: Context, number: int) -> _Run:
     config, broker = ctx.config, ctx.ceiling()
     prefix = _prefix("C")
+    messages = config.messages // config.publishers * config.publishers
     sink = ctx.child(
         f"sink-{number}",
         "bench.sink",
-        {"port": broker.port, "client_id": f"bench-sink-{prefix}", "expect": config.messages},
+        {"port": broker.port, "client_id": f"bench-sink-{prefix}", "expect": messages},
     )
     sink.wait_ready()
     ids = _split_ids(prefix, config.flood_ambulances, config.publishers)
@@ -338,6 +409,7 @@ def _ceiling_run(ctx: Context, number: int) -> _Run:
 
 def _pipeline_run(ctx: Context, number: int) -> _Run:
     config, stack = ctx.config, ctx.pipeline()
+    settle(stack, config.timeout)
     prefix = _prefix("P")
     messages = config.messages // config.publishers * config.publishers
     ids = _split_ids(prefix, config.flood_ambulances, config.publishers)
@@ -358,7 +430,8 @@ def _pipeline_run(ctx: Context, number: int) -> _Run:
     )
     pids = _stack_pids(stack) | {f"publisher-{p}": c.pid for p, c in enumerate(pubs)}
     pids |= {f"socketio-watchers-{n}": w.pid for n, w in enumerate(watchers)}
-    baseline = _metric(stack)
+    before = _metrics(stack)
+    baseline = before.get(STORED_METRIC)
     watch = Watch(pids).start()
     started = time.time()
     for pub in pubs:
@@ -372,14 +445,15 @@ def _pipeline_run(ctx: Context, number: int) -> _Run:
     procs = watch.stop()
     acked = sum(int(pub.result(config.timeout)["acked"]) for pub in pubs)
     truth, _ = _wait_ground_truth(ctx, prefix, acked, timeout=min(30.0, config.timeout))
-    time.sleep(0.5)  # the last emits
+    settle(stack, config.timeout)  # every emit of the run is out
+    dropped = _dropped(before, _metrics(stack))
     seen = _stop_all(watchers, config.timeout)
     delivered = None
     if config.watchers and truth:
         delivered = median([float(n) for n in seen[0]["per_client"][: config.watchers]]) / truth
     for pub in pubs:
         pub.close()
-    return _Run(truth / stored_s, acked, max(acked - truth, 0), procs, delivered)
+    return _Run(truth / stored_s, acked, max(acked - truth, 0), procs, delivered, dropped)
 
 
 def _merge_procs(runs: list[_Run], prefix: str) -> list[ProcessFigures]:
@@ -426,8 +500,13 @@ def throughput(ctx: Context) -> StageResult:
     delivered = [r.delivered for r in pipelines if r.delivered is not None]
     if delivered:
         result.row("Socket.IO tracking deliveries per stored point", median(delivered))
+    dropped = [r.dropped for r in pipelines if r.dropped is not None]
+    if dropped:
+        result.row("Socket.IO sends dropped by the bridge (queue full)", median(dropped), "")
     result.lost = sum(r.lost for r in pipelines)
     result.processes = _merge_procs(ceilings, "ceiling: ") + _merge_procs(pipelines, "pipeline: ")
+    result.notes.append(f"ceiling {_busiest(result.processes[: len(ceilings[0].procs)])}")
+    result.notes.append(f"pipeline {_busiest(result.processes[len(ceilings[0].procs) :])}")
     result.notes.append(
         f"{config.runs} alternating run pairs of {config.messages} points; {config.publishers}"
         f" publisher processes x {config.clients} clients, window {config.window}, QoS 1,"
@@ -505,6 +584,7 @@ def latency(ctx: Context) -> StageResult:
         flat[i * config.rooms_each : (i + 1) * config.rooms_each]
         for i in range(config.room_watchers)
     ]
+    settle(stack, config.timeout)
     watchers = _watchers(ctx, stack.socketio_url, stack.app.token, prefix, rooms, latency=True)
     pubs = _publishers(
         ctx, stack.mqtt_port, ids, "l", mode="paced", rate=config.rate, duration=config.duration
@@ -512,7 +592,8 @@ def latency(ctx: Context) -> StageResult:
     offered = config.ambulances * config.rate
     pids = _stack_pids(stack) | {f"publisher-{p}": c.pid for p, c in enumerate(pubs)}
     pids |= {f"socketio-watchers-{n}": w.pid for n, w in enumerate(watchers)}
-    baseline = _metric(stack)
+    before = _metrics(stack)
+    baseline = before.get(STORED_METRIC)
     observer = StoreObserver(stack.store_path, prefix) if not config.store_url else None
     progress(
         f"latency: {config.ambulances} ambulances x {config.rate:g} Hz for"
@@ -530,7 +611,7 @@ def latency(ctx: Context) -> StageResult:
         published = [pub.result(config.timeout) for pub in pubs]
         acked = sum(int(r["acked"]) for r in published)
         truth, drain = _wait_ground_truth(ctx, prefix, acked, timeout=config.timeout)
-        time.sleep(0.5)  # the last emits and rows
+        settle(stack, config.timeout)  # the last emits and rows
     seen = _stop_all(watchers, config.timeout)
     for pub in pubs:
         pub.close()
@@ -552,8 +633,12 @@ def latency(ctx: Context) -> StageResult:
     expected = config.watchers * truth + sum(len(r) for r in rooms[config.watchers :]) * points
     received = sum(int(got["received"]) for got in seen)
     result.row("Socket.IO deliveries", received, "", reference=expected, reference_label="expected")
+    result.row(
+        "Socket.IO sends dropped by the bridge (queue full)", _dropped(before, _metrics(stack))
+    )
     result.lost = max(acked - truth, 0)
     result.processes = procs
+    result.notes.append(_busiest(procs))
     result.series["backlog"] = backlog
     result.notes.append(
         f"{config.ambulances} ambulances x {config.rate:g} Hz for {config.duration:g}s from"
@@ -573,6 +658,7 @@ def shim(ctx: Context) -> StageResult:
     ids = str(max(100, config.shim_requests // 5))
     argv = [str(JS / "post_load.mjs")]
     load_args = [str(config.shim_requests), str(config.shim_connections), prefix, ids]
+    settle(stack, config.timeout)
     progress(f"shim: {config.shim_requests} POSTs to aoc serve ...")
     watch = Watch(_stack_pids(stack)).start()
     ours = ctx.node("autocannon-ours", [*argv, stack.http_url, *load_args]).result(config.timeout)
@@ -627,14 +713,14 @@ def shim(ctx: Context) -> StageResult:
 def _fanout_side(
     ctx: Context, url: str, token: str | None, prefix: str, go: Callable[[], float]
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    """Watchers on ``url``; ``go`` starts the events and returns once they were all sent."""
+    """Watchers on ``url``; ``go`` sends the events and returns once they were all emitted."""
     config = ctx.config
     rooms = [["tracking"]] * config.fanout_clients
     watchers = _watchers(
         ctx, url, token, prefix, rooms, latency=True, processes=config.fanout_processes, tag=prefix
     )
-    go()
-    time.sleep(max(1.0, config.fanout_duration * 0.2))  # the last deliveries
+    go()  # returns once everything was emitted
+    time.sleep(0.5)  # on its way to the clients
     seen = _stop_all(watchers, config.timeout)
     firsts = [got["first"] for got in seen if got["first"]]
     lasts = [got["last"] for got in seen if got["last"]]
@@ -682,10 +768,15 @@ def fanout(ctx: Context) -> StageResult:
         procs += watch.stop()
         for pub in pubs:
             pub.close()
+        _wait_ground_truth(ctx, prefix, acked, timeout=config.timeout)
+        settle(stack, config.timeout)
         return time.time()
 
+    settle(stack, config.timeout)
+    before = _metrics(stack)
     ours, _ = _fanout_side(ctx, stack.socketio_url, stack.app.token, prefix, ours_go)
-    truth, _ = _wait_ground_truth(ctx, prefix, acked, timeout=config.timeout)
+    dropped = _dropped(before, _metrics(stack))
+    truth = ctx.stored(prefix)
     progress("fanout: the same through a stock python-socketio server ...")
     ref_prefix = _prefix("R")
     port = services.free_port()
@@ -708,6 +799,7 @@ def fanout(ctx: Context) -> StageResult:
         ref.send("go")
         ref.result(config.timeout)
         procs += watch.stop()
+        time.sleep(1.0)  # what the server still has queued (no probe for a stock server)
         return time.time()
 
     stock, _ = _fanout_side(ctx, f"http://127.0.0.1:{port}", None, ref_prefix, ref_go)
@@ -740,6 +832,7 @@ def fanout(ctx: Context) -> StageResult:
         reference=stock["p99"],
         reference_label="stock emit -> receipt",
     )
+    result.row("ours: Socket.IO sends dropped by the bridge (queue full)", dropped)
     result.lost = max(acked - truth, 0)
     result.processes = procs
     result.notes.append(

@@ -286,6 +286,12 @@ def add_arguments(parser: argparse.ArgumentParser, stage_names: list[str]) -> No
     add("--clients", type=int, default=d.clients, help="MQTT clients per publisher process")
     add("--window", type=int, default=d.window, help="QoS 1 publishes in flight per client")
     add("--messages", type=int, default=d.messages, help="points per throughput run")
+    add(
+        "--flood-ambulances",
+        type=int,
+        default=d.flood_ambulances,
+        help="throughput: ambulance ids the points are spread over (new ids each run)",
+    )
     add("--ambulances", type=int, default=d.ambulances, help="latency stage: ambulances")
     add("--rate", type=float, default=d.rate, help="latency stage: points/s per ambulance")
     add("--duration", type=float, default=d.duration, help="latency stage: seconds")
@@ -333,6 +339,7 @@ def config_from(args: argparse.Namespace, stage_names: list[str]) -> Config:
             clients=args.clients,
             window=args.window,
             messages=args.messages,
+            flood_ambulances=args.flood_ambulances,
             ambulances=args.ambulances,
             rate=args.rate,
             duration=args.duration,
