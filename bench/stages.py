@@ -380,24 +380,24 @@ class _Run:
     dropped: float | None = None  # Socket.IO sends the bridge dropped (fan-out queue full)
 
 
-def _ceiling_run(ctx: Context, number: int) -> _Run:
+def _ceiling_run(ctx: Context, number: int, publishers: int) -> _Run:
     config, broker = ctx.config, ctx.ceiling()
     prefix = _prefix("C")
-    messages = config.messages // config.publishers * config.publishers
+    messages = config.messages // publishers * publishers
     sink = ctx.child(
         f"sink-{number}",
         "bench.sink",
         {"port": broker.port, "client_id": f"bench-sink-{prefix}", "expect": messages},
     )
     sink.wait_ready()
-    ids = _split_ids(prefix, config.flood_ambulances, config.publishers)
+    ids = _split_ids(prefix, config.flood_ambulances, publishers)
     pubs = _publishers(
         ctx,
         broker.port,
         ids,
-        f"c{number}-",
+        f"c{number}-{publishers}-",
         mode="flood",
-        count=config.messages // config.publishers,
+        count=config.messages // publishers,
         window=config.window,
     )
     assert broker.proc is not None
@@ -525,14 +525,27 @@ def throughput(ctx: Context) -> StageResult:
     ids = _split_ids(prefix, config.flood_ambulances, config.publishers)
     progress(f"warm-up: one point from each of {config.flood_ambulances} ambulances")
     _warm(ctx, prefix, ids)
+    more: list[_Run] = []  # the ceiling with one more publisher process: are they the limit?
     for number in range(1, config.runs + 1):
-        ceilings.append(_ceiling_run(ctx, number))
-        progress(f"run {number}: raw ceiling {ceilings[-1].rate:,.0f} msg/s received")
+        ceilings.append(_ceiling_run(ctx, number, config.publishers))
+        more.append(_ceiling_run(ctx, number, config.publishers + 1))
+        progress(
+            f"run {number}: raw ceiling {ceilings[-1].rate:,.0f} msg/s received"
+            f" ({more[-1].rate:,.0f} with {config.publishers + 1} publisher processes)"
+        )
         pipelines.append(_pipeline_run(ctx, number, prefix, ids))
         run = pipelines[-1]
         progress(f"run {number}: pipeline {run.rate:,.0f} msg/s stored, lost {run.lost}")
     ceiling = median([r.rate for r in ceilings])
     result.row("raw ceiling: received", ceiling, "msg/s", runs=[r.rate for r in ceilings])
+    result.row(
+        f"raw ceiling with {config.publishers + 1} publisher processes",
+        median([r.rate for r in more]),
+        "msg/s",
+        reference=ceiling,
+        reference_label=f"with {config.publishers}",
+        runs=[r.rate for r in more],
+    )
     result.row(
         "pipeline: stored",
         median([r.rate for r in pipelines]),

@@ -30,7 +30,7 @@ def test_smoke_run_completes_with_figures_for_every_stage_and_nothing_lost(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=110,  # under pytest-timeout's 120 s, so a hang reports its output
         check=False,
     )
     output = done.stdout + done.stderr
