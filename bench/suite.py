@@ -71,6 +71,7 @@ class Config:
     keep: Path | None = None
     smoke: bool = False
     timeout: float = 300.0  # seconds any one wait may take
+    drain_timeout: float = 1800.0  # seconds to wait for a backlog still being stored
 
     @classmethod
     def smoke_config(cls, stages: list[str]) -> Config:
@@ -94,6 +95,7 @@ class Config:
             fanout_duration=2.0,
             smoke=True,
             timeout=60.0,
+            drain_timeout=60.0,
         )
 
 
@@ -314,6 +316,12 @@ def add_arguments(parser: argparse.ArgumentParser, stage_names: list[str]) -> No
     add("--fanout-rate", type=float, default=d.fanout_rate, help="tracking events/s, in all")
     add("--fanout-duration", type=float, default=d.fanout_duration, help="seconds per server")
     add(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout,
+        help="seconds to wait for a backlog that is still being stored (then: not yet stored)",
+    )
+    add(
         "--store-url",
         default=None,
         help="AOC_STORE_URL of aoc serve (default: SQLite; mongodb://... for MongoDB)",
@@ -353,6 +361,8 @@ def config_from(args: argparse.Namespace, stage_names: list[str]) -> Config:
             fanout_duration=args.fanout_duration,
         )
     config.store_url = args.store_url
+    if not args.smoke:
+        config.drain_timeout = args.drain_timeout
     config.keep = args.keep
     return config
 
