@@ -1,8 +1,9 @@
 """A publisher process of ``aoc bench``: several paho-mqtt clients sending tracking points.
 
 ``python -m bench.publish '<json>'`` (see ``bench.children`` for the protocol).
-Config: ``port``, ``clients``, ``ids`` (the ambulance ids of this process,
-dealt to its clients in turn), ``mode`` and:
+Config: ``port``, ``clients``, ``id_prefix`` and ``ambulances`` (this
+process's ambulance ids are ``<id_prefix><n:05d>``, dealt to its clients in
+turn), ``mode`` and:
 
 - ``flood``: ``count`` points in all, as fast as the broker acknowledges, each
   client keeping ``window`` QoS 1 publishes in flight. Device times are in
@@ -47,7 +48,10 @@ class _Client:
         self.last_ack = 0.0
         self.window = threading.BoundedSemaphore(window) if window else None
         self.paho = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.paho.max_inflight_messages_set(max(window, 1) if window else 65535)
+        # 0: no paho window. Ours (the semaphore) bounds a flood; a paced run has none. With
+        # a paho window, every PUBACK scans all the messages in flight (paho 2.2's
+        # _update_inflight): quadratic, and the publisher became the ceiling.
+        self.paho.max_inflight_messages_set(0)
         self.paho.max_queued_messages_set(0)
         self.paho.on_publish = self._on_publish
         connected = threading.Event()
@@ -139,7 +143,8 @@ def _paced(clients: list[_Client], ids: list[str], config: dict[str, Any]) -> di
 
 
 def main(config: dict[str, Any]) -> None:
-    port, ids = int(config["port"]), list(config["ids"])
+    port = int(config["port"])
+    ids = [f"{config['id_prefix']}{n:05d}" for n in range(int(config["ambulances"]))]
     window = int(config.get("window", 0)) if config["mode"] == "flood" else 0
     name = str(config.get("name", "pub"))
     clients = [

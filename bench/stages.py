@@ -152,11 +152,19 @@ def _prefix(letter: str) -> str:
 
 
 def _split_ids(prefix: str, total: int, parts: int) -> list[list[str]]:
-    """``total`` ambulance ids dealt to ``parts`` processes (``<prefix><p>-<n>``)."""
+    """``total`` ambulance ids dealt to ``parts`` processes (``<prefix><p>-<n>``).
+
+    As ``bench.publish`` makes them from ``_id_config``.
+    """
     return [
         [f"{prefix}{p}-{n:05d}" for n in range(total // parts + (1 if p < total % parts else 0))]
         for p in range(parts)
     ]
+
+
+def _id_config(own: list[str]) -> dict[str, Any]:
+    """How a publisher makes the ids ``own`` of ``_split_ids`` (argv stays short)."""
+    return {"id_prefix": own[0][:-5] if own else "", "ambulances": len(own)}
 
 
 def _publishers(
@@ -165,7 +173,8 @@ def _publishers(
     config = ctx.config
     made = []
     for p, own in enumerate(ids):
-        settings = {"port": port, "clients": config.clients, "ids": own, "name": f"{tag}{p}"}
+        settings = {"port": port, "clients": config.clients, "name": f"{tag}{p}"}
+        settings |= _id_config(own)
         settings |= {"phase": p / len(ids), "ack_timeout": config.timeout, **mode}
         made.append(ctx.child(f"publisher-{tag}-{p}", "bench.publish", settings))
     for child in made:
@@ -456,7 +465,7 @@ def _warm(ctx: Context, prefix: str, ids: list[list[str]]) -> None:
             {
                 "port": stack.mqtt_port,
                 "clients": 1,
-                "ids": own,
+                **_id_config(own),
                 "name": f"warm{p}",
                 "mode": "flood",
                 "count": len(own),
