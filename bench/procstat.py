@@ -64,6 +64,7 @@ class Watch:
         self.interval = interval
         self._rss: dict[str, list[int]] = {name: [] for name in pids}
         self._cpu0: dict[str, float] = {}
+        self._cpu_last: dict[str, float] = {}  # a process that exits keeps its last reading
         self._t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="procstat", daemon=True)
@@ -79,12 +80,16 @@ class Watch:
             for name, pid in self.pids.items():
                 if (value := _rss(pid)) is not None:
                     self._rss[name].append(value)
+                    self._cpu_last[name] = _cpu(pid)
             if self._stop.wait(self.interval):
                 return
 
     def stop(self) -> list[ProcessFigures]:
         wall = time.monotonic() - self._t0
-        cpu1 = {name: _cpu(pid) for name, pid in self.pids.items()}
+        cpu1 = {
+            name: _cpu(pid) if _rss(pid) is not None else self._cpu_last.get(name, self._cpu0[name])
+            for name, pid in self.pids.items()
+        }
         self._stop.set()
         self._thread.join()
         figures = []

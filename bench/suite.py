@@ -245,7 +245,7 @@ def _machine() -> dict[str, Any]:
 
 def run(config: Config, stages: dict[str, Callable[..., StageResult]]) -> dict[str, Any]:
     """Run the chosen stages on one shared context; the JSON-able report."""
-    from bench.stages import Context  # noqa: PLC0415 (imports the services)
+    from bench.rig import Context  # noqa: PLC0415 (imports the services)
 
     started = datetime.now(UTC)
     results: list[StageResult] = []
