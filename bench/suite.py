@@ -248,6 +248,7 @@ def run(config: Config, stages: dict[str, Callable[..., StageResult]]) -> dict[s
     from bench.rig import Context  # noqa: PLC0415 (imports the services)
 
     started = datetime.now(UTC)
+    load_before = os.getloadavg()  # the machine is shared: how busy it was, before and after
     results: list[StageResult] = []
     with contextlib.ExitStack() as exits:
         workdir = config.keep or Path(
@@ -263,7 +264,7 @@ def run(config: Config, stages: dict[str, Callable[..., StageResult]]) -> dict[s
         "started": started.isoformat(),
         "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "machine": _machine(),
+        "machine": _machine() | {"load_average_before": load_before},
         "stages": [r.as_dict() for r in results],
         "_results": results,
     }
