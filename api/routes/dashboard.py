@@ -63,7 +63,8 @@ REFUSED = """<!DOCTYPE html>
 MISSING = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>AOC dashboard: not installed</title></head>
 <body><h1>The dashboard's libraries are not installed</h1>
-<p>Run <code>make setup</code> (or <code>npm ci</code> in <code>dashboard/</code>).</p></body></html>
+<p>Run <code>make setup</code> (or <code>npm ci</code> in <code>dashboard/</code>).</p>
+</body></html>
 """
 
 
