@@ -219,11 +219,18 @@ def test_2_tracking_moves_the_marker_and_updates_the_list(
 
 
 def test_3_a_crash_raises_an_alert_until_dismissed(loaded: Dashboard, tmp_path: Path) -> None:
-    """Test that a crash shows an alert naming the ambulance and place, with the static map."""
+    """Test that a crash shows an alert naming the ambulance and place, with the static map.
+
+    It arrives while the page gets no animation frames, as in a background tab: the
+    alert must not wait for one. Its sound repeats until muted or dismissed.
+    """
     board = loaded
     aid = fresh_id("DASH-CRASH")
     t0 = int(time.time() * 1000)
     board.publish(aid, "tracking", point(0, 60, t0))
+    board.wait(lambda: board.ambulance(aid), "its marker")
+    board.js("window.realFrame = window.requestAnimationFrame;"
+             "window.requestAnimationFrame = () => null;")
     board.publish(aid, "crash", {"lat": 13.7, "lon": 100.6, "speed": 95, "heading": 90,
                                  "ts": t0 + 2000})
     banner = board.wait(
@@ -238,7 +245,16 @@ def test_3_a_crash_raises_an_alert_until_dismissed(loaded: Dashboard, tmp_path: 
     assert "(1) CRASH" in board.driver.title
     crash_list = board.driver.find_element(By.ID, "crash-list").text
     assert aid in crash_list
+    board.js("window.requestAnimationFrame = window.realFrame")
     board.shot(tmp_path, "3a-alert")
+
+    beeping = "return window.aocDashboard.alerts.beeper !== null"
+    assert board.js(beeping)
+    board.driver.find_element(By.ID, "mute").click()
+    assert not board.js(beeping)
+    assert board.driver.find_element(By.ID, "mute").text == "Sound off"
+    board.driver.find_element(By.ID, "mute").click()
+    assert board.js(beeping)
 
     banner.find_element(By.CSS_SELECTOR, "button.dismiss").click()
     board.wait(
@@ -246,6 +262,7 @@ def test_3_a_crash_raises_an_alert_until_dismissed(loaded: Dashboard, tmp_path: 
         "the alert to go once dismissed",
     )
     assert aid in board.driver.find_element(By.ID, "crash-list").text  # still listed
+    assert not board.js(beeping)
     board.shot(tmp_path, "3b-dismissed")
 
 

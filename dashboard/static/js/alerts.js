@@ -33,6 +33,11 @@ export class Alerts {
     this.beeper = null;
     this.title = document.title;
     muteButton.addEventListener("click", () => this.setMuted(!this.muted));
+    // Browsers start sound only after the user touched the page (kiosks: launch the browser
+    // with --autoplay-policy=no-user-gesture-required); the first touch unlocks it.
+    for (const event of ["pointerdown", "keydown"]) {
+      document.addEventListener(event, () => this.audio && this.audio.resume(), { capture: true });
+    }
     this.setMuted(this.muted);
   }
 
@@ -138,7 +143,7 @@ export class Alerts {
     try {
       this.audio = this.audio || new AudioContext();
       const ctx = this.audio;
-      if (ctx.state === "suspended") ctx.resume();  // browsers allow sound after a click
+      if (ctx.state !== "running") return;  // not unlocked yet (see the constructor)
       for (const [start, freq] of [[0, 880], [0.25, 660], [0.5, 880]]) {
         const osc = ctx.createOscillator();
         const gain = ctx.createGain();
