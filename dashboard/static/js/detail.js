@@ -125,7 +125,7 @@ export class Detail {
     this.chart = new uPlot({
       width: 390,
       height: 200,
-      scales: { y: { range: (u, min, max) => [0, Math.max(max ?? 0, fleet.redKmh + 20)] } },
+      scales: { y: { range: (u, min, max) => [0, Math.max((max ?? 0) * 1.1, fleet.redKmh + 20)] } },
       series: [{}, { label: "km/h", stroke: "#1565c0", width: 1.5, points: { show: false } }],
       axes: [{}, { label: "km/h" }],
       hooks: {
