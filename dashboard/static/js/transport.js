@@ -105,6 +105,7 @@ export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
   });
 
   socket.on("data", (payload) => {
+    if (typeof payload !== "string") return;
     if (payload === `room joined: ${TRACKING_ROOM}`) {
       setLive(true, "connected");
       return;
