@@ -172,8 +172,9 @@ def loaded(board: Dashboard) -> Dashboard:
 def test_1_the_page_loads_live_from_local_assets_only(loaded: Dashboard, tmp_path: Path) -> None:
     """Test that the page loads live, its libraries and outlines from this server only."""
     board = loaded
-    board.wait(lambda: board.js("return document.querySelectorAll('.leaflet-overlay-pane path, "
-                                ".leaflet-overlay-pane canvas').length > 0"), "the outlines")
+    board.wait(lambda: board.js("const o = window.aocDashboard.fleetMap.outlines;"
+                                "return o !== undefined && o.getLayers().length > 100"),
+               "the country outlines")
     board.shot(tmp_path, "1-loaded")
     resources = board.js(
         "return performance.getEntriesByType('resource').map((r) => r.name)"

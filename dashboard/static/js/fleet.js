@@ -1,9 +1,11 @@
 // The fleet as the page knows it: the latest state of each ambulance.
 //
-// Live updates are queued (the newest per ambulance wins) and applied once per
-// animation frame, so a fleet of thousands sending every second costs one redraw
-// a frame, not one per message. A hidden tab gets no frames: its queue holds at
-// most one update per ambulance until the dispatcher looks again.
+// Live updates are queued (the newest per ambulance wins) and applied on an animation
+// frame, at most every FLUSH_MS, so a fleet of thousands sending every second costs
+// ten redraws a second, not one per message. A hidden tab gets no frames: its queue
+// holds at most one update per ambulance until the dispatcher looks again.
+
+const FLUSH_MS = 100;  // as the server's coalesced stream: ten pictures a second
 
 export class Fleet {
   constructor({ orangeKmh, redKmh, offlineSeconds }) {
@@ -14,6 +16,7 @@ export class Fleet {
     this.pending = new Map();
     this.listeners = [];
     this.frame = null;
+    this.flushedAt = -Infinity;
   }
 
   // Called with the ids changed, once per frame that applied any.
@@ -26,7 +29,14 @@ export class Fleet {
   }
 
   flush() {
+    // At most every FLUSH_MS: a frame that comes sooner waits for the next one.
+    const now = performance.now();
+    if (now - this.flushedAt < FLUSH_MS) {
+      this.frame = requestAnimationFrame(() => this.flush());
+      return;
+    }
     this.frame = null;
+    this.flushedAt = now;
     if (!this.pending.size) return;
     const changed = [];
     for (const update of this.pending.values()) {

@@ -50,6 +50,9 @@ export class FleetMap {
       this.addOutlines();
     }
     this.track = L.layerGroup().addTo(this.map);
+    // The track on a canvas of its own too, so that it is redrawn only when it changes.
+    this.map.createPane("track").style.zIndex = 390;  // under the markers (overlay pane: 400)
+    this.trackRenderer = L.canvas({ pane: "track", padding: 0.2 });
   }
 
   async addOutlines() {
@@ -58,11 +61,14 @@ export class FleetMap {
       const response = await fetch("/dashboard/vendor/world-atlas/countries-50m.json");
       const world = await response.json();
       const countries = topojson.feature(world, world.objects.countries);
-      L.geoJSON(countries, {
-        renderer: this.renderer,
+      // A canvas of their own, under the markers': a marker that moves redraws its
+      // canvas, and the world's coastlines need not be redrawn with it.
+      this.map.createPane("outlines").style.zIndex = 350;
+      this.outlines = L.geoJSON(countries, {
+        renderer: L.canvas({ pane: "outlines", padding: 0.2 }),
         interactive: false,
         style: { color: "#7d8b99", weight: 1, fillColor: "#f7f4ee", fillOpacity: 1 },
-      }).addTo(this.map).bringToBack();
+      }).addTo(this.map);
     } catch (err) {
       console.warn("no country outlines", err);
     }
@@ -119,7 +125,7 @@ export class FleetMap {
     let runState = null;
     const flush = () => {
       if (run.length > 1) {
-        L.polyline(run, { renderer: this.renderer, color: COLOURS[runState] || "#1565c0", weight: 4, opacity: 0.8, interactive: false }).addTo(this.track);
+        L.polyline(run, { renderer: this.trackRenderer, color: COLOURS[runState] || "#1565c0", weight: 4, opacity: 0.8, interactive: false }).addTo(this.track);
       }
     };
     for (const point of points) {
