@@ -340,6 +340,39 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
     board.shot(tmp_path, "5b-resynced")
 
 
+def test_5b_a_token_limited_to_some_ambulances_shows_them_only(
+    loaded: Dashboard, tmp_path: Path
+) -> None:
+    """Test that a page with a limited token goes live on its ambulance's rooms, and its crashes."""
+    board = loaded
+    mine, other = fresh_id("DASH-MINE"), fresh_id("DASH-OTHER")
+    t0 = int(time.time() * 1000)
+    for aid in (mine, other):
+        board.publish(aid, "tracking", point(0, 30, t0))
+    token = services.api_token(board.service.env, rooms=[mine])
+    board.driver.get(f"{board.http}/dashboard?token={token}")
+    board.wait(board.live, "the limited page to be live")
+    board.wait(lambda: board.ambulance(mine), "its own ambulance")
+    # Live on its ambulance's own room: a new point moves it.
+    board.wait(lambda: board.js("return window.aocDashboard.transport.limited"), "limited mode")
+    board.publish(mine, "tracking", point(3, 50, t0))
+    board.wait(lambda: (a := board.ambulance(mine)) and a["speed"] == 50, "its live point")
+    board.publish(mine, "crash", {"lat": 13.8, "lon": 100.4, "speed": 70, "ts": t0 + 4000})
+    board.wait(
+        lambda: board.driver.find_elements(By.CSS_SELECTOR, f'.alert[data-ambulance="{mine}"]'),
+        "its crash alert (from its CRASH_NOTIFY_ room)",
+    )
+    board.shot(tmp_path, "5b-limited")
+    assert board.ambulance(other) is None
+    assert board.js("return window.aocDashboard.fleet.byId.size") == 1
+    # Reloaded: its recent crashes come from its own ambulances' lists (the fleet-wide
+    # list is refused to a limited token).
+    board.driver.refresh()
+    board.wait(board.live, "the reloaded page to be live")
+    board.wait(lambda: mine in board.driver.find_element(By.ID, "crash-list").text,
+               "its crash in the recent crashes")
+
+
 def test_6_a_page_without_a_valid_token_is_refused(board: Dashboard, tmp_path: Path) -> None:
     """Test that /dashboard without a token, or with a wrong one, is refused."""
     for url in (f"{board.http}/dashboard", f"{board.http}/dashboard?token=fake-token"):

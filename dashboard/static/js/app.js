@@ -5,7 +5,7 @@
 // header for the read API and in Socket.IO's auth payload, never in another URL.
 
 import { Alerts, crashKey } from "./alerts.js";
-import { readApi } from "./api.js";
+import { ApiError, readApi } from "./api.js";
 import { Detail } from "./detail.js";
 import { Fleet } from "./fleet.js";
 import { FleetList } from "./list.js";
@@ -77,12 +77,24 @@ async function resyncFleet() {
   if (transport && transport.limited) transport.watch(fleet.byId.keys());
 }
 
+// The newest crashes, newest first: of every ambulance, or, for a token limited to some
+// (refused the fleet-wide list), of each of its ambulances.
+async function recentCrashes(limit, since) {
+  try {
+    return await api.crashes(undefined, limit, since);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 403)) throw err;
+  }
+  const each = await Promise.all([...fleet.byId.keys()].map((id) => api.crashes(id, limit, since)));
+  return each.flat().sort((a, b) => Date.parse(b.count_datetime) - Date.parse(a.count_datetime)).slice(0, limit);
+}
+
 // After (re)connecting: whatever the read API stored while the page was not live.
 async function resync(since) {
   const results = await Promise.allSettled([
     resyncFleet(),
     detail.resync(),
-    api.crashes(undefined, 50, new Date(since - CRASH_MARGIN_MS)).then((crashes) => {
+    recentCrashes(50, new Date(since - CRASH_MARGIN_MS)).then((crashes) => {
       for (const crash of [...crashes].reverse()) alerts.raise(crash);
     }),
   ]);
@@ -112,11 +124,12 @@ async function start() {
     return;
   }
   showLive(false, "connecting");
-  const loaded = Promise.allSettled([
-    resyncFleet(),
-    api.crashes(undefined, 20).then((crashes) => alerts.listRecent(crashes)),
-  ]);
-  await loaded;
+  try {
+    await resyncFleet();
+    alerts.listRecent(await recentCrashes(20));
+  } catch (err) {
+    console.warn("first read", err);
+  }
   const url = config.socketio_url || `${location.protocol}//${location.hostname}:${config.socketio_port}`;
   transport = connect({
     url,
