@@ -13,7 +13,6 @@ installs them), driven by Selenium.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,27 +23,18 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests import services
+from tests.browser import headless_chromium
 from tests.tcpproxy import CuttableProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 WAIT = 30.0  # seconds a condition may take on a loaded two-core machine
 BANGKOK = (13.7563, 100.5018)
-
-
-def _binary(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/lib/chromium")
-        if path:
-            return path
-    raise RuntimeError(f"{names[0]} is not installed: run `make setup` (it installs it)")
 
 
 @dataclass
@@ -144,15 +134,8 @@ def board(
             "AOC_DASHBOARD_SOCKETIO_URL": f"http://127.0.0.1:{proxy.port}",
         },
     )
-    options = webdriver.ChromeOptions()
-    options.binary_location = _binary("chromium", "chromium-browser")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1400,900", "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(argument)
     with service:
-        driver = webdriver.Chrome(
-            options=options, service=ChromeService(executable_path=_binary("chromedriver"))
-        )
+        driver = headless_chromium()
         try:
             yield Dashboard(service, proxy, driver, mosquitto.port)
         finally:
