@@ -22,13 +22,14 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
 from aoc.config import Settings
 from api.access import bearer_scheme, presented_token, query_scheme
+from api.deps import Deps
 from api.tokens import verify_token
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def installed(directory: Path) -> bool:
     return all((modules / folder).is_dir() for folder in VENDOR.values())
 
 
-def add_dashboard(app: FastAPI, settings: Settings, directory: Path = DASHBOARD_DIR) -> None:
+def add_dashboard(app: FastAPI, directory: Path = DASHBOARD_DIR) -> None:
     """Serve ``/dashboard`` and its assets from ``directory`` on ``app``."""
     # check_dir off: a clone without `npm ci` still starts; the page says what is missing.
     app.mount(
@@ -112,21 +113,21 @@ def add_dashboard(app: FastAPI, settings: Settings, directory: Path = DASHBOARD_
 
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard(
-        request: Request,
+        deps: Deps,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
         query_token: Annotated[str | None, Depends(query_scheme)],
     ) -> Response:
         token = presented_token(credentials, query_token)
         if token is None:
             return _refused("No token was given")
-        if await verify_token(request.app.state.deps.store, token) is None:
+        if await verify_token(deps.store, token) is None:
             return _refused("This token is unknown or revoked")
         if not installed(directory):
             log.warning("dashboard requested, but %s has no node_modules: run make setup",
                         directory)
             return HTMLResponse(MISSING, status_code=503, headers=HEADERS)
         template = (directory / PAGE).read_text(encoding="utf-8")
-        return HTMLResponse(render_page(template, settings), headers=HEADERS)
+        return HTMLResponse(render_page(template, deps.settings), headers=HEADERS)
 
 
 def _refused(why: str) -> HTMLResponse:

@@ -95,7 +95,7 @@ async def test_a_clone_without_npm_ci_says_what_to_run(
     shutil.copy(DASHBOARD_DIR / dashboard.PAGE, tmp_path / dashboard.PAGE)
     app = FastAPI()
     app.state.deps = deps
-    add_dashboard(app, deps.settings, tmp_path)
+    add_dashboard(app, tmp_path)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         answer = await client.get("/dashboard", params={"token": api_token})
