@@ -21,8 +21,9 @@ BENCH ?= throughput
 bench: setup
 	$(BIN)/python -m bench $(BENCH)
 
-setup-run: .stamps/apt-run $(VENV)/.installed-run
-setup: .stamps/apt-test $(VENV)/.installed-test tests/js/node_modules/.installed
+setup-run: .stamps/apt-run $(VENV)/.installed-run dashboard/node_modules/.installed
+setup: .stamps/apt-test $(VENV)/.installed-test tests/js/node_modules/.installed \
+	dashboard/node_modules/.installed
 
 lint: setup
 	$(BIN)/ruff check .
@@ -33,9 +34,11 @@ typecheck: setup
 # Debian packages: only those whose command is missing (scripts/missing-packages
 # decides, one command and its package at a time), so a machine that has them
 # needs neither root nor the network. /usr/sbin: where Debian puts mosquitto,
-# outside a normal user's PATH.
-RUN_COMMANDS := mosquitto:mosquitto redis-server:redis-server
-TEST_COMMANDS := docker-compose:docker-compose node:nodejs npm:npm mosquitto_pub:mosquitto-clients
+# outside a normal user's PATH. npm: the dashboard's libraries (`make run` serves it);
+# chromium and its driver: the dashboard's browser tests.
+RUN_COMMANDS := mosquitto:mosquitto redis-server:redis-server node:nodejs npm:npm
+TEST_COMMANDS := docker-compose:docker-compose mosquitto_pub:mosquitto-clients \
+	chromium:chromium chromedriver:chromium-driver
 APT_INSTALL = $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
 .stamps/apt-run:
@@ -65,5 +68,10 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The dashboard's browser libraries, served as they are by the HTTP API at /dashboard.
+dashboard/node_modules/.installed: dashboard/package.json dashboard/package-lock.json | .stamps/apt-run
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 clean:
-	rm -rf .stamps $(VENV) tests/js/node_modules data
+	rm -rf .stamps $(VENV) tests/js/node_modules dashboard/node_modules data

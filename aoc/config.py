@@ -38,6 +38,8 @@ SERVICE_FIELDS = frozenset({
     "dead_letter_burst", "dead_letter_prune_seconds", "device_rate", "device_burst",
     "batch_size", "batch_wait_ms", "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
     "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
+    "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
+    "dashboard_socketio_url",
 })
 
 
@@ -68,6 +70,17 @@ class Settings(BaseSettings):
     # which the image links of the read API are built on; empty: taken from each
     # request, whose Host header the client writes (development only).
     public_url: str = ""
+
+    # The dispatch dashboard at /dashboard (``api.routes.dashboard``). Map tiles
+    # from this URL template ({z}/{x}/{y}, as Leaflet takes it); empty: no tiles,
+    # a plain background with country outlines and a scale (closed networks).
+    dashboard_tile_url: str = ""
+    dashboard_tile_attribution: str = ""
+    # An ambulance not heard from for this long shows as offline.
+    dashboard_offline_seconds: float = Field(default=120.0, gt=0)
+    # The Socket.IO server as browsers reach it; empty: the page's own host on
+    # socketio_port.
+    dashboard_socketio_url: str = ""
 
     # MQTT broker (Mosquitto).
     mqtt_host: str = "127.0.0.1"
@@ -286,7 +299,7 @@ class Settings(BaseSettings):
         origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
         return [origin for origin in origins if origin]
 
-    @field_validator("public_url")
+    @field_validator("public_url", "dashboard_socketio_url")
     @classmethod
     def _http_base(cls, value: str) -> str:
         """An http(s) base URL without query or fragment, its trailing slash dropped."""

@@ -479,7 +479,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         store, objects, cache = await _open_storage(settings, stack)
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
         gate = SocketGate(settings, store)
-        sio = create_sio(gate, cors_origins=settings.cors_origin_list)
+        sio = create_sio(
+            gate, cors_origins=settings.cors_origin_list, dashboard_port=settings.http_port
+        )
         wiring = _BridgeWiring(
             settings,
             store=store,
@@ -602,6 +604,7 @@ async def run_realtime(settings: Settings) -> None:
         sio = create_sio(
             gate,
             cors_origins=settings.cors_origin_list,
+            dashboard_port=settings.http_port,
             client_manager=socketio.AsyncRedisManager(settings.redis_url),
         )
         realtime = create_realtime_app(sio, settings)

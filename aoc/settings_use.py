@@ -48,8 +48,14 @@ ACCESS = frozenset({"secret_key", "legacy_mode", "legacy_networks", "cors_origin
 HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
     "redis_url", "http_port", "max_concurrent_uploads", "max_image_bytes", "max_upload_files",
     "shim_mqtt_username", "shim_mqtt_password", "public_url", "image_links",
+    # The dashboard page: its settings, and the thresholds it colours speeds by.
+    "socketio_port", "dashboard_tile_url", "dashboard_tile_attribution",
+    "dashboard_offline_seconds", "dashboard_socketio_url", "speed_orange_kmh", "speed_red_kmh",
 }
-REALTIME = STORE | ACCESS | {"redis_url", "socketio_port", "socketio_max_connections"}
+# http_port: the dashboard's origin, which Socket.IO admits (``api.realtime``).
+REALTIME = STORE | ACCESS | {
+    "redis_url", "socketio_port", "socketio_max_connections", "http_port",
+}
 SERVE = SERVER | BRIDGE | HTTP_API | REALTIME
 # `aoc up` runs Mosquitto and Redis itself and passes its environment to `aoc serve`.
 UP = SERVE | ADMIN | {

@@ -606,7 +606,9 @@ def _announcement(settings: Settings, borrowed: list[str]) -> str:
         f"AOC is up: HTTP http://{settings.bind_host}:{settings.http_port}/docs, "
         f"Socket.IO :{settings.socketio_port}, MQTT :{settings.mqtt_port}, "
         f"MQTT over WebSocket :{settings.mqtt_ws_port}.{accounts}{others} "
-        "Ctrl-C stops what it started."
+        # The token itself stays in the file (mode 0600), out of terminals and logs.
+        f"Dashboard: http://{settings.bind_host}:{settings.http_port}/dashboard?token=<api_token "
+        "of that file>. Ctrl-C stops what it started."
     )
 
 

@@ -6,6 +6,8 @@ Rules, in one place (Socket.IO applies the same ones in ``api.realtime``):
   Bearer <token>`` or ``?token=`` (kiosks); else 401 with ``WWW-Authenticate:
   Bearer``. A token limited to some ambulances gets 403 for any other one,
   and for the fleet-wide diagnostics (dead letters, crashes of all).
+- ``/dashboard`` (the page) needs a token as the read API does; its scripts
+  and libraries (``/dashboard/static``, ``/dashboard/vendor``) carry no data.
 - ``/files/<key>`` needs a token, or a signed URL that has not expired
   (``api.signing``); a bad or expired signature is a 403.
 - ``/metrics`` needs ``AOC_METRICS_TOKEN`` as a bearer token; unset, a client

@@ -4,7 +4,8 @@ Who may call what is in ``api.access``: the read API and ``/files`` need a
 token (or, for ``/files``, a signed URL), ``/metrics`` its own token or a
 network, the legacy endpoints legacy mode; the probes, ``/docs``, ``/redoc``
 (with their assets) and ``/openapi.json`` (the API's description, no data)
-stay open.
+stay open. ``/dashboard`` needs a token too; its scripts stay open
+(``api.routes.dashboard``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import docs, health, legacy, read
+from api.routes import dashboard, docs, health, legacy, read
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         redoc_url=None,
     )
     docs.add_docs(app)
+    dashboard.add_dashboard(app)
     app.state.deps = deps
     origins = deps.settings.cors_origin_list
     if origins:

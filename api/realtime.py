@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import socketio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -64,19 +64,52 @@ def room_name(value: object) -> str | None:
     return room
 
 
-def allowed_origins(origins: Sequence[str]) -> str | list[str] | None:
+# Engine.IO calls it with the Origin header and the request: whether to admit it.
+OriginCheck = Callable[[str | None, dict[str, Any]], bool]
+
+
+def allowed_origins(
+    origins: Sequence[str], *, dashboard_port: int | None = None
+) -> str | list[str] | OriginCheck | None:
     """Engine.IO's ``cors_allowed_origins`` for the configured ``origins``.
 
     None (no origins configured) admits the server's own origin only, "*" any,
     a list those listed; a connection with another ``Origin`` header is refused
     (400). One without the header (devices, scripts) is always admitted. Never
     ``[]``: to Engine.IO that turns the check off and admits every origin.
+
+    With ``dashboard_port`` (the HTTP API's port), the page ``/dashboard``
+    served there is admitted too: the same host name as this connection's,
+    on that port (``dashboard_origin``).
     """
-    if not origins:
-        return None
     if "*" in origins:
         return "*"
-    return list(origins)
+    if dashboard_port is None:
+        return list(origins) or None
+    listed = frozenset(origins)
+
+    def check(origin: str | None, environ: dict[str, Any]) -> bool:
+        return origin is not None and (
+            origin in listed or origin in own_origins(environ, dashboard_port)
+        )
+
+    return check
+
+
+def own_origins(environ: dict[str, Any], dashboard_port: int) -> tuple[str, ...]:
+    """The connection's own origin and the dashboard's (the same host on ``dashboard_port``).
+
+    Both come from the request's ``Host`` header, as Engine.IO's own check does:
+    a page on the host name the browser used for this connection.
+    """
+    host = environ.get("HTTP_HOST")
+    if not host:
+        return ()
+    scheme = environ.get("wsgi.url_scheme", "http")
+    name = urlsplit(f"//{host}").hostname or ""
+    if ":" in name:  # an IPv6 address goes back in brackets
+        name = f"[{name}]"
+    return (f"{scheme}://{host}", f"{scheme}://{name}:{dashboard_port}")
 
 
 def client_address(environ: dict[str, Any]) -> str | None:
@@ -210,6 +243,7 @@ def create_sio(
     gate: SocketGate,
     *,
     cors_origins: Sequence[str] = (),
+    dashboard_port: int | None = None,
     client_manager: socketio.AsyncManager | None = None,
     logger: logging.Logger | None = None,
 ) -> socketio.AsyncServer:
@@ -218,12 +252,13 @@ def create_sio(
     ``gate`` decides who connects and who joins which room.
 
     Browsers from ``cors_origins`` (``Settings.cors_origin_list``) may connect,
-    besides the server's own origin: see ``allowed_origins``.
+    besides the server's own origin and, with ``dashboard_port``, the page
+    ``/dashboard`` of the HTTP API on that port: see ``allowed_origins``.
     """
     sio_log = logger or log
     options: dict[str, Any] = {
         "async_mode": "asgi",
-        "cors_allowed_origins": allowed_origins(cors_origins),
+        "cors_allowed_origins": allowed_origins(cors_origins, dashboard_port=dashboard_port),
     }
     if client_manager is not None:
         options["client_manager"] = client_manager

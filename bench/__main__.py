@@ -13,6 +13,7 @@ from typing import Any
 
 from aoc.config import Settings
 from bench import plan, share, stack
+from bench.dashboard import dashboard
 from bench.flood import flood
 from bench.junk import junk
 from bench.latency import latency
@@ -114,6 +115,13 @@ def _add_latency_and_memory(commands: argparse._SubParsersAction[argparse.Argume
     fl.add_argument("--count", type=int, default=None, help="payloads (10 tracking, 6 snapshots)")
     fl.add_argument("--size", type=int, default=50_000_000, help="bytes per tracking payload")
 
+    db = commands.add_parser(
+        "dashboard", help="the dashboard in headless Chromium under a fleet's updates"
+    )
+    db.add_argument("--ambulances", type=int, default=5000, help="each updated once a second")
+    db.add_argument("--seconds", type=float, default=20.0, help="of updates per run")
+    db.add_argument("--runs", type=int, default=3, help="runs (medians are printed)")
+
     soak = commands.add_parser("soak", help="`aoc simulate` for a while; memory of each process")
     soak.add_argument("--ambulances", type=int, default=50)
     soak.add_argument("--rate", type=float, default=1.0, help="points per second per ambulance")
@@ -200,6 +208,9 @@ def _run(args: argparse.Namespace, running: stack.Stack) -> int:
     """Run the benchmark ``args`` names against ``running``; 1 if it failed its verdict."""
     if args.command == "limits":
         _limits(args, running)
+        return 0
+    if args.command == "dashboard":
+        dashboard(running, ambulances=args.ambulances, seconds=args.seconds, runs=args.runs)
         return 0
     settings = Settings()
     jobs: dict[str, Callable[[], Coroutine[Any, Any, object]]] = {

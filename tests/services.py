@@ -272,8 +272,8 @@ class AocService(Service):
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def api_token(env: dict[str, str]) -> str:
-    """A new token reading every ambulance, in the store the ``aoc`` process of ``env`` uses.
+def api_token(env: dict[str, str], rooms: Sequence[str] | None = None) -> str:
+    """A new token reading every ambulance (or ``rooms``), in the store ``env``'s process uses.
 
     Created through the store itself (as `aoc token add` does), on a thread of
     its own so that a test already inside an event loop can call it too.
@@ -297,7 +297,7 @@ def api_token(env: dict[str, str]) -> str:
         )
         async with store:
             name = f"tests-{os.getpid()}-{time.monotonic_ns()}"
-            return await create_token(store, name, None, actor="tests")
+            return await create_token(store, name, rooms, actor="tests")
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, create()).result(60)

@@ -139,3 +139,10 @@ def test_junk_reports_growth_log_lines_and_good_points() -> None:
     assert re.search(r"WARNING lines logged: \d+", out), out
     assert "good points stored: 20/20" in out, out
     assert re.search(r'aoc_dead_letters_dropped_total\{reason="rate"\} \d+', out), out
+
+
+def test_dashboard_prints_frame_intervals() -> None:
+    """Test that the dashboard benchmark loads the page in Chromium and prints its frames."""
+    out = _bench("dashboard", "--ambulances", "200", "--seconds", "2", "--runs", "1")
+    assert re.search(r"run 1: 2\d\d ambulances, \d+ frames", out), out
+    assert "median of 1 runs, 200 updates/s" in out

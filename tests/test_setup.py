@@ -19,6 +19,8 @@ SCRIPT = ROOT / "scripts" / "missing-packages"
 TEST_PAIRS = ["docker-compose:docker-compose", "node:nodejs", "npm:npm"]
 # What the Makefile's recipes run besides the commands under test.
 TOOLS = ("mkdir", "touch")
+# The browser tests' commands, present unless a case is about them.
+BROWSER = ("chromium", "chromedriver")
 
 
 def _stub(directory: Path, name: str, body: str = "exit 0") -> None:
@@ -122,7 +124,7 @@ def _fake_sudo(tmp_path: Path, path: Path) -> Path:
 
 def test_make_as_root_calls_apt_without_sudo(tmp_path: Path) -> None:
     """Test that root (``id -u`` is 0) runs apt-get itself, even where sudo exists."""
-    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "python3", "node", "npm")
+    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "python3", "node", "npm", *BROWSER)
     sudo = _fake_sudo(tmp_path, path)
     calls = _make_apt(tmp_path, path, as_user="0")
     assert calls == [
@@ -134,7 +136,7 @@ def test_make_as_root_calls_apt_without_sudo(tmp_path: Path) -> None:
 
 def test_make_as_a_user_calls_apt_through_sudo(tmp_path: Path) -> None:
     """Test that a normal user (``id -u`` is 1000) gets every apt-get call through sudo."""
-    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "python3", "node", "npm")
+    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "python3", "node", "npm", *BROWSER)
     sudo = _fake_sudo(tmp_path, path)
     calls = _make_apt(tmp_path, path, as_user="1000")
     expected = [
@@ -147,21 +149,47 @@ def test_make_as_a_user_calls_apt_through_sudo(tmp_path: Path) -> None:
 
 def test_make_asks_apt_for_the_missing_package_alone(tmp_path: Path) -> None:
     """Test that `make setup` on a NodeSource machine installs docker-compose, not npm."""
-    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "redis-server", "python3", "node", "npm")
+    path = _bin(
+        tmp_path, "mosquitto", "mosquitto_pub", "redis-server", "python3", "node", "npm", *BROWSER
+    )
     calls = _make_apt(tmp_path, path)
     assert calls == [["update", "-qq"], ["install", "-y", "-qq", "docker-compose"]]
 
 
 def test_make_setup_installs_the_mqtt_clients_the_examples_use(tmp_path: Path) -> None:
     """Test that `make setup` installs mosquitto_pub (docs/examples/device.sh runs it in tests)."""
-    path = _bin(tmp_path, "mosquitto", "redis-server", "python3", "docker-compose", "node", "npm")
+    path = _bin(
+        tmp_path, "mosquitto", "redis-server", "python3", "docker-compose", "node", "npm", *BROWSER
+    )
     calls = _make_apt(tmp_path, path)
     assert calls == [["update", "-qq"], ["install", "-y", "-qq", "mosquitto-clients"]]
 
 
+def test_make_setup_installs_chromium_and_its_driver(tmp_path: Path) -> None:
+    """Test that `make setup` installs Debian's chromium and chromium-driver (browser tests)."""
+    path = _bin(
+        tmp_path, "mosquitto", "mosquitto_pub", "redis-server", "python3", "docker-compose",
+        "node", "npm",
+    )
+    calls = _make_apt(tmp_path, path)
+    assert calls == [["update", "-qq"], ["install", "-y", "-qq", "chromium", "chromium-driver"]]
+
+
+def test_make_run_installs_npm_for_the_dashboard(tmp_path: Path) -> None:
+    """Test that `make run`'s packages include Node.js and npm: the dashboard's libraries."""
+    path = _bin(
+        tmp_path, "mosquitto", "mosquitto_pub", "redis-server", "python3", "docker-compose",
+        *BROWSER,
+    )
+    calls = _make_apt(tmp_path, path)
+    assert calls == [["update", "-qq"], ["install", "-y", "-qq", "nodejs", "npm"]]
+
+
 def test_make_asks_apt_for_what_make_run_needs(tmp_path: Path) -> None:
     """Test that a missing redis-server and venv module are installed, and nothing else."""
-    path = _bin(tmp_path, "mosquitto", "mosquitto_pub", "docker-compose", "node", "npm")
+    path = _bin(
+        tmp_path, "mosquitto", "mosquitto_pub", "docker-compose", "node", "npm", *BROWSER
+    )
     _stub(path, "python3", "exit 1")  # `python3 -c "import ensurepip"` fails: no venv module
     calls = _make_apt(tmp_path, path)
     assert calls == [["update", "-qq"], ["install", "-y", "-qq", "redis-server", "python3-venv"]]
@@ -171,7 +199,7 @@ def test_make_does_not_call_apt_when_nothing_is_missing(tmp_path: Path) -> None:
     """Test that a machine with every command needs neither apt nor root."""
     path = _bin(
         tmp_path, "mosquitto", "mosquitto_pub", "redis-server", "python3", "docker-compose",
-        "node", "npm",
+        "node", "npm", *BROWSER,
     )
     assert _make_apt(tmp_path, path) == []
 

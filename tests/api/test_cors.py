@@ -139,6 +139,22 @@ async def test_socketio_admits_its_own_origin_only_by_default(
         assert await socketio_connects(port, None, transport)
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_socketio_admits_the_dashboard_of_the_http_port(
+    transport: str, gate: SocketGate
+) -> None:
+    """Test that /dashboard's origin (this host, the HTTP port) connects; other ports do not."""
+    http_port = services.free_port()
+    sio = create_sio(gate, cors_origins=[DASHBOARD], dashboard_port=http_port)
+    async with serving(create_realtime_app(sio, gate.settings), graceful_timeout=1.0) as port:
+        assert await socketio_connects(port, f"http://127.0.0.1:{http_port}", transport)
+        assert await socketio_connects(port, f"http://127.0.0.1:{port}", transport)
+        assert await socketio_connects(port, DASHBOARD, transport)
+        assert not await socketio_connects(port, f"http://127.0.0.1:{http_port + 1}", transport)
+        assert not await socketio_connects(port, f"http://evil.example:{http_port}", transport)
+        assert not await socketio_connects(port, OTHER, transport)
+
+
 @pytest.mark.parametrize("command", ["serve", "realtime"])
 async def test_the_processes_apply_the_setting(
     command: str,
