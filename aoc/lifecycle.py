@@ -53,8 +53,9 @@ from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
-from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
+from bridge.service import Bridge, Emitter
 from bridge.speed import SpeedRules
+from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, stale, subscriptions
 from bridge.validate import Limits
 from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
@@ -126,11 +127,15 @@ def _mqtt(
     *,
     client_id: str,
     consumer: bool,
-    subscriptions: Sequence[tuple[str, int]] = MAIN_SUBSCRIPTIONS,
+    snapshots: bool = False,
     shim: bool = False,
 ) -> MqttClient:
     """A connection of the bridge's account, or (``shim``) of the legacy shim's.
 
+    A ``consumer`` holds a persistent session subscribed to the main lane's
+    kinds, or (``snapshots``) to the snapshot lane's, in the form of
+    ``settings.resolved_share_group`` (``bridge.subscriptions``); the other
+    forms are dropped from the session at each connection.
     The shim's account is the only one that may publish under ``legacy/``, and
     it may publish nothing else: the broker's ACLs tell a legacy body from a
     device's by that root (``bridge.contract``).
@@ -141,6 +146,8 @@ def _mqtt(
         else (settings.mqtt_username, settings.mqtt_password)
     )
     password = secret.get_secret_value() if secret else None
+    group = settings.resolved_share_group
+    kinds = SNAP_KINDS if snapshots else MAIN_KINDS
     return MqttClient(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
@@ -148,11 +155,11 @@ def _mqtt(
         # The bridge's session outlives it, so the broker queues what it misses.
         clean_session=not consumer,
         manual_ack=consumer,
-        subscriptions=subscriptions if consumer else (),
+        subscriptions=subscriptions(kinds, group) if consumer else (),
         # Sessions of older versions took snapshots on the main connection too.
-        unsubscriptions=[f for f, _ in SNAP_SUBSCRIPTIONS]
-        if consumer and subscriptions == MAIN_SUBSCRIPTIONS
-        else (),
+        unsubscriptions=(
+            stale(kinds, group, others=() if snapshots else SNAP_KINDS) if consumer else ()
+        ),
         username=username,
         password=password,
         keepalive=settings.mqtt_keepalive,
@@ -190,7 +197,7 @@ def _snap_mqtt(settings: Settings) -> MqttClient:
         settings,
         client_id=f"{settings.mqtt_client_id}-snap",
         consumer=True,
-        subscriptions=SNAP_SUBSCRIPTIONS,
+        snapshots=True,
     )
 
 

@@ -626,16 +626,20 @@ class MqttClient:
             "MQTT connected to %s:%d as %s (session present: %s)",
             self._host, self._port, self._client_id, flags.session_present,
         )
+        if self._subscriptions:
+            rc, mid = self._paho.subscribe(self._subscriptions)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._settle_handshake(MqttError(f"SUBSCRIBE failed: {paho.error_string(rc)}"))
+                return
+            self._subscribe_mid = mid
+        # After the SUBSCRIBE: the broker handles a client's packets in order, so
+        # a message published between the two matches the new filter or the old
+        # one, never neither (a bridge moving to a shared subscription). What
+        # arrives meanwhile is acked too.
         if self._unsubscriptions:
-            self._paho.unsubscribe(self._unsubscriptions)  # what arrives meanwhile is acked too
+            self._paho.unsubscribe(self._unsubscriptions)
         if not self._subscriptions:
             self._settle_handshake(None)
-            return
-        rc, mid = self._paho.subscribe(self._subscriptions)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._settle_handshake(MqttError(f"SUBSCRIBE failed: {paho.error_string(rc)}"))
-            return
-        self._subscribe_mid = mid
 
     def _on_subscribe(
         self,
