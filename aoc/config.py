@@ -295,7 +295,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_share_group(self) -> str:
-        """The bridges' share group: ``share_group``, else the default one when `aoc up` runs several."""
+        """The bridges' share group: ``share_group``, or the default one for several bridges."""
         if self.share_group or self.bridges == 1:
             return self.share_group
         return DEFAULT_SHARE_GROUP

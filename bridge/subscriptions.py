@@ -52,20 +52,16 @@ def _plain(kinds: tuple[Kind, ...]) -> list[str]:
 
 def subscriptions(kinds: tuple[Kind, ...], group: str = "") -> tuple[tuple[str, int], ...]:
     """The QoS 1 filters of ``kinds``: plain, or shared by ``group`` when it is not empty."""
-    return tuple(
-        (shared_subscription(group, f) if group else f, 1) for f in _plain(kinds)
-    )
+    return tuple((shared_subscription(group, f) if group else f, 1) for f in _plain(kinds))
 
 
 def every_form(kinds: tuple[Kind, ...], group: str = "") -> list[str]:
-    """The filters of ``kinds`` in every form this version knows: plain, default group, ``group``."""
+    """The filters of ``kinds`` in each form this version knows: plain, default group, ``group``."""
     groups = dict.fromkeys(g for g in ("", DEFAULT_SHARE_GROUP, group))
     return [f for g in groups for f, _ in subscriptions(kinds, g)]
 
 
-def stale(
-    kinds: tuple[Kind, ...], group: str = "", *, others: tuple[Kind, ...] = ()
-) -> list[str]:
+def stale(kinds: tuple[Kind, ...], group: str = "", *, others: tuple[Kind, ...] = ()) -> list[str]:
     """What a session subscribed to ``kinds`` in ``group``'s form drops at each connection.
 
     The other forms of ``kinds``, and every form of ``others``: kinds another
