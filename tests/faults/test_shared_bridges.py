@@ -1,0 +1,114 @@
+"""Scenario: two bridges on one shared subscription, one SIGKILLed mid-stream and restarted.
+
+Each bridge is an `aoc bridge` process with a client id of its own (a
+persistent session per member) in group ``aoc``, on one store. The broker
+hands each message to one member; the versioned state in the store keeps
+every ambulance's aggregates exact whichever member stores which point
+(``tests.faults.devices.check_aggregates`` with late points allowed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from storage.base import AMBULANCES, TRACKINGS
+from tests import services
+from tests.faults.conftest import Rig
+from tests.faults.devices import Fleet, check_aggregates, point_id, wait_until
+
+pytestmark = pytest.mark.faults
+
+DEVICES, POINTS = 20, 100
+GROUP = "aoc"
+
+
+def member(rig: Rig, name: str) -> services.AocService:
+    """An `aoc bridge` in the group, with its own session (client id) and spool."""
+    service = rig.aoc(
+        "bridge",
+        name,
+        AOC_MQTT_CLIENT_ID=f"{rig.client_id}-{name}",
+        AOC_SHARE_GROUP=GROUP,
+        AOC_SPOOL_DIR=str(rig.workdir / name / "spool"),
+    )
+    assert isinstance(service, services.AocService)
+    return service
+
+
+async def received(bridge: services.Service) -> float:
+    """``aoc_messages_received_total{kind="tracking"}`` on the bridge's /metrics."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{bridge.port}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "aoc_messages_received_total" and sample.labels == {
+                "kind": "tracking"
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+async def stored_exactly(rig: Rig, fleet: Fleet, sent: int) -> int:
+    """Wait for every acknowledged point; check ids and aggregates; the late points."""
+    assert len(fleet.acked) == sent
+    try:
+        await wait_until(lambda: rig.count(TRACKINGS) >= sent, timeout=60)
+    except AssertionError:
+        missing = set(fleet.acked) - {d["_id"] for d in await rig.documents(TRACKINGS)}
+        raise AssertionError(f"{len(missing)} never stored: {sorted(missing)[:10]}") from None
+    await asyncio.sleep(1.0)  # a late duplicate would land now
+    docs = await rig.documents(TRACKINGS)
+    assert len(docs) == sent
+    assert {doc["_id"] for doc in docs} == set(fleet.acked)
+    states = {doc["_id"]: doc for doc in await rig.documents(AMBULANCES)}
+    assert check_aggregates(states, docs, late=True) == sent
+    return sum(1 for doc in docs if doc["late"])
+
+
+async def test_two_bridges_share_the_load_each_point_once(rig: Rig) -> None:
+    """Test that both members take part, and between them take each point exactly once."""
+    a, b = member(rig, "a").start(), member(rig, "b").start()
+    fleet = Fleet(rig.mosquitto.port)
+    ids = [f"H{n:02d}" for n in range(DEVICES)]
+    await asyncio.wait_for(fleet.run(ids, POINTS, pace=0.01), 90)
+    sent = DEVICES * POINTS
+    late = await stored_exactly(rig, fleet, sent)
+    got_a, got_b = await received(a), await received(b)
+    print(f"shared: sent {sent}, bridge a took {got_a:.0f}, bridge b {got_b:.0f}, late {late}")
+    assert got_a > 0 and got_b > 0
+    assert got_a + got_b == sent  # none delivered twice
+
+
+async def test_a_sigkilled_member_restarted_under_its_id_loses_nothing(rig: Rig) -> None:
+    """Test that killing one of two members mid-stream loses and double-counts nothing.
+
+    What the killed member held unacknowledged stays in its session (Mosquitto
+    gives it to no other member), as does its share of what comes while it is
+    down; restarted under the same client id, as `aoc up` does, it gets them.
+    """
+    a, b = member(rig, "a").start(), member(rig, "b").start()
+    fleet = Fleet(rig.mosquitto.port)
+    ids = [f"J{n:02d}" for n in range(DEVICES)]
+    stream = asyncio.create_task(fleet.run(ids, POINTS, pace=0.01))
+    await wait_until(lambda: rig.count(TRACKINGS) >= 500, timeout=60, what="500 points stored")
+    a.kill()
+    stored_at_kill = rig.count(TRACKINGS)
+    await asyncio.sleep(1.0)  # its share queues in its session meanwhile
+    a.start()
+    restarted = time.monotonic()
+    await asyncio.wait_for(stream, 90)
+    sent = DEVICES * POINTS
+    late = await stored_exactly(rig, fleet, sent)
+    print(
+        f"shared, one killed: sent {sent}, stored before the kill {stored_at_kill},"
+        f" caught up {time.monotonic() - restarted:.1f}s after the restart,"
+        f" b took {await received(b):.0f}, a after its restart {await received(a):.0f},"
+        f" late {late}"
+    )
+    assert await received(a) > 0  # its queue came back to it
+    assert point_id(ids[0], POINTS - 1) in fleet.acked
