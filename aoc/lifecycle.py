@@ -486,7 +486,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         store, objects, cache = await _open_storage(settings, stack)
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
         gate = SocketGate(settings, store)
-        sio = create_sio(gate, cors_origins=settings.cors_origin_list)
+        sio = create_sio(
+            gate,
+            cors_origins=settings.cors_origin_list,
+            # The other bridges `aoc up` runs (AOC_BRIDGES) emit through Redis.
+            client_manager=(
+                socketio.AsyncRedisManager(settings.redis_url) if settings.bridges > 1 else None
+            ),
+        )
         wiring = _BridgeWiring(
             settings,
             store=store,

@@ -1,7 +1,8 @@
 """``aoc up``: run the whole one-machine stack under supervision.
 
 Starts Mosquitto (with the project's ``mosquitto.conf``), Redis and ``aoc serve``
-as child processes (the broker with accounts on: ``aoc.bootstrap`` makes them
+(and, with ``AOC_BRIDGES`` > 1, more bridges on one shared subscription) as
+child processes (the broker with accounts on: ``aoc.bootstrap`` makes them
 at first start, and hands the bridge's and the shim's to ``aoc serve``),
 restarts any that dies with capped backoff (each restart counted and logged
 with its cause), and on Ctrl-C, SIGTERM or SIGHUP stops them in reverse
@@ -341,7 +342,45 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
             config_error_exit=EXIT_CONFIG,
         )
     )
+    children += bridges(settings, serve_env)
     return children
+
+
+def bridges(settings: Settings, serve_env: dict[str, str]) -> list[Child]:
+    """The `aoc bridge` processes beside `aoc serve`'s bridge: ``AOC_BRIDGES`` - 1 of them.
+
+    Each member of the share group keeps a client id of its own, the same at
+    every start (``<id>-<n>``, ``<id>`` being `aoc serve`'s): a member that dies
+    gets its session back when it is restarted, with what Mosquitto kept for
+    it meanwhile (its share, and what it held unacknowledged, which the broker
+    gives no other member). Each has its own probe port (from
+    ``AOC_BRIDGE_HTTP_PORT`` on) and object spool (the spool is one process's).
+    """
+    base = serve_env.get("AOC_MQTT_CLIENT_ID", settings.mqtt_client_id)
+    spool = settings.resolved_spool_dir
+    members: list[Child] = []
+    for n in range(1, settings.bridges):
+        port = settings.bridge_http_port + n - 1
+        members.append(
+            Child(
+                f"aoc-bridge-{n}",
+                [sys.executable, "-m", "aoc.cli", "bridge"],
+                port,
+                stop_timeout=20.0,
+                env={
+                    **serve_env,
+                    "AOC_MQTT_CLIENT_ID": f"{base}-{n}",
+                    "AOC_SHARE_GROUP": settings.resolved_share_group,
+                    "AOC_BRIDGE_HTTP_PORT": str(port),
+                    "AOC_SPOOL_DIR": str(spool.with_name(f"{spool.name}-{n}")),
+                },
+                host=_reach(settings.bind_host),
+                binds=[Bind(_variable("bridge_http_port"), settings.bind_host, port)],
+                ready=http_ready,
+                config_error_exit=EXIT_CONFIG,
+            )
+        )
+    return members
 
 
 def check_ports(children: list[Child]) -> None:
