@@ -10,6 +10,9 @@ every ambulance's aggregates exact whichever member stores which point
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 import time
 
 import httpx
@@ -112,3 +115,49 @@ async def test_a_sigkilled_member_restarted_under_its_id_loses_nothing(rig: Rig)
     )
     assert await received(a) > 0  # its queue came back to it
     assert point_id(ids[0], POINTS - 1) in fleet.acked
+
+
+async def test_a_retired_member_hands_over_its_queue_and_leaves_the_group(rig: Rig) -> None:
+    """Test `aoc bridge --retire` when scaling down from two bridges to one, under load.
+
+    A member stopped for good would strand its share: Mosquitto keeps
+    routing it to the session. Retired while devices keep publishing, it
+    leaves the group first (so its sessions go quiet), stores what they held
+    and ends them; everything published meanwhile goes to the member that
+    stays. Nothing is lost, and every state is exact.
+    """
+    a, b = member(rig, "a").start(), member(rig, "b").start()
+    b.stop()  # a clean stop: its persistent sessions, still in the group, stay
+    fleet = Fleet(rig.mosquitto.port)
+    await asyncio.wait_for(fleet.run([f"R{n:02d}" for n in range(10)], 30), 60)
+    stranded = 10 * 30 - rig.count(TRACKINGS)
+    assert stranded > 0  # b's share, queued in its session: never stored while b is away
+    retire = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aoc.cli", "bridge", "--retire",
+        env={**os.environ, **b.env}, cwd=b.workdir,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    retiring = asyncio.create_task(retire.communicate())
+    streamed = await asyncio.wait_for(stream_until(fleet, retiring), 90)
+    output, _ = await retiring
+    assert retire.returncode == 0, output.decode()
+    taken = re.search(rb"retired bridge \S+-b: (\d+) queued message", output)
+    assert taken is not None and int(taken.group(1)) > 0, output.decode()
+    late = await stored_exactly(rig, fleet, 10 * 30 + streamed)
+    print(
+        f"retired: b's sessions held {int(taken.group(1))}, late {late};"
+        f" a took {await received(a):.0f}"
+    )
+
+
+async def stream_until(fleet: Fleet, finished: asyncio.Future[object]) -> int:
+    """Points from 10 more devices, in rounds, until ``finished`` and one round after; how many."""
+    ids, sent = [f"S{n:02d}" for n in range(10)], 0
+    while True:
+        last = finished.done()
+        async with asyncio.TaskGroup() as group:
+            for aid in ids:
+                group.create_task(fleet.device(aid, range(sent // 10, sent // 10 + 5), pace=0.02))
+        sent += 5 * len(ids)
+        if last:
+            return sent
