@@ -66,6 +66,9 @@ from storage.spool import SpoolingObjectStore, SpoolInUse
 
 log = logging.getLogger(__name__)
 
+# The longest wait between a share group member's attempts to reconnect (see ``_mqtt``).
+GROUP_RECONNECT_MAX_S = 2.0
+
 # A part failing with these waits for a dependency (the broker, a store): one
 # warning line per restart, no traceback (``aoc.parts``).
 OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
@@ -175,6 +178,9 @@ def _mqtt(
         queue_size=settings.mqtt_queue_size,
         queue_bytes=settings.mqtt_queue_bytes,
         tls=tls.client_context(settings),
+        # Mosquitto forgets shared subscriptions when it restarts: until a
+        # member is back, the group's messages go to nobody. So members retry often.
+        reconnect_max=GROUP_RECONNECT_MAX_S if consumer and group else 30.0,
     )
 
 

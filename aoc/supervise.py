@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import storage
-from aoc import bootstrap, ports, tls
+from aoc import bootstrap, credentials, ports, tls
 from aoc.config import Settings
 from aoc.manage import ManageError
 from aoc.parts import Backoff, stop_on_signals
@@ -343,6 +343,8 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
         )
     )
     children += bridges(settings, serve_env)
+    # Once every bridge runs: those an earlier start ran beyond AOC_BRIDGES leave.
+    children[-1].after_start = lambda: retire_members(settings, serve_env)
     return children
 
 
@@ -356,31 +358,78 @@ def bridges(settings: Settings, serve_env: dict[str, str]) -> list[Child]:
     gives no other member). Each has its own probe port (from
     ``AOC_BRIDGE_HTTP_PORT`` on) and object spool (the spool is one process's).
     """
+    return [
+        Child(
+            f"aoc-bridge-{n}",
+            [sys.executable, "-m", "aoc.cli", "bridge"],
+            settings.bridge_http_port + n - 1,
+            stop_timeout=20.0,
+            env=_member_env(settings, serve_env, n),
+            host=_reach(settings.bind_host),
+            binds=[
+                Bind(
+                    _variable("bridge_http_port"),
+                    settings.bind_host,
+                    settings.bridge_http_port + n - 1,
+                )
+            ],
+            ready=http_ready,
+            config_error_exit=EXIT_CONFIG,
+        )
+        for n in range(1, settings.bridges)
+    ]
+
+
+def _member_env(settings: Settings, serve_env: dict[str, str], n: int) -> dict[str, str]:
+    """The environment of bridge ``n`` (1, 2...): its client id, group, probe port and spool."""
     base = serve_env.get("AOC_MQTT_CLIENT_ID", settings.mqtt_client_id)
     spool = settings.resolved_spool_dir
-    members: list[Child] = []
-    for n in range(1, settings.bridges):
-        port = settings.bridge_http_port + n - 1
-        members.append(
-            Child(
-                f"aoc-bridge-{n}",
-                [sys.executable, "-m", "aoc.cli", "bridge"],
-                port,
-                stop_timeout=20.0,
-                env={
-                    **serve_env,
-                    "AOC_MQTT_CLIENT_ID": f"{base}-{n}",
-                    "AOC_SHARE_GROUP": settings.resolved_share_group,
-                    "AOC_BRIDGE_HTTP_PORT": str(port),
-                    "AOC_SPOOL_DIR": str(spool.with_name(f"{spool.name}-{n}")),
-                },
-                host=_reach(settings.bind_host),
-                binds=[Bind(_variable("bridge_http_port"), settings.bind_host, port)],
-                ready=http_ready,
-                config_error_exit=EXIT_CONFIG,
-            )
+    return {
+        **serve_env,
+        "AOC_MQTT_CLIENT_ID": f"{base}-{n}",
+        "AOC_SHARE_GROUP": settings.resolved_share_group,
+        "AOC_BRIDGE_HTTP_PORT": str(settings.bridge_http_port + n - 1),
+        "AOC_SPOOL_DIR": str(spool.with_name(f"{spool.name}-{n}")),
+    }
+
+
+# Where `aoc up` records how many bridges it ran, in the credentials file.
+MEMBERS_KEY = "bridge_members"
+
+
+async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
+    """Retire the bridges an earlier `aoc up` ran beyond ``AOC_BRIDGES`` (`aoc bridge --retire`).
+
+    Mosquitto keeps routing a member's share to its session while it is away:
+    a member no longer started would strand it. Each is retired in turn (its
+    output is ours); one that fails is logged and tried again at the next start.
+    """
+    path = settings.resolved_credentials_file
+    try:
+        ran = credentials.load(path).data.get(MEMBERS_KEY, 1)
+    except credentials.CredentialsError as exc:
+        log.error("cannot tell which bridges to retire: %s", exc)
+        return
+    ran = ran if isinstance(ran, int) else 1
+    for n in range(settings.bridges, ran):
+        env = _member_env(settings, serve_env, n)
+        log.info("retiring bridge %d (%s): AOC_BRIDGES is now %d", n, env["AOC_MQTT_CLIENT_ID"],
+                 settings.bridges)
+        retire = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aoc.cli", "bridge", "--retire",
+            env={**os.environ, **env},
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(os.getpid()),
         )
-    return members
+        code = await retire.wait()
+        if code != 0:
+            log.error(
+                "retiring bridge %d failed (exit code %d): its session keeps what it holds; "
+                "the next `aoc up` tries again", n, code,
+            )
+            return
+    with credentials.editing(path) as creds:
+        creds.data[MEMBERS_KEY] = settings.bridges
 
 
 def check_ports(children: list[Child]) -> None:

@@ -792,7 +792,10 @@ async def test_up_runs_several_bridges_on_one_group_and_restarts_each_under_its_
     Each member takes some of the points, every point reaches a dashboard on
     `aoc serve`'s Socket.IO (the members' through Redis), and a member killed
     with SIGKILL is restarted under its own client id: its session, with
-    what the broker kept for it, is there when it comes back.
+    what the broker kept for it, is there when it comes back. Started again
+    with AOC_BRIDGES=2, `aoc up` retires the third member (what a retired
+    member's session held is stored: tests/faults/test_shared_bridges.py)
+    and the two that run take every point.
     """
     data = tmp_path / "data"
     ports, env = services.up_settings(data)
@@ -840,6 +843,18 @@ async def test_up_runs_several_bridges_on_one_group_and_restarts_each_under_its_
     text = log.read_text(errors="replace")
     assert text.index("aoc-bridge-2 stopped") < text.index("aoc-serve stopped")
     assert not services.port_is_open(probes) and not services.port_is_open(probes + 1)
+
+    # Down to two: bridge 2 is retired before the stack is announced up.
+    env["AOC_BRIDGES"] = "2"
+    with _running_up(env, log):
+        text = log.read_text(errors="replace")
+        assert f"retired bridge {base}-2:" in text
+        assert "aoc-bridge-2 started" not in text[text.index(f"retired bridge {base}-2:"):]
+        await _publish_points(ports["mqtt"], creds, devices[:3], points, start=2 * points)
+        await eventually(
+            _async(lambda: _received(ports["http"]) + _received(probes) >= 30), timeout=DEADLINE
+        )
+    assert credentials.load(data / "credentials.json").data["bridge_members"] == 2
 
 
 def _async(check: object) -> object:

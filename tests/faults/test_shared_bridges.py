@@ -10,6 +10,7 @@ every ambulance's aggregates exact whichever member stores which point
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -19,6 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aoc import supervise
+from aoc.config import Settings
 from storage.base import AMBULANCES, TRACKINGS
 from tests import services
 from tests.faults.conftest import Rig
@@ -161,3 +164,38 @@ async def stream_until(fleet: Fleet, finished: asyncio.Future[object]) -> int:
         sent += 5 * len(ids)
         if last:
             return sent
+
+
+async def test_aoc_up_retires_the_members_beyond_aoc_bridges(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test `aoc up`'s scaling down: members an earlier start ran beyond AOC_BRIDGES are retired.
+
+    Member 2 (``<id>-2``, as `aoc up` names it) stopped with its share of the
+    points in its session; started with AOC_BRIDGES=2, `aoc up` retires it,
+    so what it held is stored, and records the new count.
+    """
+    member(rig, "a").start()
+    stranded = rig.aoc(
+        "bridge", "member-2",
+        AOC_MQTT_CLIENT_ID=f"{rig.client_id}-2", AOC_SHARE_GROUP=GROUP,
+        AOC_SPOOL_DIR=str(rig.data_dir / "spool-2"),
+    ).start()
+    stranded.stop()
+    fleet = Fleet(rig.mosquitto.port)
+    await asyncio.wait_for(fleet.run([f"U{n:02d}" for n in range(10)], 30), 60)
+    assert rig.count(TRACKINGS) < 300  # member 2's share waits in its session
+    creds = rig.workdir / "credentials.json"
+    creds.write_text(json.dumps({"bridge_members": 3}))
+    for name, value in stranded.env.items():
+        monkeypatch.setenv(name, value)  # the broker, Redis and store of the rig
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        bridges=2,
+        mqtt_client_id=rig.client_id,
+        credentials_file=creds,
+        data_dir=rig.data_dir,
+    )
+    await supervise.retire_members(settings, {})
+    await stored_exactly(rig, fleet, 300)
+    assert json.loads(creds.read_text())["bridge_members"] == 2
