@@ -70,8 +70,8 @@ from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
-from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, subscriptions
 from bridge.state import cache_view
+from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, subscriptions
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
 from storage.base import (
