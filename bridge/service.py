@@ -581,6 +581,7 @@ class Bridge:
                 await self._retry("store", partial(self._store.apply, good))
             except Conflict as exc:
                 conflicts += 1
+                metrics.BATCH_CONFLICTS.inc()
                 if conflicts >= MAX_CONFLICTS:
                     raise RuntimeError(
                         f"{conflicts} version conflicts in a row, the last on {', '.join(exc.ids)}"
