@@ -239,6 +239,8 @@ def _bridge(
         crash_dedup_s=settings.crash_dedup_seconds,
         maps_key=settings.google_maps_key.get_secret_value() if settings.google_maps_key else None,
         dead_letter_payload_bytes=settings.dead_letter_payload_bytes,
+        # Other members of the group move the same ambulances: plan from the store.
+        shared=bool(settings.resolved_share_group),
     )
     return Bridge(
         mqtt=mqtt,
