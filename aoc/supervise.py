@@ -413,10 +413,10 @@ async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
     ran = ran if isinstance(ran, int) else 1
     for n in range(settings.bridges, ran):
         env = _member_env(settings, serve_env, n)
-        log.info("retiring bridge %d (%s): AOC_BRIDGES is now %d", n, env["AOC_MQTT_CLIENT_ID"],
-                 settings.bridges)
+        client_id = env["AOC_MQTT_CLIENT_ID"]
+        log.info("retiring bridge %d (%s): AOC_BRIDGES is now %d", n, client_id, settings.bridges)
         retire = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aoc.cli", "bridge", "--retire",
+            *[sys.executable, "-m", "aoc.cli", "bridge", "--retire"],
             env={**os.environ, **env},
             start_new_session=True,
             preexec_fn=_parent_death_signal(os.getpid()),
@@ -425,7 +425,9 @@ async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
         if code != 0:
             log.error(
                 "retiring bridge %d failed (exit code %d): its session keeps what it holds; "
-                "the next `aoc up` tries again", n, code,
+                "the next `aoc up` tries again",
+                n,
+                code,
             )
             return
     with credentials.editing(path) as creds:
