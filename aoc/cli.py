@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -34,7 +34,13 @@ def _parser(*, documented: bool = True) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run Mosquitto, Redis and `aoc serve` under supervision")
     commands.add_parser("serve", help="bridge + HTTP API + Socket.IO in one process")
-    commands.add_parser("bridge", help="the MQTT bridge alone (scale-out)")
+    bridge = commands.add_parser("bridge", help="the MQTT bridge alone (scale-out)")
+    bridge.add_argument(
+        "--retire",
+        action="store_true",
+        help="take this bridge (AOC_MQTT_CLIENT_ID) out of its share group for good: store "
+        "what its sessions hold, then end them (scaling down; README, Several bridges)",
+    )
     commands.add_parser("api", help="the HTTP API and legacy shim alone (scale-out)")
     commands.add_parser("realtime", help="a Socket.IO server alone (scale-out, via Redis)")
     simulate.add_parser(commands)
@@ -162,14 +168,25 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         return await up(settings)
     from aoc import lifecycle
 
-    runners = {
+    runners: dict[str, Callable[[Settings], Awaitable[int | None]]] = {
         "serve": lifecycle.serve,
-        "bridge": lifecycle.run_bridge,
+        "bridge": _retire if getattr(args, "retire", False) else lifecycle.run_bridge,
         "api": lifecycle.run_api,
         "realtime": lifecycle.run_realtime,
     }
-    await runners[args.command](settings)
-    return None
+    return await runners[args.command](settings)
+
+
+async def _retire(settings: Settings) -> int:
+    """`aoc bridge --retire`: one line saying what the member's sessions held."""
+    from aoc import lifecycle
+
+    taken = await lifecycle.retire_bridge(settings)
+    print(
+        f"retired bridge {settings.mqtt_client_id}: {taken} queued message(s) stored or "
+        "dead-lettered, its sessions ended"
+    )
+    return 0
 
 
 if __name__ == "__main__":

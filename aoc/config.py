@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import storage
+from bridge.subscriptions import DEFAULT_SHARE_GROUP
 
 ENV_PREFIX = "AOC_"
 # A TCP port to listen on or connect to.
@@ -40,6 +41,7 @@ SERVICE_FIELDS = frozenset({
     "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
     "dashboard_socketio_url",
+    "share_group", "bridges",
 })
 
 
@@ -116,6 +118,13 @@ class Settings(BaseSettings):
     # Broker limits: connections at once (-1: none).
     mqtt_max_connections: int = Field(default=20000, ge=-1)
     mqtt_client_id: str = "aoc-bridge"
+    # Bridges sharing the device stream (``bridge.subscriptions``): each takes
+    # the group's messages in turn on ``$share/<group>/...``; empty: this bridge
+    # takes every message (one bridge). Every member needs its own client id.
+    share_group: str = ""
+    # How many bridges `aoc up` runs: `aoc serve`'s and bridges - 1 `aoc bridge`
+    # processes, on share_group (or DEFAULT_SHARE_GROUP when it is empty).
+    bridges: int = Field(default=1, ge=1, le=32)
     mqtt_keepalive: int = 30
     # Received messages held in memory before the bridge stops reading its
     # socket (backpressure: the broker keeps the rest queued, nothing is dropped).
@@ -260,6 +269,13 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return url
 
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, group: str) -> str:
+        if any(char in group for char in "/+#") or group != group.strip():
+            raise ValueError("expected one MQTT topic level: no '/', '+', '#' or spaces")
+        return group
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, url: str) -> str:
@@ -289,6 +305,13 @@ class Settings(BaseSettings):
     def resolved_mqtt_bind_host(self) -> str:
         """The address Mosquitto's listeners bind, defaulting to ``bind_host``."""
         return self.mqtt_bind_host or self.bind_host
+
+    @property
+    def resolved_share_group(self) -> str:
+        """The bridges' share group: ``share_group``, or the default one for several bridges."""
+        if self.share_group or self.bridges == 1:
+            return self.share_group
+        return DEFAULT_SHARE_GROUP
 
     @property
     def cors_origin_list(self) -> list[str]:

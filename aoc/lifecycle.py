@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,8 +54,9 @@ from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
-from bridge.service import MAIN_SUBSCRIPTIONS, SNAP_SUBSCRIPTIONS, Bridge, Emitter
+from bridge.service import Bridge, Emitter
 from bridge.speed import SpeedRules
+from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, every_form, stale, subscriptions
 from bridge.validate import Limits
 from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
@@ -63,6 +65,9 @@ from storage.cache import StateCache
 from storage.spool import SpoolingObjectStore, SpoolInUse
 
 log = logging.getLogger(__name__)
+
+# The longest wait between a share group member's attempts to reconnect (see ``_mqtt``).
+GROUP_RECONNECT_MAX_S = 2.0
 
 # A part failing with these waits for a dependency (the broker, a store): one
 # warning line per restart, no traceback (``aoc.parts``).
@@ -126,11 +131,18 @@ def _mqtt(
     *,
     client_id: str,
     consumer: bool,
-    subscriptions: Sequence[tuple[str, int]] = MAIN_SUBSCRIPTIONS,
+    snapshots: bool = False,
+    retiring: bool = False,
     shim: bool = False,
 ) -> MqttClient:
     """A connection of the bridge's account, or (``shim``) of the legacy shim's.
 
+    A ``consumer`` holds a persistent session subscribed to the main lane's
+    kinds, or (``snapshots``) to the snapshot lane's, in the form of
+    ``settings.resolved_share_group`` (``bridge.subscriptions``); the other
+    forms are dropped from the session at each connection. A ``retiring``
+    consumer drops every form: the broker routes it nothing new, and it gets
+    only what its session holds (``retire_bridge``).
     The shim's account is the only one that may publish under ``legacy/``, and
     it may publish nothing else: the broker's ACLs tell a legacy body from a
     device's by that root (``bridge.contract``).
@@ -141,6 +153,15 @@ def _mqtt(
         else (settings.mqtt_username, settings.mqtt_password)
     )
     password = secret.get_secret_value() if secret else None
+    group = settings.resolved_share_group
+    kinds = SNAP_KINDS if snapshots else MAIN_KINDS
+    others = () if snapshots else SNAP_KINDS
+    wanted = () if retiring or not consumer else subscriptions(kinds, group)
+    dropped = (
+        every_form(kinds, group) + every_form(others, group)
+        if retiring
+        else stale(kinds, group, others=others)
+    )
     return MqttClient(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
@@ -148,17 +169,18 @@ def _mqtt(
         # The bridge's session outlives it, so the broker queues what it misses.
         clean_session=not consumer,
         manual_ack=consumer,
-        subscriptions=subscriptions if consumer else (),
+        subscriptions=wanted,
         # Sessions of older versions took snapshots on the main connection too.
-        unsubscriptions=[f for f, _ in SNAP_SUBSCRIPTIONS]
-        if consumer and subscriptions == MAIN_SUBSCRIPTIONS
-        else (),
+        unsubscriptions=dropped if consumer else (),
         username=username,
         password=password,
         keepalive=settings.mqtt_keepalive,
         queue_size=settings.mqtt_queue_size,
         queue_bytes=settings.mqtt_queue_bytes,
         tls=tls.client_context(settings),
+        # Mosquitto forgets shared subscriptions when it restarts: until a
+        # member is back, the group's messages go to nobody. So members retry often.
+        reconnect_max=GROUP_RECONNECT_MAX_S if consumer and group else 30.0,
     )
 
 
@@ -184,14 +206,19 @@ def _api_deps(
     )
 
 
-def _snap_mqtt(settings: Settings) -> MqttClient:
+def _snap_mqtt(settings: Settings, *, retiring: bool = False) -> MqttClient:
     """The bridge's connection for snapshots: a persistent session of its own."""
     return _mqtt(
         settings,
-        client_id=f"{settings.mqtt_client_id}-snap",
+        client_id=_snap_client_id(settings),
         consumer=True,
-        subscriptions=SNAP_SUBSCRIPTIONS,
+        snapshots=True,
+        retiring=retiring,
     )
+
+
+def _snap_client_id(settings: Settings) -> str:
+    return f"{settings.mqtt_client_id}-snap"
 
 
 def _bridge(
@@ -212,6 +239,8 @@ def _bridge(
         crash_dedup_s=settings.crash_dedup_seconds,
         maps_key=settings.google_maps_key.get_secret_value() if settings.google_maps_key else None,
         dead_letter_payload_bytes=settings.dead_letter_payload_bytes,
+        # Other members of the group move the same ambulances: plan from the store.
+        shared=bool(settings.resolved_share_group),
     )
     return Bridge(
         mqtt=mqtt,
@@ -321,8 +350,11 @@ class _BridgeWiring:
         publisher_id: str,
         emitter: Emitter,
         shim: bool = False,
+        retiring: bool = False,
     ) -> None:
         self.settings = settings
+        # Leaving the share group for good: subscribed to nothing (``retire_bridge``).
+        self.retiring = retiring
         # Whether this process runs the legacy shim (`aoc serve` in legacy mode):
         # only then does it log in with the shim's account too.
         self.shim = shim
@@ -343,9 +375,16 @@ class _BridgeWiring:
                 _mqtt(self.settings, client_id=self.publisher_id, consumer=False)
             )
             consumer = await stack.enter_async_context(
-                _mqtt(self.settings, client_id=self.settings.mqtt_client_id, consumer=True)
+                _mqtt(
+                    self.settings,
+                    client_id=self.settings.mqtt_client_id,
+                    consumer=True,
+                    retiring=self.retiring,
+                )
             )
-            snap_consumer = await stack.enter_async_context(_snap_mqtt(self.settings))
+            snap_consumer = await stack.enter_async_context(
+                _snap_mqtt(self.settings, retiring=self.retiring)
+            )
             shim = (
                 await stack.enter_async_context(
                     _mqtt(
@@ -375,6 +414,25 @@ class _BridgeWiring:
             finally:
                 self._running.clear()
                 self._connections = None
+
+    async def drained(self, quiet: float) -> None:
+        """Wait until both consumer sessions hold nothing and got nothing for ``quiet`` seconds.
+
+        Mosquitto sends a session's queue as soon as it connects, as fast as
+        acknowledgements free its in-flight window: a connected session that
+        has acknowledged everything and received nothing for a while is empty.
+        """
+        while True:
+            connections = self._connections
+            if connections is not None:
+                now = time.monotonic()
+                consumers = (connections.consumer, connections.snap_consumer)
+                if all(
+                    c.connected and not c.unacknowledged and now - c.last_activity >= quiet
+                    for c in consumers
+                ):
+                    return
+            await asyncio.sleep(0.1)
 
     async def broker_ready(self) -> None:
         """Readiness: the bridge runs and its three MQTT connections are up."""
@@ -431,7 +489,12 @@ class _BridgeWiring:
 
 
 async def _wire_bridge(
-    settings: Settings, stack: AsyncExitStack, *, publisher_id: str, emitter: Emitter
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    publisher_id: str,
+    emitter: Emitter,
+    retiring: bool = False,
 ) -> _BridgeWiring:
     """Open storage until ``stack`` closes; the bridge part opens its MQTT connections."""
     store, objects, cache = await _open_storage(settings, stack)
@@ -442,6 +505,7 @@ async def _wire_bridge(
         cache=cache,
         publisher_id=publisher_id,
         emitter=emitter,
+        retiring=retiring,
     )
 
 
@@ -480,7 +544,13 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
         gate = SocketGate(settings, store)
         sio = create_sio(
-            gate, cors_origins=settings.cors_origin_list, dashboard_port=settings.http_port
+            gate,
+            cors_origins=settings.cors_origin_list,
+            dashboard_port=settings.http_port,
+            # The other bridges `aoc up` runs (AOC_BRIDGES) emit through Redis.
+            client_manager=(
+                socketio.AsyncRedisManager(settings.redis_url) if settings.bridges > 1 else None
+            ),
         )
         wiring = _BridgeWiring(
             settings,
@@ -524,20 +594,27 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             announcing.cancel()
 
 
+def _redis_emitter(settings: Settings) -> socketio.AsyncRedisManager:
+    """How a bridge without a Socket.IO server of its own reaches every one: through Redis."""
+    return socketio.AsyncRedisManager(
+        settings.redis_url,
+        # An unreachable (not refusing) Redis must not hang the consume loop.
+        redis_options={"socket_connect_timeout": 2, "socket_timeout": 5},
+        write_only=True,
+        logger=logs.throttled("socketio.fan_out", seconds=60.0),
+    )
+
+
 async def run_bridge(settings: Settings) -> None:
     """The bridge alone; it reaches Socket.IO servers through Redis."""
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
-        emitter = socketio.AsyncRedisManager(
-            settings.redis_url,
-            # An unreachable (not refusing) Redis must not hang the consume loop.
-            redis_options={"socket_connect_timeout": 2, "socket_timeout": 5},
-            write_only=True,
-            logger=logs.throttled("socketio.fan_out", seconds=60.0),
-        )
         wiring = await _wire_bridge(
-            settings, stack, publisher_id=f"aoc-bridge-out-{os.getpid()}", emitter=emitter
+            settings,
+            stack,
+            publisher_id=f"aoc-bridge-out-{os.getpid()}",
+            emitter=_redis_emitter(settings),
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
@@ -555,6 +632,63 @@ async def run_bridge(settings: Settings) -> None:
             ),
         )
         await parts.run()
+
+
+# How long a retiring bridge's sessions must stay empty before they are ended.
+RETIRE_QUIET_S = 3.0
+
+
+async def retire_bridge(settings: Settings, *, quiet: float = RETIRE_QUIET_S) -> int:
+    """`aoc bridge --retire`: a member leaves its share group for good; the messages it took.
+
+    Mosquitto queues a persistent member's share while it is away and gives
+    its in-flight messages to no other member, so a member that is simply no
+    longer started strands what its session holds. This one resumes both
+    sessions under ``AOC_MQTT_CLIENT_ID``, drops every subscription (nothing
+    new is routed to it), stores and acknowledges what the sessions held as
+    any bridge would, and once they stay empty for ``quiet`` seconds ends
+    them (a clean start): the broker then forgets the member.
+    """
+    async with AsyncExitStack() as stack:
+        wiring = await _wire_bridge(
+            settings,
+            stack,
+            publisher_id=f"aoc-bridge-out-{os.getpid()}",
+            emitter=_redis_emitter(settings),
+            retiring=True,
+        )
+        before = _received()
+        try:
+            async with wiring.start() as running:
+                bridge = asyncio.ensure_future(running.run())
+                drained = asyncio.create_task(wiring.drained(quiet), name="retiring-drained")
+                try:
+                    await asyncio.wait({bridge, drained}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    drained.cancel()
+                    running.stop()
+                    await bridge  # its failure, if it failed
+        except MqttError as exc:
+            where = f"{setting(settings, 'mqtt_host')}, {setting(settings, 'mqtt_port')}"
+            raise Unreachable(f"the MQTT broker at {where}", exc) from exc
+    for client_id in (settings.mqtt_client_id, _snap_client_id(settings)):
+        async with _mqtt(settings, client_id=client_id, consumer=False):
+            pass  # a clean start ends the session, and its leaving ends the connection
+    taken = _received() - before
+    log.info(
+        "retired the bridge sessions %s and %s", settings.mqtt_client_id, _snap_client_id(settings)
+    )
+    return int(taken)
+
+
+def _received() -> float:
+    """Messages this process received and acknowledged so far, of every kind."""
+    return sum(
+        sample.value
+        for family in metrics.MESSAGES_RECEIVED.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
 
 
 async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClient:

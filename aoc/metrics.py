@@ -67,6 +67,12 @@ MESSAGES_RATE_LIMITED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+# Another bridge of the share group moved one of the batch's ambulances first.
+BATCH_CONFLICTS = Counter(
+    "aoc_batch_conflicts",
+    "Batches planned again after a version conflict with another bridge",
+    registry=REGISTRY,
+)
 MESSAGES_DUPLICATE = Counter(
     "aoc_messages_duplicate",
     "Redelivered or repeated device messages that were already stored",

@@ -42,6 +42,8 @@ BRIDGE = MQTT_SESSION | STORE | OBJECTS | {
     "dead_letter_max_age_days", "dead_letter_rate", "dead_letter_burst",
     "dead_letter_prune_seconds", "device_rate", "device_burst", "batch_size", "batch_wait_ms",
     "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
+    # Several bridges on one shared subscription (`aoc up` runs `bridges`).
+    "share_group", "bridges",
 }
 # Tokens, signed image URLs and legacy mode (whose shim publishes on its own account).
 ACCESS = frozenset({"secret_key", "legacy_mode", "legacy_networks", "cors_origins"})

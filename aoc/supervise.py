@@ -1,7 +1,8 @@
 """``aoc up``: run the whole one-machine stack under supervision.
 
 Starts Mosquitto (with the project's ``mosquitto.conf``), Redis and ``aoc serve``
-as child processes (the broker with accounts on: ``aoc.bootstrap`` makes them
+(and, with ``AOC_BRIDGES`` > 1, more bridges on one shared subscription) as
+child processes (the broker with accounts on: ``aoc.bootstrap`` makes them
 at first start, and hands the bridge's and the shim's to ``aoc serve``),
 restarts any that dies with capped backoff (each restart counted and logged
 with its cause), and on Ctrl-C, SIGTERM or SIGHUP stops them in reverse
@@ -41,7 +42,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import storage
-from aoc import bootstrap, ports, tls
+from aoc import bootstrap, credentials, ports, tls
 from aoc.config import Settings
 from aoc.manage import ManageError
 from aoc.parts import Backoff, stop_on_signals
@@ -341,7 +342,96 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
             config_error_exit=EXIT_CONFIG,
         )
     )
+    children += bridges(settings, serve_env)
+    # Once every bridge runs: those an earlier start ran beyond AOC_BRIDGES leave.
+    children[-1].after_start = lambda: retire_members(settings, serve_env)
     return children
+
+
+def bridges(settings: Settings, serve_env: dict[str, str]) -> list[Child]:
+    """The `aoc bridge` processes beside `aoc serve`'s bridge: ``AOC_BRIDGES`` - 1 of them.
+
+    Each member of the share group keeps a client id of its own, the same at
+    every start (``<id>-<n>``, ``<id>`` being `aoc serve`'s): a member that dies
+    gets its session back when it is restarted, with what Mosquitto kept for
+    it meanwhile (its share, and what it held unacknowledged, which the broker
+    gives no other member). Each has its own probe port (from
+    ``AOC_BRIDGE_HTTP_PORT`` on) and object spool (the spool is one process's).
+    """
+    return [
+        Child(
+            f"aoc-bridge-{n}",
+            [sys.executable, "-m", "aoc.cli", "bridge"],
+            settings.bridge_http_port + n - 1,
+            stop_timeout=20.0,
+            env=_member_env(settings, serve_env, n),
+            host=_reach(settings.bind_host),
+            binds=[
+                Bind(
+                    _variable("bridge_http_port"),
+                    settings.bind_host,
+                    settings.bridge_http_port + n - 1,
+                )
+            ],
+            ready=http_ready,
+            config_error_exit=EXIT_CONFIG,
+        )
+        for n in range(1, settings.bridges)
+    ]
+
+
+def _member_env(settings: Settings, serve_env: dict[str, str], n: int) -> dict[str, str]:
+    """The environment of bridge ``n`` (1, 2...): its client id, group, probe port and spool."""
+    base = serve_env.get("AOC_MQTT_CLIENT_ID", settings.mqtt_client_id)
+    spool = settings.resolved_spool_dir
+    return {
+        **serve_env,
+        "AOC_MQTT_CLIENT_ID": f"{base}-{n}",
+        "AOC_SHARE_GROUP": settings.resolved_share_group,
+        "AOC_BRIDGE_HTTP_PORT": str(settings.bridge_http_port + n - 1),
+        "AOC_SPOOL_DIR": str(spool.with_name(f"{spool.name}-{n}")),
+    }
+
+
+# Where `aoc up` records how many bridges it ran, in the credentials file.
+MEMBERS_KEY = "bridge_members"
+
+
+async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
+    """Retire the bridges an earlier `aoc up` ran beyond ``AOC_BRIDGES`` (`aoc bridge --retire`).
+
+    Mosquitto keeps routing a member's share to its session while it is away:
+    a member no longer started would strand it. Each is retired in turn (its
+    output is ours); one that fails is logged and tried again at the next start.
+    """
+    path = settings.resolved_credentials_file
+    try:
+        ran = credentials.load(path).data.get(MEMBERS_KEY, 1)
+    except credentials.CredentialsError as exc:
+        log.error("cannot tell which bridges to retire: %s", exc)
+        return
+    ran = ran if isinstance(ran, int) else 1
+    for n in range(settings.bridges, ran):
+        env = _member_env(settings, serve_env, n)
+        client_id = env["AOC_MQTT_CLIENT_ID"]
+        log.info("retiring bridge %d (%s): AOC_BRIDGES is now %d", n, client_id, settings.bridges)
+        retire = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "aoc.cli", "bridge", "--retire"],
+            env={**os.environ, **env},
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(os.getpid()),
+        )
+        code = await retire.wait()
+        if code != 0:
+            log.error(
+                "retiring bridge %d failed (exit code %d): its session keeps what it holds; "
+                "the next `aoc up` tries again",
+                n,
+                code,
+            )
+            return
+    with credentials.editing(path) as creds:
+        creds.data[MEMBERS_KEY] = settings.bridges
 
 
 def check_ports(children: list[Child]) -> None:

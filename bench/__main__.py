@@ -51,6 +51,12 @@ def _add_load(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="serve",
         help="consume with `aoc serve` or `aoc bridge` alone",
     )
+    tp.add_argument(
+        "--bridges",
+        type=int,
+        default=1,
+        help="consuming processes on one MQTT share group: --process and N-1 `aoc bridge`",
+    )
     tp.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take")
     tp.add_argument(
         "--ambulances",
@@ -193,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             env["AOC_REDIS_URL"] = f"redis://127.0.0.1:{services.free_port()}/0"
         env.update(item.split("=", 1) for item in args.env)
     print(f"starting mosquitto, redis and aoc {command} ...", flush=True)
-    with stack.running(command=command, env=env, keep=args.keep) as running:
+    bridges = getattr(args, "bridges", 1)
+    if bridges > 1:
+        print(f"  and {bridges - 1} more `aoc bridge` on one share group", flush=True)
+    with stack.running(command=command, env=env, keep=args.keep, bridges=bridges) as running:
         print(
             f"  mqtt :{running.mqtt_port}  redis :{running.redis.port}"
             f"  batch size {env.get('AOC_BATCH_SIZE', 'default')}  files {running.workdir}",

@@ -43,6 +43,8 @@ class Stack:
     mosquitto: services.Service
     redis: services.Service
     app: services.AocService  # its token reads the API (legacy mode serves the devices)
+    # More `aoc bridge` processes sharing the stream with ``app`` (``running(bridges=)``).
+    extra: tuple[services.AocService, ...] = ()
 
     @property
     def mqtt_port(self) -> int:
@@ -60,6 +62,12 @@ class Stack:
         return f"{self.http_url}/metrics"
 
     @property
+    def metrics_urls(self) -> list[str]:
+        """The /metrics of every consuming process: ``app``'s and the extra bridges'."""
+        ports = [bridge.env["AOC_BRIDGE_HTTP_PORT"] for bridge in self.extra]
+        return [self.metrics_url, *(f"http://127.0.0.1:{port}/metrics" for port in ports)]
+
+    @property
     def socketio_url(self) -> str:
         return f"http://127.0.0.1:{self.app.env['AOC_SOCKETIO_PORT']}"
 
@@ -70,9 +78,10 @@ class Stack:
     def pids(self) -> dict[str, int]:
         """Process name -> pid of every server process of the stack."""
         found = {}
-        for service in (self.mosquitto, self.redis, self.app):
+        for service in (self.mosquitto, self.redis, self.app, *self.extra):
             if service.proc is not None and service.proc.poll() is None:
-                found[service.name] = service.proc.pid
+                name = service.workdir.name if service in self.extra else service.name
+                found[name] = service.proc.pid
         return found
 
     def mqtt(self, *, max_inflight: int | None = None) -> aiomqtt.Client:
@@ -115,13 +124,21 @@ def now_ms() -> int:
 
 @contextlib.contextmanager
 def running(
-    *, command: str = "serve", env: dict[str, str] | None = None, keep: Path | None = None
+    *,
+    command: str = "serve",
+    env: dict[str, str] | None = None,
+    keep: Path | None = None,
+    bridges: int = 1,
 ) -> Iterator[Stack]:
     """Start Mosquitto, Redis and ``aoc <command>``; stop them all on exit.
 
+    With ``bridges`` > 1, ``bridges`` - 1 more `aoc bridge` processes share
+    the stream with it (one share group, one store, each its own session).
     Files go to a temporary directory, or to ``keep`` when given (to read the
     logs afterwards).
     """
+    if bridges > 1:
+        env = {"AOC_SHARE_GROUP": "bench", "AOC_BRIDGES": str(bridges), **(env or {})}
     with contextlib.ExitStack() as exits:
         if keep is None:
             workdir = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="aoc-bench-")))
@@ -146,7 +163,23 @@ def running(
         )
         app.env.setdefault("AOC_BRIDGE_HTTP_PORT", str(services.free_port()))
         exits.enter_context(app)
-        yield Stack(workdir, mosquitto, redis, app)
+        extra: list[services.AocService] = []
+        for n in range(1, bridges):
+            bridge = services.aoc(
+                "bridge",
+                workdir / f"aoc-bridge-{n}",
+                mqtt_port=mosquitto.port,
+                redis_port=redis.port,
+                env={
+                    "AOC_LOG_LEVEL": "WARNING",
+                    **(env or {}),
+                    "AOC_DATA_DIR": app.env["AOC_DATA_DIR"],  # one store
+                    "AOC_SPOOL_DIR": str(workdir / f"aoc-bridge-{n}" / "spool"),
+                },
+            )
+            exits.enter_context(bridge)
+            extra.append(bridge)
+        yield Stack(workdir, mosquitto, redis, app, tuple(extra))
 
 
 def stored_points(store: Path, ambulance_id: str | None = None) -> int:

@@ -27,6 +27,7 @@ from bridge.contract import Kind
 
 _POLL = 0.05
 STORED_METRIC = 'aoc_messages_stored_total{kind="tracking"}'
+CONFLICTS_METRIC = "aoc_batch_conflicts_total{}"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunResult:
     in_store: int  # rows of this run in the SQLite store afterwards (the ground truth)
     batches: float | None = None  # from /metrics, when the bridge exports a batch histogram
     batch_messages: float | None = None
+    conflicts: float | None = None  # batches planned again (several bridges), from /metrics
 
     @property
     def rate(self) -> float:
@@ -61,6 +63,8 @@ class RunResult:
         if self.batches:
             mean = (self.batch_messages or 0) / self.batches
             text += f"\n       bridge batches: {self.batches:.0f}, mean size {mean:.1f}"
+        if self.conflicts:
+            text += f", planned again after a conflict: {self.conflicts:.0f}"
         return text
 
 
@@ -124,16 +128,21 @@ def _cpu(stack: Stack) -> dict[str, float]:
 async def _stored_counter(
     stack: Stack, http: httpx.AsyncClient, prefix: str
 ) -> tuple[str, Callable[[], Awaitable[int]]]:
-    """How to count this run's stored points: the bridge's counter if exported, else the store."""
-    baseline = await stack_mod.scrape(http, stack.metrics_url)
-    if baseline is not None and STORED_METRIC in baseline:
-        start = baseline[STORED_METRIC]
+    """How to count this run's stored points: the bridges' counters if exported, else the store."""
+    urls = stack.metrics_urls
+    baselines = [await stack_mod.scrape(http, url) for url in urls]
+    if all(b is not None and STORED_METRIC in b for b in baselines):
+        starts = [b[STORED_METRIC] for b in baselines if b is not None]
 
         async def from_metrics() -> int:
-            samples = await stack_mod.scrape(http, stack.metrics_url) or {}
-            return int(samples.get(STORED_METRIC, start) - start)
+            total = 0.0
+            for url, start in zip(urls, starts, strict=True):
+                samples = await stack_mod.scrape(http, url) or {}
+                total += samples.get(STORED_METRIC, start) - start
+            return int(total)
 
-        return f"/metrics {STORED_METRIC}", from_metrics
+        where = "the bridges' " if len(urls) > 1 else ""
+        return f"{where}/metrics {STORED_METRIC}", from_metrics
 
     async def from_store() -> int:
         return await asyncio.to_thread(stack_mod.stored_with_prefix, stack.store_path, prefix)
@@ -164,6 +173,7 @@ async def run_once(
         stack_mod.stored_with_prefix, stack.store_path, prefix
     )
     metrics_before = await stack_mod.scrape(http, stack.metrics_url)
+    conflicts_before = await _conflicts(stack, http)
     async with contextlib.AsyncExitStack() as exits:
         clients = [
             await exits.enter_async_context(stack.mqtt(max_inflight=window)) for _ in range(devices)
@@ -199,7 +209,17 @@ async def run_once(
     in_store = await asyncio.to_thread(stack_mod.stored_with_prefix, stack.store_path, prefix)
     in_store -= in_store_before
     result = RunResult(messages, count, publish_s, stored_s, cpu, in_store, batches, batch_messages)
+    result.conflicts = await _conflicts(stack, http) - conflicts_before
     return result, source
+
+
+async def _conflicts(stack: Stack, http: httpx.AsyncClient) -> float:
+    """``aoc_batch_conflicts_total`` summed over the consuming processes (0 if not exported)."""
+    total = 0.0
+    for url in stack.metrics_urls:
+        samples = await stack_mod.scrape(http, url) or {}
+        total += samples.get(CONFLICTS_METRIC, 0.0)
+    return total
 
 
 async def throughput(

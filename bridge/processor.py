@@ -262,6 +262,7 @@ class Processor:
         maps_key: str | None,
         dead_letter_payload_bytes: int,
         cache_size: int = 100_000,
+        shared: bool = False,
         dead_letter_log: LineBudget | None = None,
         key_digits: Digits = snapshots.key_digits,
         logger: logging.Logger | None = None,
@@ -269,6 +270,11 @@ class Processor:
         """``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute).
 
         ``key_digits``: the 4-digit draws of image keys (tests force collisions with it).
+
+        ``shared``: other bridges move the same ambulances (a share group), so
+        states held in memory are usually stale and planning from them would
+        make nearly every batch conflict once: each batch reads its states
+        from the store instead (one read, as for ambulances not in memory).
         """
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -279,6 +285,7 @@ class Processor:
         self._maps_key = maps_key
         self._dl_bytes = dead_letter_payload_bytes
         self._cache_size = cache_size
+        self._shared = shared
         self._key_digits = key_digits  # injectable: tests force key collisions
         self._log = logger or logging.getLogger(__name__)
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
@@ -443,11 +450,12 @@ class Processor:
         """Working copies of the ambulances' states, from memory or else the store."""
         # One read for all the unknown ids: one per id made a batch of new
         # ambulances several times slower than a batch of known ones.
-        unknown = sorted(aid for aid in ambulance_ids if aid not in self._cache)
+        cache = {} if self._shared else self._cache
+        unknown = sorted(aid for aid in ambulance_ids if aid not in cache)
         stored = await self._store.get_many(AMBULANCES, unknown) if unknown else {}
         states: dict[str, AmbulanceState] = {}
         for aid in sorted(ambulance_ids):
-            cached = self._cache.get(aid)
+            cached = cache.get(aid)
             if cached is None:
                 cached = AmbulanceState.from_doc(aid, stored.get(aid))
             states[aid] = cached.copy()

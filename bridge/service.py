@@ -62,7 +62,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from aoc import metrics
-from bridge.contract import Kind, bridge_filters, device_kind
+from bridge.contract import Kind, device_kind
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
@@ -71,6 +71,7 @@ from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
 from bridge.state import cache_view
+from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, subscriptions
 from bridge.validate import Limits, parse
 from broker.client import Message, MqttClient
 from storage.base import (
@@ -99,15 +100,10 @@ MAX_CONFLICTS = 20
 # snapshots are snapshots too. The client subscribes at every connection, so
 # a persistent session of an older version, subscribed to ``aoc/...`` only,
 # gains the ``legacy/...`` filters at its first reconnection, and keeps what
-# the broker queued for it meanwhile.
-MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = tuple(
-    (topic_filter, 1)
-    for kind in (Kind.TRACKING, Kind.CRASH, Kind.STATUS)
-    for topic_filter in bridge_filters(kind)
-)
-SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = tuple(
-    (topic_filter, 1) for topic_filter in bridge_filters(Kind.SNAP)
-)
+# the broker queued for it meanwhile. These are one bridge's; several share
+# the stream with ``bridge.subscriptions.subscriptions(kinds, group)``.
+MAIN_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = subscriptions(MAIN_KINDS)
+SNAP_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = subscriptions(SNAP_KINDS)
 SUBSCRIPTIONS = MAIN_SUBSCRIPTIONS + SNAP_SUBSCRIPTIONS
 
 
@@ -585,6 +581,7 @@ class Bridge:
                 await self._retry("store", partial(self._store.apply, good))
             except Conflict as exc:
                 conflicts += 1
+                metrics.BATCH_CONFLICTS.inc()
                 if conflicts >= MAX_CONFLICTS:
                     raise RuntimeError(
                         f"{conflicts} version conflicts in a row, the last on {', '.join(exc.ids)}"

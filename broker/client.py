@@ -213,6 +213,7 @@ class MqttClient:
         self._progress = 0  # packets handled, to tell a productive read from an idle one
         self._last_error: str | None = None  # paho's last error text, the disconnect reason
         self._failure: BaseException | None = None  # why the last connect attempt failed
+        self._last_activity = 0.0  # monotonic: the last message received, or CONNACK
 
     def _make_paho(
         self,
@@ -293,6 +294,16 @@ class MqttClient:
     ) -> None:
         """Disconnect cleanly (so no Will is published) and stop the background tasks."""
         await self._shutdown()
+
+    @property
+    def unacknowledged(self) -> int:
+        """QoS 1 messages of the current connection not yet acknowledged (``manual_ack``)."""
+        return len(self._unacked)
+
+    @property
+    def last_activity(self) -> float:
+        """When (``time.monotonic()``) the last message arrived, or else the session came up."""
+        return self._last_activity
 
     @property
     def connected(self) -> bool:
@@ -622,20 +633,25 @@ class MqttClient:
         if reason.is_failure:
             self._settle_handshake(MqttError(f"broker refused the connection: {reason}"))
             return
+        self._last_activity = time.monotonic()
         self._log.info(
             "MQTT connected to %s:%d as %s (session present: %s)",
             self._host, self._port, self._client_id, flags.session_present,
         )
+        if self._subscriptions:
+            rc, mid = self._paho.subscribe(self._subscriptions)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._settle_handshake(MqttError(f"SUBSCRIBE failed: {paho.error_string(rc)}"))
+                return
+            self._subscribe_mid = mid
+        # After the SUBSCRIBE: the broker handles a client's packets in order, so
+        # a message published between the two matches the new filter or the old
+        # one, never neither (a bridge moving to a shared subscription). What
+        # arrives meanwhile is acked too.
         if self._unsubscriptions:
-            self._paho.unsubscribe(self._unsubscriptions)  # what arrives meanwhile is acked too
+            self._paho.unsubscribe(self._unsubscriptions)
         if not self._subscriptions:
             self._settle_handshake(None)
-            return
-        rc, mid = self._paho.subscribe(self._subscriptions)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._settle_handshake(MqttError(f"SUBSCRIBE failed: {paho.error_string(rc)}"))
-            return
-        self._subscribe_mid = mid
 
     def _on_subscribe(
         self,
@@ -674,6 +690,7 @@ class MqttClient:
             mid=msg.mid,
             dup=bool(msg.dup),
         )
+        self._last_activity = time.monotonic()
         if self._manual_ack and message.qos > 0:
             self._unacked[message.mid] = message
         self._queue.append(message)

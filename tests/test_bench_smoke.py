@@ -43,6 +43,17 @@ def test_throughput_prints_each_run_and_the_median() -> None:
     assert "bridge batches:" in out, out  # the bridge's /metrics batch histogram is read
 
 
+def test_throughput_with_two_bridges_stores_every_message_once() -> None:
+    """Test --bridges 2: both `aoc bridge` processes consume, and every message is stored once."""
+    out = _bench(
+        "throughput", "--process", "bridge", "--bridges", "2", "--devices", "2",
+        "--messages", "200", "--runs", "1",
+    )
+    assert re.findall(r"run (\d): (\d+)/(\d+) stored", out) == [("1", "200", "200")], out
+    assert "the store holds" not in out, out  # as many rows as messages: none twice, none lost
+    assert re.search(r"aoc-bridge-1 +\d+%", out), out  # the second bridge is measured too
+
+
 def test_latency_prints_percentiles_for_socketio_and_state() -> None:
     """Test that points reach the Socket.IO room and the state topic, with percentiles."""
     out = _bench("latency", "--devices", "2", "--rate", "20", "--duration", "2")

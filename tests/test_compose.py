@@ -27,7 +27,9 @@ from aoc.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-LONG_RUNNING = {"mosquitto", "redis", "mongo", "minio", "bridge", "api", "realtime"}
+# `bridge-2`: a second member of the bridges' share group (profile `scale`).
+BRIDGES = {"bridge", "bridge-2"}
+LONG_RUNNING = {"mosquitto", "redis", "mongo", "minio", "api", "realtime"} | BRIDGES
 # The broker's account file before its first start, its service accounts after.
 ONE_SHOT = {"broker-init", "accounts"}
 SERVICES = LONG_RUNNING | ONE_SHOT
@@ -72,7 +74,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_the_services(config: dict[str, Any]) -> None:
-    """Test the topology: the broker, the three stores, the three AOC parts, two one-shot steps."""
+    """Test the topology: the broker, the three stores, the AOC parts, two one-shot steps."""
     assert set(config["services"]) == SERVICES
 
 
@@ -389,3 +391,29 @@ def test_no_password_goes_on_a_command_line(config: dict[str, Any]) -> None:
         text = " ".join(" ".join(part) if isinstance(part, list) else part for part in lines)
         assert " -P " not in text and "--requirepass" not in text, name
         assert not any(secret in text for secret in SECRETS.values()), name
+
+
+def test_bridges_share_one_group_each_under_a_stable_id_of_its_own(
+    config: dict[str, Any],
+) -> None:
+    """Test the scaled bridges: one share group, distinct stable client ids, their own spools.
+
+    The second member is the first's service with its own id (the operator's,
+    with ``-2``: stable across re-created containers, unlike a hostname) and
+    volume, started only with the ``scale`` profile.
+    """
+    services = config["services"]
+    first, second = services["bridge"], services["bridge-2"]
+    assert second["profiles"] == ["scale"] and "profiles" not in first
+    assert first["command"] == second["command"] == ["bridge"]
+    assert first["depends_on"] == second["depends_on"]
+    envs = [first["environment"], second["environment"]]
+    assert {env["AOC_SHARE_GROUP"] for env in envs} == {"aoc"}
+    assert [env["AOC_MQTT_CLIENT_ID"] for env in envs] == [
+        SECRETS["AOC_MQTT_CLIENT_ID"], SECRETS["AOC_MQTT_CLIENT_ID"] + "-2"
+    ]
+    assert {k: v for k, v in envs[0].items() if k != "AOC_MQTT_CLIENT_ID"} == {
+        k: v for k, v in envs[1].items() if k != "AOC_MQTT_CLIENT_ID"
+    }
+    spools = [{v.split(":")[0] for v in s["volumes"]} for s in (first, second)]
+    assert not spools[0] & spools[1] and spools[0] | spools[1] <= set(config["volumes"])

@@ -24,6 +24,7 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import pytest
+import socketio
 
 from aoc import credentials, parts, supervise
 from aoc.config import Settings
@@ -758,3 +759,123 @@ def test_the_broker_stays_root_only_where_its_user_cannot_reach(open_dir: Path) 
 
 if __name__ == "__main__":
     _drive()
+
+
+def _consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free now (``AOC_BRIDGE_HTTP_PORT`` and on)."""
+    for _ in range(50):
+        first = services.free_port()
+        if all(not services.port_is_open(first + n) for n in range(count)) and (
+            first + count < 65536
+        ):
+            return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def _received(port: int) -> float:
+    """``aoc_messages_received_total{kind="tracking"}`` on a process's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    found = re.search(r'^aoc_messages_received_total\{kind="tracking"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _pids(log: Path, name: str) -> list[int]:
+    text = log.read_text(errors="replace")
+    return [int(pid) for pid in re.findall(rf"{name} started \(pid (\d+)\)", text)]
+
+
+async def test_up_runs_several_bridges_on_one_group_and_restarts_each_under_its_id(
+    tmp_path: Path,
+) -> None:
+    """Test AOC_BRIDGES=3: `aoc serve`'s bridge and two `aoc bridge` share the devices' stream.
+
+    Each member takes some of the points, every point reaches a dashboard on
+    `aoc serve`'s Socket.IO (the members' through Redis), and a member killed
+    with SIGKILL is restarted under its own client id: its session, with
+    what the broker kept for it, is there when it comes back. Started again
+    with AOC_BRIDGES=2, `aoc up` retires the third member (what a retired
+    member's session held is stored: tests/faults/test_shared_bridges.py)
+    and the two that run take every point.
+    """
+    data = tmp_path / "data"
+    ports, env = services.up_settings(data)
+    probes = _consecutive_free_ports(2)
+    env.update(AOC_BRIDGES="3", AOC_BRIDGE_HTTP_PORT=str(probes))
+    log = tmp_path / "up.log"
+    devices, points = [f"SIM{n:03d}" for n in range(1, 11)], 10
+    with _running_up(env, log):
+        creds = credentials.load(data / "credentials.json")
+        base = creds.data["bridge_client_id"]
+        sio = socketio.AsyncClient(reconnection=False)
+        seen: list[str] = []
+        sio.on("data", handler=seen.append)
+        await sio.connect(
+            f"http://127.0.0.1:{ports['sio']}", auth={"token": creds.data["api_token"]},
+            transports=["websocket"], wait_timeout=10,
+        )
+        try:
+            await sio.emit("room_join", "tracking")
+            await asyncio.sleep(0.5)  # joined before the first point
+            await _publish_points(ports["mqtt"], creds, devices, points)
+            sent = len(devices) * points
+            bodies = lambda: [b for b in seen if b.startswith("{")]  # noqa: E731 (not the acks)
+            await eventually(_async(lambda: len(bodies()) >= sent), timeout=DEADLINE)
+            await asyncio.sleep(0.5)  # a duplicate would arrive now
+        finally:
+            await sio.disconnect()
+        taken = [_received(ports["http"]), _received(probes), _received(probes + 1)]
+        assert all(taken) and sum(taken) == sent, taken
+        points_seen = [(p["ambulance_id"], p["ts"]) for p in map(json.loads, bodies())]
+        assert len(set(points_seen)) == len(points_seen) == sent
+
+        [first] = _pids(log, "aoc-bridge-1")
+        os.kill(first, signal.SIGKILL)
+        _wait_for(lambda: len(_pids(log, "aoc-bridge-1")) == 2, 60, "the member's restart")
+        text = log.read_text(errors="replace")
+        assert "aoc-bridge-1 died (signal 9); restart #1" in text
+        resumed = re.findall(rf"as {re.escape(base)}-1 \(session present: (\w+)\)", text)
+        assert resumed[0] == "False" and resumed[-1] == "True", resumed
+        await _publish_points(ports["mqtt"], creds, devices[:2], points, start=points)
+        await eventually(
+            _async(lambda: sum(map(_received, (ports["http"], probes, probes + 1))) >= 20),
+            timeout=DEADLINE,
+        )
+    text = log.read_text(errors="replace")
+    assert text.index("aoc-bridge-2 stopped") < text.index("aoc-serve stopped")
+    assert not services.port_is_open(probes) and not services.port_is_open(probes + 1)
+
+    # Down to two: bridge 2 is retired before the stack is announced up.
+    env["AOC_BRIDGES"] = "2"
+    with _running_up(env, log):
+        text = log.read_text(errors="replace")
+        assert f"retired bridge {base}-2:" in text
+        assert "aoc-bridge-2 started" not in text[text.index(f"retired bridge {base}-2:"):]
+        await _publish_points(ports["mqtt"], creds, devices[:3], points, start=2 * points)
+        await eventually(
+            _async(lambda: _received(ports["http"]) + _received(probes) >= 30), timeout=DEADLINE
+        )
+    assert credentials.load(data / "credentials.json").data["bridge_members"] == 2
+
+
+def _async(check: object) -> object:
+    """``check`` as the coroutine function ``eventually`` awaits."""
+
+    async def run() -> object:
+        return check()  # type: ignore[operator]
+
+    return run
+
+
+async def _publish_points(
+    port: int, creds: credentials.Credentials, devices: list[str], points: int, start: int = 0
+) -> None:
+    """``points`` tracking points from each simulator device, acknowledged by the broker."""
+    now = int(time.time() * 1000)
+    for device in devices:
+        async with aiomqtt.Client(
+            "127.0.0.1", port, username=device, password=creds.devices[device],
+            identifier=f"{device}-test",
+        ) as client:
+            for n in range(start, start + points):
+                body = TRACKING % (now - 60_000 + n * 1000)
+                await client.publish(f"aoc/{device}/tracking", body, qos=1)

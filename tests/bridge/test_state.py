@@ -562,3 +562,34 @@ async def test_dead_letters_of_a_batch_planned_again_are_logged_once(
     assert plan.counts == {"dead_letter": 1, "tracking": 1}
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.processor"]
     assert lines == [f"dead letter from aoc/{AID}/tracking: {junk.reason}"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_member_of_a_share_group_plans_from_the_store_not_from_memory(
+    store: DocumentStore, objects: LocalObjectStore, shared: bool
+) -> None:
+    """Test ``Processor(shared=True)``: after another bridge moved the ambulance, no conflict.
+
+    A processor keeps the states of its last batches in memory. In a share
+    group the other members move the same ambulances, so that state is stale
+    and the next batch planned from it conflicts (and is planned again);
+    a member plans from the store instead.
+    """
+    member = Processor(
+        store=store, objects=objects, rules=SpeedRules(), crash_dedup_s=60.0, maps_key=None,
+        dead_letter_payload_bytes=64, shared=shared,
+    )
+    other = processor(store, objects)
+    for proc, batch in ((member, [point(0)]), (other, [point(1)])):
+        plan = await proc.plan(batch)
+        await store.apply(plan.writes)
+        proc.applied(plan)
+    plan = await member.plan([point(2)])
+    if not shared:
+        with pytest.raises(Conflict):
+            await store.apply(plan.writes)
+        return
+    await store.apply(plan.writes)
+    member.applied(plan)
+    state = await store.get(AMBULANCES, AID)
+    assert state is not None and state["speed_count"] == 3
