@@ -24,17 +24,27 @@ COPY storage ./storage
 COPY sim ./sim
 RUN pip install --no-deps . && aoc --help > /dev/null
 
+# --- dashboard: the page and its npm packages, installed from the lock file ---
+FROM node:20-slim AS dashboard
+WORKDIR /dashboard
+COPY dashboard/package.json dashboard/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+COPY dashboard/page.html ./
+COPY dashboard/static ./static
+
 # --- runtime: the virtualenv only, run by an unprivileged user ---------------
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/aoc/bin:$PATH \
     AOC_BIND_HOST=0.0.0.0 \
     AOC_DATA_DIR=/data \
-    AOC_LOG_FORMAT=json
+    AOC_LOG_FORMAT=json \
+    AOC_DASHBOARD_DIR=/opt/aoc-dashboard
 RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin aoc \
     && mkdir -p /data \
     && chown aoc:aoc /data
 COPY --from=build /opt/aoc /opt/aoc
+COPY --from=dashboard /dashboard /opt/aoc-dashboard
 USER aoc
 # The embedded defaults (SQLite, image directory) write here when no MongoDB/S3 is
 # configured: mount a volume at /data to keep them.

@@ -40,7 +40,7 @@ SERVICE_FIELDS = frozenset({
     "batch_size", "batch_wait_ms", "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
     "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
-    "dashboard_socketio_url",
+    "dashboard_socketio_url", "dashboard_dir",
     "share_group", "bridges",
 })
 
@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # The Socket.IO server as browsers reach it; empty: the page's own host on
     # socketio_port.
     dashboard_socketio_url: str = ""
+    # Where the page and its npm packages are; empty: the repository's
+    # dashboard/ folder (installed in place). The Docker image sets its own.
+    dashboard_dir: str = ""
 
     # MQTT broker (Mosquitto).
     mqtt_host: str = "127.0.0.1"

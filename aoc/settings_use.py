@@ -52,7 +52,8 @@ HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
     "shim_mqtt_username", "shim_mqtt_password", "public_url", "image_links",
     # The dashboard page: its settings, and the thresholds it colours speeds by.
     "socketio_port", "dashboard_tile_url", "dashboard_tile_attribution",
-    "dashboard_offline_seconds", "dashboard_socketio_url", "speed_orange_kmh", "speed_red_kmh",
+    "dashboard_offline_seconds", "dashboard_socketio_url", "dashboard_dir",
+    "speed_orange_kmh", "speed_red_kmh",
 }
 # http_port: the dashboard's origin, which Socket.IO admits (``api.realtime``).
 REALTIME = STORE | ACCESS | {

@@ -53,7 +53,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         redoc_url=None,
     )
     docs.add_docs(app)
-    dashboard.add_dashboard(app)
+    dashboard.add_dashboard(app, dashboard.folder(deps.settings))
     app.state.deps = deps
     origins = deps.settings.cors_origin_list
     if origins:

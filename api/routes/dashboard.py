@@ -90,6 +90,11 @@ def render_page(template: str, settings: Settings) -> str:
     return template.replace(CONFIG_MARK, element)
 
 
+def folder(settings: Settings) -> Path:
+    """Where the page and its packages are: ``AOC_DASHBOARD_DIR``, else the checkout's."""
+    return Path(settings.dashboard_dir) if settings.dashboard_dir else DASHBOARD_DIR
+
+
 def installed(directory: Path) -> bool:
     """Whether the npm packages the page loads are there."""
     modules = directory / "node_modules"

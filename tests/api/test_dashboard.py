@@ -101,3 +101,20 @@ async def test_a_clone_without_npm_ci_says_what_to_run(
         answer = await client.get("/dashboard", params={"token": api_token})
     assert answer.status_code == 503
     assert "make setup" in answer.text
+
+
+async def test_aoc_dashboard_dir_serves_a_copy_elsewhere(
+    deps: ApiDeps, api_token: str, tmp_path: Path
+) -> None:
+    """Test that AOC_DASHBOARD_DIR moves the page and its packages (as the Docker image does)."""
+    page = (DASHBOARD_DIR / dashboard.PAGE).read_text()
+    (tmp_path / dashboard.PAGE).write_text(page.replace("<body", "<!-- the copy --><body", 1))
+    shutil.copytree(DASHBOARD_DIR / "static", tmp_path / "static")
+    (tmp_path / "node_modules").symlink_to(DASHBOARD_DIR / "node_modules")
+    settings = deps.settings.model_copy(update={"dashboard_dir": str(tmp_path)})
+    async with client_for(dataclasses.replace(deps, settings=settings), api_token) as client:
+        answer = await client.get("/dashboard")
+        script = await client.get("/dashboard/vendor/leaflet/leaflet.js")
+    assert answer.status_code == 200
+    assert "<!-- the copy -->" in answer.text
+    assert script.status_code == 200
