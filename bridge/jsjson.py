@@ -27,6 +27,9 @@ _INDEX_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_INDEX = 2**32 - 2
 # Integers beyond this are not exact in a JavaScript number.
 _SAFE_INT = 2**53
+# What an array-index key starts with ("" too: ``in`` finds it in any string,
+# which sends an empty key down the general path, harmlessly).
+_DIGITS = "0123456789"
 
 
 def dumps(value: object) -> str:
@@ -40,6 +43,18 @@ def number(value: float) -> str:
     """A finite float in JavaScript's ``Number.prototype.toString`` format."""
     if value == 0:
         return "0"  # also -0: JSON.stringify(-0) is "0"
+    # The common cases first (every coordinate and speed): both languages write
+    # the shortest digits that read back as the same double, so they differ only
+    # where Python writes an exponent or a ".0" (JavaScript switches to an
+    # exponent only past 1e21 and below 1e-6). Below 2**53 an integral double's
+    # shortest digits are its exact digits.
+    if value.is_integer():
+        if -_SAFE_INT < value < _SAFE_INT:
+            return str(int(value))
+    else:
+        text = repr(value)
+        if "e" not in text:
+            return text
     text = repr(abs(value))
     mantissa, _, exp_text = text.partition("e")
     whole, _, fraction = mantissa.partition(".")
@@ -146,6 +161,30 @@ _CONSTANTS: dict[object, str] = {None: "null", True: "true", False: "false"}
 
 
 def _write(value: object, parts: list[str]) -> None:
+    # Exact types first: the payloads the bridge emits hold nothing else, and a
+    # type test is far cheaper than the isinstance chain below (subclasses,
+    # dates, mappings that are not dicts).
+    kind = type(value)
+    if kind is str:
+        parts.append(_string(value))  # type: ignore[arg-type]
+        return
+    if kind is float:
+        # x - x is 0.0 for a finite x, NaN for NaN and the infinities.
+        parts.append(number(value) if value - value == 0 else "null")  # type: ignore[operator,arg-type]
+        return
+    if kind is dict and all(type(key) is str and key[:1] not in _DIGITS for key in value):  # type: ignore[attr-defined]
+        # No key JavaScript would enumerate first (an array index starts with a digit).
+        parts.append("{")
+        first = True
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if not first:
+                parts.append(",")
+            first = False
+            parts.append(_string(key))
+            parts.append(":")
+            _write(item, parts)
+        parts.append("}")
+        return
     scalar = _write_scalar(value)
     if scalar is not None:
         parts.append(scalar)

@@ -203,8 +203,10 @@ class _Draft:
         # Only under its state's conditional write (see the module doc).
         self.dirty.update(pending.ambulances)
 
-    def emit(self, room: str, value: Any) -> None:
-        self.emits.append(Emit(room=room, data=dumps(value)))
+    def emit(self, room: str, value: Any, *more_rooms: str) -> None:
+        data = dumps(value)  # once for every room: the same text
+        self.emits.append(Emit(room=room, data=data))
+        self.emits.extend(Emit(room=other, data=data) for other in more_rooms)
 
     def to_plan(self) -> Plan:
         upserts = [
@@ -479,8 +481,7 @@ class Processor:
     def _emit_tracking(item: Tracking, draft: _Draft) -> None:
         # Late points are re-emitted too: the legacy server emitted every body.
         # ``body`` is already the legacy-room body (shaped by bridge.validate).
-        draft.emit(contract.ambulance_room(item.ambulance_id), item.body)
-        draft.emit(contract.TRACKING_ROOM, item.body)
+        draft.emit(contract.ambulance_room(item.ambulance_id), item.body, contract.TRACKING_ROOM)
 
     def _tracking(self, item: Tracking, draft: _Draft) -> None:
         aid = item.ambulance_id
