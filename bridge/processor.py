@@ -53,6 +53,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from aoc.logs import LineBudget
@@ -143,11 +144,24 @@ def _at_store_precision(item: Parsed) -> Parsed:
     a restarted bridge reads back, and a redelivery would count its distance twice.
     """
     if isinstance(item, Tracking | Crash | Snap):
+        if (
+            _at_ms(item.ts)
+            and _at_ms(item.received_at)
+            and (item.device_ts is None or _at_ms(item.device_ts))
+        ):
+            return item  # the usual case (the bridge cuts received_at on receipt): no copy
         device_ts = None if item.device_ts is None else utc(item.device_ts)
         return replace(
             item, ts=utc(item.ts), received_at=utc(item.received_at), device_ts=device_ts
         )
+    if _at_ms(item.received_at):
+        return item
     return replace(item, received_at=utc(item.received_at))
+
+
+def _at_ms(value: datetime) -> bool:
+    """Whether ``value`` is already as the store keeps it: UTC, whole milliseconds."""
+    return value.tzinfo is UTC and value.microsecond % 1000 == 0
 
 
 Key = tuple[str, str]  # (collection, _id)

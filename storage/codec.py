@@ -66,6 +66,9 @@ def epoch_seconds(value: datetime) -> float:
 
 
 def _default(value: object) -> object:
+    if type(value) is datetime and value.tzinfo is UTC and value.year >= 1000:
+        # format_datetime's fast case, inlined: called for every stored time.
+        return {_DATE: value.isoformat(timespec="milliseconds")[:-6] + "Z"}
     if isinstance(value, datetime):
         return {_DATE: format_datetime(value)}
     raise TypeError(f"cannot store a value of type {type(value).__name__}")
