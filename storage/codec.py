@@ -62,6 +62,8 @@ def parse_datetime(text: str) -> datetime:
 
 def epoch_seconds(value: datetime) -> float:
     """Epoch seconds of ``value`` at the stored (millisecond) precision."""
+    if value.tzinfo is UTC and value.microsecond % 1000 == 0:
+        return value.timestamp()  # at that precision already: no copy
     return utc(value).timestamp()
 
 
