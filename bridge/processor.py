@@ -77,7 +77,7 @@ from bridge.messages import (
 from bridge.public import public_record
 from bridge.snapshots import Digits, image_digest, store_images
 from bridge.speed import THRESHOLDS, SpeedRules, Threshold, advance, classify
-from bridge.state import AmbulanceState
+from bridge.state import AmbulanceState, cache_view, public_view
 from storage.base import (
     AMBULANCES,
     CRASHES,
@@ -235,12 +235,16 @@ class _Draft:
             if write.collection != DEAD_LETTERS:
                 outboxes.setdefault(write.doc["ambulance_id"], []).append(write)
         writes = [self.states[a].next_version(outboxes.get(a, ())) for a in sorted(self.dirty)]
+        written = {write.doc["_id"]: write.doc for write in writes}
         writes.extend(rest)
         plan = Plan(writes=writes, emits=self.emits, outcomes=self.outcomes, images=self.images)
         for aid in sorted(self.moved):
-            state = self.states[aid]
-            plan.states[aid] = state.to_doc(outbox=False)
-            payload = dumps(state_message(state)).encode("utf-8")
+            # The document just written, less its outbox, is to_doc(outbox=False):
+            # one build of it per ambulance, not three.
+            doc = written.get(aid)
+            state_doc = self.states[aid].to_doc(outbox=False) if doc is None else cache_view(doc)
+            plan.states[aid] = state_doc
+            payload = dumps(public_record(public_view(state_doc))).encode("utf-8")
             topic = contract.topic(aid, contract.Kind.STATE)
             plan.publishes.append(Publish(topic, payload, retain=True, qos=1))
         plan.publishes.extend(self.publishes)
