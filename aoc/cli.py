@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return unrefused[args.command](args, settings)
         safety.check(settings, args.command)
         try:
-            return eventloop.run(_run(args, settings)) or 0
+            return eventloop.run(_run(args, settings), command=args.command) or 0
         except StoreUnavailable as exc:  # the management commands' audit log and tokens
             where = startup.setting(settings, "store_url", settings.resolved_store_url)
             raise startup.Unreachable(where, exc) from exc
