@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from aoc import logs, safety, settings_help, show_config, startup, tls, tokens_cli
+from aoc import eventloop, logs, safety, settings_help, show_config, startup, tls, tokens_cli
 from aoc.config import Settings
 from aoc.parts import StopFailed
 from storage.base import StoreUnavailable
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return unrefused[args.command](args, settings)
         safety.check(settings, args.command)
         try:
-            return asyncio.run(_run(args, settings)) or 0
+            return eventloop.run(_run(args, settings), command=args.command) or 0
         except StoreUnavailable as exc:  # the management commands' audit log and tokens
             where = startup.setting(settings, "store_url", settings.resolved_store_url)
             raise startup.Unreachable(where, exc) from exc

@@ -215,10 +215,12 @@ class Settings(BaseSettings):
     device_rate: float = Field(default=20.0, ge=0)
     device_burst: int = Field(default=3600, gt=0)
 
-    # Bridge batching: a batch is written (and then acknowledged) when it holds
-    # this many messages or when the oldest has waited this long.
+    # Bridge batching: a batch is what is queued when the bridge is ready for
+    # it (while one batch is stored the next accumulates), up to this many
+    # messages; with a wait, the bridge also waits up to that long for more
+    # (0: never waits: a lone message is stored at once).
     batch_size: int = Field(default=200, gt=0)
-    batch_wait_ms: int = Field(default=20, ge=0)
+    batch_wait_ms: int = Field(default=0, ge=0)
     # ... or when its payloads reach this many bytes (snapshots count only
     # their metadata: their images are stored by the snapshot lane).
     batch_max_bytes: int = Field(default=1024 * 1024, gt=0)

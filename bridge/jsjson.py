@@ -27,6 +27,9 @@ _INDEX_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_INDEX = 2**32 - 2
 # Integers beyond this are not exact in a JavaScript number.
 _SAFE_INT = 2**53
+# What an array-index key starts with ("" too: ``in`` finds it in any string,
+# which sends an empty key down the general path, harmlessly).
+_DIGITS = "0123456789"
 
 
 def dumps(value: object) -> str:
@@ -38,8 +41,9 @@ def dumps(value: object) -> str:
 
 def number(value: float) -> str:
     """A finite float in JavaScript's ``Number.prototype.toString`` format."""
-    if value == 0:
-        return "0"  # also -0: JSON.stringify(-0) is "0"
+    plain = _plain_number(value)  # also 0 and -0: JSON.stringify(-0) is "0"
+    if plain is not None:
+        return plain
     text = repr(abs(value))
     mantissa, _, exp_text = text.partition("e")
     whole, _, fraction = mantissa.partition(".")
@@ -61,6 +65,20 @@ def number(value: float) -> str:
     if k == 1:
         return sign + digits + "e" + exp
     return sign + digits[0] + "." + digits[1:] + "e" + exp
+
+
+def _plain_number(value: float) -> str | None:
+    """The common cases (every coordinate and speed), or None.
+
+    Both languages write the shortest digits that read back as the same
+    double, so they differ only where Python writes an exponent or a ".0"
+    (JavaScript switches to an exponent only past 1e21 and below 1e-6).
+    Below 2**53 an integral double's shortest digits are its exact digits.
+    """
+    if value.is_integer():
+        return str(int(value)) if -_SAFE_INT < value < _SAFE_INT else None
+    text = repr(value)
+    return None if "e" in text else text
 
 
 def _string(value: str) -> str:
@@ -146,6 +164,19 @@ _CONSTANTS: dict[object, str] = {None: "null", True: "true", False: "false"}
 
 
 def _write(value: object, parts: list[str]) -> None:
+    # Exact types first: the payloads the bridge emits hold nothing else, and a
+    # type test is far cheaper than the isinstance chain below (subclasses,
+    # dates, mappings that are not dicts).
+    kind = type(value)
+    if kind is str:
+        parts.append(_string(value))  # type: ignore[arg-type]
+        return
+    if kind is float:
+        # x - x is 0.0 for a finite x, NaN for NaN and the infinities.
+        parts.append(number(value) if value - value == 0 else "null")  # type: ignore[operator,arg-type]
+        return
+    if kind is dict and _write_plain_dict(value, parts):  # type: ignore[arg-type]
+        return
     scalar = _write_scalar(value)
     if scalar is not None:
         parts.append(scalar)
@@ -169,3 +200,23 @@ def _write(value: object, parts: list[str]) -> None:
         parts.append("]")
     else:
         raise TypeError(f"cannot serialise {type(value).__name__} as JSON")
+
+
+def _write_plain_dict(value: dict[object, object], parts: list[str]) -> bool:
+    """Write a dict whose keys keep their order in JavaScript; False (nothing written) if not.
+
+    Only str keys that cannot be array indexes (those start with a digit) qualify.
+    """
+    if not all(type(key) is str and key[:1] not in _DIGITS for key in value):
+        return False
+    parts.append("{")
+    first = True
+    for key, item in value.items():
+        if not first:
+            parts.append(",")
+        first = False
+        parts.append(_string(key))  # type: ignore[arg-type]
+        parts.append(":")
+        _write(item, parts)
+    parts.append("}")
+    return True

@@ -53,6 +53,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from aoc.logs import LineBudget
@@ -76,7 +77,7 @@ from bridge.messages import (
 from bridge.public import public_record
 from bridge.snapshots import Digits, image_digest, store_images
 from bridge.speed import THRESHOLDS, SpeedRules, Threshold, advance, classify
-from bridge.state import AmbulanceState
+from bridge.state import AmbulanceState, cache_view, public_view
 from storage.base import (
     AMBULANCES,
     CRASHES,
@@ -143,11 +144,24 @@ def _at_store_precision(item: Parsed) -> Parsed:
     a restarted bridge reads back, and a redelivery would count its distance twice.
     """
     if isinstance(item, Tracking | Crash | Snap):
+        if (
+            _at_ms(item.ts)
+            and _at_ms(item.received_at)
+            and (item.device_ts is None or _at_ms(item.device_ts))
+        ):
+            return item  # the usual case (the bridge cuts received_at on receipt): no copy
         device_ts = None if item.device_ts is None else utc(item.device_ts)
         return replace(
             item, ts=utc(item.ts), received_at=utc(item.received_at), device_ts=device_ts
         )
+    if _at_ms(item.received_at):
+        return item
     return replace(item, received_at=utc(item.received_at))
+
+
+def _at_ms(value: datetime) -> bool:
+    """Whether ``value`` is already as the store keeps it: UTC, whole milliseconds."""
+    return value.tzinfo is UTC and value.microsecond % 1000 == 0
 
 
 Key = tuple[str, str]  # (collection, _id)
@@ -203,8 +217,10 @@ class _Draft:
         # Only under its state's conditional write (see the module doc).
         self.dirty.update(pending.ambulances)
 
-    def emit(self, room: str, value: Any) -> None:
-        self.emits.append(Emit(room=room, data=dumps(value)))
+    def emit(self, room: str, value: Any, *more_rooms: str) -> None:
+        data = dumps(value)  # once for every room: the same text
+        self.emits.append(Emit(room=room, data=data))
+        self.emits.extend(Emit(room=other, data=data) for other in more_rooms)
 
     def to_plan(self) -> Plan:
         upserts = [
@@ -219,12 +235,16 @@ class _Draft:
             if write.collection != DEAD_LETTERS:
                 outboxes.setdefault(write.doc["ambulance_id"], []).append(write)
         writes = [self.states[a].next_version(outboxes.get(a, ())) for a in sorted(self.dirty)]
+        written = {write.doc["_id"]: write.doc for write in writes}
         writes.extend(rest)
         plan = Plan(writes=writes, emits=self.emits, outcomes=self.outcomes, images=self.images)
         for aid in sorted(self.moved):
-            state = self.states[aid]
-            plan.states[aid] = state.to_doc(outbox=False)
-            payload = dumps(state_message(state)).encode("utf-8")
+            # The document just written, less its outbox, is to_doc(outbox=False):
+            # one build of it per ambulance, not three.
+            doc = written.get(aid)
+            state_doc = self.states[aid].to_doc(outbox=False) if doc is None else cache_view(doc)
+            plan.states[aid] = state_doc
+            payload = dumps(public_record(public_view(state_doc))).encode("utf-8")
             topic = contract.topic(aid, contract.Kind.STATE)
             plan.publishes.append(Publish(topic, payload, retain=True, qos=1))
         plan.publishes.extend(self.publishes)
@@ -487,8 +507,7 @@ class Processor:
     def _emit_tracking(item: Tracking, draft: _Draft) -> None:
         # Late points are re-emitted too: the legacy server emitted every body.
         # ``body`` is already the legacy-room body (shaped by bridge.validate).
-        draft.emit(contract.ambulance_room(item.ambulance_id), item.body)
-        draft.emit(contract.TRACKING_ROOM, item.body)
+        draft.emit(contract.ambulance_room(item.ambulance_id), item.body, contract.TRACKING_ROOM)
 
     def _tracking(self, item: Tracking, draft: _Draft) -> None:
         aid = item.ambulance_id

@@ -106,19 +106,16 @@ class AmbulanceState:
 
     def public(self) -> Document:
         """The view published on ``aoc/<id>/state``."""
-        doc = self.to_doc(outbox=False)
-        return {name: doc[name] for name in PUBLIC_FIELDS}
+        return public_view(self.to_doc(outbox=False))
 
     def to_doc(self, *, outbox: bool = True) -> Document:
         """The ``AMBULANCES`` document (without the outbox: what the Redis cache keeps)."""
         doc: Document = {"_id": self.ambulance_id}
-        for spec in fields(self):
-            if spec.name == "damaged_version":
-                continue
-            value = getattr(self, spec.name)
-            if spec.name in _POSITIONS:
+        for name in _DOC_FIELDS:  # dataclasses.fields() per call was most of this method
+            value = getattr(self, name)
+            if name in _POSITIONS:
                 value = position_doc(value)
-            doc[spec.name] = value
+            doc[name] = value
         doc["open_episodes"] = {
             threshold: episode.to_doc() for threshold, episode in self.open_episodes.items()
         }
@@ -176,6 +173,11 @@ class AmbulanceState:
         return Write(AMBULANCES, "upsert", self.to_doc(), expect=expect)
 
 
+def public_view(doc: Document) -> Document:
+    """The ``aoc/<id>/state`` view of an ``AMBULANCES`` document (as ``AmbulanceState.public``)."""
+    return {name: doc[name] for name in PUBLIC_FIELDS}
+
+
 def cache_view(doc: Document) -> Document:
     """What the Redis cache keeps of a stored ``AMBULANCES`` document: as ``to_doc(outbox=False)``.
 
@@ -205,4 +207,5 @@ _POSITIONS = frozenset({"location", "destination_location", "source_location"})
 _STRUCTURED = frozenset(
     {"ambulance_id", "version", "open_episodes", "crashes", "outbox", "damaged_version"}
 )
-
+# The document's fields, in order: every field but ``damaged_version``.
+_DOC_FIELDS = tuple(spec.name for spec in fields(AmbulanceState) if spec.name != "damaged_version")

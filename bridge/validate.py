@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from bridge.contract import (
     LEGACY_PREFIX,
     PREFIX,
@@ -552,11 +554,37 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+# 19 digits in a row may be an integer orjson cannot hold exactly (past -2**63 or 2**64).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _fast_object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object in ``payload`` as orjson reads it, when that is surely json's reading.
+
+    orjson parses a tracking point several times faster than json, and refuses
+    whatever json refuses (invalid UTF-8, NaN, a BOM, control characters), but
+    it also refuses some inputs json takes (lone surrogate escapes, 1e999)
+    and reads an integer past 64 bits as a float. None: let json decide, with
+    its reasons (``_json_object``).
+    """
+    if _LONG_DIGITS.search(payload):
+        return None
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return value if type(value) is dict else None
+
+
 def _json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
     if len(payload) > max_bytes:
         raise _Invalid(f"payload: {len(payload)} bytes, over the limit of {max_bytes} bytes")
     if not payload:
         raise _Invalid("payload: empty (expected a JSON object)")
+    fast = _fast_object(payload)
+    if fast is not None:
+        _check_depth(fast)
+        return fast
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -193,8 +193,15 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             conflicts: list[str] = []
+            # Consecutive rows of one statement go in one executemany (in order):
+            # a batch is mostly a run of history inserts.
+            run: list[tuple[str, str | None, float | None, str]] = []
+            run_sql = ""
             for verb, table, expect, params in rows:
                 if expect is not None:
+                    if run:  # the check must see the writes before it
+                        conn.executemany(run_sql, run)
+                        run = []
                     # Checked inside the write transaction: no other writer
                     # can move the version between this check and the COMMIT.
                     row = conn.execute(
@@ -205,10 +212,14 @@ class SQLiteDocumentStore(ThreadedDocumentStore[sqlite3.Connection]):
                     if not version_matches(_version(row), expect):
                         conflicts.append(params[0])
                         continue
-                conn.execute(
-                    f'{verb} INTO "{table}" (_id, ambulance_id, t, doc) VALUES (?, ?, ?, ?)',
-                    params,
-                )
+                sql = f'{verb} INTO "{table}" (_id, ambulance_id, t, doc) VALUES (?, ?, ?, ?)'
+                if sql != run_sql and run:
+                    conn.executemany(run_sql, run)
+                    run = []
+                run_sql = sql
+                run.append(params)
+            if run:
+                conn.executemany(run_sql, run)
             if conflicts:
                 conn.rollback()  # a Conflict stores nothing of the batch
                 raise Conflict(conflicts)

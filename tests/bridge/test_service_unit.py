@@ -822,11 +822,14 @@ async def test_an_empty_cache_at_first_use_is_built_quietly_a_lost_one_is_a_warn
         async with running(tmp_path, cache=fresh, batch_size=1, logger=logger) as rig:
             rig.feed(0)
             await until(lambda: len(rig.mqtt.acked) == 1, "point 0 acknowledged")
+            # The cache channel finds the cache empty after the ack, on its own task.
+            await rig.bridge.drain_fan_out()
             await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache built")
             first, records.seen = records.seen, []
             await wipe(redis_url, fresh.prefix)
             rig.feed(1)
             await until(lambda: len(rig.mqtt.acked) == 2, "point 1 acknowledged")
+            await rig.bridge.drain_fan_out()
             await until(lambda: not rig.bridge._cache_stale.is_set(), "the cache rebuilt")
             lost = records.seen
     finally:

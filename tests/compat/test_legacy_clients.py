@@ -27,6 +27,7 @@ from tests.compat.conftest import (
     MAPS_KEY,
     SNAPSHOT,
     TRACKING,
+    WAIT,
     CompatStack,
     JsDashboard,
     NodeClient,
@@ -371,6 +372,11 @@ async def test_mqtt_and_legacy_devices_reach_the_same_rooms_and_records(
         )
         from_py = await board.wait_data(lambda d: mqtt_only in d)
         await board.wait_data(lambda d: legacy_only in d)
+        # Each point goes to two rooms, one emit after the other: wait for the
+        # second copies too before the dashboard disconnects.
+        await board.node.wait_for(
+            lambda e: sum(mqtt_only in d for d in board.payloads) >= 2, timeout=WAIT
+        )
     # An MQTT device's point reaches legacy rooms in the legacy shape.
     assert json.loads(from_mqtt) == {
         "ambulance_id": shared, "tracking_latitude": lat, "tracking_longitude": lon,
