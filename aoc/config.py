@@ -38,6 +38,7 @@ SERVICE_FIELDS = frozenset({
     "dead_letter_burst", "dead_letter_prune_seconds", "device_rate", "device_burst",
     "batch_size", "batch_wait_ms", "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
     "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
+    "live_interval_ms",
 })
 
 
@@ -159,6 +160,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=1000, gt=0)
     # Dashboards hold one Socket.IO connection each for hours: room for many.
     socketio_max_connections: int = Field(default=4000, gt=0)
+    # The Socket.IO live stream (docs/socketio.md): one live_states event per
+    # interval of this many milliseconds, with the latest state of each
+    # ambulance updated in it. Shorter: fresher and more events per client.
+    live_interval_ms: int = Field(default=100, gt=0, le=60_000)
     http_body_timeout: float = Field(default=60.0, gt=0)
     # Each byte of a body earns time: 1 s per this many bytes (16 KiB/s, 128
     # kbit/s: a camera on a poor cellular link finishes a 50 MB upload). 0: none.

@@ -48,6 +48,7 @@ from api import (
     create_sio,
 )
 from api.deps import Publisher, ReadyCheck
+from api.live import LiveRedisManager, LiveStream
 from api.realtime import REVOCATION_SWEEP_SECONDS
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
@@ -204,6 +205,7 @@ def _bridge(
     objects: ObjectStore,
     cache: StateCache,
     emitter: Emitter | None,
+    live: Emitter | None,
 ) -> Bridge:
     processor = Processor(
         store=store,
@@ -222,6 +224,7 @@ def _bridge(
         limits=Limits.from_settings(settings),
         cache=cache,
         emitter=emitter,
+        live=live,
         dead_letters=DeadLetters(
             store=store,
             rate=settings.dead_letter_rate,
@@ -320,6 +323,7 @@ class _BridgeWiring:
         cache: StateCache,
         publisher_id: str,
         emitter: Emitter,
+        live: Emitter,
         shim: bool = False,
     ) -> None:
         self.settings = settings
@@ -331,6 +335,8 @@ class _BridgeWiring:
         self.cache = cache
         self.publisher_id = publisher_id
         self.emitter = emitter
+        # Where the live stream's feed goes: this process's stream, or Redis.
+        self.live = live
         self._connections: _Connections | None = None  # the running bridge's
         self._running = asyncio.Event()  # set while ``_connections`` is
 
@@ -367,6 +373,7 @@ class _BridgeWiring:
                 objects=self.objects,
                 cache=self.cache,
                 emitter=self.emitter,
+                live=self.live,
             )
             self._connections = _Connections(publisher, consumer, snap_consumer, shim)
             self._running.set()
@@ -431,7 +438,12 @@ class _BridgeWiring:
 
 
 async def _wire_bridge(
-    settings: Settings, stack: AsyncExitStack, *, publisher_id: str, emitter: Emitter
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    publisher_id: str,
+    emitter: Emitter,
+    live: Emitter,
 ) -> _BridgeWiring:
     """Open storage until ``stack`` closes; the bridge part opens its MQTT connections."""
     store, objects, cache = await _open_storage(settings, stack)
@@ -442,6 +454,7 @@ async def _wire_bridge(
         cache=cache,
         publisher_id=publisher_id,
         emitter=emitter,
+        live=live,
     )
 
 
@@ -471,6 +484,20 @@ def _revocations_part(sio: socketio.AsyncServer, gate: SocketGate) -> Start:
     return lambda: _sweeping(sio, gate)
 
 
+@contextlib.asynccontextmanager
+async def _streaming(live: LiveStream) -> AsyncIterator[Running]:
+    yield Running(live.run, live.stop)
+
+
+def _live_part(live: LiveStream) -> Start:
+    """The part that sends the live stream's events every interval (``api.live``)."""
+    return lambda: _streaming(live)
+
+
+def _live_stream(settings: Settings) -> LiveStream:
+    return LiveStream(interval=settings.live_interval_ms / 1000)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or stop_on_signals()
@@ -479,7 +506,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         store, objects, cache = await _open_storage(settings, stack)
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
         gate = SocketGate(settings, store)
-        sio = create_sio(gate, cors_origins=settings.cors_origin_list)
+        live = _live_stream(settings)
+        sio = create_sio(gate, cors_origins=settings.cors_origin_list, live=live)
         wiring = _BridgeWiring(
             settings,
             store=store,
@@ -487,6 +515,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             cache=cache,
             publisher_id=f"aoc-api-{os.getpid()}",
             emitter=sio,
+            live=live,  # in this process: no detour through Socket.IO
             shim=settings.legacy_mode,
         )
         app = create_app(wiring.api_deps(publisher=True))
@@ -500,6 +529,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             "socketio", _server_part(lambda: _socketio_server(realtime, settings), sio_bound)
         )
         parts.add("revocations", _revocations_part(sio, gate))
+        parts.add("live", _live_part(live))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings), http_bound))
 
@@ -534,8 +564,13 @@ async def run_bridge(settings: Settings) -> None:
             write_only=True,
             logger=logs.throttled("socketio.fan_out", seconds=60.0),
         )
+        # The live feed goes through Redis too; each `aoc realtime` intercepts it.
         wiring = await _wire_bridge(
-            settings, stack, publisher_id=f"aoc-bridge-out-{os.getpid()}", emitter=emitter
+            settings,
+            stack,
+            publisher_id=f"aoc-bridge-out-{os.getpid()}",
+            emitter=emitter,
+            live=emitter,
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
@@ -599,14 +634,17 @@ async def run_realtime(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)
         gate = SocketGate(settings, store)
+        live = _live_stream(settings)
         sio = create_sio(
             gate,
             cors_origins=settings.cors_origin_list,
-            client_manager=socketio.AsyncRedisManager(settings.redis_url),
+            client_manager=LiveRedisManager(settings.redis_url),
+            live=live,
         )
         realtime = create_realtime_app(sio, settings)
         parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))
+        parts.add("live", _live_part(live))
         with contextlib.suppress(asyncio.CancelledError):
             await parts.run()

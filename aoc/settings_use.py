@@ -49,7 +49,9 @@ HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
     "redis_url", "http_port", "max_concurrent_uploads", "max_image_bytes", "max_upload_files",
     "shim_mqtt_username", "shim_mqtt_password", "public_url", "image_links",
 }
-REALTIME = STORE | ACCESS | {"redis_url", "socketio_port", "socketio_max_connections"}
+REALTIME = STORE | ACCESS | {
+    "redis_url", "socketio_port", "socketio_max_connections", "live_interval_ms",
+}
 SERVE = SERVER | BRIDGE | HTTP_API | REALTIME
 # `aoc up` runs Mosquitto and Redis itself and passes its environment to `aoc serve`.
 UP = SERVE | ADMIN | {
