@@ -12,6 +12,10 @@ URL for kiosks); a token limited to some ambulances joins only their rooms
 ``AOC_LEGACY_NETWORKS`` (``api.access``); such a client joins any room, as
 legacy dashboards did. A revoked token joins nothing more at once, and its
 connections are closed by the next ``RevocationSweep`` (every few seconds).
+
+New dashboards may take the live stream instead (``live_subscribe``:
+``api.live``): one event per interval with the latest state of each
+ambulance updated in it, under the same token rules.
 """
 
 from __future__ import annotations
