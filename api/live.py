@@ -55,6 +55,8 @@ FLEET = "*"  # ``{"ambulances": "*"}``: every ambulance
 # A selection larger than this is refused: a dashboard wanting more takes the fleet.
 MAX_SELECTION = 10_000
 _FEEDS = (LIVE_STATE_FEED, LIVE_ALERT_FEED)
+# Recipients of one emission handed their packet between two yields to the event loop.
+_YIELD_EVERY = 500
 
 Selection = frozenset[str] | None  # None: the fleet
 
@@ -308,7 +310,7 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]  # socketio is u
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
         eio = self.server.eio
-        for sid, eio_sid in list(self.get_participants(namespace, room)):
+        for n, (sid, eio_sid) in enumerate(list(self.get_participants(namespace, room)), 1):
             if sid in skip:
                 continue
             for pkt in packets:
@@ -316,6 +318,9 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]  # socketio is u
                     await eio.send_packet(eio_sid, pkt)
                 except Exception as exc:  # one broken client must not cost the others theirs
                     log.debug("emit to %s failed: %r", sid, exc)
+            if n % _YIELD_EVERY == 0:
+                # Queue puts never wait: let the loop breathe in a room of thousands.
+                await asyncio.sleep(0)
 
 
 class LiveRedisManager(socketio.AsyncRedisManager, LiveManager):  # type: ignore[misc]

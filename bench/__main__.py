@@ -158,8 +158,9 @@ def _add_coalesce(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     co.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
     co.add_argument("--warmup", type=float, default=5.0, help="first seconds not measured")
     co.add_argument("--interval-ms", type=int, default=100, help="AOC_LIVE_INTERVAL_MS")
-    co.add_argument("--process", choices=("serve", "split"), default="serve",
-                    help="aoc serve, or aoc bridge + aoc realtime through Redis")
+    co.add_argument("--process", choices=("serve", "split", "feed"), default="serve",
+                    help="aoc serve; aoc bridge + aoc realtime through Redis; or feed: aoc"
+                    " realtime alone, fed through Redis as a bridge does (the fan-out alone)")
     co.add_argument("--selection", action="store_true",
                     help="clients subscribe to the ids by name, not to the fleet")
     co.add_argument("--legacy", action="store_true",

@@ -35,7 +35,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -93,28 +93,58 @@ def hist_percentiles(hist: array[int], pcts: tuple[float, ...] = (50, 95, 99)) -
     return out
 
 
+_SECONDS: dict[str, float] = {}  # "2026-01-01T00:00:00" -> epoch seconds (few distinct ones)
+
+
 def _epoch_ms(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp() * 1000
+    """Epoch ms of a ``2026-01-01T00:00:00.123Z`` time; cheap, for 200,000 states a second."""
+    whole = text[:19]
+    seconds = _SECONDS.get(whole)
+    if seconds is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        seconds = _SECONDS[whole] = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return seconds * 1000 + (int(text[20:23]) if len(text) >= 24 else 0)
 
 
 # --- publishers ----------------------------------------------------------------------------
 
 
-def _publisher(*, port: int, ids: list[str], rate: float, duration: float, ready: Any,
-               go: _Go, out: Any) -> None:
+def _publisher(*, port: int, redis_url: str | None, ids: list[str], rate: float,
+               duration: float, ready: Any, go: _Go, out: Any) -> None:
     """One process: each of ``ids`` at ``rate`` Hz for ``duration``, from the wall time ``go`` says.
 
-    It connects first and says so on ``ready``: a process started late would
-    catch up in a burst, several points of one ambulance in one interval.
+    Over MQTT as devices do; or, with ``redis_url``, straight to the live
+    stream as a bridge feeds it (``bridge.live``, every 20 ms, the bridge's
+    batch wait), to measure the fan-out without the bridge. It connects first
+    and says so on ``ready``: a process started late would catch up in a
+    burst, several points of one ambulance in one interval.
     """
 
     async def main() -> dict[str, Any]:
-        client = aiomqtt.Client("127.0.0.1", port, max_queued_outgoing_messages=0)
-        client.pending_calls_threshold = 1_000_000
         last: dict[str, int] = {}
         published = 0
-        pending: set[asyncio.Task[None]] = set()
-        async with client:
+        pending: set[asyncio.Task[Any]] = set()
+        batch: list[str] = []
+        async with contextlib.AsyncExitStack() as stack:
+            if redis_url is None:
+                client = aiomqtt.Client("127.0.0.1", port, max_queued_outgoing_messages=0)
+                client.pending_calls_threshold = 1_000_000
+                await stack.enter_async_context(client)
+            else:
+                manager = socketio.AsyncRedisManager(redis_url, write_only=True)
+
+                async def feed_every(seconds: float) -> None:
+                    while True:
+                        await asyncio.sleep(seconds)
+                        if batch:
+                            data = "[" + ",".join(batch) + "]"
+                            batch.clear()
+                            await manager.emit(contract.LIVE_STATES_EVENT, data,
+                                               room=contract.LIVE_STATE_FEED)
+
+                feeding = asyncio.create_task(feed_every(0.02))
+                stack.callback(feeding.cancel)
             ready.put(os.getpid())
             await asyncio.to_thread(go.wait)
             start = go.at.value
@@ -128,6 +158,10 @@ def _publisher(*, port: int, ids: list[str], rate: float, duration: float, ready
                         await asyncio.sleep(delay)
                     ts = max(int(time.time() * 1000), last.get(aid, 0) + 1)
                     last[aid] = ts
+                    published += 1
+                    if redis_url is not None:
+                        batch.append(json.dumps(_state(aid, ts, tick), separators=(",", ":")))
+                        continue
                     body = {"lat": 13.75, "lon": round(100.5 + tick * 1e-4, 6), "speed": 40,
                             "heading": 90, "ts": ts, "seq": tick}
                     task = asyncio.create_task(
@@ -135,11 +169,23 @@ def _publisher(*, port: int, ids: list[str], rate: float, duration: float, ready
                     )
                     pending.add(task)
                     task.add_done_callback(pending.discard)
-                    published += 1
             await asyncio.gather(*pending)
+            await asyncio.sleep(0.05)  # the last feed
         return {"published": published, "last": last, "behind_s": time.time() - start - duration}
 
     out.put(asyncio.run(main()))
+
+
+def _state(aid: str, ts: int, tick: int) -> dict[str, Any]:
+    """A public state as the bridge publishes it (``aoc/<id>/state``) for a point at ``ts``."""
+    seen = datetime.fromtimestamp(ts / 1000, UTC)
+    return {
+        "ambulance_id": aid, "location": {"lat": 13.75, "lon": round(100.5 + tick * 1e-4, 6)},
+        "speed": 40.0, "heading": 90, "state": "GREEN",
+        "last_seen": seen.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts % 1000:03d}Z",
+        "online": True, "covered_distance": round(tick * 11.1, 1), "avg_speed": 40.0,
+        "estimated_time": None,
+    }
 
 
 # --- clients -------------------------------------------------------------------------------
@@ -242,13 +288,31 @@ def _split(items: list[str], parts: int) -> list[list[str]]:
 @contextlib.contextmanager
 def _topology(
     process: str, interval_ms: int, keep: Path | None
-) -> Iterator[tuple[stack_mod.Stack, str, dict[str, int]]]:
-    """The running stack, the Socket.IO URL its dashboards use, and its processes' pids."""
+) -> Iterator[tuple[stack_mod.Stack | None, str, dict[str, int], str]]:
+    """The running stack, the Socket.IO URL its dashboards use, its processes' pids, Redis.
+
+    ``feed``: Redis and ``aoc realtime`` only (no stack): the publishers feed
+    the live stream through Redis as ``aoc bridge`` does.
+    """
     env = {"AOC_LIVE_INTERVAL_MS": str(interval_ms)}
+    if process == "feed":
+        with contextlib.ExitStack() as exits:
+            workdir = keep or Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="aoc-")))
+            redis = exits.enter_context(services.redis(workdir / "redis"))
+            realtime = services.aoc(
+                "realtime", workdir / "aoc-realtime", mqtt_port=services.free_port(),
+                redis_port=redis.port, env={**env, "AOC_LOG_LEVEL": "WARNING"},
+            )
+            exits.enter_context(realtime)
+            assert redis.proc is not None and realtime.proc is not None
+            pids = {"redis": redis.proc.pid, "aoc-realtime": realtime.proc.pid}
+            url = f"http://127.0.0.1:{realtime.env['AOC_SOCKETIO_PORT']}"
+            yield None, url, pids, f"redis://127.0.0.1:{redis.port}/0"
+        return
     command = "serve" if process == "serve" else "bridge"
     with stack_mod.running(command=command, env=env, keep=keep) as running:
         if process == "serve":
-            yield running, running.socketio_url, running.pids()
+            yield running, running.socketio_url, running.pids(), ""
             return
         workdir = running.workdir / "aoc-realtime"
         realtime = services.aoc(
@@ -262,7 +326,7 @@ def _topology(
         with realtime:
             assert realtime.proc is not None
             pids = {**running.pids(), "aoc-realtime": realtime.proc.pid}
-            yield running, f"http://127.0.0.1:{realtime.env['AOC_SOCKETIO_PORT']}", pids
+            yield running, f"http://127.0.0.1:{realtime.env['AOC_SOCKETIO_PORT']}", pids, ""
 
 
 def run(
@@ -283,9 +347,11 @@ def run(
     """One measured run of the live stream; the figures as a JSON-able dict."""
     prefix = f"CO-{uuid.uuid4().hex[:6]}-"
     ids = [f"{prefix}{n:05d}" for n in range(ambulances)]
-    progress(f"coalesce: starting mosquitto, redis and aoc ({process}) ...")
-    with _topology(process, interval_ms, keep) as (running, url, stack_pids):
-        asyncio.run(running.probe())
+    progress(f"coalesce: starting the stack ({process}) ...")
+    with _topology(process, interval_ms, keep) as (running, url, stack_pids, redis):
+        if running is not None:
+            asyncio.run(running.probe())
+        redis_url = redis or None
         ready, results = _SPAWN.Queue(), _SPAWN.Queue()
         go, stop = _Go(_SPAWN), _SPAWN.Event()
         per = [len(part) for part in _split(["x"] * clients, client_processes)]
@@ -305,7 +371,8 @@ def run(
         published, go_publish = _SPAWN.Queue(), _Go(_SPAWN)
         senders = [
             _SPAWN.Process(target=_publisher, name=f"publisher-{i}", kwargs={
-                "port": running.mqtt_port, "ids": part, "rate": rate, "duration": duration,
+                "port": 0 if running is None else running.mqtt_port, "redis_url": redis_url,
+                "ids": part, "rate": rate, "duration": duration,
                 "ready": ready, "go": go_publish, "out": published,
             })
             for i, part in enumerate(_split(ids, publishers))
