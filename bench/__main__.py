@@ -163,6 +163,8 @@ def _add_coalesce(commands: argparse._SubParsersAction[argparse.ArgumentParser])
                     " realtime alone, fed through Redis as a bridge does (the fan-out alone)")
     co.add_argument("--selection", action="store_true",
                     help="clients subscribe to the ids by name, not to the fleet")
+    co.add_argument("--node", action="store_true",
+                    help="clients are the stock socket.io-client in Node (tests/js), not Python")
     co.add_argument("--legacy", action="store_true",
                     help="then compare the legacy tracking room's emit path with stock")
     co.add_argument("--legacy-events", type=int, default=1000, help="events per legacy run")
@@ -178,7 +180,7 @@ def _coalesce(args: argparse.Namespace) -> int:
             ambulances=args.ambulances, rate=args.rate, clients=args.clients,
             client_processes=args.client_processes, publishers=args.publishers,
             duration=args.duration, warmup=args.warmup, interval_ms=args.interval_ms,
-            process=args.process, selection=args.selection, keep=args.keep,
+            process=args.process, selection=args.selection, node=args.node, keep=args.keep,
         )
         print(coalesce.report(figures["live"]), flush=True)
     if args.legacy or args.legacy_only:

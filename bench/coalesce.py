@@ -30,6 +30,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -53,6 +54,7 @@ from bridge.contract import Kind
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
 
+SAMPLE_EVERY = 4  # one client in this many records staleness (all its states)
 BUCKETS = 60_000  # staleness histogram: 1 ms buckets up to a minute (the last holds the rest)
 _SPAWN: SpawnContext = multiprocessing.get_context("spawn")
 
@@ -197,7 +199,7 @@ class _Tally:
     __slots__ = ("events", "latest", "points", "repeats")
 
     def __init__(self) -> None:
-        self.latest: dict[str, float] = {}
+        self.latest: dict[str, str] = {}  # ISO times of one format order as strings
         self.points = 0  # states newer than the ambulance's previous one: points seen
         self.repeats = 0  # states not newer (must stay 0 at 1 Hz)
         self.events = 0
@@ -211,22 +213,26 @@ def _clients(*, url: str, count: int, prefix: str, selection: list[str] | None, 
     server = _new_hist()
     measure_from = [float("inf")]  # wall ms from which staleness counts (after the warm-up)
 
-    def handler(tally: _Tally) -> Any:
+    def handler(tally: _Tally, sampled: bool) -> Any:
+        # Python clients are the costly part of this benchmark: the per-state
+        # work is kept small, and one client in SAMPLE_EVERY times its states.
         async def on_states(data: dict[str, Any]) -> None:
             now = time.time() * 1000
             tally.events += 1
-            if now >= measure_from[0]:
+            timed = sampled and now >= measure_from[0]
+            if timed:
                 _record(server, now - _epoch_ms(data["at"]))
+            latest = tally.latest
             for state in data["states"]:
                 aid = state["ambulance_id"]
                 if not aid.startswith(prefix):
                     continue
-                seen = _epoch_ms(state["last_seen"])
-                if seen > tally.latest.get(aid, 0.0):
-                    tally.latest[aid] = seen
+                seen = state["last_seen"]
+                if seen > latest.get(aid, ""):
+                    latest[aid] = seen
                     tally.points += 1
-                    if seen >= measure_from[0]:
-                        _record(device, now - seen)
+                    if timed:
+                        _record(device, now - _epoch_ms(seen))
                 else:
                     tally.repeats += 1
 
@@ -236,9 +242,9 @@ def _clients(*, url: str, count: int, prefix: str, selection: list[str] | None, 
         tallies = [_Tally() for _ in range(count)]
         clients = []
         wanted = {"ambulances": "*" if selection is None else selection}
-        for tally in tallies:
+        for n, tally in enumerate(tallies):
             client = socketio.AsyncClient(reconnection=False)
-            client.on(contract.LIVE_STATES_EVENT, handler=handler(tally))
+            client.on(contract.LIVE_STATES_EVENT, handler=handler(tally, n % SAMPLE_EVERY == 0))
             await client.connect(url, transports=["websocket"], wait_timeout=30)
             answer = await client.call(contract.LIVE_SUBSCRIBE_EVENT, wanted, timeout=30)
             if "error" in answer:
@@ -251,7 +257,7 @@ def _clients(*, url: str, count: int, prefix: str, selection: list[str] | None, 
         for client in clients:
             await client.disconnect()
         return {
-            "latest": [t.latest for t in tallies],
+            "latest": [{aid: _epoch_ms(seen) for aid, seen in t.latest.items()} for t in tallies],
             "points": [t.points for t in tallies],
             "repeats": sum(t.repeats for t in tallies),
             "events": [t.events for t in tallies],
@@ -260,6 +266,44 @@ def _clients(*, url: str, count: int, prefix: str, selection: list[str] | None, 
         }
 
     out.put(asyncio.run(main()))
+
+
+def _node_clients(*, url: str, count: int, prefix: str, selection: list[str] | None,
+                  ready: Any, go: _Go, stop: Any, out: Any) -> None:
+    """As ``_clients``, with the stock socket.io-client in Node (``tests/js/live_bench.mjs``).
+
+    Node parses and dispatches the stream at a fraction of python-socketio's
+    cost, so the clients' own CPU weighs less on the server's figures.
+    """
+    js = Path(__file__).resolve().parent.parent / "tests" / "js"
+    args = ["node", "live_bench.mjs", "--url", url, "--clients", str(count), "--prefix", prefix,
+            "--sample-every", str(SAMPLE_EVERY)]
+    if selection is not None:
+        args.append("--select")
+    with subprocess.Popen(args, cwd=js, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as node:
+        assert node.stdin is not None and node.stdout is not None
+        if selection is not None:
+            node.stdin.write(json.dumps(selection) + "\n")
+            node.stdin.flush()
+        line = json.loads(node.stdout.readline() or '{"event": "exit"}')
+        if line.get("event") != "ready":
+            raise RuntimeError(f"live_bench.mjs: {line}")
+        ready.put(node.pid)
+        go.wait()
+        node.stdin.write(json.dumps({"cmd": "go", "from": go.at.value * 1000}) + "\n")
+        node.stdin.flush()
+        stop.wait()
+        node.stdin.write('{"cmd": "stop"}\n')
+        node.stdin.flush()
+        summary = json.loads(node.stdout.readline())
+    hists = {}
+    for name in ("device", "server"):
+        hist = _new_hist()
+        for ms, n in summary[name]:
+            hist[min(ms, BUCKETS - 1)] += n
+        hists[name] = hist.tobytes()
+    out.put({**{k: summary[k] for k in ("latest", "points", "repeats", "events")}, **hists})
 
 
 class _Go:
@@ -341,6 +385,7 @@ def run(
     interval_ms: int = 100,
     process: str = "serve",
     selection: bool = False,
+    node: bool = False,
     keep: Path | None = None,
     progress: Any = print,
 ) -> dict[str, Any]:
@@ -357,7 +402,8 @@ def run(
         per = [len(part) for part in _split(["x"] * clients, client_processes)]
         chosen = ids if selection else None
         holders: list[SpawnProcess] = [
-            _SPAWN.Process(target=_clients, name=f"clients-{i}", kwargs={
+            _SPAWN.Process(target=_node_clients if node else _clients, name=f"clients-{i}",
+                           kwargs={
                 "url": url, "count": n, "prefix": prefix, "selection": chosen, "ready": ready,
                 "go": go, "stop": stop, "out": results,
             })
@@ -366,8 +412,7 @@ def run(
         for proc in holders:
             proc.start()
         progress(f"coalesce: connecting {clients} clients from {len(holders)} processes ...")
-        for _ in holders:
-            ready.get(timeout=300)
+        client_pids = {f"clients-{i}": ready.get(timeout=300) for i in range(len(holders))}
         published, go_publish = _SPAWN.Queue(), _Go(_SPAWN)
         senders = [
             _SPAWN.Process(target=_publisher, name=f"publisher-{i}", kwargs={
@@ -387,8 +432,8 @@ def run(
         go.set(measured_from)
         progress(f"coalesce: {ambulances} ambulances at {rate:g} Hz from {len(senders)}"
                  f" processes for {duration:g}s (first {warmup:g}s warm-up) ...")
-        pids = dict(stack_pids)
-        pids.update({p.name: p.pid for p in (*holders, *senders) if p.pid is not None})
+        pids = {**stack_pids, **client_pids}
+        pids.update({p.name: p.pid for p in senders if p.pid is not None})
         time.sleep(max(0.0, measured_from - time.time()))
         cpu_start = {name: stack_mod.cpu_seconds(pid) for name, pid in pids.items()}
         window_start = time.time()
@@ -406,7 +451,8 @@ def run(
         params={"ambulances": ambulances, "rate": rate, "clients": clients,
                 "client_processes": len(holders), "publishers": len(senders),
                 "duration": duration, "warmup": warmup, "interval_ms": interval_ms,
-                "process": process, "selection": selection},
+                "process": process, "selection": selection,
+                "clients_impl": "node" if node else "python"},
     )
 
 
@@ -460,7 +506,8 @@ def report(figures: dict[str, Any]) -> str:
         rows.append([label, str(h["n"]), *(str(h[k]) for k in ("p50", "p95", "p99", "max"))])
     lines = [
         f"live stream: {p['ambulances']} ambulances at {p['rate']:g} Hz, {figures['clients']}"
-        f" clients ({'selection' if p['selection'] else 'fleet'}), interval {p['interval_ms']} ms,"
+        f" {p['clients_impl']} clients ({'selection' if p['selection'] else 'fleet'}),"
+        f" interval {p['interval_ms']} ms,"
         f" aoc {p['process']}, {p['duration']:g}s",
         f"  published {figures['published']} points; clients complete"
         f" {figures['complete_clients']}/{figures['clients']}; points missing (all clients)"
