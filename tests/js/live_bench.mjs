@@ -83,7 +83,7 @@ async function main() {
     if (command.cmd === "stop") break;
   }
   for (const socket of sockets) socket.close();
-  print({
+  const summary = {
     event: "summary",
     points: tallies.map((t) => t.points),
     events: tallies.map((t) => t.events),
@@ -91,8 +91,9 @@ async function main() {
     repeats,
     device: [...device],
     server: [...server],
-  });
-  process.exit(0);
+  };
+  // Exit once written: a pipe takes a large line in several writes.
+  process.stdout.write(JSON.stringify(summary) + "\n", () => process.exit(0));
 }
 
 main().catch((err) => {
