@@ -3,8 +3,12 @@
 Mosquitto, Redis and ``aoc serve`` (or ``aoc bridge`` + ``aoc realtime``,
 ``process="split"``) on free ports. Several publisher processes send
 ``ambulances`` ids at ``rate`` points a second each, spread evenly over each
-second, the device time ``ts`` taken at the publish. Several client processes
-hold ``clients`` python-socketio clients, each subscribed to the whole fleet
+second, the device time ``ts`` taken at the publish. With ``process="feed"``
+only Redis and ``aoc realtime`` run, and the publishers feed the stream
+through Redis as ``aoc bridge`` does: the fan-out alone, without the
+bridge's ingest. Several client processes hold ``clients`` clients
+(python-socketio, or with ``node`` the stock socket.io-client,
+``tests/js/live_bench.mjs``), each subscribed to the whole fleet
 (``{"ambulances": "*"}``) or, with ``selection``, to the run's ids by name.
 
 Per client it counts, for each ambulance, the distinct points it received
