@@ -133,7 +133,10 @@ class LiveStream:
         With several bridges a state may arrive after a newer one of the same
         ambulance: a state whose ``last_seen`` is older than the kept one's is
         not kept (a status change keeps ``last_seen``: the later one wins).
+        Without subscribers nothing is kept (a subscriber resyncs from the read API).
         """
+        if not self._subscribed:
+            return
         try:
             states = json.loads(data)
         except ValueError:
