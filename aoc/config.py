@@ -42,6 +42,7 @@ SERVICE_FIELDS = frozenset({
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
     "dashboard_socketio_url", "dashboard_dir",
     "share_group", "bridges",
+    "live_interval_ms",
 })
 
 
@@ -184,6 +185,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=1000, gt=0)
     # Dashboards hold one Socket.IO connection each for hours: room for many.
     socketio_max_connections: int = Field(default=4000, gt=0)
+    # The Socket.IO live stream (docs/socketio.md): one live_states event per
+    # interval of this many milliseconds, with the latest state of each
+    # ambulance updated in it. Shorter: fresher and more events per client.
+    live_interval_ms: int = Field(default=100, gt=0, le=60_000)
     http_body_timeout: float = Field(default=60.0, gt=0)
     # Each byte of a body earns time: 1 s per this many bytes (16 KiB/s, 128
     # kbit/s: a camera on a poor cellular link finishes a 50 MB upload). 0: none.

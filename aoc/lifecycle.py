@@ -49,6 +49,7 @@ from api import (
     create_sio,
 )
 from api.deps import Publisher, ReadyCheck
+from api.live import LiveRedisManager, LiveStream
 from api.realtime import REVOCATION_SWEEP_SECONDS
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
@@ -231,6 +232,7 @@ def _bridge(
     objects: ObjectStore,
     cache: StateCache,
     emitter: Emitter | None,
+    live: Emitter | None,
 ) -> Bridge:
     processor = Processor(
         store=store,
@@ -251,6 +253,7 @@ def _bridge(
         limits=Limits.from_settings(settings),
         cache=cache,
         emitter=emitter,
+        live=live,
         dead_letters=DeadLetters(
             store=store,
             rate=settings.dead_letter_rate,
@@ -349,6 +352,7 @@ class _BridgeWiring:
         cache: StateCache,
         publisher_id: str,
         emitter: Emitter,
+        live: Emitter,
         shim: bool = False,
         retiring: bool = False,
     ) -> None:
@@ -363,6 +367,8 @@ class _BridgeWiring:
         self.cache = cache
         self.publisher_id = publisher_id
         self.emitter = emitter
+        # Where the live stream's feed goes: this process's stream, or Redis.
+        self.live = live
         self._connections: _Connections | None = None  # the running bridge's
         self._running = asyncio.Event()  # set while ``_connections`` is
 
@@ -406,6 +412,7 @@ class _BridgeWiring:
                 objects=self.objects,
                 cache=self.cache,
                 emitter=self.emitter,
+                live=self.live,
             )
             self._connections = _Connections(publisher, consumer, snap_consumer, shim)
             self._running.set()
@@ -495,6 +502,7 @@ async def _wire_bridge(
     publisher_id: str,
     emitter: Emitter,
     retiring: bool = False,
+    live: Emitter,
 ) -> _BridgeWiring:
     """Open storage until ``stack`` closes; the bridge part opens its MQTT connections."""
     store, objects, cache = await _open_storage(settings, stack)
@@ -506,6 +514,7 @@ async def _wire_bridge(
         publisher_id=publisher_id,
         emitter=emitter,
         retiring=retiring,
+        live=live,
     )
 
 
@@ -535,6 +544,20 @@ def _revocations_part(sio: socketio.AsyncServer, gate: SocketGate) -> Start:
     return lambda: _sweeping(sio, gate)
 
 
+@contextlib.asynccontextmanager
+async def _streaming(live: LiveStream) -> AsyncIterator[Running]:
+    yield Running(live.run, live.stop)
+
+
+def _live_part(live: LiveStream) -> Start:
+    """The part that sends the live stream's events every interval (``api.live``)."""
+    return lambda: _streaming(live)
+
+
+def _live_stream(settings: Settings) -> LiveStream:
+    return LiveStream(interval=settings.live_interval_ms / 1000)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or stop_on_signals()
@@ -543,14 +566,16 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         store, objects, cache = await _open_storage(settings, stack)
         # Socket.IO checks tokens in the store the bridge writes to, and is its emitter.
         gate = SocketGate(settings, store)
+        live = _live_stream(settings)
         sio = create_sio(
             gate,
             cors_origins=settings.cors_origin_list,
             dashboard_port=settings.http_port,
             # The other bridges `aoc up` runs (AOC_BRIDGES) emit through Redis.
             client_manager=(
-                socketio.AsyncRedisManager(settings.redis_url) if settings.bridges > 1 else None
+                LiveRedisManager(settings.redis_url) if settings.bridges > 1 else None
             ),
+            live=live,
         )
         wiring = _BridgeWiring(
             settings,
@@ -559,6 +584,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             cache=cache,
             publisher_id=f"aoc-api-{os.getpid()}",
             emitter=sio,
+            live=live,  # in this process: no detour through Socket.IO
             shim=settings.legacy_mode,
         )
         app = create_app(wiring.api_deps(publisher=True))
@@ -572,6 +598,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             "socketio", _server_part(lambda: _socketio_server(realtime, settings), sio_bound)
         )
         parts.add("revocations", _revocations_part(sio, gate))
+        parts.add("live", _live_part(live))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings), http_bound))
 
@@ -610,11 +637,14 @@ async def run_bridge(settings: Settings) -> None:
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
+        emitter = _redis_emitter(settings)
+        # The live feed goes through Redis too; each `aoc realtime` intercepts it.
         wiring = await _wire_bridge(
             settings,
             stack,
             publisher_id=f"aoc-bridge-out-{os.getpid()}",
-            emitter=_redis_emitter(settings),
+            emitter=emitter,
+            live=emitter,
         )
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
@@ -654,7 +684,8 @@ async def retire_bridge(settings: Settings, *, quiet: float = RETIRE_QUIET_S) ->
             settings,
             stack,
             publisher_id=f"aoc-bridge-out-{os.getpid()}",
-            emitter=_redis_emitter(settings),
+            emitter=(emitter := _redis_emitter(settings)),
+            live=emitter,
             retiring=True,
         )
         before = _received()
@@ -735,15 +766,18 @@ async def run_realtime(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)
         gate = SocketGate(settings, store)
+        live = _live_stream(settings)
         sio = create_sio(
             gate,
             cors_origins=settings.cors_origin_list,
             dashboard_port=settings.http_port,
-            client_manager=socketio.AsyncRedisManager(settings.redis_url),
+            client_manager=LiveRedisManager(settings.redis_url),
+            live=live,
         )
         realtime = create_realtime_app(sio, settings)
         parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))
+        parts.add("live", _live_part(live))
         with contextlib.suppress(asyncio.CancelledError):
             await parts.run()

@@ -58,6 +58,7 @@ HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
 # http_port: the dashboard's origin, which Socket.IO admits (``api.realtime``).
 REALTIME = STORE | ACCESS | {
     "redis_url", "socketio_port", "socketio_max_connections", "http_port",
+    "live_interval_ms",
 }
 SERVE = SERVER | BRIDGE | HTTP_API | REALTIME
 # `aoc up` runs Mosquitto and Redis itself and passes its environment to `aoc serve`.

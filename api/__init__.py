@@ -7,6 +7,7 @@ bridge emits directly or through Redis.
 
 from api.app import create_app
 from api.deps import ApiDeps, Publisher
+from api.live import LiveManager, LiveRedisManager, LiveStream
 from api.realtime import (
     RevocationSweep,
     SocketGate,
@@ -17,6 +18,9 @@ from api.realtime import (
 
 __all__ = [
     "ApiDeps",
+    "LiveManager",
+    "LiveRedisManager",
+    "LiveStream",
     "Publisher",
     "RevocationSweep",
     "SocketGate",

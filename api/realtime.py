@@ -12,6 +12,10 @@ URL for kiosks); a token limited to some ambulances joins only their rooms
 ``AOC_LEGACY_NETWORKS`` (``api.access``); such a client joins any room, as
 legacy dashboards did. A revoked token joins nothing more at once, and its
 connections are closed by the next ``RevocationSweep`` (every few seconds).
+
+New dashboards may take the live stream instead (``live_subscribe``:
+``api.live``): one event per interval with the latest state of each
+ambulance updated in it, under the same token rules.
 """
 
 from __future__ import annotations
@@ -35,9 +39,18 @@ from starlette.routing import Route
 from aoc import metrics
 from aoc.config import Settings
 from api.access import legacy_allowed, legacy_networks, metrics_refusal
+from api.live import LiveManager, LiveStream, Selection, parse_selection
 from api.pages import HOME_HTML
 from api.tokens import TokenInfo, live_token, verify_token
-from bridge.contract import EVENT, JOIN_EVENT, LEAVE_EVENT
+from bridge.contract import (
+    EVENT,
+    JOIN_EVENT,
+    LEAVE_EVENT,
+    LIVE_ERROR_EVENT,
+    LIVE_PREFIX,
+    LIVE_SUBSCRIBE_EVENT,
+    LIVE_UNSUBSCRIBE_EVENT,
+)
 from storage.base import DocumentStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -176,6 +189,32 @@ class SocketGate:
 
     async def join_refusal(self, session: Session, room: str) -> str | None:
         """Why ``session`` may not join ``room`` (its token revoked, or limited), or None."""
+        live = await self._live_token(session)
+        if isinstance(live, str):
+            return live
+        if live is not None and not live.may_join(room):
+            return f"this token may not join room {room!r}"
+        return None
+
+    async def live_refusal(self, session: Session, selection: Selection) -> str | None:
+        """Why ``session`` may not watch ``selection`` (None: the fleet) live, or None.
+
+        As for rooms: a limited token watches its own ambulances only, never the fleet.
+        """
+        live = await self._live_token(session)
+        if isinstance(live, str):
+            return live
+        if live is None or not live.limited:
+            return None
+        if selection is None:
+            return "this token is limited to some ambulances: subscribe to them by id"
+        others = sorted(aid for aid in selection if not live.may_read(aid))
+        if others:
+            return f"this token may not read ambulance(s) {', '.join(others)}"
+        return None
+
+    async def _live_token(self, session: Session) -> TokenInfo | str | None:
+        """The session's token as stored now; None for a legacy client; why not, if revoked."""
         if session.token is None:
             return None
         try:
@@ -184,9 +223,7 @@ class SocketGate:
             return "tokens cannot be checked right now (storage unavailable): retry"
         if live is None:
             return "the token of this connection was revoked"
-        if not live.may_join(room):
-            return f"this token may not join room {room!r}"
-        return None
+        return live
 
     async def revoked(self) -> list[str]:
         """The session ids whose token is no longer live: one store read per distinct token."""
@@ -245,24 +282,30 @@ def create_sio(
     cors_origins: Sequence[str] = (),
     dashboard_port: int | None = None,
     client_manager: socketio.AsyncManager | None = None,
+    live: LiveStream | None = None,
     logger: logging.Logger | None = None,
 ) -> socketio.AsyncServer:
-    """A Socket.IO server with the legacy ``room_join``/``room_leave`` events.
+    """A Socket.IO server with the legacy ``room_join``/``room_leave`` events and the live stream.
 
-    ``gate`` decides who connects and who joins which room.
+    ``gate`` decides who connects and who joins which room or watches what.
+    ``client_manager`` defaults to a ``LiveManager``; give a ``LiveRedisManager``
+    (or any ``LiveManager``) for the live stream ``live`` to get the bridges'
+    feed. ``live`` (default: one of 100 ms, not run) is attached to the
+    server; its owner runs it (``LiveStream.run``).
 
     Browsers from ``cors_origins`` (``Settings.cors_origin_list``) may connect,
     besides the server's own origin and, with ``dashboard_port``, the page
     ``/dashboard`` of the HTTP API on that port: see ``allowed_origins``.
     """
     sio_log = logger or log
-    options: dict[str, Any] = {
-        "async_mode": "asgi",
-        "cors_allowed_origins": allowed_origins(cors_origins, dashboard_port=dashboard_port),
-    }
-    if client_manager is not None:
-        options["client_manager"] = client_manager
-    sio = socketio.AsyncServer(**options)
+    manager = client_manager if client_manager is not None else LiveManager()
+    stream = live if live is not None else LiveStream(interval=0.1)
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins=allowed_origins(cors_origins, dashboard_port=dashboard_port),
+        client_manager=manager,
+    )
+    _attach(stream, sio, manager)
     connected: set[str] = set()
     _CONNECTED[sio] = connected
     sessions = gate.sessions
@@ -275,6 +318,7 @@ def create_sio(
     async def disconnect(sid: str, *args: Any) -> None:
         connected.discard(sid)
         sessions.pop(sid, None)
+        stream.forget(sid)
 
     async def room_join(sid: str, *args: Any) -> str | None:
         room = room_name(args[0] if args else None)
@@ -282,7 +326,13 @@ def create_sio(
             sio_log.debug("ignoring room_join from %s with %r", sid, args[:1])
             return None
         session = sessions.get(sid)
-        refusal = "not connected" if session is None else await gate.join_refusal(session, room)
+        refusal: str | None
+        if room.startswith(LIVE_PREFIX):  # the live stream's rooms: its own rules
+            refusal = f"rooms {LIVE_PREFIX}... are the live stream's: use {LIVE_SUBSCRIBE_EVENT}"
+        elif session is None:
+            refusal = "not connected"
+        else:
+            refusal = await gate.join_refusal(session, room)
         if refusal is not None:
             sio_log.info("room_join %r refused for %s: %s", room, sid, refusal)
             await sio.emit(JOIN_ERROR_EVENT, {"room": room, "message": refusal}, to=sid)
@@ -309,7 +359,45 @@ def create_sio(
     sio.on("disconnect", handler=disconnect)
     sio.on(JOIN_EVENT, handler=room_join)
     sio.on(LEAVE_EVENT, handler=room_leave)
+    _live_events(sio, gate, stream, sio_log)
     return sio
+
+
+def _attach(stream: LiveStream, sio: socketio.AsyncServer, manager: socketio.AsyncManager) -> None:
+    """Wire ``stream`` to its server, and to the manager's feed if it has one."""
+    stream.sio = sio
+    if isinstance(manager, LiveManager):
+        manager.live = stream
+
+
+def _live_events(
+    sio: socketio.AsyncServer, gate: SocketGate, stream: LiveStream, sio_log: logging.Logger
+) -> None:
+    """The live stream's ``live_subscribe`` and ``live_unsubscribe`` (``api.live``)."""
+
+    async def live_subscribe(sid: str, *args: Any) -> dict[str, Any]:
+        # The answer (also the acknowledgement) says what is watched, or why not.
+        selection = parse_selection(args[0] if args else None)
+        session = gate.sessions.get(sid)
+        if isinstance(selection, str):
+            refusal: str | None = selection
+        elif session is None:
+            refusal = "not connected"
+        else:
+            refusal = await gate.live_refusal(session, selection)
+        if refusal is not None or isinstance(selection, str):
+            sio_log.info("live_subscribe refused for %s: %s", sid, refusal)
+            await sio.emit(LIVE_ERROR_EVENT, {"message": refusal}, to=sid)
+            return {"error": refusal}
+        await stream.subscribe(sid, selection)
+        watched: str | list[str] = "*" if selection is None else sorted(selection)
+        return {"ambulances": watched, "interval_ms": round(stream.interval * 1000)}
+
+    async def live_unsubscribe(sid: str, *args: Any) -> None:
+        await stream.unsubscribe(sid)
+
+    sio.on(LIVE_SUBSCRIBE_EVENT, handler=live_subscribe)
+    sio.on(LIVE_UNSUBSCRIBE_EVENT, handler=live_unsubscribe)
 
 
 def connected_clients(sio: socketio.AsyncServer | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aoc.config import Settings
-from bench import plan, share, stack
+from bench import coalesce, plan, share, stack
 from bench.dashboard import dashboard
 from bench.flood import flood
 from bench.junk import junk
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_load(commands)
     _add_latency_and_memory(commands)
     _add_limits(commands)
+    _add_coalesce(commands)
     return parser
 
 
@@ -158,6 +160,61 @@ def _add_limits(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                      help="an extra setting of the aoc process (repeatable)")
 
 
+def _add_coalesce(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    co = commands.add_parser(
+        "coalesce", help="the live stream: a fleet at 1 Hz to many clients, staleness, completeness"
+    )
+    co.add_argument("--ambulances", type=int, default=1000)
+    co.add_argument("--rate", type=float, default=1.0, help="points per second per ambulance")
+    co.add_argument("--clients", type=int, default=200, help="live-stream clients, in all")
+    co.add_argument("--client-processes", type=int, default=4)
+    co.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    co.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
+    co.add_argument("--warmup", type=float, default=5.0, help="first seconds not measured")
+    co.add_argument("--interval-ms", type=int, default=100, help="AOC_LIVE_INTERVAL_MS")
+    co.add_argument("--process", choices=("serve", "split", "feed"), default="serve",
+                    help="aoc serve; aoc bridge + aoc realtime through Redis; or feed: aoc"
+                    " realtime alone, fed through Redis as a bridge does (the fan-out alone)")
+    co.add_argument("--selection", action="store_true",
+                    help="clients subscribe to the ids by name, not to the fleet")
+    co.add_argument("--node", action="store_true",
+                    help="clients are the stock socket.io-client in Node (tests/js), not Python")
+    co.add_argument("--legacy", action="store_true",
+                    help="then compare the legacy tracking room's emit path with stock")
+    co.add_argument("--legacy-events", type=int, default=1000, help="events per legacy run")
+    co.add_argument("--legacy-runs", type=int, default=3, help="runs per server (medians)")
+    co.add_argument("--legacy-only", action="store_true", help="only the legacy comparison")
+    co.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
+def _coalesce(args: argparse.Namespace) -> int:
+    figures: dict[str, Any] = {}
+    if not args.legacy_only:
+        figures["live"] = coalesce.run(
+            ambulances=args.ambulances, rate=args.rate, clients=args.clients,
+            client_processes=args.client_processes, publishers=args.publishers,
+            duration=args.duration, warmup=args.warmup, interval_ms=args.interval_ms,
+            process=args.process, selection=args.selection, node=args.node, keep=args.keep,
+        )
+        print(coalesce.report(figures["live"]), flush=True)
+    if args.legacy or args.legacy_only:
+        figures["legacy"] = coalesce.legacy_emit(
+            clients=args.clients, client_processes=args.client_processes,
+            events=args.legacy_events, runs=args.legacy_runs,
+        )
+        legacy = figures["legacy"]
+        print(
+            f"legacy room tracking, {legacy['clients']} clients, median of {legacy['runs']}:"
+            f" aoc {legacy['deliveries_per_s']['aoc']:,} deliveries/s, stock python-socketio"
+            f" {legacy['deliveries_per_s']['stock']:,}: ratio {legacy['ratio_aoc_to_stock']}",
+            flush=True,
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    live = figures.get("live")
+    return 1 if live is not None and live["missing_points"] else 0
+
+
 def _limits(args: argparse.Namespace, running: stack.Stack) -> None:
     if args.scenario == "upload":
         size = int(args.size_mb * 2**20)
@@ -181,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
         )
         return 0
+    if args.command == "coalesce":
+        return _coalesce(args)
     if args.command == "share":
         return 0 if share.run(points=args.points, batch_size=args.batch_size, seed=args.seed) else 1
     env: dict[str, str] = {}

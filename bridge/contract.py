@@ -48,6 +48,15 @@ __all__ = [
     "LEAVE_EVENT",
     "LEGACY_KINDS",
     "LEGACY_PREFIX",
+    "LIVE_ALERT_EVENT",
+    "LIVE_ALERT_FEED",
+    "LIVE_ERROR_EVENT",
+    "LIVE_FLEET",
+    "LIVE_PREFIX",
+    "LIVE_STATES_EVENT",
+    "LIVE_STATE_FEED",
+    "LIVE_SUBSCRIBE_EVENT",
+    "LIVE_UNSUBSCRIBE_EVENT",
     "PREFIX",
     "SHARED_ROOMS",
     "SHARE_PREFIX",
@@ -282,3 +291,23 @@ def room_kind(room: str) -> Kind:
     if room == CRASH_ROOM or room.startswith(CRASH_NOTIFY_PREFIX):
         return Kind.CRASH
     return Kind.TRACKING  # the shared tracking room and an ambulance's own room
+
+
+# --- The live stream (new dashboards: ``api.live``, docs/socketio.md) ---------------------
+
+# Client -> server: what to watch, ``{"ambulances": "*"}`` (the fleet) or a list of ids.
+LIVE_SUBSCRIBE_EVENT = "live_subscribe"
+LIVE_UNSUBSCRIBE_EVENT = "live_unsubscribe"
+# Server -> client: every interval, the latest public state of each ambulance updated in it.
+LIVE_STATES_EVENT = "live_states"
+# Server -> client, at once: a broadcast crash's public record (never coalesced).
+LIVE_ALERT_EVENT = "live_alert"
+LIVE_ERROR_EVENT = "live_error"  # a refused subscription: {"message": ...}
+# Rooms the live stream uses internally. ``:`` is in no ambulance id, and
+# ``room_join`` refuses the prefix, so no legacy room and no client can name them.
+LIVE_PREFIX = "live:"
+LIVE_FLEET = LIVE_PREFIX + "fleet"  # the fleet's subscribers
+# What bridges emit for Socket.IO servers to coalesce (``bridge.live``): never
+# delivered to a client as such.
+LIVE_STATE_FEED = LIVE_PREFIX + "feed:state"
+LIVE_ALERT_FEED = LIVE_PREFIX + "feed:alert"

@@ -35,8 +35,9 @@ points and crash alerts:
      even on a full disk;
   4. acknowledge the batch to the broker: only now may Mosquitto forget it;
   5. queue the fan-out: Redis cache, Socket.IO rooms, MQTT ``state``/``alert``
-     topics, each sent by a task of its own (``bridge.fanout``), so that a
-     hanging destination never holds the next batch.
+     topics, the live stream's feed (``bridge.live``), each sent by a task of
+     its own (``bridge.fanout``), so that a hanging destination never holds
+     the next batch.
 
 As it is received, a tracking point or snapshot over its ambulance's rate
 (``bridge.ratelimit``) becomes a dead letter there and then: it goes down its
@@ -66,10 +67,12 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from aoc import metrics
-from bridge.contract import Kind, device_kind
+from bridge.contract import LIVE_STATE_FEED, Kind, device_kind
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
+from bridge.live import feed as live_feed
+from bridge.live import feed_count as live_feed_count
 from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
@@ -215,6 +218,7 @@ class Bridge:
         limits: Limits,
         cache: StateCache | None = None,
         emitter: Emitter | None = None,
+        live: Emitter | None = None,
         dead_letters: DeadLetters | None = None,
         device_limit: DeviceLimiter | None = None,
         batch_size: int = 200,
@@ -230,6 +234,9 @@ class Bridge:
         logger: logging.Logger | None = None,
     ) -> None:
         """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``).
+
+        ``live``: where the live stream's feed goes (``bridge.live``): the
+        process's ``api.live.LiveStream``, or the Redis manager; None: nowhere.
 
         ``device_limit``: the per-ambulance rate limit (``bridge.ratelimit``),
         checked as each message is received; None: no limit.
@@ -254,6 +261,7 @@ class Bridge:
         self._limits = limits
         self._cache = cache
         self._emitter = emitter
+        self._live = live
         self._dead_letters = dead_letters or DeadLetters(store=store)
         self._device_limit = device_limit
         self._batch_size = batch_size
@@ -308,12 +316,16 @@ class Bridge:
         )
         self._socketio_channel = channel("socketio", self._emit, lambda plan: len(plan.emits))
         self._mqtt_channel = channel("mqtt", self._publish, lambda plan: len(plan.publishes))
+        self._live_channel = channel(
+            "live", self._send_live, lambda plan: live_feed_count(plan.publishes)
+        )
         self._channels = [
             channel
             for channel, used in (
                 (self._cache_channel, cache is not None),
                 (self._socketio_channel, emitter is not None),
                 (self._mqtt_channel, True),
+                (self._live_channel, live is not None),
             )
             if used
         ]
@@ -689,6 +701,19 @@ class Bridge:
             if await channel.call(partial(emitter.emit, emit.event, emit.data, room=emit.room)):
                 kind = metrics.emit_kind(emit.room)
                 metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
+
+    async def _send_live(self, plan: Plan) -> None:
+        """Send a plan's live-stream feed (the ``live`` channel): its states, then its alerts."""
+        assert self._live is not None
+        channel, live = self._live_channel, self._live
+        emits = live_feed(plan.publishes)
+        alerts = all(map(is_alert, plan.publishes))  # alerts come in plans of their own
+        if not alerts and not channel.breaker.allow(len(emits)):
+            return
+        for emit in emits:
+            if await channel.call(partial(live.emit, emit.event, emit.data, room=emit.room)):
+                kind = Kind.STATE if emit.room == LIVE_STATE_FEED else Kind.ALERT
+                metrics.MESSAGES_REEMITTED.labels("live", kind).inc()
 
     async def _publish(self, plan: Plan) -> None:
         """Publish a plan's MQTT state and alert messages (the ``mqtt`` channel)."""

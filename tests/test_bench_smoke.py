@@ -6,6 +6,7 @@ Only that it runs and reports: no figure is compared with a threshold here
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -157,3 +158,32 @@ def test_dashboard_prints_frame_intervals() -> None:
     out = _bench("dashboard", "--ambulances", "200", "--seconds", "2", "--runs", "1")
     assert re.search(r"run 1: 2\d\d ambulances, \d+ frames", out), out
     assert "median of 1 runs, 200 updates/s" in out
+
+
+@pytest.mark.parametrize("process", ["serve", "split"])
+def test_coalesce_runs_the_pipeline_and_misses_nothing(process: str, tmp_path: Path) -> None:
+    """Test `bench coalesce` through the bridge: every point reaches every client, JSON written."""
+    figures = tmp_path / "coalesce.json"
+    out = _bench(
+        "coalesce", "--process", process, "--ambulances", "20", "--clients", "3",
+        "--client-processes", "2", "--publishers", "2", "--duration", "3", "--warmup", "1",
+        "--json", str(figures),
+    )
+    live = json.loads(figures.read_text())["live"]
+    assert live["published"] == 60 and live["clients"] == 3
+    assert (live["missing_points"], live["final_state_wrong"]) == (0, 0), out
+    assert "device ts -> receipt" in out and f"aoc {process}" in out
+
+
+def test_coalesce_with_node_clients_and_the_legacy_comparison(tmp_path: Path) -> None:
+    """Test the Node clients of the live stream and the legacy emit comparison's report."""
+    figures = tmp_path / "coalesce.json"
+    out = _bench(
+        "coalesce", "--process", "feed", "--node", "--ambulances", "20", "--clients", "2",
+        "--client-processes", "1", "--duration", "2", "--warmup", "0", "--legacy",
+        "--legacy-events", "20", "--legacy-runs", "1", "--json", str(figures),
+    )
+    result = json.loads(figures.read_text())
+    assert result["live"]["missing_points"] == 0 and result["live"]["clients"] == 2
+    assert result["legacy"]["lost"] == {"aoc": 0, "stock": 0}
+    assert "stock python-socketio" in out

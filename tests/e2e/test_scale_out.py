@@ -19,6 +19,7 @@ import pytest
 
 from tests import services
 from tests.e2e.conftest import connect_dashboard, eventually
+from tests.e2e.test_live import check, publish_and_watch
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +77,11 @@ async def test_a_point_crosses_three_processes(
 
         latest = await eventually(state)
     assert latest["state"] == "ORANGE"  # type: ignore[index]
+
+
+async def test_a_live_subscriber_of_aoc_realtime_gets_each_latest_state(
+    parts: dict[str, services.Service], mosquitto: services.Service
+) -> None:
+    """Test the live stream across processes: the bridge's feed crosses the Redis manager."""
+    url = f"http://127.0.0.1:{parts['realtime'].env['AOC_SOCKETIO_PORT']}"
+    check(await publish_and_watch(mosquitto.port, url))

@@ -10,12 +10,15 @@
 //   {"cmd": "leave", "room": "332"}        emit("room_leave", room)
 //   {"cmd": "leave", "room": "332", "ack": 7}  the same with an acknowledgement callback,
 //        so the test knows the server has handled it (prints {"event": "ack", "id": 7})
+//   {"cmd": "live", "ambulances": "*"}     emit("live_subscribe", {ambulances}, ack): the
+//        live stream (docs/socketio.md); prints {"event": "live_ack", "answer": <ack>}
 //   {"cmd": "close"}                       disconnect and exit
 // Prints one JSON object per line on stdout: {"event": "open", "transport": ...} (Engine.IO),
 // {"event": "connect", "transport": ...},
 // {"event": "upgrade", "transport": ...}, {"event": "data", "data": <payload as received>},
 // {"event": "disconnect", "reason": ...}, {"event": "error", "message": ...},
-// {"event": "room_error", "room": ..., "message": ...} (a refused room_join).
+// {"event": "room_error", "room": ..., "message": ...} (a refused room_join),
+// {"event": "live_states" | "live_alert" | "live_error", "data": <the object received>}.
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { io } from "socket.io-client";
@@ -35,6 +38,9 @@ socket.io.on("open", () => {
 socket.on("connect", () => print({ event: "connect", transport: socket.io.engine.transport.name }));
 socket.on("data", (data) => print({ event: "data", data }));
 socket.on("room_error", (error) => print({ event: "room_error", ...error }));
+for (const name of ["live_states", "live_alert", "live_error"]) {
+  socket.on(name, (data) => print({ event: name, data }));
+}
 socket.on("disconnect", (reason) => print({ event: "disconnect", reason }));
 socket.on("connect_error", (err) => print({ event: "error", message: err.message }));
 
@@ -48,6 +54,10 @@ lines.on("line", (line) => {
     socket.emit("room_leave", command.room, () => print({ event: "ack", id: command.ack }));
   } else if (command.cmd === "leave") {
     socket.emit("room_leave", command.room);
+  } else if (command.cmd === "live") {
+    socket.emit("live_subscribe", { ambulances: command.ambulances }, (answer) =>
+      print({ event: "live_ack", answer }),
+    );
   } else if (command.cmd === "close") {
     socket.close();
     process.exit(0);
