@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import rig
+from bench import coalesce, rig
 from bench.children import Child
 from bench.procstat import ProcessFigures, Watch
 from bench.stack import Stack
@@ -624,9 +624,52 @@ def fanout(ctx: rig.Context) -> StageResult:
     return result
 
 
+def live(ctx: rig.Context) -> StageResult:
+    """The coalesced live stream to many Node clients: through ``aoc serve``, then fed alone."""
+    config = ctx.config
+    result = StageResult("live")
+    result.lost = 0
+    for process in ("serve", "feed"):
+        figures = coalesce.run(
+            ambulances=config.live_ambulances,
+            clients=config.live_clients,
+            client_processes=config.live_processes,
+            duration=config.live_duration,
+            warmup=1.0 if config.smoke else 5.0,
+            process=process,
+            node=True,
+            progress=progress,
+        )
+        where = "aoc serve" if process == "serve" else "fan-out alone"
+        stale = figures["staleness_device_ms"]
+        result.row(f"{where}: clients complete", figures["complete_clients"], "clients",
+                   reference=figures["clients"], reference_label="clients")
+        result.row(f"{where}: points missing", figures["missing_points"], "points")
+        result.row(f"{where}: final states wrong", figures["final_state_wrong"], "states")
+        for pct in ("p50", "p95", "p99"):
+            result.row(f"{where}: staleness {pct}", stale[pct], "ms")
+        result.row(f"{where}: events per client", figures["events_per_client_per_s"], "/s")
+        result.processes.extend(
+            ProcessFigures(f"{where}: {name}", cpu, None, None, None)
+            for name, cpu in figures["cpu_percent"].items()
+        )
+        # A state the stream never brought is data a dispatcher never saw.
+        result.lost += figures["final_state_wrong"]
+    result.notes.append(
+        f"{config.live_ambulances} ambulances at 1 Hz to {config.live_clients} stock"
+        f" socket.io-client clients in {config.live_processes} Node processes,"
+        f" {config.live_duration:g}s each; staleness = receipt minus the device's ts;"
+        " 'points missing' counts points merged into a later state of the same ambulance"
+        " (an interval that stretched), 'final states wrong' a client whose last state"
+        " of an ambulance is not the last one published"
+    )
+    return result
+
+
 STAGES: dict[str, Callable[[rig.Context], StageResult]] = {
     "throughput": throughput,
     "latency": latency,
     "shim": shim,
     "fanout": fanout,
+    "live": live,
 }

@@ -14,6 +14,10 @@ a ``StageResult``, listed in ``STAGES``, so a new one is one more entry):
    database-less Express + socket.io server of the legacy shape.
 4. ``fanout``: many Socket.IO clients in room ``tracking``, through the
    pipeline and from a stock python-socketio server at the same event rate.
+5. ``live``: the coalesced live stream (``bench.coalesce``): a fleet at 1 Hz
+   to many stock socket.io-client clients in Node, through ``aoc serve``
+   and through ``aoc realtime`` fed over Redis alone (the fan-out without the
+   bridge); completeness and staleness.
 
 Every ratio is of two figures measured in the same invocation, and both are
 shown. Progress goes to stderr; the table (or JSON, ``--format json``) to
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the stages' modules start servers: imported only when a run starts
     from bench.procstat import ProcessFigures
 
-STAGE_NAMES = ["throughput", "latency", "shim", "fanout"]  # bench.stages.STAGES, in order
+STAGE_NAMES = ["throughput", "latency", "shim", "fanout", "live"]  # bench.stages.STAGES, in order
 
 
 @dataclass
@@ -67,6 +71,10 @@ class Config:
     fanout_processes: int = 4
     fanout_rate: float = 50.0  # events a second, in all
     fanout_duration: float = 10.0
+    live_ambulances: int = 1000
+    live_clients: int = 200  # stock socket.io-client in Node
+    live_processes: int = 4  # Node processes holding them
+    live_duration: float = 20.0  # seconds per topology
     store_url: str | None = None
     keep: Path | None = None
     smoke: bool = False
@@ -93,6 +101,10 @@ class Config:
             fanout_processes=2,
             fanout_rate=20.0,
             fanout_duration=2.0,
+            live_ambulances=20,
+            live_clients=4,
+            live_processes=2,
+            live_duration=3.0,
             smoke=True,
             timeout=60.0,
             drain_timeout=60.0,
@@ -316,6 +328,10 @@ def add_arguments(parser: argparse.ArgumentParser, stage_names: list[str]) -> No
     add("--fanout-processes", type=int, default=d.fanout_processes, help="their processes")
     add("--fanout-rate", type=float, default=d.fanout_rate, help="tracking events/s, in all")
     add("--fanout-duration", type=float, default=d.fanout_duration, help="seconds per server")
+    add("--live-ambulances", type=int, default=d.live_ambulances, help="live stage: at 1 Hz")
+    add("--live-clients", type=int, default=d.live_clients, help="live stage: Node clients")
+    add("--live-processes", type=int, default=d.live_processes, help="their processes")
+    add("--live-duration", type=float, default=d.live_duration, help="seconds per topology")
     add(
         "--drain-timeout",
         type=float,
@@ -360,6 +376,10 @@ def config_from(args: argparse.Namespace, stage_names: list[str]) -> Config:
             fanout_processes=args.fanout_processes,
             fanout_rate=args.fanout_rate,
             fanout_duration=args.fanout_duration,
+            live_ambulances=args.live_ambulances,
+            live_clients=args.live_clients,
+            live_processes=args.live_processes,
+            live_duration=args.live_duration,
         )
     config.store_url = args.store_url
     if not args.smoke:

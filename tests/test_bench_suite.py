@@ -17,9 +17,10 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["throughput", "latency", "shim", "fanout"]
+STAGES = ["throughput", "latency", "shim", "fanout", "live"]
 
 
+@pytest.mark.timeout(180)
 def test_smoke_run_completes_with_figures_for_every_stage_and_nothing_lost(
     tmp_path: Path,
 ) -> None:
@@ -30,7 +31,7 @@ def test_smoke_run_completes_with_figures_for_every_stage_and_nothing_lost(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,  # under pytest-timeout's 120 s, so a hang reports its output
+        timeout=170,  # under pytest-timeout's 180 s, so a hang reports its output
         check=False,
     )
     output = done.stdout + done.stderr
@@ -58,5 +59,10 @@ def test_smoke_run_completes_with_figures_for_every_stage_and_nothing_lost(
         == fanout["ours: deliveries received"]["reference"]
     ), output
     assert fanout["stock: deliveries received"]["value"] > 0, output
+    live = {row["metric"]: row for row in stages["live"]["rows"]}
+    for where in ("aoc serve", "fan-out alone"):
+        complete = live[f"{where}: clients complete"]
+        assert complete["value"] == complete["reference"] > 0, output
+        assert live[f"{where}: points missing"]["value"] == 0, output
     # The table goes to stdout, the progress lines to stderr.
     assert "raw ceiling: received" in done.stdout and "stage fanout done" in done.stderr, output
