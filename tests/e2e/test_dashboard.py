@@ -343,6 +343,13 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
         board.publish(aid, "tracking", point(i, 40 + i, t0))
     board.wait(lambda: board.js(held) == list(range(5)), "the live points")
 
+    # A crash alerted live, then read back by the resync after the reconnect: one alert.
+    board.publish(aid, "crash", {"lat": 13.9, "lon": 100.3, "speed": 88,
+                                 "ts": int(time.time() * 1000)})
+    banners = f'.alert[data-ambulance="{aid}"]'
+    board.wait(lambda: board.driver.find_elements(By.CSS_SELECTOR, banners), "the live alert")
+    resyncs = board.js("return window.aocDashboard.resyncs")
+
     board.proxy.cut()
     board.wait(lambda: not board.live(), "the page to show it is not live")
     assert "NOT LIVE" in board.driver.find_element(By.ID, "live").text
@@ -365,6 +372,9 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
         board.publish(aid, "tracking", point(i, 40 + i, t0))
     board.wait(board.live, "the page to be live again")
     board.wait(lambda: board.js(held) == list(range(20)), "every point in the page")
+    board.wait(lambda: board.js("return window.aocDashboard.resyncs") > resyncs, "the resync")
+    assert len(board.driver.find_elements(By.CSS_SELECTOR, banners)) == 1
+    assert board.driver.find_element(By.ID, "crash-list").text.count(aid) == 1
     latest = board.wait(
         lambda: (a := board.ambulance(aid)) and a["speed"] == 59 and a, "the latest position"
     )

@@ -90,6 +90,7 @@ async function recentCrashes(limit, since) {
 }
 
 // After (re)connecting: whatever the read API stored while the page was not live.
+let resyncs = 0;  // completed, for the browser tests
 async function resync(since) {
   const results = await Promise.allSettled([
     resyncFleet(),
@@ -99,6 +100,7 @@ async function resync(since) {
     }),
   ]);
   for (const result of results) if (result.status === "rejected") console.warn("resync", result.reason);
+  resyncs += 1;
 }
 
 // A crash of the live stream: its record, as the read API stores it (address, static map).
@@ -139,5 +141,7 @@ async function start() {
 }
 
 // For the browser tests and anyone reading the page from a console.
-window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select, get transport() { return transport; } };
+window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select,
+  get transport() { return transport; }, get resyncs() { return resyncs; },
+};
 start();
