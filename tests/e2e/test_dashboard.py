@@ -68,13 +68,16 @@ class Dashboard:
         self.driver.save_screenshot(str(path))
         return path
 
-    def publish(self, ambulance_id: str, kind: str, body: dict[str, Any]) -> None:
+    def publish(
+        self, ambulance_id: str, kind: str, body: dict[str, Any] | bytes, *, retain: bool = False
+    ) -> None:
         """One QoS 1 message as a device sends it, returning once the broker has it."""
+        payload = body if isinstance(body, bytes) else json.dumps(body)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         client.connect("127.0.0.1", self.mqtt_port)
         client.loop_start()
         try:
-            info = client.publish(f"aoc/{ambulance_id}/{kind}", json.dumps(body), qos=1)
+            info = client.publish(f"aoc/{ambulance_id}/{kind}", payload, qos=1, retain=retain)
             info.wait_for_publish(WAIT)
         finally:
             client.loop_stop()
@@ -202,6 +205,52 @@ def test_2_tracking_moves_the_marker_and_updates_the_list(
     board.shot(tmp_path, "2b-moved")
 
 
+def test_2b_the_page_is_fed_by_the_live_stream_and_shows_offline_at_once(
+    loaded: Dashboard, tmp_path: Path
+) -> None:
+    """Test that the page subscribes to the fleet's live stream and shows a status live.
+
+    The read API's fleet listing, which the page re-reads every minute, is cut off
+    first: the offline status, then the return online, can only come by `live_states`.
+    """
+    board = loaded
+    subscription = board.js("return window.aocDashboard.transport.seen.subscription")
+    assert subscription["ambulances"] == "*"
+    aid = fresh_id("DASH-OFF")
+    # The page's own socket, observed: the states of this ambulance it receives.
+    board.js("""window.liveStates = [];
+                window.aocDashboard.transport.socket.on('live_states', (e) => {
+                  for (const s of e.states) if (s.ambulance_id === arguments[0]) liveStates.push(s);
+                });
+                window.fleetReads = 0;
+                window.realFleet = window.aocDashboard.api.fleet;
+                window.aocDashboard.api.fleet = () => {
+                  fleetReads += 1;
+                  return Promise.reject(new Error('cut off by the test'));
+                };""", aid)
+    try:
+        t0 = int(time.time() * 1000)
+        board.publish(aid, "tracking", point(0, 40, t0))
+        board.wait(lambda: (a := board.ambulance(aid)) and a["shown"] == "GREEN", "its marker")
+        board.js("document.getElementById('filter').value = arguments[0];"
+                 "document.getElementById('filter').dispatchEvent(new Event('input'));", aid)
+        board.wait(lambda: "GREEN" in (board.row(aid) or ""), "its row")
+        assert board.js("return liveStates.length") >= 1
+        assert board.js("return liveStates[0].online") is True
+
+        board.publish(aid, "status", b"offline", retain=True)  # as sim/fleet.py and a Last Will
+        board.wait(lambda: board.ambulance(aid)["shown"] == "OFFLINE", "it to show offline")
+        board.wait(lambda: "OFFLINE" in (board.row(aid) or ""), "its row to show offline")
+        assert board.js("return liveStates[liveStates.length - 1].online") is False
+        board.shot(tmp_path, "2b-offline")
+
+        board.publish(aid, "status", b"online", retain=True)
+        board.wait(lambda: board.ambulance(aid)["shown"] == "GREEN", "it to show online again")
+        assert board.js("return window.aocDashboard.transport.seen.events") >= 3
+    finally:
+        board.js("window.aocDashboard.api.fleet = window.realFleet")
+
+
 def test_3_a_crash_raises_an_alert_until_dismissed(loaded: Dashboard, tmp_path: Path) -> None:
     """Test that a crash shows an alert naming the ambulance and place, with the static map.
 
@@ -294,6 +343,13 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
         board.publish(aid, "tracking", point(i, 40 + i, t0))
     board.wait(lambda: board.js(held) == list(range(5)), "the live points")
 
+    # A crash alerted live, then read back by the resync after the reconnect: one alert.
+    board.publish(aid, "crash", {"lat": 13.9, "lon": 100.3, "speed": 88,
+                                 "ts": int(time.time() * 1000)})
+    banners = f'.alert[data-ambulance="{aid}"]'
+    board.wait(lambda: board.driver.find_elements(By.CSS_SELECTOR, banners), "the live alert")
+    resyncs = board.js("return window.aocDashboard.resyncs")
+
     board.proxy.cut()
     board.wait(lambda: not board.live(), "the page to show it is not live")
     assert "NOT LIVE" in board.driver.find_element(By.ID, "live").text
@@ -316,6 +372,9 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
         board.publish(aid, "tracking", point(i, 40 + i, t0))
     board.wait(board.live, "the page to be live again")
     board.wait(lambda: board.js(held) == list(range(20)), "every point in the page")
+    board.wait(lambda: board.js("return window.aocDashboard.resyncs") > resyncs, "the resync")
+    assert len(board.driver.find_elements(By.CSS_SELECTOR, banners)) == 1
+    assert board.driver.find_element(By.ID, "crash-list").text.count(aid) == 1
     latest = board.wait(
         lambda: (a := board.ambulance(aid)) and a["speed"] == 59 and a, "the latest position"
     )
@@ -326,7 +385,7 @@ def test_5_after_a_lost_connection_the_page_holds_every_point(
 def test_5b_a_token_limited_to_some_ambulances_shows_them_only(
     loaded: Dashboard, tmp_path: Path
 ) -> None:
-    """Test that a page with a limited token goes live on its ambulance's rooms, and its crashes."""
+    """Test that a page with a limited token goes live on its own ambulance, and its crashes."""
     board = loaded
     mine, other = fresh_id("DASH-MINE"), fresh_id("DASH-OTHER")
     t0 = int(time.time() * 1000)
@@ -336,14 +395,17 @@ def test_5b_a_token_limited_to_some_ambulances_shows_them_only(
     board.driver.get(f"{board.http}/dashboard?token={token}")
     board.wait(board.live, "the limited page to be live")
     board.wait(lambda: board.ambulance(mine), "its own ambulance")
-    # Live on its ambulance's own room: a new point moves it.
+    # Live on its own ambulance: a new point moves it.
     board.wait(lambda: board.js("return window.aocDashboard.transport.limited"), "limited mode")
+    # Refused the fleet, it subscribed to its own ambulance by id.
+    answer = board.js("return window.aocDashboard.transport.seen.subscription")
+    assert answer["ambulances"] == [mine]
     board.publish(mine, "tracking", point(3, 50, t0))
     board.wait(lambda: (a := board.ambulance(mine)) and a["speed"] == 50, "its live point")
     board.publish(mine, "crash", {"lat": 13.8, "lon": 100.4, "speed": 70, "ts": t0 + 4000})
     board.wait(
         lambda: board.driver.find_elements(By.CSS_SELECTOR, f'.alert[data-ambulance="{mine}"]'),
-        "its crash alert (from its CRASH_NOTIFY_ room)",
+        "its crash alert (live_alert)",
     )
     board.shot(tmp_path, "5b-limited")
     assert board.ambulance(other) is None

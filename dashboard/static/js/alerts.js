@@ -59,7 +59,7 @@ export class Alerts {
     }
   }
 
-  // A crash to alert on: a stored record, or a live one not read back yet (same key).
+  // A crash to alert on (live, or read back after a gap): once per crash key.
   raise(crash) {
     const key = crashKey(crash);
     if (this.known.has(key)) return;
@@ -94,12 +94,6 @@ export class Alerts {
     this.container.prepend(banner);
     this.open.set(key, banner);
     this.sound();
-  }
-
-  // The stored record of a live crash, read back: its address and static map link.
-  enrich(crash) {
-    const banner = this.open.get(crashKey(crash));
-    if (banner) this.fill(banner, crash);
   }
 
   fill(banner, crash) {

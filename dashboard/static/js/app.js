@@ -4,7 +4,7 @@
 // The token comes from the page's URL (?token=, as kiosks open it) and is used as a bearer
 // header for the read API and in Socket.IO's auth payload, never in another URL.
 
-import { Alerts, crashKey } from "./alerts.js";
+import { Alerts } from "./alerts.js";
 import { ApiError, readApi } from "./api.js";
 import { Detail } from "./detail.js";
 import { Fleet } from "./fleet.js";
@@ -12,7 +12,7 @@ import { FleetList } from "./list.js";
 import { FleetMap } from "./map.js";
 import { connect, fromState } from "./transport.js";
 
-const RESYNC_EVERY_MS = 60000;  // the fleet from the read API: statuses (offline) come only there
+const RESYNC_EVERY_MS = 60000;  // the fleet re-read from the read API, in case anything was missed
 const AGE_EVERY_MS = 5000;  // offline by silence, and "last seen", are redrawn this often
 const LIST_EVERY_MS = 250;  // the list re-sorts at most this often
 const CRASH_MARGIN_MS = 30000;  // crashes re-read from a little before the connection was lost
@@ -90,6 +90,7 @@ async function recentCrashes(limit, since) {
 }
 
 // After (re)connecting: whatever the read API stored while the page was not live.
+let resyncs = 0;  // completed, for the browser tests
 async function resync(since) {
   const results = await Promise.allSettled([
     resyncFleet(),
@@ -99,23 +100,13 @@ async function resync(since) {
     }),
   ]);
   for (const result of results) if (result.status === "rejected") console.warn("resync", result.reason);
+  resyncs += 1;
 }
 
-async function liveCrash(crash) {
-  const record = {
-    ambulance_id: crash.id, location: { lat: crash.lat, lon: crash.lon }, speed: crash.speed,
-    count_datetime: new Date(crash.seen).toISOString(),
-  };
-  alerts.raise(record);
-  if (detail.id === crash.id) detail.loadCrashes(crash.id);
-  // The stored record adds the address and the static map link.
-  try {
-    const stored = await api.crashes(crash.id, 5);
-    const match = stored.find((c) => crashKey(c) === crashKey(record));
-    if (match) alerts.enrich(match);
-  } catch (err) {
-    console.warn("crash record", err);
-  }
+// A crash of the live stream: its record, as the read API stores it (address, static map).
+function liveCrash(record) {
+  alerts.raise(record);  // once: resync's read of the same crash is known by its key
+  if (detail.id === record.ambulance_id) detail.loadCrashes(record.ambulance_id);
 }
 
 async function start() {
@@ -136,7 +127,7 @@ async function start() {
     token,
     onUpdate: (update) => {
       fleet.queue(update);
-      detail.addLive(update);
+      detail.follow(update.id);
     },
     onCrash: liveCrash,
     onLive: (live, why) => {
@@ -150,5 +141,7 @@ async function start() {
 }
 
 // For the browser tests and anyone reading the page from a console.
-window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select, get transport() { return transport; } };
+window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select,
+  get transport() { return transport; }, get resyncs() { return resyncs; },
+};
 start();

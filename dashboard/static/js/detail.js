@@ -1,8 +1,9 @@
 // One selected ambulance: its track over a chosen range (on the map), a speed chart with
 // the orange and red thresholds and its overspeed episodes, its latest snapshots and crashes.
 //
-// The track is read from the read API, then grows with the live points; after a lost
-// connection `resync` reads what was stored meanwhile, so the track holds every point.
+// The track is read from the read API, then grows by reading the new points each time the
+// live stream updates the ambulance; after a lost connection `resync` reads what was
+// stored meanwhile, so the track holds every point.
 
 import { COLOURS } from "./map.js";
 import { crashLine } from "./alerts.js";
@@ -22,6 +23,8 @@ export class Detail {
     this.dirty = false;
     this.chart = null;
     this.loading = null;
+    this.following = null;  // the read of new points in progress (follow)
+    this.followAgain = false;
     elements.range.addEventListener("change", () => this.id && this.show(this.id));
     elements.lightbox.addEventListener("click", () => { elements.lightbox.hidden = true; });
   }
@@ -61,22 +64,49 @@ export class Detail {
     this.fleetMap.clearTrack();
   }
 
-  // A live point of the selected ambulance.
-  addLive(update) {
-    if (update.id !== this.id) return;
-    this.merge([{ lat: update.lat, lon: update.lon, speed: update.speed, t: update.seen, seq: update.seq }]);
-    this.changed();
+  // A live state of some ambulance: if it is the selected one, read its new points. The
+  // live stream carries the latest state per interval, not every point (docs/socketio.md),
+  // and the chart and episodes need every point: the read API has them by the time the
+  // state is sent (the bridge stores, then fans out). One read at a time; states that
+  // arrive during a read ask for one more.
+  follow(id) {
+    if (id !== this.id) return;
+    if (this.following) {
+      this.followAgain = true;
+      return;
+    }
+    this.following = (async () => {
+      try {
+        do {
+          this.followAgain = false;
+          await this.readNewer();
+        } while (this.followAgain && this.id === id);
+      } catch (err) {
+        console.warn("track", err);
+      } finally {
+        this.following = null;
+      }
+    })();
   }
 
-  // After a reconnect: what was stored since the newest point held (the range if none).
-  async resync() {
+  // What was stored since the newest point held (the range if none).
+  async readNewer() {
     const id = this.id;
     if (!id) return;
+    if (this.loading) await this.loading.catch(() => {});
+    if (this.id !== id) return;
     const newest = this.points.length ? this.points[this.points.length - 1].t : Date.now() - this.rangeMs();
     const stored = await this.api.track(id, new Date(newest));
     if (this.id !== id) return;
     this.merge(stored.map(fromTrackPoint));
     this.changed();
+  }
+
+  // After a reconnect: the points, crashes and snapshots stored meanwhile.
+  async resync() {
+    const id = this.id;
+    if (!id) return;
+    await this.readNewer();
     this.loadCrashes(id);
     this.loadSnapshots(id);
   }

@@ -1,45 +1,25 @@
 // The live stream, and only it: everything the page learns live comes through here.
 //
-// Today: Socket.IO's legacy rooms (docs/socketio.md). The page joins `tracking` (every
-// tracking point) and `crash` (every broadcast crash); a token limited to some ambulances
-// may not join those, so it watches their own rooms instead (`watch`). Each event is
-// handed on as one plain update; the page applies them once per animation frame.
-//
-// To move to a coalesced stream (one event per interval carrying the latest public state
-// of every ambulance updated in it), change `connect` below: subscribe to that event and
-// call `onUpdate(fromState(state))` for each state it carries. Nothing else changes.
+// Socket.IO's coalesced live stream (docs/socketio.md, "The live stream"): the page sends
+// `live_subscribe` for the fleet ("*"); a token limited to some ambulances is refused the
+// fleet, so it subscribes to its ambulances by id instead (`watch`: the ids the read API
+// lists for it). Each `live_states` event carries, once per interval, the latest public
+// state of each ambulance updated in it (status changes too: an `offline` status arrives
+// as a state with `online: false`); `live_alert` carries a broadcast crash's record at
+// once. A subscription ends with the connection: after every reconnect the page
+// subscribes again, and only then reports itself live (and resyncs from the read API).
 //
 // Handlers:
-//   onUpdate(update)  update = {id, lat, lon, speed, heading, seen (epoch ms), seq?, state?, online?}
-//   onCrash(crash)    crash = {id, lat, lon, speed (km/h), seen}
+//   onUpdate(update)  update = {id, lat, lon, speed, heading, seen (epoch ms), state, online}
+//   onCrash(record)   a crash record, as the read API's /crashes lists them
 //   onLive(live, why) true once connected and subscribed; false when the connection is lost.
 //                     After a loss the page resyncs from the read API on the next `true`.
-//   onLimited()       the token may not join the shared rooms: call watch(ids).
+//   onLimited()       the token may not watch the fleet: call watch(ids).
 
-const TRACKING_ROOM = "tracking";
-const CRASH_ROOM = "crash";
-const CRASH_NOTIFY = "CRASH_NOTIFY_";
+const FLEET = "*";
+const RETRY_MS = 5000;  // a refused subscription (storage unavailable, say) is asked again
 
-const number = (value) => (value === undefined || value === null || value === "" ? null : Number(value));
-
-// A tracking payload (an MQTT device's, or a legacy body whose numbers may be strings).
-export function fromTracking(body) {
-  const lat = number(body.tracking_latitude);
-  const lon = number(body.tracking_longitude);
-  if (!body.ambulance_id || !Number.isFinite(lat) || !Number.isFinite(lon)) return null;
-  return {
-    id: String(body.ambulance_id),
-    lat,
-    lon,
-    speed: number(body.tracking_speed),
-    heading: number(body.tracking_heading),
-    seen: number(body.ts) ?? Date.now(),
-    seq: number(body.seq),
-    online: true,
-  };
-}
-
-// A public state (the read API's item, the MQTT `state` topic, the coalesced stream).
+// A public state (the read API's item, the MQTT `state` topic, the live stream).
 export function fromState(state) {
   if (!state.ambulance_id) return null;
   return {
@@ -54,27 +34,15 @@ export function fromState(state) {
   };
 }
 
-// A crash payload of room `crash`, or a stored crash record of CRASH_NOTIFY_<id>.
-function fromCrash(body) {
-  if (body.location) {  // a crash record
-    return {
-      id: body.ambulance_id, lat: body.location.lat, lon: body.location.lon,
-      speed: number(body.speed), seen: Date.parse(body.count_datetime),
-    };
-  }
-  const point = fromTracking(body);
-  if (!point) return null;
-  // A legacy device posts its crash speed in m/s (docs/legacy.md).
-  const speed = point.speed === null || body.speed_unit === "km/h" ? point.speed : point.speed * 3.6;
-  return { id: point.id, lat: point.lat, lon: point.lon, speed, seen: point.seen };
-}
-
 export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
   // auth, not the URL: the token stays out of the Socket.IO server's request lines.
   const socket = io(url, { auth: { token }, reconnectionDelayMax: 5000 });
   const watched = new Set();
   let limited = false;
   let live = false;
+  let retry = null;
+  // For the browser tests and a console: what the server answered, what came.
+  const seen = { subscription: null, events: 0, states: 0, alerts: 0 };
 
   const setLive = (value, why) => {
     if (value !== live) {
@@ -83,68 +51,61 @@ export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
     }
   };
 
-  socket.on("connect", () => {
-    if (limited) {
-      for (const id of watched) join(id);
-      setLive(true, "connected");
-    } else {
-      socket.emit("room_join", TRACKING_ROOM);
-      socket.emit("room_join", CRASH_ROOM);
+  // The fleet, or (limited) the watched ids; a new subscription replaces the last.
+  function subscribe() {
+    clearTimeout(retry);
+    if (!socket.connected) return;
+    if (limited && !watched.size) {  // nothing readable yet: the next resync lists some
+      setLive(true, "connected (limited token, no ambulance yet)");
+      return;
     }
-  });
+    const ambulances = limited ? [...watched] : FLEET;
+    socket.emit("live_subscribe", { ambulances }, (answer) => {
+      seen.subscription = answer;
+      if (!answer || !answer.error) {
+        setLive(true, limited ? "connected (limited token)" : "connected");
+      } else if (!limited && /limited/.test(answer.error)) {
+        onLimited();  // its watch(ids) only collects them: limited is not set yet
+        limited = true;
+        subscribe();
+      } else {
+        setLive(false, `subscription refused: ${answer.error}`);
+        retry = setTimeout(subscribe, RETRY_MS);
+      }
+    });
+  }
+
+  socket.on("connect", subscribe);
   socket.on("disconnect", (reason) => setLive(false, `disconnected (${reason})`));
   socket.on("connect_error", (err) => setLive(false, `cannot connect: ${err.message}`));
-  socket.on("room_error", ({ room, message }) => {
-    if (room === TRACKING_ROOM && !limited) {
-      limited = true;
-      onLimited();
-      setLive(true, "connected (limited token)");
-    } else if (room !== CRASH_ROOM) {
-      console.warn("room refused", room, message);
+  socket.on("live_error", ({ message }) => console.warn("live stream", message));
+
+  socket.on("live_states", (event) => {
+    if (!event || !Array.isArray(event.states)) return;
+    seen.events += 1;
+    seen.states += event.states.length;
+    for (const state of event.states) {
+      const update = state && typeof state === "object" ? fromState(state) : null;
+      if (update) onUpdate(update);
     }
   });
-
-  socket.on("data", (payload) => {
-    if (typeof payload !== "string") return;
-    if (payload === `room joined: ${TRACKING_ROOM}`) {
-      setLive(true, "connected");
-      return;
-    }
-    if (payload.startsWith("room joined: ")) return;
-    let body;
-    try { body = JSON.parse(payload); } catch { return; }
-    if (body === null || typeof body !== "object") return;
-    // Room `crash` and CRASH_NOTIFY_<id> carry crashes; the others tracking points.
-    // A crash body has speed_unit (MQTT devices) or a record's location; a legacy
-    // crash body is told apart by the room only, which Socket.IO does not name:
-    // legacy crash bodies therefore arrive as points too (and as crash records).
-    if (body.speed_unit !== undefined || body.location_detail !== undefined) {
-      const crash = fromCrash(body);
-      if (crash) onCrash(crash);
-      return;
-    }
-    const update = fromTracking(body);
-    if (update) onUpdate(update);
+  socket.on("live_alert", (record) => {
+    if (!record || !record.ambulance_id || !record.location) return;
+    seen.alerts += 1;
+    onCrash(record);
   });
-
-  function join(id) {
-    socket.emit("room_join", id);
-    socket.emit("room_join", CRASH_NOTIFY + id);
-  }
 
   return {
     socket,
+    seen,
     get live() { return live; },
     get limited() { return limited; },
-    // With a limited token: watch these ambulances' own rooms.
+    // With a limited token: watch these ambulances (subscribed again when the list grows).
     watch(ids) {
-      for (const id of ids) {
-        if (!watched.has(id)) {
-          watched.add(id);
-          if (socket.connected) join(id);
-        }
-      }
+      const before = watched.size;
+      for (const id of ids) watched.add(id);
+      if (limited && watched.size !== before) subscribe();
     },
-    close() { socket.close(); },
+    close() { clearTimeout(retry); socket.close(); },
   };
 }
