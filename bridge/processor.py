@@ -57,6 +57,7 @@ from typing import Any
 
 from aoc.logs import LineBudget
 from bridge import contract, snapshots
+from bridge import late as _late
 from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
@@ -185,6 +186,9 @@ class _Draft:
     outcomes: list[Outcome] = field(default_factory=list)
     images: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # Per ambulance: its late points, and the in-order points they go among (bridge.late).
+    late: dict[str, list[_late.Point]] = field(default_factory=dict)
+    counted: dict[str, list[_late.Point]] = field(default_factory=dict)
 
     def upsert(self, collection: str, doc: Document) -> None:
         # One upsert per document per batch: the last version wins.
@@ -343,6 +347,7 @@ class Processor:
                 self._status(item, draft)
             else:
                 self._rejected(item, draft)
+        await self._settle_late(draft, pending)
         plan = draft.to_plan()
         # Out of memory until applied: if the writes fail or conflict, the
         # store may hold them, or part of them (see ``DocumentStore.apply``).
@@ -461,6 +466,20 @@ class Processor:
             states[aid] = cached.copy()
         return states
 
+    async def _settle_late(self, draft: _Draft, pending: _Pending) -> None:
+        """Count the batch's late points' distance, one store read per ambulance (``bridge.late``).
+
+        Part of the plan: a conflict plans it all again, from the store.
+        """
+        for aid, points in draft.late.items():
+            counted = list(draft.counted.get(aid, ()))
+            for (collection, _), record in pending.records.items():
+                if collection == TRACKINGS and record.get("ambulance_id") == aid:
+                    point = _late.point_of(record)
+                    if point is not None:
+                        counted.append(point)
+            await _late.settle(self._store, draft.states[aid], points, counted)
+
     def _replayed(self, item: Parsed, record: Document, draft: _Draft) -> None:
         """A message of a committed batch whose writes were cut short: fan it out now.
 
@@ -470,8 +489,8 @@ class Processor:
         if isinstance(item, Tracking):
             late = bool(record.get("late"))
             draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)
-            if not late:
-                draft.moved.add(item.ambulance_id)
+            # Its state counts it, late or not, and was never published.
+            draft.moved.add(item.ambulance_id)
             self._emit_tracking(item, draft)
         elif isinstance(item, Crash):
             if record.get("duplicate_of") is not None:
@@ -502,12 +521,22 @@ class Processor:
         redelivered = item.ts == last_seen and state.last_point_id in (None, point_id)
         late = last_seen is not None and (item.ts < last_seen or redelivered)
         refs: dict[Threshold, str | None] = dict.fromkeys(THRESHOLDS)
+        here = _late.Point(item.ts, point_id, item.position)
         if not late:
             self._advance(item, state, refs, draft)
             state.last_point_id = point_id
+            draft.counted.setdefault(aid, []).append(here)
             draft.dirty.add(aid)
             draft.moved.add(aid)
-        elif redelivered:
+        elif not redelivered:
+            # Counted too, its distance once the batch is planned (``_settle_late``).
+            state.speed_sum += item.speed_kmh
+            state.speed_count += 1
+            state.avg_speed = state.speed_sum / state.speed_count
+            draft.late.setdefault(aid, []).append(here)
+            draft.dirty.add(aid)
+            draft.moved.add(aid)
+        else:
             # Its state was stored but never fanned out, so publish it (again).
             draft.moved.add(aid)
         draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)
