@@ -77,9 +77,7 @@ def place(counted: Iterable[Point], late: Iterable[Point]) -> Placement:
     if not late_points:
         return Placement(0.0, None)
     late_ids = {p.id for p in late_points}
-    known = sorted(
-        {p.id: p for p in counted if p.id not in late_ids}.values(), key=lambda p: p.key
-    )
+    known = sorted({p.id: p for p in counted if p.id not in late_ids}.values(), key=lambda p: p.key)
     low, high = late_points[0].key, late_points[-1].key
     before = [p for p in known if p.key < low]
     inside = [p for p in known if low <= p.key <= high]
