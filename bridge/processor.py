@@ -29,7 +29,8 @@ planned from a state another bridge has since moved past conflicts instead of
 writing its older episodes over the newer ones.
 
 A crash before 1 stored nothing, or only history of ambulances whose state does
-not move (late points, repeated crashes, older snaps: planned the same again).
+not move (repeated crashes, older snaps: planned the same again). A late
+point moves its state (its aggregates, ``bridge.late``), like an in-order one.
 A crash after 1: the redelivered messages are in their state's outbox, so
 they are neither counted again nor planned from the advanced state; the
 outbox is written, and they are fanned out, since they never were. A crash
@@ -38,7 +39,7 @@ crash alert among them whose stored record says it was broadcast is broadcast
 again: a redelivered message was never acknowledged, so never surely fanned out.
 
 Known limits with several bridges on one ambulance: a plan that writes no state
-(only late points, repeated crashes, older snaps, or a status that changes
+(only repeated crashes, older snaps, or a status that changes
 nothing) is planned from this bridge's copy, which may be behind the store:
 the history record then carries older aggregates, and an unchanged status is
 not written over another bridge's newer one. On MongoDB, the post-commit writes
