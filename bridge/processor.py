@@ -520,7 +520,10 @@ class Processor:
         # of the same instant (another seq) is a new point. States stored before
         # ids were kept have None.
         redelivered = item.ts == last_seen and state.last_point_id in (None, point_id)
-        late = last_seen is not None and (item.ts < last_seen or redelivered)
+        # Points of one instant count in id order, as the store orders them
+        # (``bridge.late``): one with a smaller id than the latest's is late.
+        behind = item.ts == last_seen and point_id < (state.last_point_id or point_id)
+        late = last_seen is not None and (item.ts < last_seen or redelivered or behind)
         refs: dict[Threshold, str | None] = dict.fromkeys(THRESHOLDS)
         here = _late.Point(item.ts, point_id, item.position)
         if not late:

@@ -7,6 +7,7 @@ changes the distance.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -303,3 +304,30 @@ async def test_late_points_next_to_a_point_only_in_the_outbox(
         f"{AID}:{T0_MS + 11_000}",
     ]
     check(await deliver(store, objects, [[5, 4, 6], [1, 2, 3, 7, 8, 9, 10]]))
+
+
+def instant(seq: int, at: Position) -> Parsed:
+    """A point at the instant of point 1, numbered ``seq``, at ``at``."""
+    body = {"lat": at.lat, "lon": at.lon, "speed": 30, "ts": T0_MS + 1000, "seq": seq}
+    return parse(f"aoc/{AID}/tracking", json.dumps(body).encode(), RECEIVED, LIMITS)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (0, 2, 1, 3), (3, 2, 1, 0), (0, 3, 2, 1)])
+async def test_points_of_one_instant_count_in_id_order(
+    store: DocumentStore, objects: LocalObjectStore, order: tuple[int, ...]
+) -> None:
+    """Test that two points of one instant (two seqs) count in the store's order, either way in."""
+    one, two = Position(LAT + 0.005, LON + 0.01), Position(LAT, LON + 0.03)
+    items = [point(0), instant(1, one), instant(2, two), point(2)]
+    proc = processor(store, objects)
+    for n in order:
+        plan = await proc.plan([items[n]])
+        await store.apply(plan.writes)
+        proc.applied(plan)
+    path = [position(0), one, two, position(2)]
+    state = await state_of(store)
+    assert state["covered_distance"] == pytest.approx(
+        sum(haversine_m(a, b) for a, b in itertools.pairwise(path))
+    )
+    assert state["last_seen"] == T0 + timedelta(seconds=2)
+    assert state["speed_count"] == 4
