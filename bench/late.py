@@ -5,8 +5,9 @@ points of N ambulances (round robin, one ambulance's points one second
 apart) in batches, twice on fresh stores, back to back: once in order, and
 once with every K-th point of each ambulance swapped with the one after it,
 so that the later one is stored first and the earlier one arrives late, in
-a later batch. A late point costs the store reads around it (``bridge.late``:
-two ``find`` per ambulance per batch) and a conditional state write. The
+a later batch. A late point costs the store read around it (``bridge.late``:
+one ``find`` per ambulance per batch, the newest points, here enough) and a
+conditional state write. The
 two orders alternate which goes first, so their ratio holds on a busy machine.
 """
 

@@ -11,7 +11,7 @@ between its counted neighbours ``prev`` and ``next``:
 
 With several late points of one ambulance in a batch, they are merged with
 the counted points around them (the stored ones, read once per ambulance
-per batch, and the batch's own in-order points) and the path is measured
+per batch, ``stored_around``, and the batch's own in-order points) and the path is measured
 again over that window. Points are ordered by (device time, id): the order
 of ``DocumentStore.find`` on the (ambulance_id, time, _id) index.
 
@@ -31,7 +31,9 @@ from bridge.messages import Position
 from bridge.state import AmbulanceState
 from storage.base import TRACKINGS, Document, DocumentStore, Query
 
-# Stored points read per page around a batch's late points: one page nearly always.
+# The newest stored points read first: late points among them need no other read.
+NEAR = 32
+# Else the stored points read per page from the earliest late point on.
 PAGE = 200
 
 
@@ -92,7 +94,19 @@ async def stored_around(
     store: DocumentStore, ambulance_id: str, since: datetime, until: datetime
 ) -> list[Point]:
     """The stored points of ``ambulance_id`` from the last before ``since`` to the first
-    after ``until``: one read for the one before, one (a page of ``PAGE``) for the rest."""
+    after ``until`` (and maybe more after it).
+
+    Late points are nearly always a few points behind the newest: one read of
+    the ``NEAR`` newest points reaches back past them. Else (a long dead zone,
+    a clock behind) two reads from ``since``: the one before it, then a page of
+    ``PAGE`` at a time from it to past ``until``.
+    """
+    newest = await store.find(
+        Query(TRACKINGS, ambulance_id=ambulance_id, newest_first=True, limit=NEAR)
+    )
+    oldest = newest.items[-1].get("count_datetime") if newest.items else None
+    if newest.next_cursor is None or (isinstance(oldest, datetime) and oldest < since):
+        return _points(newest.items)
     before = await store.find(
         Query(TRACKINGS, ambulance_id=ambulance_id, until=since, newest_first=True, limit=1)
     )
@@ -107,6 +121,10 @@ async def stored_around(
         if page.next_cursor is None or (isinstance(last, datetime) and last > until):
             break
         cursor = page.next_cursor
+    return _points(docs)
+
+
+def _points(docs: Iterable[Document]) -> list[Point]:
     return [p for p in map(point_of, docs) if p is not None]
 
 

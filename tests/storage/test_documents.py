@@ -527,6 +527,7 @@ async def test_the_stored_neighbours_of_late_points(
     point from it on, page by page, to the first after the late ones; another
     ambulance's points and a second point of the same instant (ordered by id).
     """
+    monkeypatch.setattr(late, "NEAR", 2)  # the newest two do not reach back: the range reads
     monkeypatch.setattr(late, "PAGE", 2)  # several pages
     docs = [tracking(n) for n in range(10)] + [tracking(n, aid="999") for n in range(10)]
     docs.append(tracking(44, seconds=4))  # "332:0044", at the instant of "332:0004"
@@ -543,3 +544,9 @@ async def test_the_stored_neighbours_of_late_points(
     # Nothing before the first point: the reads start at it.
     first = await late.stored_around(doc_store, "332", T0, T0)
     assert [p.id for p in first] == ["332:0000", "332:0001"]
+    # The newest points reach back past the late ones: that one read is all.
+    monkeypatch.setattr(late, "NEAR", 4)
+    near = await late.stored_around(
+        doc_store, "332", T0 + timedelta(seconds=7), T0 + timedelta(seconds=7.5)
+    )
+    assert [p.id for p in near] == ["332:0009", "332:0008", "332:0007", "332:0006"]
