@@ -32,7 +32,7 @@ from bridge.state import AmbulanceState
 from storage.base import TRACKINGS, Document, DocumentStore, Query
 
 # The newest stored points read first: late points among them need no other read.
-NEAR = 32
+NEAR = 8
 # Else the stored points read per page from the earliest late point on.
 PAGE = 200
 
