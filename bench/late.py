@@ -27,7 +27,7 @@ from bridge.messages import Parsed
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
-from storage.base import AMBULANCES, DocumentStore
+from storage.base import AMBULANCES, DocumentStore, ObjectStore
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 
@@ -74,7 +74,7 @@ async def _timed(items: list[Parsed], size: int, tmp: Path, name: str) -> tuple[
     return took, float(state.get("covered_distance", 0.0))
 
 
-def _processor(store: DocumentStore, objects: LocalObjectStore) -> Processor:
+def _processor(store: DocumentStore, objects: ObjectStore) -> Processor:
     return Processor(
         store=store,
         objects=objects,
