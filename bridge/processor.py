@@ -470,8 +470,10 @@ class Processor:
     async def _settle_late(self, draft: _Draft, pending: _Pending) -> None:
         """Count the batch's late points' distance, one store read per ambulance (``bridge.late``).
 
-        Part of the plan: a conflict plans it all again, from the store.
+        Part of the plan: a conflict plans it all again, from the store. The
+        ambulances' reads are queued at once (each settles its own state).
         """
+        settling = []
         for aid, points in draft.late.items():
             counted = list(draft.counted.get(aid, ()))
             for (collection, _), record in pending.records.items():
@@ -479,7 +481,11 @@ class Processor:
                     point = _late.point_of(record)
                     if point is not None:
                         counted.append(point)
-            await _late.settle(self._store, draft.states[aid], points, counted)
+            settling.append(_late.settle(self._store, draft.states[aid], points, counted))
+        # All run to their end, none left behind; the first failure (an outage) is raised.
+        for outcome in await asyncio.gather(*settling, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def _replayed(self, item: Parsed, record: Document, draft: _Draft) -> None:
         """A message of a committed batch whose writes were cut short: fan it out now.

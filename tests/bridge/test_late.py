@@ -24,7 +24,15 @@ from bridge.messages import Parsed, Position
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
-from storage.base import AMBULANCES, TRACKINGS, Conflict, Document, DocumentStore, Query
+from storage.base import (
+    AMBULANCES,
+    TRACKINGS,
+    Conflict,
+    Document,
+    DocumentStore,
+    Query,
+    StoreUnavailable,
+)
 from storage.localfs import LocalObjectStore
 from storage.mongo import MongoDocumentStore
 from storage.sqlite import SQLiteDocumentStore
@@ -343,3 +351,22 @@ async def test_points_of_one_instant_count_in_id_order(
     )
     assert state["last_seen"] == T0 + timedelta(seconds=2)
     assert state["speed_count"] == 4
+
+
+class FindsDown(CountedFinds):
+    """A real store whose reads by range fail, as during an outage (fault injection)."""
+
+    async def find(self, query: Query) -> Any:
+        raise StoreUnavailable("fault injected: the store is down")
+
+
+async def test_an_outage_while_placing_late_points_fails_the_plan(
+    store: DocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that a failed neighbour read raises ``StoreUnavailable`` (planned again later)."""
+    await deliver(store, objects, [[0, 11]])
+    proc = processor(store, objects)
+    proc._store = FindsDown(store)  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable):
+        await proc.plan([point(4), point(7)])
+    check(await deliver(store, objects, [[4, 7], [1, 2, 3, 5, 6, 8, 9, 10]]))
