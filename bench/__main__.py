@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aoc.config import Settings
-from bench import coalesce, plan, share, stack
+from bench import coalesce, late, plan, share, stack
 from bench.dashboard import dashboard
 from bench.flood import flood
 from bench.junk import junk
@@ -79,6 +79,15 @@ def _add_load(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     pl.add_argument("--messages", type=int, default=20000, help="tracking points per half-run")
     pl.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
     pl.add_argument("--batch-size", type=int, default=200, help="points per batch")
+
+    lt = commands.add_parser(
+        "late", help="processor + SQLite alone: a stream with late points against it in order"
+    )
+    lt.add_argument("--ambulances", type=int, default=200, help="distinct ambulance ids")
+    lt.add_argument("--messages", type=int, default=20000, help="tracking points per stream")
+    lt.add_argument("--every", type=int, default=5, help="every N-th point of each comes late")
+    lt.add_argument("--runs", type=int, default=5, help="runs (medians are printed)")
+    lt.add_argument("--batch-size", type=int, default=200, help="points per batch")
 
     sh = commands.add_parser(
         "share", help="two processors sharing one ambulance's stream against one processor"
@@ -240,6 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "coalesce":
         return _coalesce(args)
+    if args.command == "late":
+        late.run(
+            ambulances=args.ambulances,
+            messages=args.messages,
+            every=args.every,
+            runs=args.runs,
+            batch_size=args.batch_size,
+        )
+        return 0
     if args.command == "share":
         return 0 if share.run(points=args.points, batch_size=args.batch_size, seed=args.seed) else 1
     env: dict[str, str] = {}

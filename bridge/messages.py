@@ -143,7 +143,7 @@ class Outcome(StrEnum):
     """What the processor made of one message (its value names its metrics counter)."""
 
     TRACKING = "tracking"  # an in-order point: history and latest state
-    LATE = "late"  # an older point: history only
+    LATE = "late"  # an older point: history and aggregates, never the latest
     DUPLICATE = "duplicate"  # already stored, or repeated in its batch: nothing written
     CRASH = "crash"  # a crash alert, broadcast
     CRASH_REPEAT = "crash_repeat"  # a crash within the window of a broadcast one: stored only

@@ -29,7 +29,8 @@ planned from a state another bridge has since moved past conflicts instead of
 writing its older episodes over the newer ones.
 
 A crash before 1 stored nothing, or only history of ambulances whose state does
-not move (late points, repeated crashes, older snaps: planned the same again).
+not move (repeated crashes, older snaps: planned the same again). A late
+point moves its state (its aggregates, ``bridge.late``), like an in-order one.
 A crash after 1: the redelivered messages are in their state's outbox, so
 they are neither counted again nor planned from the advanced state; the
 outbox is written, and they are fanned out, since they never were. A crash
@@ -38,7 +39,7 @@ crash alert among them whose stored record says it was broadcast is broadcast
 again: a redelivered message was never acknowledged, so never surely fanned out.
 
 Known limits with several bridges on one ambulance: a plan that writes no state
-(only late points, repeated crashes, older snaps, or a status that changes
+(only repeated crashes, older snaps, or a status that changes
 nothing) is planned from this bridge's copy, which may be behind the store:
 the history record then carries older aggregates, and an unchanged status is
 not written over another bridge's newer one. On MongoDB, the post-commit writes
@@ -58,6 +59,7 @@ from typing import Any
 
 from aoc.logs import LineBudget
 from bridge import contract, snapshots
+from bridge import late as _late
 from bridge.crash import repeat_of, static_map_url
 from bridge.geo import eta_s, haversine_m, position_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
@@ -199,6 +201,9 @@ class _Draft:
     outcomes: list[Outcome] = field(default_factory=list)
     images: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # Per ambulance: its late points, and the in-order points they go among (bridge.late).
+    late: dict[str, list[_late.Point]] = field(default_factory=dict)
+    counted: dict[str, list[_late.Point]] = field(default_factory=dict)
 
     def upsert(self, collection: str, doc: Document) -> None:
         # One upsert per document per batch: the last version wins.
@@ -363,6 +368,7 @@ class Processor:
                 self._status(item, draft)
             else:
                 self._rejected(item, draft)
+        await self._settle_late(draft, pending)
         plan = draft.to_plan()
         # Out of memory until applied: if the writes fail or conflict, the
         # store may hold them, or part of them (see ``DocumentStore.apply``).
@@ -481,6 +487,26 @@ class Processor:
             states[aid] = cached.copy()
         return states
 
+    async def _settle_late(self, draft: _Draft, pending: _Pending) -> None:
+        """Count the batch's late points' distance, one store read per ambulance (``bridge.late``).
+
+        Part of the plan: a conflict plans it all again, from the store. The
+        ambulances' reads are queued at once (each settles its own state).
+        """
+        settling = []
+        for aid, points in draft.late.items():
+            counted = list(draft.counted.get(aid, ()))
+            for (collection, _), record in pending.records.items():
+                if collection == TRACKINGS and record.get("ambulance_id") == aid:
+                    point = _late.point_of(record)
+                    if point is not None:
+                        counted.append(point)
+            settling.append(_late.settle(self._store, draft.states[aid], points, counted))
+        # All run to their end, none left behind; the first failure (an outage) is raised.
+        for outcome in await asyncio.gather(*settling, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     def _replayed(self, item: Parsed, record: Document, draft: _Draft) -> None:
         """A message of a committed batch whose writes were cut short: fan it out now.
 
@@ -490,8 +516,8 @@ class Processor:
         if isinstance(item, Tracking):
             late = bool(record.get("late"))
             draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)
-            if not late:
-                draft.moved.add(item.ambulance_id)
+            # Its state counts it, late or not, and was never published.
+            draft.moved.add(item.ambulance_id)
             self._emit_tracking(item, draft)
         elif isinstance(item, Crash):
             if record.get("duplicate_of") is not None:
@@ -519,14 +545,27 @@ class Processor:
         # of the same instant (another seq) is a new point. States stored before
         # ids were kept have None.
         redelivered = item.ts == last_seen and state.last_point_id in (None, point_id)
-        late = last_seen is not None and (item.ts < last_seen or redelivered)
+        # Points of one instant count in id order, as the store orders them
+        # (``bridge.late``): one with a smaller id than the latest's is late.
+        behind = item.ts == last_seen and point_id < (state.last_point_id or point_id)
+        late = last_seen is not None and (item.ts < last_seen or redelivered or behind)
         refs: dict[Threshold, str | None] = dict.fromkeys(THRESHOLDS)
+        here = _late.Point(item.ts, point_id, item.position)
         if not late:
             self._advance(item, state, refs, draft)
             state.last_point_id = point_id
+            draft.counted.setdefault(aid, []).append(here)
             draft.dirty.add(aid)
             draft.moved.add(aid)
-        elif redelivered:
+        elif not redelivered:
+            # Counted too, its distance once the batch is planned (``_settle_late``).
+            state.speed_sum += item.speed_kmh
+            state.speed_count += 1
+            state.avg_speed = state.speed_sum / state.speed_count
+            draft.late.setdefault(aid, []).append(here)
+            draft.dirty.add(aid)
+            draft.moved.add(aid)
+        else:
             # Its state was stored but never fanned out, so publish it (again).
             draft.moved.add(aid)
         draft.outcomes.append(Outcome.LATE if late else Outcome.TRACKING)

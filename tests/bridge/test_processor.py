@@ -210,20 +210,29 @@ async def test_distance_average_and_eta(
     }
 
 
-async def test_late_point_goes_to_history_only(
+async def test_late_point_is_counted_but_never_moves_the_latest_state(
     store: SQLiteDocumentStore, objects: LocalObjectStore
 ) -> None:
-    """Test that a point older than the latest is stored late and moves nothing."""
+    """Test that a point older than the latest is stored late, counted, and leaves the latest."""
     proc = processor(store, objects)
     await run(proc, store, [point(2, 30), point(3, 40)])
     before = await store.get(AMBULANCES, AID)
+    assert before is not None
     plan = await run(proc, store, [point(1, 100)])
     assert plan.counts == {"late": 1}
-    assert plan.states == {}
-    assert not any(p.topic.endswith("/state") for p in plan.publishes)
-    assert [w.collection for w in plan.writes] == [TRACKINGS]
-    assert await store.get(AMBULANCES, AID) == before
-    assert await stored(store, SPEED_VIOLATIONS) == []  # 100 km/h, but late
+    after = await store.get(AMBULANCES, AID)
+    assert after is not None
+    # The latest state stays the newest point's.
+    for name in ("location", "speed", "heading", "state", "last_seen", "last_point_id"):
+        assert after[name] == before[name], name
+    # Its speed is counted, and it is the path's new first point: one more step.
+    assert (after["speed_count"], after["speed_sum"]) == (3, 170)
+    assert after["avg_speed"] == pytest.approx(170 / 3)
+    assert after["covered_distance"] == pytest.approx(before["covered_distance"] * 2)
+    assert after["source_location"] == {"lat": LAT + 0.001, "lon": LON}
+    assert plan.states[AID]["covered_distance"] == after["covered_distance"]
+    assert [p.topic for p in plan.publishes] == [f"aoc/{AID}/state"]
+    assert await stored(store, SPEED_VIOLATIONS) == []  # 100 km/h, but late: no episode
     late = [d for d in await stored(store, TRACKINGS) if d["late"]]
     assert len(late) == 1
     assert (late[0]["speed"], late[0]["state"], late[0]["speed_above_80"]) == (100, "ORANGE", None)

@@ -3,8 +3,9 @@
 Each bridge is an `aoc bridge` process with a client id of its own (a
 persistent session per member) in group ``aoc``, on one store. The broker
 hands each message to one member; the versioned state in the store keeps
-every ambulance's aggregates exact whichever member stores which point
-(``tests.faults.devices.check_aggregates`` with late points allowed).
+every ambulance's aggregates exact whichever member stores which point, and
+in whatever order: the state counts every stored point, late ones too, in
+device-time order (``tests.faults.devices.check_aggregates``).
 """
 
 from __future__ import annotations

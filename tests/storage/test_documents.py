@@ -9,6 +9,7 @@ import mongomock
 import pymongo
 import pytest
 
+from bridge import late
 from storage.base import (
     AMBULANCES,
     CRASHES,
@@ -515,3 +516,37 @@ async def test_mongo_writes_a_batchs_states_in_one_bulk(
         assert [(await store.get(AMBULANCES, a) or {}).get("version") for a in ("a1", "a2", "a3")] \
             == [2, 1, 1]
         assert await store.get(TRACKINGS, "332:0003") is None
+
+
+async def test_the_stored_neighbours_of_late_points(
+    doc_store: DocumentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test the reads ``bridge.late`` places late points with, on the (ambulance, time) index.
+
+    The last point before a time (exclusive, newest first, one), then every
+    point from it on, page by page, to the first after the late ones; another
+    ambulance's points and a second point of the same instant (ordered by id).
+    """
+    monkeypatch.setattr(late, "NEAR", 2)  # the newest two do not reach back: the range reads
+    monkeypatch.setattr(late, "PAGE", 2)  # several pages
+    docs = [tracking(n) for n in range(10)] + [tracking(n, aid="999") for n in range(10)]
+    docs.append(tracking(44, seconds=4))  # "332:0044", at the instant of "332:0004"
+    await doc_store.apply([ins(doc) for doc in docs])
+    around = await late.stored_around(
+        doc_store, "332", T0 + timedelta(seconds=3), T0 + timedelta(seconds=5.5)
+    )
+    # The page holding the first point after them is read whole (here with 0007).
+    assert [p.id for p in around] == [
+        "332:0002", "332:0003", "332:0004", "332:0044", "332:0005", "332:0006", "332:0007",
+    ]  # fmt: skip
+    assert around[0].ts == T0 + timedelta(seconds=2)
+    assert around[0].position.lat == pytest.approx(13.752)
+    # Nothing before the first point: the reads start at it.
+    first = await late.stored_around(doc_store, "332", T0, T0)
+    assert [p.id for p in first] == ["332:0000", "332:0001"]
+    # The newest points reach back past the late ones: that one read is all.
+    monkeypatch.setattr(late, "NEAR", 4)
+    near = await late.stored_around(
+        doc_store, "332", T0 + timedelta(seconds=7), T0 + timedelta(seconds=7.5)
+    )
+    assert [p.id for p in near] == ["332:0009", "332:0008", "332:0007", "332:0006"]
