@@ -131,8 +131,9 @@ class LiveStream:
         """Keep each state of a feed's JSON array as its ambulance's latest of the interval.
 
         With several bridges a state may arrive after a newer one of the same
-        ambulance: a state whose ``last_seen`` is older than the kept one's is
-        not kept (a status change keeps ``last_seen``: the later one wins).
+        ambulance: a state of a lower store ``version`` than the kept one's is
+        not kept. States without a version (an older bridge's) are ordered by
+        ``last_seen`` (a status change keeps it: the later one wins).
         Without subscribers nothing is kept (a subscriber resyncs from the read API).
         """
         if not self._subscribed:
@@ -151,7 +152,7 @@ class LiveStream:
             if not isinstance(aid, str):
                 continue
             kept = self._pending.get(aid)
-            if kept is not None and _older(state.get("last_seen"), kept.get("last_seen")):
+            if kept is not None and _older_state(state, kept):
                 continue
             self._pending[aid] = state
 
@@ -255,6 +256,14 @@ class LiveStream:
         assert self.sio is not None
         # This server's clients only: each server coalesces its own feed.
         await self.sio.emit(event, data, room=room, ignore_queue=True)
+
+
+def _older_state(candidate: dict[str, Any], kept: dict[str, Any]) -> bool:
+    # The store version orders the states of one ambulance; without both, last_seen does.
+    new, old = candidate.get("version"), kept.get("version")
+    if type(new) is int and type(old) is int:
+        return new < old
+    return _older(candidate.get("last_seen"), kept.get("last_seen"))
 
 
 def _older(candidate: object, kept: object) -> bool:

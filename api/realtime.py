@@ -110,19 +110,37 @@ def allowed_origins(
 
 
 def own_origins(environ: dict[str, Any], dashboard_port: int) -> tuple[str, ...]:
-    """The connection's own origin and the dashboard's (the same host on ``dashboard_port``).
+    """The connection's own origins and the dashboard's (the same host on ``dashboard_port``).
 
-    Both come from the request's ``Host`` header, as Engine.IO's own check does:
-    a page on the host name the browser used for this connection.
+    They come from the request's ``Host`` header and, behind a reverse proxy,
+    from ``X-Forwarded-Proto``/``X-Forwarded-Host`` too: exactly the origins
+    Engine.IO's own check admits (``cors_allowed_origins=None``), so a page
+    behind a TLS proxy is admitted as it was before ``dashboard_port``.
     """
     host = environ.get("HTTP_HOST")
     if not host:
         return ()
     scheme = environ.get("wsgi.url_scheme", "http")
-    name = urlsplit(f"//{host}").hostname or ""
-    if ":" in name:  # an IPv6 address goes back in brackets
-        name = f"[{name}]"
-    return (f"{scheme}://{host}", f"{scheme}://{name}:{dashboard_port}")
+    bases = [(scheme, host)]
+    if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+        # As engineio.base_server: the first of a comma-separated list of proxies.
+        bases.append(
+            (
+                environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip(),
+                environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip(),
+            )
+        )
+    origins: list[str] = []
+    for base_scheme, base_host in bases:
+        origins.append(f"{base_scheme}://{base_host}")
+        try:
+            name = urlsplit(f"//{base_host}").hostname or ""
+        except ValueError:  # a malformed header ("[::1"): no dashboard origin for it
+            continue
+        if ":" in name:  # an IPv6 address goes back in brackets
+            name = f"[{name}]"
+        origins.append(f"{base_scheme}://{name}:{dashboard_port}")
+    return tuple(origins)
 
 
 def client_address(environ: dict[str, Any]) -> str | None:

@@ -394,6 +394,10 @@ def latency(ctx: rig.Context) -> StageResult:
     result.lost = max(acked - truth, 0)
     if drained.still_draining:  # not lost: the pipeline was still storing them
         result.row("acknowledged, still being stored when the wait ended", result.lost, "msgs")
+        result.undetermined = (
+            f"{result.lost} acknowledged points still being stored when --drain-timeout"
+            f" ({config.drain_timeout:g}s) ended"
+        )
         result.lost = None
     result.processes = procs
     result.series["backlog"] = backlog

@@ -141,6 +141,8 @@ class StageResult:
     rows: list[Row] = field(default_factory=list)
     processes: list[ProcessFigures] = field(default_factory=list)
     lost: int | None = None  # acknowledged by the broker (or answered 2xx) but not stored
+    # Why ``lost`` could not be determined (None): a stage that ends without it fails the run.
+    undetermined: str = ""
     notes: list[str] = field(default_factory=list)
     series: dict[str, Any] = field(default_factory=dict)  # e.g. backlog over time
 
@@ -155,6 +157,7 @@ class StageResult:
             "rows": [r.as_dict() for r in self.rows],
             "processes": [p.as_dict() for p in self.processes],
             "lost": self.lost,
+            "undetermined": self.undetermined if self.lost is None else "",
             "notes": self.notes,
             "series": self.series,
         }
@@ -282,59 +285,94 @@ def run(config: Config, stages: dict[str, Callable[..., StageResult]]) -> dict[s
     }
 
 
+def count(text: str) -> int:
+    """A count the run needs at least one of (``--runs 0`` would measure nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count_or_zero(text: str) -> int:
+    """An ``int`` option that may be 0 (no Socket.IO watchers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A rate or a duration: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser, stage_names: list[str]) -> None:
-    """The options of ``aoc bench``."""
+    """The options of ``aoc bench``, each ``--help`` line with its default."""
     d = Config(stages=[])
-    add = parser.add_argument
-    add(
-        "--stages",
-        default=",".join(stage_names),
-        help=f"comma-separated, in order (default: all: {','.join(stage_names)})",
-    )
+
+    def add(*names: str, **options: Any) -> None:
+        # Not ArgumentDefaultsHelpFormatter: aoc.settings_help sets every parser's formatter.
+        if options.get("default") is not None and options.get("action") is None:
+            options["help"] += " (default: %(default)s)"
+        parser.add_argument(*names, **options)
+
+    add("--stages", default=",".join(stage_names), help="comma-separated, in order")
     add(
         "--smoke",
         action="store_true",
         help="a small, fast configuration (seconds per stage); figures mean little",
     )
-    add("--runs", type=int, default=d.runs, help="ceiling/pipeline run pairs (medians shown)")
-    add("--publishers", type=int, default=d.publishers, help="publisher processes")
-    add("--clients", type=int, default=d.clients, help="MQTT clients per publisher process")
-    add("--window", type=int, default=d.window, help="QoS 1 publishes in flight per client")
-    add("--messages", type=int, default=d.messages, help="points per throughput run")
+    add("--runs", type=count, default=d.runs, help="ceiling/pipeline run pairs (medians shown)")
+    add("--publishers", type=count, default=d.publishers, help="publisher processes")
+    add("--clients", type=count, default=d.clients, help="MQTT clients per publisher process")
+    add("--window", type=count, default=d.window, help="QoS 1 publishes in flight per client")
+    add("--messages", type=count, default=d.messages, help="points per throughput run")
     add(
         "--flood-ambulances",
-        type=int,
+        type=count,
         default=d.flood_ambulances,
         help="throughput: ambulance ids the points are spread over (new ids each run)",
     )
-    add("--ambulances", type=int, default=d.ambulances, help="latency stage: ambulances")
-    add("--rate", type=float, default=d.rate, help="latency stage: points/s per ambulance")
-    add("--duration", type=float, default=d.duration, help="latency stage: seconds")
+    add("--ambulances", type=count, default=d.ambulances, help="latency stage: ambulances")
+    add("--rate", type=positive, default=d.rate, help="latency stage: points/s per ambulance")
+    add("--duration", type=positive, default=d.duration, help="latency stage: seconds")
     add(
         "--watchers",
-        type=int,
+        type=count_or_zero,
         default=d.watchers,
         help="Socket.IO clients in room tracking during throughput and latency",
     )
     add(
         "--room-watchers",
-        type=int,
+        type=count_or_zero,
         default=d.room_watchers,
         help="Socket.IO clients each in a few per-ambulance rooms",
     )
-    add("--shim-requests", type=int, default=d.shim_requests, help="POSTs per server")
-    add("--shim-connections", type=int, default=d.shim_connections, help="autocannon connections")
-    add("--fanout-clients", type=int, default=d.fanout_clients, help="Socket.IO clients")
-    add("--fanout-processes", type=int, default=d.fanout_processes, help="their processes")
-    add("--fanout-rate", type=float, default=d.fanout_rate, help="tracking events/s, in all")
-    add("--fanout-duration", type=float, default=d.fanout_duration, help="seconds per server")
-    add("--live-ambulances", type=int, default=d.live_ambulances, help="live stage: at 1 Hz")
-    add("--live-clients", type=int, default=d.live_clients, help="live stage: Node clients")
-    add("--live-processes", type=int, default=d.live_processes, help="their processes")
-    add("--live-duration", type=float, default=d.live_duration, help="seconds per topology")
+    add("--shim-requests", type=count, default=d.shim_requests, help="POSTs per server")
+    add("--shim-connections", type=count, default=d.shim_connections, help="autocannon connections")
+    add("--fanout-clients", type=count, default=d.fanout_clients, help="Socket.IO clients")
+    add("--fanout-processes", type=count, default=d.fanout_processes, help="their processes")
+    add("--fanout-rate", type=positive, default=d.fanout_rate, help="tracking events/s, in all")
+    add("--fanout-duration", type=positive, default=d.fanout_duration, help="seconds per server")
+    add("--live-ambulances", type=count, default=d.live_ambulances, help="live stage: at 1 Hz")
+    add("--live-clients", type=count, default=d.live_clients, help="live stage: Node clients")
+    add("--live-processes", type=count, default=d.live_processes, help="their processes")
+    add("--live-duration", type=positive, default=d.live_duration, help="seconds per topology")
     add(
         "--drain-timeout",
-        type=float,
+        type=positive,
         default=d.drain_timeout,
         help="seconds to wait for a backlog that is still being stored (then: not yet stored)",
     )
@@ -388,8 +426,19 @@ def config_from(args: argparse.Namespace, stage_names: list[str]) -> Config:
     return config
 
 
+def verdict(results: list[StageResult]) -> tuple[int, list[str]]:
+    """The exit code and its reasons: 1 when a point was lost or a stage could not tell."""
+    lines = [f"stage {r.name}: LOST {r.lost} (acknowledged, not stored)" for r in results if r.lost]
+    lines += [
+        f"stage {r.name}: loss NOT DETERMINED ({r.undetermined or 'the stage did not count it'})"
+        for r in results
+        if r.lost is None
+    ]
+    return (1 if lines else 0), lines
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run ``aoc bench``; 1 when something acknowledged was not stored."""
+    """Run ``aoc bench``; 1 when something acknowledged was not stored, or may not have been."""
     from bench.stages import STAGES  # noqa: PLC0415
 
     config = config_from(args, STAGE_NAMES)
@@ -404,7 +453,10 @@ def main(args: argparse.Namespace) -> int:
         print(render_text(results))
     if args.markdown:
         print("\n" + render_markdown(results))
-    return 1 if any(r.lost for r in results) else 0
+    code, reasons = verdict(results)
+    for line in reasons:
+        print(line, file=sys.stderr)
+    return code
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

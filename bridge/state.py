@@ -28,7 +28,9 @@ from bridge.messages import Position
 from bridge.speed import THRESHOLDS, Episode, State, Threshold
 from storage.base import AMBULANCES, Document, Version, Write
 
-# The fields of the retained ``aoc/<id>/state`` message.
+# The fields of the retained ``aoc/<id>/state`` message (and of the live stream's states).
+# ``version`` is the store's: several bridges publish with nothing ordering them, so a
+# consumer keeps, per ambulance, the state of the highest version it has seen.
 PUBLIC_FIELDS = (
     "ambulance_id",
     "location",
@@ -40,6 +42,7 @@ PUBLIC_FIELDS = (
     "covered_distance",
     "avg_speed",
     "estimated_time",
+    "version",
 )
 
 # Broadcast crashes remembered per ambulance for deduplication: enough for any

@@ -3,11 +3,12 @@
 One hash, ``<prefix>:latest`` (``aoc:latest``): field = ambulance id, value =
 the state document as JSON in the codec of ``storage.codec`` (datetimes as
 ``{"$date": "<ISO 8601, ms, Z>"}``), so ``get`` returns the same document the
-store holds, with tz-aware datetimes. A second hash, ``<prefix>:latest:seen``,
-holds each state's last_seen for ordering racing writers (see ``_SET_NEWER``),
-and a sorted set, ``<prefix>:latest:ids``, every cached ambulance id (score 0,
-so it is ordered by id as bytes), so a page of the fleet is read without the
-whole hash (see ``page``). The script and ``rebuild`` keep the three together.
+store holds, with tz-aware datetimes. Two more hashes, ``<prefix>:latest:seen``
+and ``<prefix>:latest:version``, hold each state's last_seen and store version,
+for ordering racing writers (see ``_SET_NEWER``), and a sorted set,
+``<prefix>:latest:ids``, every cached ambulance id (score 0, so it is ordered by
+id as bytes), so a page of the fleet is read without the whole hash (see
+``page``). The script and ``rebuild`` keep the four together.
 Redis is a cache: the store is the truth, and ``rebuild`` refills Redis after
 it lost its data. Only ``rebuild`` sets the key ``<prefix>:latest:built``, so a
 Redis that restarted empty is noticed by the next ``set_many`` even when no
@@ -31,15 +32,21 @@ from storage.base import Document, StoreUnavailable
 
 T = TypeVar("T")
 
-# Two writers (say the bridge and a rebuild, or two bridges during a rollout)
-# can race, so "newest wins" is decided inside Redis, atomically, by this
-# script. Each state's last_seen is kept beside it in a second hash
-# (``<prefix>:latest:seen``) as fixed-width UTC text (codec.format_datetime),
-# which orders like the instants themselves. A state is written unless the
-# stored one is strictly newer; a state without last_seen cannot be ordered
-# and is always written.
-# KEYS: states hash, last_seen hash, built marker, id index. ARGV: triples
-# (ambulance id, JSON, last_seen or ""). Returns the number written, or -1 when
+# Writers race (the bridge and a rebuild, several bridges of one share group),
+# so "newest wins" is decided inside Redis, atomically, by this script.
+# The order is the store's ``version`` of the state (each commit adds one), kept
+# beside it in a third hash (``<prefix>:latest:version``): a state is written
+# unless the stored one has a higher version. last_seen cannot order them: a
+# batch of late points only, or a status change, keeps it. An entry without a
+# version (written by the previous code) is older than any state with one; a
+# state without one is older than an entry with one. Between two states
+# without a version, last_seen orders, kept in the second hash
+# (``<prefix>:latest:seen``) as fixed-width UTC text (codec.format_datetime,
+# ordered like the instants): written unless the stored one is strictly later;
+# a state without last_seen cannot be ordered and is then always written.
+# KEYS: states hash, last_seen hash, built marker, id index, version hash.
+# ARGV: quadruples (ambulance id, JSON, last_seen or "", version or "").
+# Returns the number written, or -1 when
 # the marker is missing (the cache was never rebuilt into this Redis, which may
 # have lost it) or the states have no index yet (written by an older version).
 _SET_NEWER = """
@@ -48,16 +55,31 @@ local built = redis.call('EXISTS', KEYS[3])
 if redis.call('EXISTS', KEYS[4]) == 0 and redis.call('HLEN', KEYS[1]) > 0 then
   built = 0
 end
-for i = 1, #ARGV, 3 do
-  local field, doc, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old = redis.call('HGET', KEYS[2], field)
-  if seen == '' or not old or seen >= old then
+for i = 1, #ARGV, 4 do
+  local field, doc, seen, version = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local new_version = tonumber(version)
+  local old_version = tonumber(redis.call('HGET', KEYS[5], field) or '')
+  local newer
+  if new_version and old_version then
+    newer = new_version >= old_version
+  elseif new_version or old_version then
+    newer = new_version ~= nil
+  else
+    local old = redis.call('HGET', KEYS[2], field)
+    newer = seen == '' or not old or seen >= old
+  end
+  if newer then
     redis.call('HSET', KEYS[1], field, doc)
     redis.call('ZADD', KEYS[4], 0, field)
     if seen == '' then
       redis.call('HDEL', KEYS[2], field)
     else
       redis.call('HSET', KEYS[2], field, seen)
+    end
+    if new_version then
+      redis.call('HSET', KEYS[5], field, version)
+    else
+      redis.call('HDEL', KEYS[5], field)
     end
     written = written + 1
   end
@@ -101,13 +123,21 @@ def _last_seen(state: Document) -> str:
     return codec.format_datetime(value) if isinstance(value, datetime) else ""
 
 
-def _encode_all(
-    states: Mapping[str, Document],
-) -> tuple[dict[str | bytes, str], dict[str | bytes, str]]:
-    """The hash fields of ``states`` (JSON) and of their last_seen values."""
-    mapping: dict[str | bytes, str] = {k: codec.encode(v) for k, v in states.items()}
-    seen: dict[str | bytes, str] = {k: when for k, v in states.items() if (when := _last_seen(v))}
-    return mapping, seen
+def _version(state: Document) -> str:
+    """The state's store version as text, "" without one (or a damaged one: not an int)."""
+    value = state.get("version")
+    return str(value) if type(value) is int else ""
+
+
+_Fields = dict[str | bytes, str]
+
+
+def _encode_all(states: Mapping[str, Document]) -> tuple[_Fields, _Fields, _Fields]:
+    """The hash fields of ``states`` (JSON), of their last_seen values and of their versions."""
+    mapping: _Fields = {k: codec.encode(v) for k, v in states.items()}
+    seen: _Fields = {k: when for k, v in states.items() if (when := _last_seen(v))}
+    versions: _Fields = {k: version for k, v in states.items() if (version := _version(v))}
+    return mapping, seen, versions
 
 
 class StateCache:
@@ -121,6 +151,7 @@ class StateCache:
         self._seen_key = f"{prefix}:latest:seen"
         self._built_key = f"{prefix}:latest:built"
         self._ids_key = f"{prefix}:latest:ids"
+        self._version_key = f"{prefix}:latest:version"
         self._log = logger or logging.getLogger(__name__)
         self._redis: aioredis.Redis[bytes] | None = None
         self._set_newer: Any = None
@@ -162,7 +193,7 @@ class StateCache:
         await self._call(lambda r: r.ping())
 
     async def set_many(self, states: Mapping[str, Document]) -> bool:
-        """Store each ambulance's state unless Redis already holds a newer one.
+        """Store each ambulance's state unless Redis already holds a newer one (``_SET_NEWER``).
 
         Returns False when Redis holds no rebuilt cache (first use, or it
         restarted empty): the states are written, but the others are missing
@@ -172,9 +203,9 @@ class StateCache:
             return True
         args: list[str] = []
         for ambulance_id, state in states.items():
-            args += [ambulance_id, codec.encode(state), _last_seen(state)]
+            args += [ambulance_id, codec.encode(state), _last_seen(state), _version(state)]
         script = self._set_newer  # EVALSHA, falling back to EVAL after a Redis restart
-        keys = [self._key, self._seen_key, self._built_key, self._ids_key]
+        keys = [self._key, self._seen_key, self._built_key, self._ids_key, self._version_key]
         written = await self._call(lambda r: script(keys=keys, args=args))
         return int(written) >= 0
 
@@ -229,18 +260,20 @@ class StateCache:
         if len(states) > _DECODE_INLINE:
             # Tens of thousands of states take a noticeable time to encode: off
             # the event loop, which the bridge shares with the HTTP servers.
-            mapping, seen = await asyncio.to_thread(_encode_all, states)
+            mapping, seen, versions = await asyncio.to_thread(_encode_all, states)
         else:
-            mapping, seen = _encode_all(states)
+            mapping, seen, versions = _encode_all(states)
 
         async def replace(r: aioredis.Redis[bytes]) -> None:
             async with r.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key, self._seen_key, self._ids_key)
+                pipe.delete(self._key, self._seen_key, self._ids_key, self._version_key)
                 if mapping:
                     pipe.hset(self._key, mapping=mapping)
                     pipe.zadd(self._ids_key, dict.fromkeys(mapping, 0))
                 if seen:
                     pipe.hset(self._seen_key, mapping=seen)
+                if versions:
+                    pipe.hset(self._version_key, mapping=versions)
                 pipe.set(self._built_key, "1")
                 await pipe.execute()
 

@@ -11,7 +11,8 @@ the documents it treats exactly as ``json`` does: plain dicts, lists, strings,
 (NaN, a UUID, an enum, a number too long for 64 bits, a stored text orjson
 refuses) takes the standard library's path, whose results and errors are
 the contract. Floats are written in their shortest form by both, though
-orjson spells exponents differently (``1e16`` for ``1e+16``): the same value.
+orjson spells small exponents differently (``1e-7`` for ``json``'s ``1e-07``;
+large ones are ``1e+16`` in both): the same value.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ or ``?token=`` for kiosk screens, which the page then uses for its own calls);
 without a valid one it is refused (401). Its scripts and libraries hold no
 data and stay open, like ``/docs-assets``. The page is sent with
 ``Referrer-Policy: no-referrer``, so a kiosk's ``?token=`` never reaches a
-tile server or an image host, and is never cached.
+tile server or an image host, and is never cached. The page, its scripts and
+libraries are sent with a CSP that forbids framing them (``frame-ancestors
+'none'``, clickjacking) and with ``nosniff``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from aoc.config import Settings
 from api.access import bearer_scheme, presented_token, query_scheme
@@ -46,13 +49,18 @@ VENDOR = {
     "topojson": "topojson-client/dist",
     "world-atlas": "world-atlas",
 }
-HEADERS = {
+# On the page and on every file under /dashboard (a stray HTML or SVG file included).
+SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    # Scripts from this server only: nothing in the page's data can run as code.
-    "Content-Security-Policy": "script-src 'self'; object-src 'none'; base-uri 'none'",
+    # Scripts from this server only: nothing in the page's data can run as code. Never in
+    # a frame (clickjacking): frame-ancestors, and X-Frame-Options for older browsers.
+    "Content-Security-Policy": (
+        "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
 }
+HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 REFUSED = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">
 <title>AOC dashboard: token required</title></head>
@@ -101,18 +109,27 @@ def installed(directory: Path) -> bool:
     return all((modules / folder).is_dir() for folder in VENDOR.values())
 
 
+class DashboardFiles(StaticFiles):
+    """``StaticFiles`` whose answers carry ``SECURITY_HEADERS`` (still cacheable)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+
 def add_dashboard(app: FastAPI, directory: Path = DASHBOARD_DIR) -> None:
     """Serve ``/dashboard`` and its assets from ``directory`` on ``app``."""
     # check_dir off: a clone without `npm ci` still starts; the page says what is missing.
     app.mount(
         "/dashboard/static",
-        StaticFiles(directory=directory / "static", check_dir=False),
+        DashboardFiles(directory=directory / "static", check_dir=False),
         name="dashboard-static",
     )
     for prefix, folder in VENDOR.items():
         app.mount(
             f"/dashboard/vendor/{prefix}",
-            StaticFiles(directory=directory / "node_modules" / folder, check_dir=False),
+            DashboardFiles(directory=directory / "node_modules" / folder, check_dir=False),
             name=f"dashboard-{prefix}",
         )
 

@@ -97,10 +97,14 @@ async def test_http_allows_any_origin_only_when_told(deps: ApiDeps) -> None:
         assert got.headers[ALLOW_ORIGIN] == "*"
 
 
-async def socketio_connects(port: int, origin: str | None, transport: str) -> bool:
-    """Whether a python-socketio client sending ``origin`` gets connected."""
+async def socketio_connects(
+    port: int, origin: str | None, transport: str, *, headers: dict[str, str] | None = None
+) -> bool:
+    """Whether a python-socketio client sending ``origin`` (and ``headers``) gets connected."""
     client = socketio.AsyncClient(reconnection=False)
-    headers = {} if origin is None else {"Origin": origin}
+    headers = dict(headers or {})
+    if origin is not None:
+        headers["Origin"] = origin
     try:
         await client.connect(
             f"http://127.0.0.1:{port}", headers=headers, transports=[transport], wait_timeout=5
@@ -153,6 +157,41 @@ async def test_socketio_admits_the_dashboard_of_the_http_port(
         assert not await socketio_connects(port, f"http://127.0.0.1:{http_port + 1}", transport)
         assert not await socketio_connects(port, f"http://evil.example:{http_port}", transport)
         assert not await socketio_connects(port, OTHER, transport)
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_socketio_admits_the_page_behind_a_tls_proxy(
+    transport: str, dashboard: bool, gate: SocketGate
+) -> None:
+    """Test that the origin named by X-Forwarded-Proto/Host connects, as Engine.IO's own check.
+
+    A TLS reverse proxy speaks plain HTTP to us: only its forwarded headers
+    name the page's origin, with or without the dashboard's port configured.
+    """
+    dashboard_port = services.free_port() if dashboard else None
+    sio = create_sio(gate, dashboard_port=dashboard_port)
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "aoc.example.org"}
+    async with serving(create_realtime_app(sio, gate.settings), graceful_timeout=1.0) as port:
+        assert await socketio_connects(
+            port, "https://aoc.example.org", transport, headers=proxied
+        )
+        # A list of proxies: the first (the one the browser reached) counts.
+        chained = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "aoc.example.org, x"}
+        assert await socketio_connects(
+            port, "https://aoc.example.org", transport, headers=chained
+        )
+        # Only the scheme forwarded: the host is the Host header's.
+        assert await socketio_connects(
+            port, f"https://127.0.0.1:{port}", transport, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert not await socketio_connects(port, "https://aoc.example.org", transport)
+        assert not await socketio_connects(port, OTHER, transport, headers=proxied)
+        if dashboard_port is not None:
+            # The dashboard on the HTTP port, reached through the same proxy name.
+            assert await socketio_connects(
+                port, f"https://aoc.example.org:{dashboard_port}", transport, headers=proxied
+            )
 
 
 @pytest.mark.parametrize("command", ["serve", "realtime"])

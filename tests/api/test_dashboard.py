@@ -118,3 +118,39 @@ async def test_aoc_dashboard_dir_serves_a_copy_elsewhere(
     assert answer.status_code == 200
     assert "<!-- the copy -->" in answer.text
     assert script.status_code == 200
+
+
+async def test_the_page_and_its_files_cannot_be_framed(deps: ApiDeps, api_token: str) -> None:
+    """Test that the page, its scripts and a library carry frame-ancestors 'none' and nosniff."""
+    async with client_for(deps) as client:
+        answers = [
+            await client.get("/dashboard", params={"token": api_token}),
+            await client.get("/dashboard", params={"token": "fake-not-a-token"}),
+            await client.get("/dashboard/static/js/map.js"),
+            await client.get("/dashboard/vendor/leaflet/leaflet.js"),
+        ]
+    for answer in answers:
+        assert answer.status_code in (200, 401), answer.url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], answer.url
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+        assert answer.headers["referrer-policy"] == "no-referrer", answer.url
+    # The files stay cacheable: only the page (it may carry a token) is no-store.
+    assert answers[0].headers["cache-control"] == "no-store"
+    assert "cache-control" not in answers[2].headers
+
+
+def test_map_tooltips_are_text_never_html() -> None:
+    """Test that every Leaflet tooltip in map.js gets an element built with textContent.
+
+    Leaflet inserts a string tooltip as HTML; a browser test of the page is in
+    tests/e2e. Here the source: each bindTooltip call passes asText(...), and
+    asText sets textContent (never innerHTML).
+    """
+    source = (DASHBOARD_DIR / "static" / "js" / "map.js").read_text()
+    calls = re.findall(r"\.bindTooltip\((.*?)\);", source)
+    assert calls, "map.js binds a tooltip to each marker"
+    assert all(call.startswith("asText(") for call in calls), calls
+    helper = re.search(r"function asText\(text\) \{(.*?)\n\}", source, re.S)
+    assert helper is not None
+    assert ".textContent = " in helper.group(1) and "innerHTML" not in helper.group(1)

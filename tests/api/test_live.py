@@ -144,6 +144,28 @@ async def test_the_fleet_gets_one_event_with_the_latest_state_of_each_updated_am
     assert [ids(e) for e in fleet.named("live_states")] == [["A", "B"], ["C"]]
 
 
+async def test_the_store_version_orders_the_states_of_an_ambulance(gate: SocketGate) -> None:
+    """Test that a state of a lower version is dropped, even with the same or a later last_seen.
+
+    Two bridges publish versions 6 and 5 of one ambulance, in that order, with
+    one last_seen (a status change), then version 7 with an earlier one (late points).
+    """
+    stream = LiveStream(interval=0.1)
+    sio = create_sio(gate, live=stream)
+    async with realtime(sio) as url, board(url) as fleet:
+        await fleet.subscribe("*")
+        await send_feed(stream, publishes({**state("A", 3), "version": 6, "online": False}))
+        await send_feed(stream, publishes({**state("A", 3), "version": 5}))
+        await send_feed(stream, publishes({**state("B", 3), "version": 2}))
+        await send_feed(stream, publishes({**state("B", 1), "version": 3}))
+        assert await stream.flush() == 1
+        got = await fleet.wait_for(lambda name, _: name == "live_states")
+    assert got["states"] == [
+        {**state("A", 3), "version": 6, "online": False},
+        {**state("B", 1), "version": 3},
+    ]
+
+
 async def test_a_selection_gets_its_ambulances_and_alerts_at_once(gate: SocketGate) -> None:
     """Test a chosen set: only its states, and its crash alert before any interval ends."""
     stream = LiveStream(interval=0.1)

@@ -207,6 +207,7 @@ async def test_distance_average_and_eta(
         "covered_distance": round(2 * step, 1),  # 0.1 m on the way out
         "avg_speed": 60,
         "estimated_time": pytest.approx(expected_eta),
+        "version": 1,  # the store's: consumers keep the highest
     }
 
 

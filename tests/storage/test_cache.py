@@ -97,6 +97,72 @@ async def test_state_without_last_seen_always_overwrites(cache: StateCache) -> N
     assert await cache.get("332") == {"_id": "332", "online": False}
 
 
+async def test_the_store_version_orders_states_of_the_same_last_seen(cache: StateCache) -> None:
+    """Test that a lower version never replaces a higher one, whatever last_seen says.
+
+    Two bridges commit versions 5 then 6 of one ambulance with the same
+    last_seen (the second batch held only late points, or a status change),
+    and their cache writes arrive in the other order.
+    """
+    await cache.set_many({"332": state("332", 10, version=6, online=False)})
+    await cache.set_many({"332": state("332", 10, version=5, online=True)})
+    assert await cache.get("332") == state("332", 10, version=6, online=False)
+    # A later last_seen does not make an older version newer either.
+    await cache.set_many({"332": state("332", 11, version=4)})
+    assert (await cache.get("332") or {})["version"] == 6
+    # The same version again (a rebuild's missed state): written; a higher one: written.
+    await cache.set_many({"332": state("332", 10, version=6, seq=1)})
+    assert (await cache.get("332") or {})["seq"] == 1
+    await cache.set_many({"332": state("332", 9, version=7)})  # an earlier last_seen: late points
+    assert (await cache.get("332") or {})["version"] == 7
+    # A state without a version is older than one with (a damaged version counts as none).
+    await cache.set_many({"332": state("332", 20)})
+    await cache.set_many({"332": state("332", 20, version="8")})
+    assert (await cache.get("332") or {})["version"] == 7
+
+
+async def test_racing_writers_leave_the_highest_version(cache: StateCache) -> None:
+    """Test that concurrent writers of one last_seen and several versions leave the highest."""
+    for _ in range(5):
+        await asyncio.gather(
+            *(cache.set_many({"332": state("332", 1, version=v)}) for v in (3, 9, 1, 7, 5))
+        )
+        assert (await cache.get("332") or {})["version"] == 9
+
+
+async def test_an_entry_of_the_previous_code_is_older_than_a_versioned_state(
+    cache: StateCache, redis_url: str, unique_prefix: str
+) -> None:
+    """Test upgrading: an entry written without the version hash is replaced by any version.
+
+    The previous code kept last_seen only; its entries have no version beside them.
+    """
+    await cache.rebuild({})
+    old = state("332", 30, version=12)
+    client = aioredis.Redis.from_url(redis_url)
+    try:  # as the previous code's script wrote it
+        await client.hset(f"{unique_prefix}:latest", "332", codec.encode(old))
+        seen = codec.format_datetime(old["last_seen"])
+        await client.hset(f"{unique_prefix}:latest:seen", "332", seen)
+        await client.zadd(f"{unique_prefix}:latest:ids", {"332": 0})
+    finally:
+        await client.connection_pool.disconnect()
+    await cache.set_many({"332": state("332", 25, version=13)})
+    assert await cache.get("332") == state("332", 25, version=13)
+    await cache.set_many({"332": state("332", 40, version=12)})
+    assert (await cache.get("332") or {})["version"] == 13
+
+
+async def test_rebuild_keeps_the_versions(cache: StateCache) -> None:
+    """Test that a rebuilt entry is ordered by its version as a written one."""
+    await cache.rebuild({"332": state("332", 10, version=4)})
+    assert await cache.set_many({"332": state("332", 10, version=3)})
+    assert (await cache.get("332") or {})["version"] == 4
+    await cache.rebuild({})
+    await cache.set_many({"332": state("332", 10, version=3)})
+    assert (await cache.get("332") or {})["version"] == 3
+
+
 async def test_rebuild_replaces_everything(cache: StateCache) -> None:
     """Test that rebuild leaves exactly the given states, even older ones."""
     await cache.set_many({"332": state("332", 10), "77": state("77", 10)})

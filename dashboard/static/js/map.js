@@ -4,6 +4,14 @@
 
 export const COLOURS = { GREEN: "#2e7d32", ORANGE: "#ef6c00", RED: "#c62828", OFFLINE: "#8a8a8a" };
 
+// A tooltip's content as text: Leaflet puts a string in as HTML, an element as it is.
+// An ambulance id is validated upstream, but it never becomes markup here whatever it holds.
+export function asText(text) {
+  const span = document.createElement("span");
+  span.textContent = String(text);
+  return span;
+}
+
 // A circle marker that draws an arrow (or a hollow circle when offline, or without heading).
 const Arrow = L.CircleMarker.extend({
   _updatePath() {
@@ -85,7 +93,7 @@ export class FleetMap {
         marker = new Arrow([ambulance.lat, ambulance.lon], {
           renderer: this.renderer, radius: 8, heading: ambulance.heading, shown, selected: id === this.selected,
         });
-        marker.bindTooltip(id);
+        marker.bindTooltip(asText(id));
         marker.on("click", () => this.onSelect(id));
         marker.addTo(this.map);
         this.markers.set(id, marker);
