@@ -558,6 +558,15 @@ def _live_stream(settings: Settings) -> LiveStream:
     return LiveStream(interval=settings.live_interval_ms / 1000)
 
 
+def _fan_in(settings: Settings) -> LiveRedisManager | None:
+    """Socket.IO's manager for `aoc serve`: through Redis whenever its bridge is in a group.
+
+    The other members of the group (`aoc up`'s AOC_BRIDGES, or `aoc bridge`
+    processes elsewhere) emit through Redis; alone, the bridge emits here.
+    """
+    return LiveRedisManager(settings.redis_url) if settings.resolved_share_group else None
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or stop_on_signals()
@@ -571,10 +580,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             gate,
             cors_origins=settings.cors_origin_list,
             dashboard_port=settings.http_port,
-            # The other bridges `aoc up` runs (AOC_BRIDGES) emit through Redis.
-            client_manager=(
-                LiveRedisManager(settings.redis_url) if settings.bridges > 1 else None
-            ),
+            client_manager=_fan_in(settings),
             live=live,
         )
         wiring = _BridgeWiring(
