@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -738,6 +739,7 @@ async def retire_bridge(
     ``RetireIncomplete`` if that takes longer than ``timeout`` seconds or
     ``stop`` (default: a signal) is set first: the sessions are then kept.
     """
+    own_stop = stop is None
     stop = stop or stop_on_signals()
     deadline = asyncio.get_running_loop().time() + timeout
     async with AsyncExitStack() as stack:
@@ -771,6 +773,8 @@ async def retire_bridge(
                     await bridge  # its failure, if it failed
                 if not done.done() or done.cancelled():
                     raise RetireIncomplete(_unfinished(settings, wiring, stop, timeout))
+                if own_stop:
+                    _ignore_stops()
         except MqttError as exc:
             where = f"{setting(settings, 'mqtt_host')}, {setting(settings, 'mqtt_port')}"
             raise Unreachable(f"the MQTT broker at {where}", exc) from exc
@@ -782,6 +786,19 @@ async def retire_bridge(
         "retired the bridge sessions %s and %s", settings.mqtt_client_id, _snap_client_id(settings)
     )
     return Retired(int(taken), absent)
+
+
+def _ignore_stops() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP from now on, until the process exits.
+
+    What is left of a retirement once its sessions are drained and its spool
+    empty is quick; a stop arriving then (`aoc up` stopping) must not turn a
+    finished retirement into a failure, which the next start would redo.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.remove_signal_handler(sig)  # then the loop's closing leaves it alone
+        signal.signal(sig, signal.SIG_IGN)
 
 
 async def _retired(wiring: _BridgeWiring, quiet: float) -> None:

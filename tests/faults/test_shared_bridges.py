@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import aiomqtt
 import httpx
@@ -312,3 +314,63 @@ async def test_retire_leaves_a_group_the_member_joined_under_an_earlier_name(rig
     finally:
         streaming.set()
         await devices
+
+
+def _locked(spool: Path) -> bool:
+    """Whether a process holds the spool's lock (a bridge, or a retirement, runs on it)."""
+    fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+async def test_aoc_up_stopping_stops_a_retirement_in_progress(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that `aoc up`'s stop ends the retirement it runs beside its children.
+
+    Member 2 holds an acknowledged image in its spool and the object store is
+    down, so its retirement would wait (up to its timeout). Once `aoc up`
+    stops, the retiring process gets SIGTERM and exits, keeping the spool
+    and the sessions, and the count of members is kept for the next start.
+    """
+    dead = services.free_port()
+    outage = dict(
+        AOC_OBJECTS_URL="s3://fake-bucket", AOC_S3_ENDPOINT_URL=f"http://127.0.0.1:{dead}",
+        AOC_S3_ACCESS_KEY="fake-key", AOC_S3_SECRET_KEY="fake-secret-0000",
+    )
+    spool = rig.data_dir / "spool-2"
+    stranded = rig.aoc(
+        "bridge", "member-2", AOC_MQTT_CLIENT_ID=f"{rig.client_id}-2", AOC_SHARE_GROUP=GROUP,
+        AOC_SPOOL_DIR=str(spool), **outage,
+    ).start()
+    async with aiomqtt.Client("127.0.0.1", rig.mosquitto.port, timeout=10) as device:
+        body = {"images": [{"name": "front.jpg", "data": base64.b64encode(TINY_JPEG).decode()}],
+                "ts": T0_MS}
+        await device.publish("aoc/RT02/snap", json.dumps(body), qos=1, timeout=10)
+    await wait_until(lambda: rig.count(IMAGE_HISTORIES) >= 1, timeout=30, what="snap stored")
+    stranded.stop()
+    creds = rig.workdir / "credentials.json"
+    creds.write_text(json.dumps({"bridge_members": 3}))
+    for name, value in stranded.env.items():
+        monkeypatch.setenv(name, value)  # the rig's broker, Redis and store; the dead S3
+    monkeypatch.delenv("AOC_SPOOL_DIR")  # `aoc up` names member 2's: spool-2 beside spool
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        bridges=2,
+        mqtt_client_id=rig.client_id,
+        credentials_file=creds,
+        data_dir=rig.data_dir,
+    )
+    stopping = asyncio.Event()
+    retiring = asyncio.create_task(supervise.retire_members(settings, {}, stopping))
+    await wait_until(lambda: _locked(spool), timeout=30, what="the retirement to run")
+    stopping.set()  # `aoc up` stops
+    await asyncio.wait_for(retiring, 60)
+    assert not _locked(spool)  # the retiring process is gone
+    assert len(list(spool.glob("*.spool"))) == 1
+    assert json.loads(creds.read_text())["bridge_members"] == 3  # the next start tries again
