@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,8 +38,23 @@ def _parser(*, documented: bool = True) -> argparse.ArgumentParser:
     bridge.add_argument(
         "--retire",
         action="store_true",
-        help="take this bridge (AOC_MQTT_CLIENT_ID) out of its share group for good: store "
-        "what its sessions hold, then end them (scaling down; README, Several bridges)",
+        help="take this bridge (AOC_MQTT_CLIENT_ID), once stopped, out of its share group for "
+        "good: store what its sessions and its spool hold, then end the sessions (scaling "
+        "down; README, Several bridges)",
+    )
+    bridge.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --retire: give up (exit 1, the sessions kept) after this long (default 600)",
+    )
+    bridge.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --retire: leave this share group too (an earlier AOC_SHARE_GROUP; repeatable)",
     )
     commands.add_parser("api", help="the HTTP API and legacy shim alone (scale-out)")
     commands.add_parser("realtime", help="a Socket.IO server alone (scale-out, via Redis)")
@@ -169,21 +185,39 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
 
     runners: dict[str, Callable[[Settings], Awaitable[int | None]]] = {
         "serve": lifecycle.serve,
-        "bridge": _retire if getattr(args, "retire", False) else lifecycle.run_bridge,
+        "bridge": (
+            functools.partial(_retire, args) if getattr(args, "retire", False)
+            else lifecycle.run_bridge
+        ),
         "api": lifecycle.run_api,
         "realtime": lifecycle.run_realtime,
     }
     return await runners[args.command](settings)
 
 
-async def _retire(settings: Settings) -> int:
-    """`aoc bridge --retire`: one line saying what the member's sessions held."""
+async def _retire(args: argparse.Namespace, settings: Settings) -> int:
+    """`aoc bridge --retire`: one line saying what the member's sessions held, or what is left."""
     from aoc import lifecycle
 
-    taken = await lifecycle.retire_bridge(settings)
+    try:
+        retired = await lifecycle.retire_bridge(
+            settings,
+            timeout=args.timeout if args.timeout is not None else lifecycle.RETIRE_TIMEOUT_S,
+            leaving=tuple(args.group),
+        )
+    except lifecycle.RetireIncomplete as exc:
+        print(f"cannot retire bridge {settings.mqtt_client_id}: {exc}", file=sys.stderr)
+        return 1
+    if settings.mqtt_client_id in retired.absent:
+        print(
+            f"warning: the broker had no session for bridge {settings.mqtt_client_id} "
+            "(session present: False): nothing to retire; is AOC_MQTT_CLIENT_ID the member's?",
+            file=sys.stderr,
+        )
+        return 0
     print(
-        f"retired bridge {settings.mqtt_client_id}: {taken} queued message(s) stored or "
-        "dead-lettered, its sessions ended"
+        f"retired bridge {settings.mqtt_client_id}: {retired.taken} queued message(s) stored or "
+        "dead-lettered, its spool emptied, its sessions ended"
     )
     return 0
 

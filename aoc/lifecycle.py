@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -134,6 +135,7 @@ def _mqtt(
     consumer: bool,
     snapshots: bool = False,
     retiring: bool = False,
+    leaving: tuple[str, ...] = (),
     shim: bool = False,
 ) -> MqttClient:
     """A connection of the bridge's account, or (``shim``) of the legacy shim's.
@@ -142,8 +144,9 @@ def _mqtt(
     kinds, or (``snapshots``) to the snapshot lane's, in the form of
     ``settings.resolved_share_group`` (``bridge.subscriptions``); the other
     forms are dropped from the session at each connection. A ``retiring``
-    consumer drops every form: the broker routes it nothing new, and it gets
-    only what its session holds (``retire_bridge``).
+    consumer drops every form it can know, those of the groups ``leaving``
+    too: the broker routes it nothing new, and it gets only what its session
+    holds (``retire_bridge``).
     The shim's account is the only one that may publish under ``legacy/``, and
     it may publish nothing else: the broker's ACLs tell a legacy body from a
     device's by that root (``bridge.contract``).
@@ -159,7 +162,9 @@ def _mqtt(
     others = () if snapshots else SNAP_KINDS
     wanted = () if retiring or not consumer else subscriptions(kinds, group)
     dropped = (
-        every_form(kinds, group) + every_form(others, group)
+        list(dict.fromkeys(
+            f for g in (group, *leaving) for f in every_form(kinds, g) + every_form(others, g)
+        ))
         if retiring
         else stale(kinds, group, others=others)
     )
@@ -207,7 +212,9 @@ def _api_deps(
     )
 
 
-def _snap_mqtt(settings: Settings, *, retiring: bool = False) -> MqttClient:
+def _snap_mqtt(
+    settings: Settings, *, retiring: bool = False, leaving: tuple[str, ...] = ()
+) -> MqttClient:
     """The bridge's connection for snapshots: a persistent session of its own."""
     return _mqtt(
         settings,
@@ -215,6 +222,7 @@ def _snap_mqtt(settings: Settings, *, retiring: bool = False) -> MqttClient:
         consumer=True,
         snapshots=True,
         retiring=retiring,
+        leaving=leaving,
     )
 
 
@@ -355,10 +363,13 @@ class _BridgeWiring:
         live: Emitter,
         shim: bool = False,
         retiring: bool = False,
+        leaving: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
-        # Leaving the share group for good: subscribed to nothing (``retire_bridge``).
+        # Leaving the share group for good: subscribed to nothing (``retire_bridge``),
+        # and unsubscribed from the groups ``leaving`` too (earlier AOC_SHARE_GROUPs).
         self.retiring = retiring
+        self.leaving = leaving
         # Whether this process runs the legacy shim (`aoc serve` in legacy mode):
         # only then does it log in with the shim's account too.
         self.shim = shim
@@ -386,10 +397,11 @@ class _BridgeWiring:
                     client_id=self.settings.mqtt_client_id,
                     consumer=True,
                     retiring=self.retiring,
+                    leaving=self.leaving,
                 )
             )
             snap_consumer = await stack.enter_async_context(
-                _snap_mqtt(self.settings, retiring=self.retiring)
+                _snap_mqtt(self.settings, retiring=self.retiring, leaving=self.leaving)
             )
             shim = (
                 await stack.enter_async_context(
@@ -440,6 +452,17 @@ class _BridgeWiring:
                 ):
                     return
             await asyncio.sleep(0.1)
+
+    def absent_sessions(self) -> list[str]:
+        """The consumers' client ids whose session the broker did not have when they connected."""
+        connections = self._connections
+        if connections is None:
+            return []
+        return [
+            c.client_id
+            for c in (connections.consumer, connections.snap_consumer)
+            if c.session_present is False
+        ]
 
     async def broker_ready(self) -> None:
         """Readiness: the bridge runs and its three MQTT connections are up."""
@@ -502,6 +525,7 @@ async def _wire_bridge(
     publisher_id: str,
     emitter: Emitter,
     retiring: bool = False,
+    leaving: tuple[str, ...] = (),
     live: Emitter,
 ) -> _BridgeWiring:
     """Open storage until ``stack`` closes; the bridge part opens its MQTT connections."""
@@ -514,6 +538,7 @@ async def _wire_bridge(
         publisher_id=publisher_id,
         emitter=emitter,
         retiring=retiring,
+        leaving=leaving,
         live=live,
     )
 
@@ -558,6 +583,15 @@ def _live_stream(settings: Settings) -> LiveStream:
     return LiveStream(interval=settings.live_interval_ms / 1000)
 
 
+def _fan_in(settings: Settings) -> LiveRedisManager | None:
+    """Socket.IO's manager for `aoc serve`: through Redis whenever its bridge is in a group.
+
+    The other members of the group (`aoc up`'s AOC_BRIDGES, or `aoc bridge`
+    processes elsewhere) emit through Redis; alone, the bridge emits here.
+    """
+    return LiveRedisManager(settings.redis_url) if settings.resolved_share_group else None
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
     stop = stop or stop_on_signals()
@@ -571,10 +605,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             gate,
             cors_origins=settings.cors_origin_list,
             dashboard_port=settings.http_port,
-            # The other bridges `aoc up` runs (AOC_BRIDGES) emit through Redis.
-            client_manager=(
-                LiveRedisManager(settings.redis_url) if settings.bridges > 1 else None
-            ),
+            client_manager=_fan_in(settings),
             live=live,
         )
         wiring = _BridgeWiring(
@@ -666,19 +697,51 @@ async def run_bridge(settings: Settings) -> None:
 
 # How long a retiring bridge's sessions must stay empty before they are ended.
 RETIRE_QUIET_S = 3.0
+# How long `aoc bridge --retire` may take in all (its --timeout): past it, it
+# exits non-zero and leaves the sessions, and its spool, for another attempt.
+RETIRE_TIMEOUT_S = 600.0
+# How often a retiring bridge logs what its spool still holds.
+RETIRE_PROGRESS_S = 5.0
 
 
-async def retire_bridge(settings: Settings, *, quiet: float = RETIRE_QUIET_S) -> int:
+class RetireIncomplete(Exception):
+    """`aoc bridge --retire` could not finish: one line saying what is left, and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """What ``retire_bridge`` did."""
+
+    taken: int  # messages the sessions held, stored or dead-lettered
+    absent: list[str]  # client ids whose session the broker did not have (a mistyped id?)
+
+
+async def retire_bridge(
+    settings: Settings,
+    *,
+    quiet: float = RETIRE_QUIET_S,
+    timeout: float = RETIRE_TIMEOUT_S,
+    leaving: tuple[str, ...] = (),
+    stop: asyncio.Event | None = None,
+) -> Retired:
     """`aoc bridge --retire`: a member leaves its share group for good; the messages it took.
 
     Mosquitto queues a persistent member's share while it is away and gives
     its in-flight messages to no other member, so a member that is simply no
     longer started strands what its session holds. This one resumes both
-    sessions under ``AOC_MQTT_CLIENT_ID``, drops every subscription (nothing
-    new is routed to it), stores and acknowledges what the sessions held as
-    any bridge would, and once they stay empty for ``quiet`` seconds ends
-    them (a clean start): the broker then forgets the member.
+    sessions under ``AOC_MQTT_CLIENT_ID``, drops every subscription it can
+    know (plain, group ``aoc``, its own group and the groups ``leaving``: the
+    broker then routes it nothing new), stores and acknowledges what the
+    sessions held as any bridge would, waits until its object spool has
+    uploaded every image (a retired member never runs again to do it), and
+    then ends the sessions (a clean start): the broker forgets the member.
+
+    ``RetireIncomplete`` if that takes longer than ``timeout`` seconds or
+    ``stop`` (default: a signal) is set first: the sessions are then kept.
     """
+    own_stop = stop is None
+    stop = stop or stop_on_signals()
+    deadline = asyncio.get_running_loop().time() + timeout
     async with AsyncExitStack() as stack:
         wiring = await _wire_bridge(
             settings,
@@ -687,18 +750,31 @@ async def retire_bridge(settings: Settings, *, quiet: float = RETIRE_QUIET_S) ->
             emitter=(emitter := _redis_emitter(settings)),
             live=emitter,
             retiring=True,
+            leaving=leaving,
         )
         before = _received()
         try:
             async with wiring.start() as running:
+                absent = wiring.absent_sessions()
                 bridge = asyncio.ensure_future(running.run())
-                drained = asyncio.create_task(wiring.drained(quiet), name="retiring-drained")
+                done = asyncio.create_task(_retired(wiring, quiet), name="retiring-done")
+                stopped = asyncio.create_task(stop.wait(), name="retiring-stopped")
                 try:
-                    await asyncio.wait({bridge, drained}, return_when=asyncio.FIRST_COMPLETED)
+                    left = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait(
+                        {bridge, done, stopped},
+                        timeout=max(left, 0.0),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 finally:
-                    drained.cancel()
+                    done.cancel()
+                    stopped.cancel()
                     running.stop()
                     await bridge  # its failure, if it failed
+                if not done.done() or done.cancelled():
+                    raise RetireIncomplete(_unfinished(settings, wiring, stop, timeout))
+                if own_stop:
+                    _ignore_stops()
         except MqttError as exc:
             where = f"{setting(settings, 'mqtt_host')}, {setting(settings, 'mqtt_port')}"
             raise Unreachable(f"the MQTT broker at {where}", exc) from exc
@@ -709,7 +785,55 @@ async def retire_bridge(settings: Settings, *, quiet: float = RETIRE_QUIET_S) ->
     log.info(
         "retired the bridge sessions %s and %s", settings.mqtt_client_id, _snap_client_id(settings)
     )
-    return int(taken)
+    return Retired(int(taken), absent)
+
+
+def _ignore_stops() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP from now on, until the process exits.
+
+    What is left of a retirement once its sessions are drained and its spool
+    empty is quick; a stop arriving then (`aoc up` stopping) must not turn a
+    finished retirement into a failure, which the next start would redo.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.remove_signal_handler(sig)  # then the loop's closing leaves it alone
+        signal.signal(sig, signal.SIG_IGN)
+
+
+async def _retired(wiring: _BridgeWiring, quiet: float) -> None:
+    """Until the sessions are quiet and the spool has uploaded all it holds."""
+    await wiring.drained(quiet)
+    spool = wiring.objects
+    if not isinstance(spool, SpoolingObjectStore):
+        return
+    logged = -RETIRE_PROGRESS_S
+    while spool.pending:
+        now = time.monotonic()
+        if now - logged >= RETIRE_PROGRESS_S:  # progress, every few seconds
+            logged = now
+            log.info(
+                "retiring: %d object(s) (%d bytes) still in the spool %s, waiting for the "
+                "object store to take them",
+                spool.pending, spool.spooled_bytes, wiring.settings.resolved_spool_dir,
+            )
+        await asyncio.sleep(0.1)
+
+
+def _unfinished(
+    settings: Settings, wiring: _BridgeWiring, stop: asyncio.Event, timeout: float
+) -> str:
+    """Why a retirement did not finish: what is left, in one line."""
+    why = "stopped" if stop.is_set() else f"not done within {timeout:.0f}s"
+    spool = wiring.objects
+    if isinstance(spool, SpoolingObjectStore) and spool.pending:
+        left = (
+            f"{spool.pending} acknowledged image(s) still in its spool "
+            f"{settings.resolved_spool_dir} (the object store does not take them)"
+        )
+    else:
+        left = "its sessions still get or hold messages"
+    return f"{why}: {left}; its sessions are kept: run it again"
 
 
 def _received() -> float:

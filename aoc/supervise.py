@@ -93,6 +93,11 @@ class Child:
     env: dict[str, str] = field(default_factory=dict, repr=False)  # on top of os.environ
     # Run once after its first start (the broker's accounts), before the next child starts.
     after_start: Callable[[], Awaitable[object]] | None = field(default=None, repr=False)
+    # Run beside the supervision once every child has started, given `stopping`,
+    # which it must heed (retiring the bridges of an earlier start).
+    alongside: Callable[[asyncio.Event], Awaitable[object]] | None = field(
+        default=None, repr=False
+    )
     host: str = "127.0.0.1"  # where `port` is reached
     binds: list[Bind] = field(default_factory=list)  # must be free before it starts
     user: str | None = None  # run as this user (`aoc up` run as root), else as ours
@@ -343,8 +348,9 @@ async def plan(settings: Settings, borrowed: list[str] | None = None) -> list[Ch
         )
     )
     children += bridges(settings, serve_env)
-    # Once every bridge runs: those an earlier start ran beyond AOC_BRIDGES leave.
-    children[-1].after_start = lambda: retire_members(settings, serve_env)
+    # Once every bridge runs, beside the supervision (which restarts children
+    # meanwhile): those an earlier start ran beyond AOC_BRIDGES leave.
+    children[-1].alongside = lambda stopping: retire_members(settings, serve_env, stopping)
     return children
 
 
@@ -397,13 +403,22 @@ def _member_env(settings: Settings, serve_env: dict[str, str], n: int) -> dict[s
 MEMBERS_KEY = "bridge_members"
 
 
-async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
+# How long a retiring bridge gets to stop when `aoc up` stops (it finishes its batch).
+RETIRE_STOP_S = 20.0
+
+
+async def retire_members(
+    settings: Settings, serve_env: dict[str, str], stopping: asyncio.Event | None = None
+) -> None:
     """Retire the bridges an earlier `aoc up` ran beyond ``AOC_BRIDGES`` (`aoc bridge --retire`).
 
     Mosquitto keeps routing a member's share to its session while it is away:
     a member no longer started would strand it. Each is retired in turn (its
-    output is ours); one that fails is logged and tried again at the next start.
+    output is ours; each within ``lifecycle.RETIRE_TIMEOUT_S``); one that
+    fails is logged and tried again at the next start, and so is the one
+    ``stopping`` interrupts (its retirement gets SIGTERM and keeps its sessions).
     """
+    stopping = stopping or asyncio.Event()
     path = settings.resolved_credentials_file
     try:
         ran = credentials.load(path).data.get(MEMBERS_KEY, 1)
@@ -412,16 +427,15 @@ async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
         return
     ran = ran if isinstance(ran, int) else 1
     for n in range(settings.bridges, ran):
+        if stopping.is_set():
+            return
         env = _member_env(settings, serve_env, n)
         client_id = env["AOC_MQTT_CLIENT_ID"]
         log.info("retiring bridge %d (%s): AOC_BRIDGES is now %d", n, client_id, settings.bridges)
-        retire = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "aoc.cli", "bridge", "--retire"],
-            env={**os.environ, **env},
-            start_new_session=True,
-            preexec_fn=_parent_death_signal(os.getpid()),
-        )
-        code = await retire.wait()
+        code = await _retire_one(env, stopping)
+        if code is None:
+            log.info("retiring bridge %d stopped with aoc up: the next start tries again", n)
+            return
         if code != 0:
             log.error(
                 "retiring bridge %d failed (exit code %d): its session keeps what it holds; "
@@ -432,6 +446,45 @@ async def retire_members(settings: Settings, serve_env: dict[str, str]) -> None:
             return
     with credentials.editing(path) as creds:
         creds.data[MEMBERS_KEY] = settings.bridges
+
+
+async def _retire_one(env: dict[str, str], stopping: asyncio.Event) -> int | None:
+    """`aoc bridge --retire` in ``env``: its exit code, or None if ``stopping`` ended it."""
+    retire = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "aoc.cli", "bridge", "--retire"],
+        env={**os.environ, **env},
+        start_new_session=True,
+        preexec_fn=_parent_death_signal(os.getpid()),
+    )
+    exited = asyncio.ensure_future(retire.wait())
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if exited.done():
+        return exited.result()
+    with contextlib.suppress(ProcessLookupError):
+        retire.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(RETIRE_STOP_S):
+            code = await exited
+    except TimeoutError:
+        log.error("the retiring bridge did not stop in %.0fs; killing it", RETIRE_STOP_S)
+        with contextlib.suppress(ProcessLookupError):
+            retire.kill()
+        await exited
+        return None
+    return 0 if code == 0 else None  # 0: it had finished as the stop came
+
+
+async def _beside(child: Child, stopping: asyncio.Event) -> None:
+    """``child.alongside``; its failure is logged, never the supervision's end."""
+    assert child.alongside is not None
+    try:
+        await child.alongside(stopping)
+    except Exception:
+        log.exception("%s: the task beside it failed", child.name)
 
 
 def check_ports(children: list[Child]) -> None:
@@ -644,6 +697,9 @@ async def _supervise(
             group.create_task(_keep_alive(child, stopping, backoff()), name=f"keep-{child.name}")
             for child in children
         ]
+        for child in children:
+            if child.alongside is not None:
+                group.create_task(_beside(child, stopping), name=f"beside-{child.name}")
         await stopping.wait()
         # Stop the children here: each supervising task returns only once
         # its child has exited, and the task group waits for all of them.

@@ -19,8 +19,9 @@ messages.
 A filter is dropped only by its exact text, and a session's subscriptions
 cannot be listed: the forms dropped are the plain one and those of
 ``DEFAULT_SHARE_GROUP`` and of the configured group. A session that was in a
-group of another name keeps that subscription: retire it (README, "Several
-bridges") or keep the name.
+group of another name keeps that subscription: keep the name, or stop the
+member and retire it naming that group (``aoc bridge --retire --group NAME``;
+README, "Several bridges").
 """
 
 from __future__ import annotations

@@ -214,6 +214,7 @@ class MqttClient:
         self._last_error: str | None = None  # paho's last error text, the disconnect reason
         self._failure: BaseException | None = None  # why the last connect attempt failed
         self._last_activity = 0.0  # monotonic: the last message received, or CONNACK
+        self._session_present: bool | None = None  # the last CONNACK's flag
 
     def _make_paho(
         self,
@@ -304,6 +305,16 @@ class MqttClient:
     def last_activity(self) -> float:
         """When (``time.monotonic()``) the last message arrived, or else the session came up."""
         return self._last_activity
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id, which names the session."""
+        return self._client_id
+
+    @property
+    def session_present(self) -> bool | None:
+        """Whether the broker had this client id's session at the last CONNACK (None before)."""
+        return self._session_present
 
     @property
     def connected(self) -> bool:
@@ -634,6 +645,7 @@ class MqttClient:
             self._settle_handshake(MqttError(f"broker refused the connection: {reason}"))
             return
         self._last_activity = time.monotonic()
+        self._session_present = bool(flags.session_present)
         self._log.info(
             "MQTT connected to %s:%d as %s (session present: %s)",
             self._host, self._port, self._client_id, flags.session_present,

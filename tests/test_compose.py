@@ -393,22 +393,42 @@ def test_no_password_goes_on_a_command_line(config: dict[str, Any]) -> None:
         assert not any(secret in text for secret in SECRETS.values()), name
 
 
+def test_the_lone_bridge_subscribes_plainly(config: dict[str, Any]) -> None:
+    """Test that the default `bridge` is in no share group (Mosquitto forgets `$share/`
+    subscriptions at a restart; a lone member would lose what is published meanwhile)."""
+    env = config["services"]["bridge"]["environment"]
+    assert env["AOC_SHARE_GROUP"] == ""
+    settings = Settings(_env_file=None, share_group=env["AOC_SHARE_GROUP"])  # type: ignore[call-arg]
+    assert settings.resolved_share_group == ""
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The configuration with what .env sets to scale (README, Several bridges)."""
+    env = {**SECRETS, "COMPOSE_PROFILES": "scale", "AOC_SHARE_GROUP": "aoc"}
+    result = compose_config(tmp_path_factory.mktemp("scaled"), env)
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
+    return loaded
+
+
 def test_bridges_share_one_group_each_under_a_stable_id_of_its_own(
-    config: dict[str, Any],
+    scaled: dict[str, Any], config: dict[str, Any]
 ) -> None:
     """Test the scaled bridges: one share group, distinct stable client ids, their own spools.
 
     The second member is the first's service with its own id (the operator's,
     with ``-2``: stable across re-created containers, unlike a hostname) and
-    volume, started only with the ``scale`` profile.
+    volume, started only with the ``scale`` profile, and always in a group.
     """
-    services = config["services"]
+    services = scaled["services"]
     first, second = services["bridge"], services["bridge-2"]
     assert second["profiles"] == ["scale"] and "profiles" not in first
     assert first["command"] == second["command"] == ["bridge"]
     assert first["depends_on"] == second["depends_on"]
     envs = [first["environment"], second["environment"]]
     assert {env["AOC_SHARE_GROUP"] for env in envs} == {"aoc"}
+    assert config["services"]["bridge-2"]["environment"]["AOC_SHARE_GROUP"] == "aoc"
     assert [env["AOC_MQTT_CLIENT_ID"] for env in envs] == [
         SECRETS["AOC_MQTT_CLIENT_ID"], SECRETS["AOC_MQTT_CLIENT_ID"] + "-2"
     ]
@@ -416,4 +436,4 @@ def test_bridges_share_one_group_each_under_a_stable_id_of_its_own(
         k: v for k, v in envs[1].items() if k != "AOC_MQTT_CLIENT_ID"
     }
     spools = [{v.split(":")[0] for v in s["volumes"]} for s in (first, second)]
-    assert not spools[0] & spools[1] and spools[0] | spools[1] <= set(config["volumes"])
+    assert not spools[0] & spools[1] and spools[0] | spools[1] <= set(scaled["volumes"])

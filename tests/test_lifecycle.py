@@ -24,6 +24,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from aoc import cli, lifecycle
@@ -712,3 +713,45 @@ def test_a_hang_up_stops_each_process_cleanly(
         code = process.proc.wait(60)
     assert code == 0, process.log_tail()
     assert "stopping" in process.log_tail(50)
+
+
+async def test_serve_in_a_share_group_relays_the_emits_of_members_elsewhere(
+    mosquitto: services.Service, redis_url: str, tmp_path: Path
+) -> None:
+    """Test that `aoc serve` with AOC_SHARE_GROUP (and AOC_BRIDGES=1) relays what other
+    members (`aoc bridge` processes on other machines) emit through Redis."""
+    settings = serve_settings(tmp_path, mqtt_port=mosquitto.port, redis_url=redis_url)
+    settings = settings.model_copy(update={"share_group": "aoc"})
+    assert settings.bridges == 1
+    token = read_headers(settings)["Authorization"].removeprefix("Bearer ")
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    member = socketio.AsyncRedisManager(redis_url, write_only=True)  # another member's emitter
+    sio = socketio.AsyncClient(reconnection=False)
+    seen: list[str] = []
+    sio.on("data", handler=seen.append)
+    try:
+        ready = f"http://127.0.0.1:{settings.http_port}/readyz"
+
+        async def is_ready() -> bool:
+            answer = await get(ready)
+            return answer is not None and answer.status_code == 200
+
+        await until(is_ready, "aoc serve to be ready")
+        await sio.connect(
+            f"http://127.0.0.1:{settings.socketio_port}", auth={"token": token},
+            transports=["websocket"], wait_timeout=10,
+        )
+        assert await sio.call("room_join", "tracking", timeout=10) is None  # joined
+
+        async def relayed() -> bool:
+            await member.emit("data", "from a member elsewhere", room="tracking")
+            await asyncio.sleep(0.2)
+            return "from a member elsewhere" in seen
+
+        await until(relayed, "a member's emit through Redis")
+    finally:
+        await sio.disconnect()
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await serving

@@ -757,6 +757,41 @@ def test_the_broker_stays_root_only_where_its_user_cannot_reach(open_dir: Path) 
     assert broker_conf.broker_user(owned=[closed / "data"]) == ("mosquitto", None)
 
 
+async def test_a_task_beside_the_children_runs_while_they_are_supervised() -> None:
+    """Test ``Child.alongside`` (`aoc up` retiring old bridges): supervision does not wait
+    for it (a child that dies meanwhile is restarted), and it ends with `aoc up`'s stop."""
+    stopping = asyncio.Event()
+    child = supervise.Child("sleeper", ["sleep", "600"])
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def beside(stop: asyncio.Event) -> None:
+        started.set()
+        await stop.wait()  # a long retirement, until `aoc up` stops
+        ended.set()
+
+    child.alongside = beside
+    running = asyncio.create_task(
+        supervise.run([child], stopping, backoff=lambda: Backoff(first=0.05, cap=0.05))
+    )
+    try:
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        assert child.proc is not None
+        first = child.proc
+        first.kill()
+
+        async def restarted() -> bool:
+            return child.proc is not first and child.proc is not None and (
+                child.proc.returncode is None
+            )
+
+        await eventually(restarted, timeout=DEADLINE)
+        assert not ended.is_set()
+    finally:
+        stopping.set()
+        code = await asyncio.wait_for(running, DEADLINE)
+    assert code == 0 and ended.is_set()
+
+
 if __name__ == "__main__":
     _drive()
 
@@ -814,8 +849,8 @@ async def test_up_runs_several_bridges_on_one_group_and_restarts_each_under_its_
             transports=["websocket"], wait_timeout=10,
         )
         try:
-            await sio.emit("room_join", "tracking")
-            await asyncio.sleep(0.5)  # joined before the first point
+            # Joined before the first point: the acknowledgement comes once it is.
+            assert await sio.call("room_join", "tracking", timeout=DEADLINE) is None
             await _publish_points(ports["mqtt"], creds, devices, points)
             sent = len(devices) * points
             bodies = lambda: [b for b in seen if b.startswith("{")]  # noqa: E731 (not the acks)
@@ -844,11 +879,12 @@ async def test_up_runs_several_bridges_on_one_group_and_restarts_each_under_its_
     assert text.index("aoc-bridge-2 stopped") < text.index("aoc-serve stopped")
     assert not services.port_is_open(probes) and not services.port_is_open(probes + 1)
 
-    # Down to two: bridge 2 is retired before the stack is announced up.
+    # Down to two: bridge 2 is retired beside the running stack.
     env["AOC_BRIDGES"] = "2"
     with _running_up(env, log):
+        retired = f"retired bridge {base}-2:".encode()
+        _wait_for(lambda: retired in log.read_bytes(), 60, "bridge 2's retirement")
         text = log.read_text(errors="replace")
-        assert f"retired bridge {base}-2:" in text
         assert "aoc-bridge-2 started" not in text[text.index(f"retired bridge {base}-2:"):]
         await _publish_points(ports["mqtt"], creds, devices[:3], points, start=2 * points)
         await eventually(

@@ -11,22 +11,27 @@ device-time order (``tests.faults.devices.check_aggregates``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import fcntl
 import json
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
+import aiomqtt
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aoc import supervise
 from aoc.config import Settings
-from storage.base import AMBULANCES, TRACKINGS
+from storage.base import AMBULANCES, IMAGE_HISTORIES, TRACKINGS
 from tests import services
 from tests.faults.conftest import Rig
-from tests.faults.devices import Fleet, check_aggregates, point_id, wait_until
+from tests.faults.devices import T0_MS, Fleet, check_aggregates, point_id, wait_until
+from tests.images import TINY_JPEG
 
 pytestmark = pytest.mark.faults
 
@@ -200,3 +205,173 @@ async def test_aoc_up_retires_the_members_beyond_aoc_bridges(
     await supervise.retire_members(settings, {})
     await stored_exactly(rig, fleet, 300)
     assert json.loads(creds.read_text())["bridge_members"] == 2
+
+
+async def retire(service: services.Service, *args: str) -> tuple[int, str]:
+    """`aoc bridge --retire` of ``service``'s member: its exit code and output."""
+    service.workdir.mkdir(parents=True, exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aoc.cli", "bridge", "--retire", *args,
+        env={**os.environ, **service.env}, cwd=service.workdir,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_retire_waits_for_the_spool_and_fails_clearly_while_it_cannot_empty_it(
+    rig: Rig,
+) -> None:
+    """Test that a retired member leaves no acknowledged image in its spool.
+
+    A member with a dead object store stores and acknowledges a snapshot (its
+    images go to its spool) and is stopped. Retired while the store is still
+    dead, `aoc bridge --retire` says so in one line and exits 1 after its
+    --timeout, the spool intact; retired once the store answers, it uploads
+    the spool, then ends the sessions.
+    """
+    dead = services.free_port()  # nothing listens: the object store is down
+    spool = rig.workdir / "b" / "spool"
+    outage = dict(
+        AOC_OBJECTS_URL="s3://fake-bucket", AOC_S3_ENDPOINT_URL=f"http://127.0.0.1:{dead}",
+        AOC_S3_ACCESS_KEY="fake-key", AOC_S3_SECRET_KEY="fake-secret-0000",
+    )
+    b = rig.aoc(
+        "bridge", "b", AOC_MQTT_CLIENT_ID=f"{rig.client_id}-b", AOC_SHARE_GROUP=GROUP,
+        AOC_SPOOL_DIR=str(spool), **outage,
+    ).start()
+    async with aiomqtt.Client("127.0.0.1", rig.mosquitto.port, timeout=10) as device:
+        body = {"images": [{"name": "front.jpg", "data": base64.b64encode(TINY_JPEG).decode()}],
+                "ts": T0_MS}
+        await device.publish("aoc/RT01/snap", json.dumps(body), qos=1, timeout=10)
+    await wait_until(lambda: rig.count(IMAGE_HISTORIES) >= 1, timeout=30, what="snap stored")
+    b.stop()
+    assert len(list(spool.glob("*.spool"))) == 1  # acknowledged, only on the member's disk
+
+    code, output = await retire(b, "--timeout", "8")
+    assert code == 1, output
+    assert f"cannot retire bridge {rig.client_id}-b: not done within 8s: 1 acknowledged " \
+        f"image(s) still in its spool {spool}" in output, output
+    assert "retiring: 1 object(s)" in output  # progress in the log
+    assert len(list(spool.glob("*.spool"))) == 1
+
+    for name in outage:  # the object store answers again (a directory, here)
+        b.env.pop(name)
+    code, output = await retire(b)
+    assert code == 0, output
+    assert f"retired bridge {rig.client_id}-b: 0 queued message(s)" in output, output
+    assert not list(spool.glob("*.spool"))
+    [history] = await rig.documents(IMAGE_HISTORIES)
+    stored = list((rig.data_dir / "objects").rglob("*.jpg"))
+    assert [p.read_bytes() for p in stored] == [TINY_JPEG], (history, stored)
+
+
+async def test_retire_warns_when_the_broker_has_no_session_for_the_id(rig: Rig) -> None:
+    """Test that retiring an id the broker has no session for (a typo) says so, not "retired"."""
+    nobody = rig.aoc(
+        "bridge", "typo", AOC_MQTT_CLIENT_ID=f"{rig.client_id}-typo",
+        AOC_SPOOL_DIR=str(rig.workdir / "typo" / "spool"),
+    )
+    code, output = await retire(nobody)
+    assert code == 0, output
+    assert f"warning: the broker had no session for bridge {rig.client_id}-typo " \
+        "(session present: False)" in output, output
+    assert "retired bridge" not in output
+
+
+async def test_retire_leaves_a_group_the_member_joined_under_an_earlier_name(rig: Rig) -> None:
+    """Test `aoc bridge --retire --group OLD` after AOC_SHARE_GROUP changed from OLD.
+
+    The session still subscribed in the old group keeps getting its share of
+    a stream that never pauses, so it is never quiet: retire gives up after
+    its --timeout, saying so. Told the old name, it leaves that group too.
+    """
+    b = rig.aoc(
+        "bridge", "b", AOC_MQTT_CLIENT_ID=f"{rig.client_id}-b", AOC_SHARE_GROUP="old",
+        AOC_SPOOL_DIR=str(rig.workdir / "b" / "spool"),
+    ).start()
+    b.stop()
+    b.env["AOC_SHARE_GROUP"] = GROUP  # the name changed since
+    streaming = asyncio.Event()
+
+    async def stream() -> None:
+        async with aiomqtt.Client("127.0.0.1", rig.mosquitto.port, timeout=10) as device:
+            n = 0
+            while not streaming.is_set():
+                body = {"lat": 13.75, "lon": 100.5, "speed": 10.0, "ts": T0_MS + n * 1000}
+                await device.publish("aoc/OLD01/tracking", json.dumps(body), qos=1, timeout=10)
+                n += 1
+                await asyncio.sleep(0.2)
+
+    devices = asyncio.create_task(stream())
+    try:
+        code, output = await retire(b, "--timeout", "10")
+        assert code == 1, output
+        assert "not done within 10s: its sessions still get or hold messages" in output, output
+        code, output = await retire(b, "--group", "old", "--timeout", "60")
+        assert code == 0, output
+        assert f"retired bridge {rig.client_id}-b:" in output, output
+    finally:
+        streaming.set()
+        await devices
+
+
+def _locked(spool: Path) -> bool:
+    """Whether a process holds the spool's lock (a bridge, or a retirement, runs on it)."""
+    fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+async def test_aoc_up_stopping_stops_a_retirement_in_progress(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that `aoc up`'s stop ends the retirement it runs beside its children.
+
+    Member 2 holds an acknowledged image in its spool and the object store is
+    down, so its retirement would wait (up to its timeout). Once `aoc up`
+    stops, the retiring process gets SIGTERM and exits, keeping the spool
+    and the sessions, and the count of members is kept for the next start.
+    """
+    dead = services.free_port()
+    outage = dict(
+        AOC_OBJECTS_URL="s3://fake-bucket", AOC_S3_ENDPOINT_URL=f"http://127.0.0.1:{dead}",
+        AOC_S3_ACCESS_KEY="fake-key", AOC_S3_SECRET_KEY="fake-secret-0000",
+    )
+    spool = rig.data_dir / "spool-2"
+    stranded = rig.aoc(
+        "bridge", "member-2", AOC_MQTT_CLIENT_ID=f"{rig.client_id}-2", AOC_SHARE_GROUP=GROUP,
+        AOC_SPOOL_DIR=str(spool), **outage,
+    ).start()
+    async with aiomqtt.Client("127.0.0.1", rig.mosquitto.port, timeout=10) as device:
+        body = {"images": [{"name": "front.jpg", "data": base64.b64encode(TINY_JPEG).decode()}],
+                "ts": T0_MS}
+        await device.publish("aoc/RT02/snap", json.dumps(body), qos=1, timeout=10)
+    await wait_until(lambda: rig.count(IMAGE_HISTORIES) >= 1, timeout=30, what="snap stored")
+    stranded.stop()
+    creds = rig.workdir / "credentials.json"
+    creds.write_text(json.dumps({"bridge_members": 3}))
+    for name, value in stranded.env.items():
+        monkeypatch.setenv(name, value)  # the rig's broker, Redis and store; the dead S3
+    monkeypatch.delenv("AOC_SPOOL_DIR")  # `aoc up` names member 2's: spool-2 beside spool
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        bridges=2,
+        mqtt_client_id=rig.client_id,
+        credentials_file=creds,
+        data_dir=rig.data_dir,
+    )
+    stopping = asyncio.Event()
+    retiring = asyncio.create_task(supervise.retire_members(settings, {}, stopping))
+    await wait_until(lambda: _locked(spool), timeout=30, what="the retirement to run")
+    stopping.set()  # `aoc up` stops
+    await asyncio.wait_for(retiring, 60)
+    assert not _locked(spool)  # the retiring process is gone
+    assert len(list(spool.glob("*.spool"))) == 1
+    assert json.loads(creds.read_text())["bridge_members"] == 3  # the next start tries again
