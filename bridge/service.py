@@ -73,7 +73,7 @@ from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
 from bridge.live import feed as live_feed
 from bridge.live import feed_count as live_feed_count
-from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
+from bridge.messages import Crash, Parsed, Plan, Publish, Rejected, Snap
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
@@ -722,18 +722,60 @@ class Bridge:
         alerts = all(map(is_alert, plan.publishes))
         if not alerts and not channel.breaker.allow(len(plan.publishes)):
             return
-        sent = await asyncio.gather(
-            *(
-                channel.call(
-                    partial(self._publisher.publish, p.topic, p.payload, qos=p.qos, retain=p.retain)
+        if self._publisher.connected:
+            sent = await self._publish_at_once(plan.publishes)
+        else:  # each waits for the connection, within its timeout
+            sent = await asyncio.gather(
+                *(
+                    channel.call(
+                        partial(
+                            self._publisher.publish, p.topic, p.payload, qos=p.qos, retain=p.retain
+                        )
+                    )
+                    for p in plan.publishes
                 )
-                for p in plan.publishes
             )
-        )
         for publish, ok in zip(plan.publishes, sent, strict=True):
             if ok:
                 kind = publish.topic.rsplit("/", 1)[-1]
                 metrics.MESSAGES_REEMITTED.labels("mqtt", kind).inc()
+
+    async def _publish_at_once(self, publishes: Sequence[Publish]) -> list[bool]:
+        """Send ``publishes`` at once and wait for their acknowledgements, all within one timeout.
+
+        Each counts for the breaker as a ``Channel.call`` would: one state per
+        ambulance per batch made a task and two timeouts per publication most
+        of the cost of sending it (issue 11).
+        """
+        channel = self._mqtt_channel
+        futures: list[asyncio.Future[None] | None] = []
+        for p in publishes:
+            try:
+                futures.append(
+                    self._publisher.publish_started(p.topic, p.payload, qos=p.qos, retain=p.retain)
+                )
+            except Exception as exc:  # not connected any more, a refused topic...
+                channel.settled(exc)
+                futures.append(None)
+        waiting = [f for f in futures if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=channel.timeout)
+        late = [f for f in waiting if not f.done()]
+        if late:
+            self._publisher.forget(late)
+        sent: list[bool] = []
+        for future in futures:
+            if future is None:
+                sent.append(False)
+                continue
+            if not future.done():
+                future.cancel()
+                error: BaseException | None = TimeoutError("no acknowledgement in time")
+            else:
+                error = future.exception()
+            channel.settled(error)
+            sent.append(error is None)
+        return sent
 
     async def _update_cache(self, plan: Plan) -> None:
         """Write a plan's latest states to Redis (the ``cache`` channel)."""

@@ -55,7 +55,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -354,6 +354,32 @@ class MqttClient:
         finally:
             if mid is not None and self._pending.get(mid) is future:
                 del self._pending[mid]
+
+    def publish_started(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None]:
+        """Hand a message to the connection now; the future ends with its acknowledgement.
+
+        ``publish`` without its waits, for a caller sending many at once: one
+        coroutine, task and timeout per message cost more than sending it.
+        Raises ``MqttError`` when not connected (nothing is sent) or when the
+        client refuses the message, ``ValueError`` for an invalid topic or QoS.
+        The caller bounds the wait, then calls ``forget`` with the futures.
+        """
+        if self._loop is None or self._closing or not self._connected.is_set():
+            raise MqttError("the MQTT client is not connected")
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending[info.mid] = future
+        return future
+
+    def forget(self, futures: Iterable[asyncio.Future[None]]) -> None:
+        """Stop waiting for these ``publish_started`` acknowledgements (timed out or done)."""
+        gone = {id(future) for future in futures}
+        for mid in [mid for mid, future in self._pending.items() if id(future) in gone]:
+            del self._pending[mid]
 
     async def messages(self) -> AsyncIterator[Message]:
         """Received messages in broker order; ends once the client is closed and drained."""

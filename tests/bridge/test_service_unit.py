@@ -108,6 +108,8 @@ class FakeMqtt:
         self.published: list[str] = []
         self.publish_gate: asyncio.Event | None = None
         self.publishing = 0  # publishes waiting at the gate
+        # Never "connected": the bridge then sends each state with ``publish`` (the gate's).
+        self.connected = False
 
     def feed(self, topic: str, payload: bytes, *, dup: bool = False) -> Message:
         self._mid += 1

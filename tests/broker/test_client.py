@@ -120,6 +120,39 @@ async def test_publish_qos1_returns_after_puback_and_subscriber_receives_bytes_i
                               mid=message.mid, dup=False)
 
 
+async def test_publish_started_sends_at_once_and_each_future_ends_with_its_puback(
+    mosquitto: services.Service, prefix: str
+) -> None:
+    """Test that publish_started sends many messages without waiting, and each future settles."""
+    topics = [f"{prefix}/state/{n}" for n in range(50)]
+    async with client(mosquitto, f"{prefix}-sub", f"{prefix}/state/+") as sub, client(
+        mosquitto, f"{prefix}-pub", clean_session=True
+    ) as pub:
+        futures = [pub.publish_started(t, t.encode(), qos=1, retain=True) for t in topics]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*futures)
+        received = await take(sub, len(topics))
+        pub.forget(futures)  # all done: nothing left to forget, and no error
+        for topic in topics:
+            await pub.publish(topic, b"", qos=1, retain=True)  # clear the retained messages
+    assert sorted(m.payload.decode() for m in received) == sorted(topics)
+    assert all(f.done() and f.exception() is None for f in futures)
+
+
+async def test_publish_started_refuses_while_disconnected(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Test that publish_started raises MqttError at once, sending nothing, when not connected."""
+    with services.mosquitto(tmp_path) as broker:
+        async with client(broker, f"{prefix}-pub", clean_session=True) as pub:
+            broker.stop()
+            async with asyncio.timeout(5):
+                while pub.connected:  # noqa: ASYNC110 (the API has no wait-for-disconnect)
+                    await asyncio.sleep(0.01)
+            with pytest.raises(MqttError, match="not connected"):
+                pub.publish_started(f"{prefix}/x", b"lost")
+
+
 async def test_str_payload_and_qos0_publish(mosquitto: services.Service, prefix: str) -> None:
     """Test that a str payload is sent as UTF-8 and a QoS 0 publish returns once written."""
     topic = f"{prefix}/text"
