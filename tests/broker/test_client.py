@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import Message, MqttClient, MqttError
+from broker.client import _Paho
 from tests import services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -482,3 +484,36 @@ async def test_a_paused_consumer_keeps_its_connection(
             await take(sub, 1, seconds=1.5)  # nothing comes again
     assert [m.payload for m in received] == payloads
     assert not any(m.dup for m in received)
+
+
+def test_paho_reads_many_packets_from_one_recv() -> None:
+    """Test that paho's small reads are served from one recv() of what the socket holds."""
+    class Counting:
+        """A socket end that counts its recv() calls."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.calls = sock, 0
+
+        def recv(self, size: int) -> bytes:
+            self.calls += 1
+            return self.sock.recv(size)
+
+        def close(self) -> None:
+            """paho closes its socket when collected: the ``with`` below closes this one."""
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        paho_client = _Paho(CallbackAPIVersion.VERSION2, client_id="dummy-reader")
+        counting = Counting(ours)
+        paho_client._sock = counting  # type: ignore[assignment]
+        sent = bytes(range(200)) * 3
+        theirs.sendall(sent)
+        time.sleep(0.05)  # let the bytes cross the socket pair (not a timed assertion)
+        got = b""
+        while paho_client.buffered() or not got:
+            got += paho_client._sock_recv(1 if len(got) % 3 else 7)
+        assert got == sent
+        assert counting.calls == 1
+        with pytest.raises(BlockingIOError):
+            paho_client._sock_recv(1)  # all read: the socket is asked again, and has nothing
