@@ -230,13 +230,28 @@ class Channel:
             async with asyncio.timeout(self._timeout):
                 await send()
         except Exception as exc:  # best effort: nothing of it may stop ingestion
-            metrics.FANOUT_FAILURES.labels(self.name).inc()
-            self.last_error = exc
-            self._log.debug("fan-out to %s failed: %r", self.name, exc)
-            self.breaker.failure(exc)
+            self.settled(exc)
             return False
-        self.breaker.success()
+        self.settled(None)
         return True
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call has."""
+        return self._timeout
+
+    def settled(self, error: BaseException | None) -> None:
+        """Count one call made without ``call`` (its own timeout): None if it succeeded.
+
+        For a channel sending many calls at once under one wait (``Bridge._publish``).
+        """
+        if error is None:
+            self.breaker.success()
+            return
+        metrics.FANOUT_FAILURES.labels(self.name).inc()
+        self.last_error = error
+        self._log.debug("fan-out to %s failed: %r", self.name, error)
+        self.breaker.failure(error)
 
     async def run(self) -> None:
         """Send queued plans in order, alerts first, until closed and drained (or out of time)."""

@@ -73,7 +73,7 @@ from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
 from bridge.fanout import Breaker, Channel, is_alert
 from bridge.live import feed as live_feed
 from bridge.live import feed_count as live_feed_count
-from bridge.messages import Crash, Parsed, Plan, Rejected, Snap
+from bridge.messages import Crash, Parsed, Plan, Publish, Rejected, Snap
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
@@ -693,14 +693,35 @@ class Bridge:
         """Send a plan's Socket.IO emissions, in order (the ``socketio`` channel)."""
         assert self._emitter is not None
         channel, emitter = self._socketio_channel, self._emitter
-        for n, emit in enumerate(plan.emits):
-            # A crash alert is tried even while the breaker is open: it costs at
-            # most one timeout, on this channel's own task, and may get through.
-            if not is_alert(emit) and not channel.breaker.allow(len(plan.emits) - n):
-                return  # the rest of the plan is skipped (and counted) too
-            if await channel.call(partial(emitter.emit, emit.event, emit.data, room=emit.room)):
-                kind = metrics.emit_kind(emit.room)
-                metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
+        emits, loop = plan.emits, asyncio.get_running_loop()
+        n = 0
+        # Each emission has the channel's timeout, as with ``Channel.call``, but
+        # one timeout scope serves them all, moved on before each: a scope per
+        # emission (two per tracking point) was a sixth of sending it (issue 11).
+        # When it fires, the emission in hand counts as failed and a new scope
+        # takes the rest.
+        while n < len(emits):
+            try:
+                async with asyncio.timeout(None) as scope:
+                    while n < len(emits):
+                        emit = emits[n]
+                        # A crash alert is tried even while the breaker is open: it
+                        # costs at most one timeout, on this channel's own task, and
+                        # may get through.
+                        if not is_alert(emit) and not channel.breaker.allow(len(emits) - n):
+                            return  # the rest of the plan is skipped (and counted) too
+                        n += 1
+                        scope.reschedule(loop.time() + channel.timeout)
+                        try:
+                            await emitter.emit(emit.event, emit.data, room=emit.room)
+                        except Exception as exc:  # best effort: nothing may stop ingestion
+                            channel.settled(exc)
+                            continue
+                        channel.settled(None)
+                        kind = metrics.emit_kind(emit.room)
+                        metrics.MESSAGES_REEMITTED.labels("socketio", kind).inc()
+            except TimeoutError as exc:
+                channel.settled(exc)  # emission n - 1 ran out of time
 
     async def _send_live(self, plan: Plan) -> None:
         """Send a plan's live-stream feed (the ``live`` channel): its states, then its alerts."""
@@ -722,18 +743,60 @@ class Bridge:
         alerts = all(map(is_alert, plan.publishes))
         if not alerts and not channel.breaker.allow(len(plan.publishes)):
             return
-        sent = await asyncio.gather(
-            *(
-                channel.call(
-                    partial(self._publisher.publish, p.topic, p.payload, qos=p.qos, retain=p.retain)
+        if self._publisher.connected:
+            sent = await self._publish_at_once(plan.publishes)
+        else:  # each waits for the connection, within its timeout
+            sent = await asyncio.gather(
+                *(
+                    channel.call(
+                        partial(
+                            self._publisher.publish, p.topic, p.payload, qos=p.qos, retain=p.retain
+                        )
+                    )
+                    for p in plan.publishes
                 )
-                for p in plan.publishes
             )
-        )
         for publish, ok in zip(plan.publishes, sent, strict=True):
             if ok:
                 kind = publish.topic.rsplit("/", 1)[-1]
                 metrics.MESSAGES_REEMITTED.labels("mqtt", kind).inc()
+
+    async def _publish_at_once(self, publishes: Sequence[Publish]) -> list[bool]:
+        """Send ``publishes`` at once and wait for their acknowledgements, all within one timeout.
+
+        Each counts for the breaker as a ``Channel.call`` would: one state per
+        ambulance per batch made a task and two timeouts per publication most
+        of the cost of sending it (issue 11).
+        """
+        channel = self._mqtt_channel
+        futures: list[asyncio.Future[None] | None] = []
+        for p in publishes:
+            try:
+                futures.append(
+                    self._publisher.publish_started(p.topic, p.payload, qos=p.qos, retain=p.retain)
+                )
+            except Exception as exc:  # not connected any more, a refused topic...
+                channel.settled(exc)
+                futures.append(None)
+        waiting = [f for f in futures if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=channel.timeout)
+        late = [f for f in waiting if not f.done()]
+        if late:
+            self._publisher.forget(late)
+        sent: list[bool] = []
+        for future in futures:
+            if future is None:
+                sent.append(False)
+                continue
+            if not future.done():
+                future.cancel()
+                error: BaseException | None = TimeoutError("no acknowledgement in time")
+            else:
+                error = future.exception()
+            channel.settled(error)
+            sent.append(error is None)
+        return sent
 
     async def _update_cache(self, plan: Plan) -> None:
         """Write a plan's latest states to Redis (the ``cache`` channel)."""

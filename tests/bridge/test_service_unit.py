@@ -108,6 +108,8 @@ class FakeMqtt:
         self.published: list[str] = []
         self.publish_gate: asyncio.Event | None = None
         self.publishing = 0  # publishes waiting at the gate
+        # Never "connected": the bridge then sends each state with ``publish`` (the gate's).
+        self.connected = False
 
     def feed(self, topic: str, payload: bytes, *, dup: bool = False) -> Message:
         self._mid += 1
@@ -447,6 +449,36 @@ async def test_hanging_fan_out_never_delays_the_next_acknowledgement(
         state = await cache.get(AID)
         assert state is not None
         assert state["covered_distance"] == pytest.approx(distance(0, 1))
+
+
+class FirstHangsEmitter(GatedEmitter):
+    """An emitter whose first emission hangs for good; the others go through at once."""
+
+    async def emit(self, event: str, data: str, *, room: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await super().emit(event, data, room=room)
+        self.emitted.append(room)
+
+
+async def test_an_emission_out_of_time_fails_alone_and_the_rest_of_its_plan_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Test that each emission has its own timeout: one hanging costs it, not its plan's next."""
+    emitter = FirstHangsEmitter()
+    failures = metrics.REGISTRY.get_sample_value(
+        "aoc_fanout_failures_total", {"channel": "socketio"}
+    ) or 0.0
+    options: dict[str, Any] = {"batch_size": 1, "fan_out_timeout": 0.2}
+    async with running(tmp_path, emitter=emitter, **options) as rig:
+        rig.feed(0)
+        await until(lambda: emitter.emitted == ["tracking"], "the plan's next emission sent")
+        rig.feed(1)
+        await until(lambda: len(emitter.emitted) == 3, "the next plan sent")
+    assert emitter.emitted == ["tracking", AID, "tracking"]
+    assert metrics.REGISTRY.get_sample_value(
+        "aoc_fanout_failures_total", {"channel": "socketio"}
+    ) == failures + 1
 
 
 async def test_a_full_fan_out_queue_drops_its_oldest_and_the_cache_heals(

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import Message, MqttClient, MqttError
+from broker.client import _Paho
 from tests import services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +120,39 @@ async def test_publish_qos1_returns_after_puback_and_subscriber_receives_bytes_i
     assert retained.payload == payload and retained.retain
     assert message == Message(topic=topic, payload=payload, qos=1, retain=False,
                               mid=message.mid, dup=False)
+
+
+async def test_publish_started_sends_at_once_and_each_future_ends_with_its_puback(
+    mosquitto: services.Service, prefix: str
+) -> None:
+    """Test that publish_started sends many messages without waiting, and each future settles."""
+    topics = [f"{prefix}/state/{n}" for n in range(50)]
+    async with client(mosquitto, f"{prefix}-sub", f"{prefix}/state/+") as sub, client(
+        mosquitto, f"{prefix}-pub", clean_session=True
+    ) as pub:
+        futures = [pub.publish_started(t, t.encode(), qos=1, retain=True) for t in topics]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*futures)
+        received = await take(sub, len(topics))
+        pub.forget(futures)  # all done: nothing left to forget, and no error
+        for topic in topics:
+            await pub.publish(topic, b"", qos=1, retain=True)  # clear the retained messages
+    assert sorted(m.payload.decode() for m in received) == sorted(topics)
+    assert all(f.done() and f.exception() is None for f in futures)
+
+
+async def test_publish_started_refuses_while_disconnected(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Test that publish_started raises MqttError at once, sending nothing, when not connected."""
+    with services.mosquitto(tmp_path) as broker:
+        async with client(broker, f"{prefix}-pub", clean_session=True) as pub:
+            broker.stop()
+            async with asyncio.timeout(5):
+                while pub.connected:  # noqa: ASYNC110 (the API has no wait-for-disconnect)
+                    await asyncio.sleep(0.01)
+            with pytest.raises(MqttError, match="not connected"):
+                pub.publish_started(f"{prefix}/x", b"lost")
 
 
 async def test_str_payload_and_qos0_publish(mosquitto: services.Service, prefix: str) -> None:
@@ -449,3 +484,36 @@ async def test_a_paused_consumer_keeps_its_connection(
             await take(sub, 1, seconds=1.5)  # nothing comes again
     assert [m.payload for m in received] == payloads
     assert not any(m.dup for m in received)
+
+
+def test_paho_reads_many_packets_from_one_recv() -> None:
+    """Test that paho's small reads are served from one recv() of what the socket holds."""
+    class Counting:
+        """A socket end that counts its recv() calls."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.calls = sock, 0
+
+        def recv(self, size: int) -> bytes:
+            self.calls += 1
+            return self.sock.recv(size)
+
+        def close(self) -> None:
+            """paho closes its socket when collected: the ``with`` below closes this one."""
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        paho_client = _Paho(CallbackAPIVersion.VERSION2, client_id="dummy-reader")
+        counting = Counting(ours)
+        paho_client._sock = counting  # type: ignore[assignment]
+        sent = bytes(range(200)) * 3
+        theirs.sendall(sent)
+        time.sleep(0.05)  # let the bytes cross the socket pair (not a timed assertion)
+        got = b""
+        while paho_client.buffered() or not got:
+            got += paho_client._sock_recv(1 if len(got) % 3 else 7)
+        assert got == sent
+        assert counting.calls == 1
+        with pytest.raises(BlockingIOError):
+            paho_client._sock_recv(1)  # all read: the socket is asked again, and has nothing
