@@ -65,7 +65,7 @@ def check(result: list[Any]) -> None:
     assert latest[first]["state"] == "RED" and latest[second]["state"] == "ORANGE"
     assert set(latest[first]) == {
         "ambulance_id", "location", "speed", "heading", "state", "last_seen", "online",
-        "covered_distance", "avg_speed", "estimated_time",
+        "covered_distance", "avg_speed", "estimated_time", "version",
     }
     for event in events:  # each ambulance at most once per interval
         names = [s["ambulance_id"] for s in event["states"]]
