@@ -20,14 +20,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.share import new_processor
 from bench.stats import median
 from bridge import contract
 from bridge.contract import Kind
 from bridge.messages import Parsed
-from bridge.processor import Processor
-from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
-from storage.base import AMBULANCES, DocumentStore, ObjectStore
+from storage.base import AMBULANCES
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
 
@@ -63,7 +62,7 @@ async def _timed(items: list[Parsed], size: int, tmp: Path, name: str) -> tuple[
         SQLiteDocumentStore(tmp / f"{name}.sqlite3") as store,
         LocalObjectStore(tmp / "objects") as objects,
     ):
-        processor = _processor(store, objects)
+        processor = new_processor(store, objects)
         started = time.perf_counter()
         for n in range(0, len(items), size):
             plan = await processor.plan(items[n : n + size])
@@ -72,17 +71,6 @@ async def _timed(items: list[Parsed], size: int, tmp: Path, name: str) -> tuple[
         took = time.perf_counter() - started
         state = await store.get(AMBULANCES, "L000000") or {}
     return took, float(state.get("covered_distance", 0.0))
-
-
-def _processor(store: DocumentStore, objects: ObjectStore) -> Processor:
-    return Processor(
-        store=store,
-        objects=objects,
-        rules=SpeedRules(),
-        crash_dedup_s=60,
-        maps_key=None,
-        dead_letter_payload_bytes=4096,
-    )
 
 
 async def late_bench(

@@ -65,7 +65,8 @@ def _stream(points: int, batch_size: int, rng: random.Random) -> list[list[Parse
     return batches
 
 
-def _processor(store: DocumentStore, objects: ObjectStore) -> Processor:
+def new_processor(store: DocumentStore, objects: ObjectStore) -> Processor:
+    """A processor with the default rules, as the benchmarks drive it (no broker)."""
     return Processor(
         store=store,
         objects=objects,
@@ -88,7 +89,7 @@ async def _left(store: DocumentStore) -> dict[str, Any]:
 async def _alone(
     store: DocumentStore, objects: ObjectStore, batches: Sequence[list[Parsed]]
 ) -> dict[str, Any]:
-    processor = _processor(store, objects)
+    processor = new_processor(store, objects)
     for batch in batches:
         plan = await processor.plan(batch)
         await store.apply(plan.writes)
@@ -103,7 +104,7 @@ async def _shared(
     rng: random.Random,
 ) -> tuple[dict[str, Any], int]:
     """Two processors taking batches in a random order, often planned at once."""
-    processors = [_processor(store, objects), _processor(store, objects)]
+    processors = [new_processor(store, objects), new_processor(store, objects)]
     conflicts = 0
 
     async def store_batch(processor: Processor, batch: list[Parsed], plan: Any = None) -> None:
