@@ -71,7 +71,8 @@ async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
             snaps = await find(stack, IMAGE_HISTORIES, AID)
             return len(await find(stack, TRACKINGS, AID)) == 2 and len(snaps) == 1
 
-        await eventually(stored_all)
+        # Generous: the first snapshot waits for a decoder process to start (slow under load).
+        await eventually(stored_all, timeout=30.0)
 
         async def replays_refused() -> bool:
             # This process's own count: its replays were taken (as dead letters, or dupes).
