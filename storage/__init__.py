@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from storage.base import (
+    ALARMS,
     AMBULANCES,
     API_TOKENS,
     AUDIT,
     COLLECTIONS,
     CRASHES,
     DEAD_LETTERS,
+    EVENTS,
     IMAGE_HISTORIES,
     IMAGES,
+    PLACES,
     SPEED_VIOLATIONS,
     TIME_FIELDS,
     TRACKINGS,
@@ -48,14 +51,17 @@ if TYPE_CHECKING:
     from storage.sqlite import SQLiteDocumentStore
 
 __all__ = [
+    "ALARMS",
     "AMBULANCES",
     "API_TOKENS",
     "AUDIT",
     "COLLECTIONS",
     "CRASHES",
     "DEAD_LETTERS",
+    "EVENTS",
     "IMAGES",
     "IMAGE_HISTORIES",
+    "PLACES",
     "SPEED_VIOLATIONS",
     "TIME_FIELDS",
     "TRACKINGS",

@@ -37,6 +37,11 @@ DEAD_LETTERS = "dead_letters"
 AUDIT = "audit"
 # HTTP and Socket.IO tokens, by the hash of the secret (never the secret).
 API_TOKENS = "api_tokens"
+# Dispatch (``bridge.places``, ``bridge.dispatch``): named areas, what ambulances
+# did at them (enter, exit, arrival), and alarms with their lifecycle.
+PLACES = "places"
+EVENTS = "events"
+ALARMS = "alarms"
 
 # The time field each collection is indexed and range-queried on.
 TIME_FIELDS: Mapping[str, str] = {
@@ -49,6 +54,9 @@ TIME_FIELDS: Mapping[str, str] = {
     DEAD_LETTERS: "received_at",
     AUDIT: "at",
     API_TOKENS: "created_at",
+    PLACES: "updated_at",
+    EVENTS: "at",
+    ALARMS: "opened_at",
 }
 COLLECTIONS: tuple[str, ...] = tuple(TIME_FIELDS)
 SCAN_PAGE = 1000  # documents per read of a whole-collection scan
