@@ -30,6 +30,13 @@ publishes under ``legacy/``, a root the broker lets only its account write
 ``legacy/<id>/<kind>`` is what the same message on ``aoc/<id>/<kind>`` is.
 The bridge subscribes to both roots (``bridge_filters``), on persistent
 sessions that renew their subscriptions at every connection.
+
+The dispatch root: a dispatcher's commands (an ambulance's destination, an
+alarm's acknowledgement or resolution) come from the HTTP API, which
+publishes them under ``dispatch/<ambulance id>/<kind>`` (``destination``,
+``alarm``). Only the API's account may write that root. They reach the bridge
+on its main lane, so that one writer, in order with the ambulance's points,
+moves its state, its alarms and its events (``bridge.dispatch``).
 """
 
 from __future__ import annotations
@@ -38,12 +45,17 @@ import re
 from enum import StrEnum
 
 __all__ = [
+    "ALARMS_ROOM",
     "AMBULANCE_ID",
     "BRIDGE_KINDS",
     "CRASH_NOTIFY_PREFIX",
     "CRASH_ROOM",
     "DEVICE_KINDS",
+    "DISPATCH_KINDS",
+    "DISPATCH_PREFIX",
+    "DISPATCH_ROOMS",
     "EVENT",
+    "EVENTS_ROOM",
     "JOIN_EVENT",
     "LEAVE_EVENT",
     "LEGACY_KINDS",
@@ -69,6 +81,8 @@ __all__ = [
     "consumed_kinds",
     "crash_notify_room",
     "device_kind",
+    "dispatch_topic",
+    "is_dispatch_topic",
     "is_legacy_topic",
     "legacy_subscription",
     "legacy_topic",
@@ -113,6 +127,8 @@ PREFIX = "aoc"
 # the one account allowed to send legacy bodies gets a root that only it may
 # publish to (the broker's ACLs), and a legacy body anywhere else is refused.
 LEGACY_PREFIX = "legacy"
+# The HTTP API's dispatch commands (see the module doc): only its account writes here.
+DISPATCH_PREFIX = "dispatch"
 # MQTT shared subscriptions: ``$share/<group>/<filter>`` delivers each message
 # to one subscriber of the group (several bridges taking turns on the stream).
 SHARE_PREFIX = "$share"
@@ -126,7 +142,9 @@ class Kind(StrEnum):
     CRASH = "crash"
     STATUS = "status"  # retained, and the device's Last Will
     STATE = "state"  # retained latest state, published by the bridge
-    ALERT = "alert"  # a broadcast crash record, published by the bridge
+    ALERT = "alert"  # a broadcast crash record or an alarm, published by the bridge
+    DESTINATION = "destination"  # a dispatcher sets or clears a destination (the API)
+    ALARM = "alarm"  # a dispatcher acknowledges or resolves an alarm (the API)
 
 
 # What devices publish (and the bridge subscribes to), and what the bridge publishes.
@@ -135,8 +153,10 @@ BRIDGE_KINDS = (Kind.STATE, Kind.ALERT)
 # What the legacy shim publishes under LEGACY_PREFIX: the legacy HTTP
 # endpoints' messages (legacy devices have no status and no Last Will).
 LEGACY_KINDS = (Kind.TRACKING, Kind.SNAP, Kind.CRASH)
+# What the HTTP API publishes under DISPATCH_PREFIX.
+DISPATCH_KINDS = (Kind.DESTINATION, Kind.ALARM)
 # The roots the bridge consumes, and the kinds each may carry.
-_CONSUMED = {PREFIX: DEVICE_KINDS, LEGACY_PREFIX: LEGACY_KINDS}
+_CONSUMED = {PREFIX: DEVICE_KINDS, LEGACY_PREFIX: LEGACY_KINDS, DISPATCH_PREFIX: DISPATCH_KINDS}
 
 
 def topic(ambulance_id: str, kind: Kind) -> str:
@@ -159,6 +179,13 @@ def legacy_topic(ambulance_id: str, kind: Kind) -> str:
     return f"{LEGACY_PREFIX}/{ambulance_id}/{kind}"
 
 
+def dispatch_topic(ambulance_id: str, kind: Kind) -> str:
+    """The topic of a dispatch command about one ambulance: ``dispatch/<id>/<kind>``."""
+    if kind not in DISPATCH_KINDS:
+        raise ValueError(f"there are no {kind} dispatch commands")
+    return f"{DISPATCH_PREFIX}/{ambulance_id}/{kind}"
+
+
 def subscription(kind: Kind) -> str:
     """The topic filter of ``kind`` messages of every ambulance: ``aoc/+/<kind>``."""
     return f"{PREFIX}/+/{kind}"
@@ -175,6 +202,8 @@ def bridge_filters(kind: Kind) -> tuple[str, ...]:
     The devices' ``aoc/+/<kind>`` and, for the kinds the legacy shim sends,
     its ``legacy/+/<kind>``: the two roots of one kind go to the same lane.
     """
+    if kind in DISPATCH_KINDS:
+        return (f"{DISPATCH_PREFIX}/+/{kind}",)
     if kind not in DEVICE_KINDS:
         raise ValueError(f"devices publish no {kind} messages")
     if kind in LEGACY_KINDS:
@@ -191,6 +220,11 @@ def shared_subscription(group: str, topic_filter: str) -> str:
     if not group or any(char in group for char in "/+#"):
         raise ValueError(f"a share group is one topic level without wildcards, got {group!r}")
     return f"{SHARE_PREFIX}/{group}/{topic_filter}"
+
+
+def is_dispatch_topic(value: str) -> bool:
+    """Whether ``value`` is under the API's dispatch root (``dispatch/...``)."""
+    return value.split("/", 1)[0] == DISPATCH_PREFIX
 
 
 def is_legacy_topic(value: str) -> bool:
@@ -213,7 +247,7 @@ def parse_topic(value: str) -> tuple[str, Kind] | None:
         kind = Kind(parts[2])
     except ValueError:
         return None
-    if parts[0] == LEGACY_PREFIX and kind not in LEGACY_KINDS:
+    if parts[0] != PREFIX and kind not in _CONSUMED[parts[0]]:
         return None
     return parts[1], kind
 
@@ -240,7 +274,9 @@ def device_kind(value: str) -> Kind | None:
 
 
 def topic_ambulance_id(value: str) -> str | None:
-    """The valid ambulance id in ``aoc/<id>/...`` or ``legacy/<id>/...``, else None.
+    """The valid ambulance id in ``aoc/<id>/...``, ``legacy/<id>/...`` or ``dispatch/<id>/...``.
+
+    None when there is none.
 
     For dead-letter records and rate limits: the legacy shim's messages of an
     ambulance count as that ambulance's.
@@ -262,6 +298,12 @@ SNAP_ROOM = "snap"  # every snapshot
 CRASH_ROOM = "crash"  # every crash alert's body
 CRASH_NOTIFY_PREFIX = "CRASH_NOTIFY_"  # + ambulance id: that ambulance's crash records
 SHARED_ROOMS = (TRACKING_ROOM, SNAP_ROOM, CRASH_ROOM)
+# New dashboards' dispatch rooms (docs/socketio.md): alarms as they open and
+# move through their lifecycle, and enter/exit/arrival events. Event ``data``
+# too, with a JSON string; names no ambulance may take either.
+ALARMS_ROOM = "alarms"
+EVENTS_ROOM = "events"
+DISPATCH_ROOMS = (ALARMS_ROOM, EVENTS_ROOM)
 
 
 def ambulance_room(ambulance_id: str) -> str:
@@ -277,7 +319,7 @@ def crash_notify_room(ambulance_id: str) -> str:
 def reserved_reason(ambulance_id: str) -> str | None:
     """Why ``ambulance_id`` may not be an ambulance's id (it names a shared room), or None."""
     folded = ambulance_id.casefold()
-    if folded in SHARED_ROOMS:
+    if folded in SHARED_ROOMS or folded in DISPATCH_ROOMS:
         return f"{ambulance_id!r} is reserved: it is the name of the shared room {folded!r}"
     if folded.startswith(CRASH_NOTIFY_PREFIX.casefold()):
         return f"{ambulance_id!r} is reserved: {CRASH_NOTIFY_PREFIX}<id> rooms carry crash records"
@@ -290,6 +332,8 @@ def room_kind(room: str) -> Kind:
         return Kind.SNAP
     if room == CRASH_ROOM or room.startswith(CRASH_NOTIFY_PREFIX):
         return Kind.CRASH
+    if room in DISPATCH_ROOMS:
+        return Kind.ALERT  # alarms and events: rare, and sent before the rest
     return Kind.TRACKING  # the shared tracking room and an ambulance's own room
 
 

@@ -45,9 +45,12 @@ from bridge.public import ID
 
 
 def is_alert(send: Emit | Publish) -> bool:
-    """Whether an emission or publication carries a crash alert (never dropped by a queue)."""
+    """Whether an emission or publication carries an alert: a crash, an alarm, an event.
+
+    Never dropped by a queue, and sent first.
+    """
     if isinstance(send, Emit):
-        return room_kind(send.room) == Kind.CRASH
+        return room_kind(send.room) in (Kind.CRASH, Kind.ALERT)
     return send.topic.rpartition("/")[2] == Kind.ALERT  # the kind: ``topic``'s last level
 
 

@@ -42,12 +42,12 @@ DEFAULT_SHARE_GROUP = "aoc"
 
 # The main lane's kinds, and the snapshot lane's (a connection of its own, so
 # that a tracking point never waits behind megabytes of images).
-MAIN_KINDS = (Kind.TRACKING, Kind.CRASH, Kind.STATUS)
+MAIN_KINDS = (Kind.TRACKING, Kind.CRASH, Kind.STATUS, Kind.DESTINATION, Kind.ALARM)
 SNAP_KINDS = (Kind.SNAP,)
 
 
 def _plain(kinds: tuple[Kind, ...]) -> list[str]:
-    """Each kind's filters on both roots, the devices' and the legacy shim's."""
+    """Each kind's filters on every root that carries it (devices', legacy shim's, dispatch)."""
     return [topic_filter for kind in kinds for topic_filter in bridge_filters(kind)]
 
 

@@ -153,15 +153,21 @@ def bridge_acls() -> list[Acl]:
     """The bridge publishes state and alerts, and reads every device and legacy topic."""
     device = [contract.subscription(kind) for kind in contract.DEVICE_KINDS]
     legacy = [contract.legacy_subscription(kind) for kind in contract.LEGACY_KINDS]
+    dispatch = [f for kind in contract.DISPATCH_KINDS for f in contract.bridge_filters(kind)]
     return [
         *_send(contract.subscription(kind) for kind in contract.BRIDGE_KINDS),
-        *_read([*device, *legacy], shared=True),
+        *_read([*device, *legacy, *dispatch], shared=True),
     ]
 
 
 def shim_acls() -> list[Acl]:
-    """The legacy shim publishes under ``legacy/`` only; it reads nothing."""
-    return _send(contract.legacy_subscription(kind) for kind in contract.LEGACY_KINDS)
+    """The HTTP API publishes under ``legacy/`` (the legacy shim) and ``dispatch/`` only.
+
+    It reads nothing.
+    """
+    legacy = [contract.legacy_subscription(kind) for kind in contract.LEGACY_KINDS]
+    dispatch = [f for kind in contract.DISPATCH_KINDS for f in contract.bridge_filters(kind)]
+    return _send([*legacy, *dispatch])
 
 
 def dashboard_acls(ambulances: Sequence[str] | None = None) -> list[Acl]:

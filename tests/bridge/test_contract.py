@@ -11,6 +11,7 @@ from bridge.contract import (
     BRIDGE_KINDS,
     CRASH_NOTIFY_PREFIX,
     DEVICE_KINDS,
+    DISPATCH_KINDS,
     LEGACY_KINDS,
     SHARED_ROOMS,
     Kind,
@@ -38,10 +39,11 @@ EDGE_IDS = ["332", "a" * 64, "A-z_09", "0", "-", "_", "tracking2", "crash_notify
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 
 
-def test_kinds_are_split_between_devices_and_the_bridge() -> None:
-    """Test that every kind is published by exactly one side: devices or the bridge."""
-    assert set(DEVICE_KINDS) | set(BRIDGE_KINDS) == set(Kind)
-    assert not set(DEVICE_KINDS) & set(BRIDGE_KINDS)
+def test_kinds_are_split_between_devices_the_bridge_and_dispatch() -> None:
+    """Test that every kind is published by exactly one side: devices, the bridge or the API."""
+    sides = [set(DEVICE_KINDS), set(BRIDGE_KINDS), set(DISPATCH_KINDS)]
+    assert set().union(*sides) == set(Kind)
+    assert sum(map(len, sides)) == len(Kind)
 
 
 @pytest.mark.parametrize("kind", list(Kind))
