@@ -43,6 +43,8 @@ SERVICE_FIELDS = frozenset({
     "dashboard_socketio_url", "dashboard_dir",
     "share_group", "bridges",
     "live_interval_ms",
+    "geofence_margin_m", "arrival_radius_m", "eta_window_seconds", "eta_min_speed_kmh",
+    "offline_after_seconds", "overspeed_alarm", "geofence_alarms", "places_refresh_seconds",
 })
 
 
@@ -171,6 +173,23 @@ class Settings(BaseSettings):
     # later than that is taken at its receipt time (the contract says why).
     max_clock_ahead_seconds: float = Field(default=5.0, ge=0)
     google_maps_key: SecretStr | None = None
+    # Dispatch (bridge.dispatch, README "Dispatch"). An ambulance leaves a place
+    # only when a point is this far outside it (hysteresis against GPS jitter).
+    geofence_margin_m: float = Field(default=30.0, ge=0, le=10_000)
+    # A destination point is reached within this radius, unless it has its own.
+    arrival_radius_m: float = Field(default=50.0, gt=0, le=50_000)
+    # The ETA's speed: a moving average over about this many seconds, and the
+    # floor that a stopped vehicle's estimate uses.
+    eta_window_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    eta_min_speed_kmh: float = Field(default=10.0, gt=0, le=300)
+    # No message for this long (not parked at a station): an offline alarm.
+    offline_after_seconds: float = Field(default=300.0, ge=10, le=7 * 86_400)
+    # Which overspeed episodes are alarms: above the red or orange limit, or none.
+    overspeed_alarm: Literal["red", "orange", "off"] = "red"
+    # Geofence events that are alarms: "<place kind or id>:<enter|exit>", comma-separated.
+    geofence_alarms: str = ""
+    # How often a bridge reads the places again (changes by `aoc places` or the API).
+    places_refresh_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     # Input limits.
     max_image_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
@@ -278,6 +297,14 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return url
+
+    @field_validator("geofence_alarms")
+    @classmethod
+    def _geofence_alarms(cls, text: str) -> str:
+        from bridge.dispatch import geofence_alarm_rules  # bridge imports aoc.config
+
+        geofence_alarm_rules(text)  # raises ValueError naming the bad item
+        return text
 
     @field_validator("share_group")
     @classmethod

@@ -54,6 +54,7 @@ from api.live import LiveRedisManager, LiveStream
 from api.realtime import REVOCATION_SWEEP_SECONDS
 from api.routes.health import create_probe_app
 from bridge.deadletters import DeadLetters
+from bridge.dispatch import Dispatch, DispatchRules
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.service import Bridge, Emitter
@@ -251,6 +252,7 @@ def _bridge(
         dead_letter_payload_bytes=settings.dead_letter_payload_bytes,
         # Other members of the group move the same ambulances: plan from the store.
         shared=bool(settings.resolved_share_group),
+        dispatch=Dispatch(DispatchRules.from_settings(settings)),
     )
     return Bridge(
         mqtt=mqtt,
@@ -280,6 +282,8 @@ def _bridge(
         batch_max_bytes=settings.batch_max_bytes,
         snap_workers=settings.snap_workers,
         snap_buffer_bytes=settings.snap_buffer_bytes,
+        places_every=settings.places_refresh_seconds,
+        offline_after=settings.offline_after_seconds,
     )
 
 

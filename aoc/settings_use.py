@@ -44,6 +44,9 @@ BRIDGE = MQTT_SESSION | STORE | OBJECTS | {
     "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
     # Several bridges on one shared subscription (`aoc up` runs `bridges`).
     "share_group", "bridges",
+    # The dispatch rules (bridge.dispatch).
+    "geofence_margin_m", "arrival_radius_m", "eta_window_seconds", "eta_min_speed_kmh",
+    "offline_after_seconds", "overspeed_alarm", "geofence_alarms", "places_refresh_seconds",
 }
 # Tokens, signed image URLs and legacy mode (whose shim publishes on its own account).
 ACCESS = frozenset({"secret_key", "legacy_mode", "legacy_networks", "cors_origins"})

@@ -117,7 +117,46 @@ class Rejected:
     received_at: datetime
 
 
-Parsed = Tracking | Crash | Snap | Status | Rejected
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A dispatcher sets (``destination`` not None) or clears an ambulance's destination.
+
+    ``destination`` is the command's validated ``destination`` object (see
+    ``bridge.commands``): a place's GeoJSON Feature or a point.
+    """
+
+    ambulance_id: str
+    command_id: str
+    at: datetime  # when the dispatcher asked (the API's clock)
+    by: str  # the dispatcher's token name
+    destination: dict[str, Any] | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAction:
+    """A dispatcher acknowledges or resolves one of an ambulance's alarms."""
+
+    ambulance_id: str
+    command_id: str
+    at: datetime
+    by: str
+    alarm_id: str
+    action: str  # "acknowledge" or "resolve"
+    note: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The bridge's own question: has this ambulance been silent too long? (offline alarms)."""
+
+    ambulance_id: str
+    received_at: datetime  # now, as the sweep that asks sees it
+
+
+Command = Destination | AlarmAction
+Parsed = Tracking | Crash | Snap | Status | Destination | AlarmAction | Check | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +188,8 @@ class Outcome(StrEnum):
     CRASH_REPEAT = "crash_repeat"  # a crash within the window of a broadcast one: stored only
     SNAP = "snap"
     STATUS = "status"
+    COMMAND = "command"  # a dispatcher's command, applied or refused (its state says which)
+    CHECK = "check"  # the offline sweep's question about one ambulance
     DEAD_LETTER = "dead_letter"
 
 

@@ -60,12 +60,18 @@ from typing import Any
 from aoc.logs import LineBudget
 from bridge import contract, snapshots
 from bridge import late as _late
+from bridge.alarms import alarm_message, alarm_publish, last_event
+from bridge.contract import ALARMS_ROOM, EVENTS_ROOM
 from bridge.crash import repeat_of, static_map_url
+from bridge.dispatch import Dispatch, event_message
 from bridge.geo import eta_s, haversine_m, position_doc
 from bridge.ids import crash_id, dead_letter_id, snap_id, tracking_id
 from bridge.jsjson import dumps
 from bridge.messages import (
+    AlarmAction,
+    Check,
     Crash,
+    Destination,
     Emit,
     Outcome,
     Parsed,
@@ -78,12 +84,14 @@ from bridge.messages import (
 )
 from bridge.public import public_record
 from bridge.snapshots import Digits, image_digest, store_images
-from bridge.speed import THRESHOLDS, SpeedRules, Threshold, advance, classify
+from bridge.speed import THRESHOLDS, Episode, SpeedRules, Threshold, advance, classify
 from bridge.state import AmbulanceState, cache_view, public_view
 from storage.base import (
+    ALARMS,
     AMBULANCES,
     CRASHES,
     DEAD_LETTERS,
+    EVENTS,
     IMAGE_HISTORIES,
     IMAGES,
     SPEED_VIOLATIONS,
@@ -96,7 +104,7 @@ from storage.base import (
 from storage.codec import utc
 
 # The upserts of a plan after its state upserts (see the module doc).
-_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES)
+_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES, ALARMS)
 
 
 def state_message(state: AmbulanceState) -> Document:
@@ -107,10 +115,11 @@ def state_message(state: AmbulanceState) -> Document:
 def alert_message(record: Document) -> Document:
     """The crash record as published on ``aoc/<id>/alert``: ``id``, measures rounded.
 
+    ``type`` is ``crash``: the topic carries alarms too (``bridge.alarms``).
     The ``CRASH_NOTIFY_<id>`` room gets the record as stored instead (the
     legacy contract, with ``_id`` and every digit).
     """
-    return public_record(record)
+    return {"type": "crash"} | public_record(record)
 
 
 def dead_letter_doc(item: Rejected, *, limit: int) -> Document:
@@ -197,6 +206,8 @@ class _Draft:
     dirty: set[str] = field(default_factory=set)  # state documents to write
     moved: set[str] = field(default_factory=set)  # latest state to fan out
     emits: list[Emit] = field(default_factory=list)
+    # The dispatch rules' emissions (alarms, events), after the legacy rooms'.
+    alerts: list[Emit] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     images: int = 0
@@ -219,6 +230,12 @@ class _Draft:
                 self.upsert(write.collection, write.doc)
             else:
                 self.inserts.append(write)
+            # Never fanned out either, since fan-out follows the writes.
+            if write.collection == ALARMS:
+                self.alert(ALARMS_ROOM, alarm_message(write.doc, last_event(write.doc)))
+                self.publishes.append(alarm_publish(write.doc, last_event(write.doc)))
+            elif write.collection == EVENTS:
+                self.alert(EVENTS_ROOM, event_message(write.doc))
         # Only under its state's conditional write (see the module doc).
         self.dirty.update(pending.ambulances)
 
@@ -226,6 +243,9 @@ class _Draft:
         data = dumps(value)  # once for every room: the same text
         self.emits.append(Emit(room=room, data=data))
         self.emits.extend(Emit(room=other, data=data) for other in more_rooms)
+
+    def alert(self, room: str, value: Any) -> None:
+        self.alerts.append(Emit(room=room, data=dumps(value)))
 
     def to_plan(self) -> Plan:
         upserts = [
@@ -242,7 +262,8 @@ class _Draft:
         writes = [self.states[a].next_version(outboxes.get(a, ())) for a in sorted(self.dirty)]
         written = {write.doc["_id"]: write.doc for write in writes}
         writes.extend(rest)
-        plan = Plan(writes=writes, emits=self.emits, outcomes=self.outcomes, images=self.images)
+        emits = self.emits + self.alerts
+        plan = Plan(writes=writes, emits=emits, outcomes=self.outcomes, images=self.images)
         for aid in sorted(self.moved):
             # The document just written, less its outbox, is to_doc(outbox=False):
             # one build of it per ambulance, not three.
@@ -290,9 +311,12 @@ class Processor:
         shared: bool = False,
         dead_letter_log: LineBudget | None = None,
         key_digits: Digits = snapshots.key_digits,
+        dispatch: Dispatch | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute).
+        """``dispatch``: the places, destination and alarm rules (default: no places).
+
+        ``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute).
 
         ``key_digits``: the 4-digit draws of image keys (tests force collisions with it).
 
@@ -312,6 +336,7 @@ class Processor:
         self._cache_size = cache_size
         self._shared = shared
         self._key_digits = key_digits  # injectable: tests force key collisions
+        self.dispatch = dispatch or Dispatch()
         self._log = logger or logging.getLogger(__name__)
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
         # without bound; an evicted ambulance is simply reloaded from the store.
@@ -366,6 +391,8 @@ class Processor:
                 await self._snap(item, draft)
             elif isinstance(item, Status):
                 self._status(item, draft)
+            elif isinstance(item, Destination | AlarmAction | Check):
+                self._dispatch_item(item, draft)
             else:
                 self._rejected(item, draft)
         await self._settle_late(draft, pending)
@@ -607,6 +634,9 @@ class Processor:
         draft: _Draft,
     ) -> None:
         """Move the latest state forward by one in-order point."""
+        previous_seen = state.last_seen
+        opened: list[Episode] = []
+        closed: list[Episode] = []
         if state.location is not None:
             state.covered_distance += haversine_m(state.location, item.position)
         state.speed_sum += item.speed_kmh
@@ -631,7 +661,10 @@ class Processor:
             draft.upsert(SPEED_VIOLATIONS, episode.to_doc())
             if episode.closed:
                 del state.open_episodes[threshold]
+                closed.append(episode)
             else:
+                if threshold not in state.open_episodes:
+                    opened.append(episode)
                 state.open_episodes[threshold] = episode
                 refs[threshold] = episode.id
         destination = state.destination_location
@@ -645,6 +678,9 @@ class Processor:
         # Only a connected device can publish (its Last Will says otherwise later).
         state.online = True
         state.estimated_time = None if eta is None else round(eta, 1)
+        self.dispatch.on_point(
+            item, state, draft, previous_seen=previous_seen, opened=opened, closed=closed
+        )
 
     def _crash(self, item: Crash, draft: _Draft) -> None:
         aid = item.ambulance_id
@@ -684,6 +720,8 @@ class Processor:
             state.remember_crash(item.ts, record_id)
             draft.dirty.add(aid)
         self._broadcast_crash(item, record, draft)
+        if not known:
+            self.dispatch.on_crash(item, record, state, draft)
 
     @staticmethod
     def _broadcast_crash(item: Crash, record: Document, draft: _Draft) -> None:
@@ -766,9 +804,27 @@ class Processor:
         if state.online != item.online:
             state.online = item.online
             draft.dirty.add(item.ambulance_id)
+        if item.online:
+            self.dispatch.heard(state, item.received_at, draft)
         # Published even when unchanged: statuses are rare (retained, one per
         # connection), and a bridge that died after storing one never published it.
         draft.moved.add(item.ambulance_id)
+
+    def _dispatch_item(self, item: Destination | AlarmAction | Check, draft: _Draft) -> None:
+        """A dispatcher's command, taken once (a redelivered one is a duplicate); a check."""
+        state = draft.states[item.ambulance_id]
+        if isinstance(item, Check):
+            draft.outcomes.append(Outcome.CHECK)
+            self.dispatch.on_check(item, state, draft)
+            return
+        if self.dispatch.seen(state, item.command_id):
+            draft.outcomes.append(Outcome.DUPLICATE)
+            return
+        draft.outcomes.append(Outcome.COMMAND)
+        if isinstance(item, Destination):
+            self.dispatch.on_destination(item, state, draft)
+        else:
+            self.dispatch.on_alarm_action(item, state, draft)
 
     def _rejected(self, item: Rejected, draft: _Draft) -> None:
         doc = dead_letter_doc(item, limit=self._dl_bytes)

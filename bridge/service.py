@@ -67,13 +67,15 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from aoc import metrics
-from bridge.contract import LIVE_STATE_FEED, Kind, device_kind
+from bridge import address
+from bridge.contract import DISPATCH_PREFIX, LIVE_STATE_FEED, Kind, device_kind
 from bridge.deadletters import DeadLetters
 from bridge.decode import Decoded, DecoderDied, Decoders, NoDecoder
+from bridge.dispatch_tasks import OfflineSweep, PlaceWatch
 from bridge.fanout import Breaker, Channel, is_alert
 from bridge.live import feed as live_feed
 from bridge.live import feed_count as live_feed_count
-from bridge.messages import Crash, Parsed, Plan, Publish, Rejected, Snap
+from bridge.messages import Check, Crash, Parsed, Plan, Publish, Rejected, Snap
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
 from bridge.snapshots import KeysExhausted
@@ -231,6 +233,8 @@ class Bridge:
         fan_out_failures: int = 5,
         fan_out_cooldown: float = 15.0,
         fan_out_drain: float = 3.0,
+        places_every: float | None = None,
+        offline_after: float | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         """``dead_letters``: their bounds (default: ``DeadLetters``'s defaults on ``store``).
@@ -247,6 +251,9 @@ class Bridge:
         failures in a row the channel is skipped for ``fan_out_cooldown``
         seconds at a time; on stop, what is queued is sent within
         ``fan_out_drain`` seconds, alerts first.
+
+        ``places_every``: read the places again this often (``bridge.dispatch_tasks``);
+        ``offline_after``: sweep for ambulances silent this long. None: neither.
         """
         self._mqtt = mqtt
         # Snapshots' own connection (``SNAP_SUBSCRIPTIONS``); None: all on ``mqtt``.
@@ -289,6 +296,14 @@ class Bridge:
         # is a first start (or another bridge's fresh Redis), not a loss.
         self._cache_seen_built = False
         self.counts: dict[str, int] = {}
+        self._chores: list[PlaceWatch | OfflineSweep] = []
+        if places_every is not None:
+            dispatch = processor.dispatch
+            watch = PlaceWatch(store, dispatch, every=places_every, logger=self._log)
+            self._chores.append(watch)
+        if offline_after is not None:
+            sweep = OfflineSweep(store, self._check, after=offline_after, logger=self._log)
+            self._chores.append(sweep)
 
         def channel(
             name: str,
@@ -352,9 +367,22 @@ class Bridge:
                     for n in range(self._snap_workers)
                 ),
             ]
+            helpers.append(group.create_task(asyncio.to_thread(address.warm_up), name="geocode"))
+            helpers.extend(
+                group.create_task(chore.run(), name=f"bridge-{type(chore).__name__}")
+                for chore in self._chores
+            )
             for channel in self._channels:
                 group.create_task(channel.run(), name=f"bridge-fanout-{channel.name}")
             group.create_task(self._consume(*helpers), name="bridge-consume")
+
+    async def _check(self, check: Check) -> None:
+        """Queue the offline sweep's question, to be planned in turn like a message."""
+        topic = f"{DISPATCH_PREFIX}/{check.ambulance_id}/check"
+        # QoS 0: nothing to acknowledge to the broker (``MqttClient.ack`` does nothing).
+        message = Message(topic, b"", qos=0, retain=False, mid=0, dup=False)
+        item = _Item(message, self._mqtt, check.received_at, parsed=check)
+        await self._queue.put(item)
 
     async def drain_fan_out(self) -> None:
         """Wait until the fan-out of every batch handled so far is sent (or dropped)."""

@@ -42,6 +42,10 @@ PUBLIC_FIELDS = (
     "covered_distance",
     "avg_speed",
     "estimated_time",
+    # Dispatch (``bridge.dispatch``): the places it is in, its destination and ETA.
+    "places",
+    "destination",
+    "eta",
     "version",
 )
 
@@ -87,6 +91,24 @@ class AmbulanceState:
     images_id: str | None = None
     images_at: datetime | None = None
     images_replaced_id: str | None = None
+    # Dispatch (``bridge.dispatch``). When its latest message was received, and
+    # whether the silence since then has been looked at (None: not yet), which
+    # the offline sweep's store query selects on.
+    heard_at: datetime | None = None
+    silence_handled: bool | None = None
+    # The ids of the places it is inside, by the hysteresis rule (sorted).
+    places: list[str] = field(default_factory=list)
+    # A moving average of its speed (km/h) over about AOC_ETA_WINDOW_SECONDS.
+    recent_speed: float | None = None
+    # Its destination as the public state shows it, the place's GeoJSON
+    # geometry behind it (None for a point), and the estimate of its arrival.
+    destination: dict[str, Any] | None = None
+    destination_geometry: dict[str, Any] | None = None
+    eta: dict[str, Any] | None = None
+    # Its alarms not yet resolved, by rule key (``bridge.alarms``).
+    alarms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The last dispatch commands taken: {"id", "ok", "reason"}, oldest first.
+    commands: list[dict[str, Any]] = field(default_factory=list)
     # How many times the document was written (0: never). Each write expects
     # the version it was planned from.
     version: int = 0
@@ -105,7 +127,14 @@ class AmbulanceState:
 
     def copy(self) -> AmbulanceState:
         """A working copy: the containers are new, their (immutable) items shared."""
-        return replace(self, open_episodes=dict(self.open_episodes), crashes=list(self.crashes))
+        return replace(
+            self,
+            open_episodes=dict(self.open_episodes),
+            crashes=list(self.crashes),
+            places=list(self.places),
+            alarms=dict(self.alarms),
+            commands=list(self.commands),
+        )
 
     def public(self) -> Document:
         """The view published on ``aoc/<id>/state``."""

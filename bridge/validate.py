@@ -20,7 +20,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from bridge.commands import CommandError, parse_command
 from bridge.contract import (
+    DISPATCH_KINDS,
+    DISPATCH_PREFIX,
     LEGACY_PREFIX,
     PREFIX,
     Kind,
@@ -113,7 +116,7 @@ def valid_topic_parts(topic: str) -> tuple[str, Kind]:
     the device message it carries.
     """
     parts = topic.split("/")
-    root = parts[0] if parts[0] == LEGACY_PREFIX else PREFIX
+    root = parts[0] if parts[0] in (LEGACY_PREFIX, DISPATCH_PREFIX) else PREFIX
     kinds = consumed_kinds(parts[0])
     if len(parts) != 3 or kinds is None:
         raise ValueError(f"topic: expected {root}/<ambulance_id>/<kind>, got {_show(topic)}")
@@ -196,6 +199,14 @@ def _parse(
         ambulance_id, kind = valid_topic_parts(topic)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
+    if kind in DISPATCH_KINDS:
+        if retained:
+            raise _Invalid(f"retain: a dispatch command is never retained, got a retained {kind}")
+        body = _json_object(_as_bytes(payload), limits.max_record_bytes)
+        try:
+            return parse_command(kind, ambulance_id, body, received_at)
+        except CommandError as exc:
+            raise _Invalid(str(exc)) from None
     if retained and kind != Kind.STATUS:
         # The broker replays a retained message on every (re)subscription: taken
         # as device data, one old crash would alert again at each reconnect.
