@@ -10,7 +10,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from aoc import eventloop, logs, safety, settings_help, show_config, startup, tls, tokens_cli
+from aoc import (
+    eventloop,
+    logs,
+    places_cli,
+    safety,
+    settings_help,
+    show_config,
+    startup,
+    tls,
+    tokens_cli,
+)
 from aoc.config import Settings
 from aoc.parts import StopFailed
 from storage.base import StoreUnavailable
@@ -63,6 +73,7 @@ def _parser(*, documented: bool = True) -> argparse.ArgumentParser:
     bootstrap.add_parser(commands)
     tls.add_parser(commands)
     tokens_cli.add_parser(commands)
+    places_cli.add_parser(commands)
     show_config.add_parser(commands)
     _add_bench(commands)
     if documented:  # last: every command's --help names its settings
@@ -175,8 +186,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int | None:
         from aoc import simulate
 
         return await simulate.run(args, settings)
-    if args.command == "token":
-        return await tokens_cli.run(args, settings)
+    managed = {"token": tokens_cli.run, "places": places_cli.run}
+    if args.command in managed:
+        return await managed[args.command](args, settings)
     if args.command == "up":
         from aoc.supervise import up
 

@@ -89,6 +89,7 @@ COMMANDS: dict[str, frozenset[str]] = {
     },
     "tls": LOGS | TLS,
     "token": LOGS | MODE | AUDIT,
+    "places": LOGS | MODE | AUDIT,
     # Starts servers of its own on free ports; AOC_* variables of its environment reach
     # them too (AOC_BATCH_WAIT_MS=0 aoc bench measures that setting).
     "bench": LOGS | {"mongodb_database"},
