@@ -179,6 +179,16 @@ class Dispatch:
             },
         )
 
+    def resend_crash_alarm(self, state: AmbulanceState, record: Document, sink: Sink) -> None:
+        """Send again the alarm of a crash stored but never fanned out (a broker redelivery).
+
+        Only while the alarm is unresolved and its latest crash is this one.
+        """
+        alarm = state.alarms.get("crash")
+        if alarm is not None and alarm["details"].get("crash_id") == record["_id"]:
+            sink.alert(ALARMS_ROOM, alarms.alarm_message(alarm, alarms.last_event(alarm)))
+            sink.publishes.append(alarms.alarm_publish(alarm, alarms.last_event(alarm)))
+
     def heard(self, state: AmbulanceState, at: datetime, sink: Sink) -> None:
         """A message from the ambulance: the end of any silence (its offline alarm ends)."""
         if state.heard_at is not None and at <= state.heard_at:

@@ -377,6 +377,7 @@ class Processor:
                 record = broadcast.pop(key, None)
                 if record is not None and isinstance(item, Crash):
                     self._broadcast_crash(item, record, draft)
+                    self.dispatch.resend_crash_alarm(draft.states[item.ambulance_id], record, draft)
                 continue
             if key is not None:
                 seen.add(key)

@@ -242,8 +242,8 @@ async def test_a_crash_alarm_repeats_into_itself_and_moves_through_its_lifecycle
     assert alarm["address"] == "at Maharaj Hospital"
     assert room(first, "alarms")[0]["event"] == "opened"
     messages = alerts(first)
-    assert [m["type"] for m in messages] == ["alarm", "crash"]
-    assert messages[0]["alarm"]["id"] == alarm["_id"]
+    assert [m["type"] for m in messages] == ["crash", "alarm"]
+    assert messages[1]["alarm"]["id"] == alarm["_id"]
 
     # Past the crash dedup window: a new crash, but the same open alarm.
     await run(proc, store, [crash(120)])
@@ -261,8 +261,9 @@ async def test_a_crash_alarm_repeats_into_itself_and_moves_through_its_lifecycle
     await run(proc, store, [command(
         "alarm", 131, 2, alarm_id=alarm["_id"], action="acknowledge", note=None,
     )])
+    refused = f"alarm {alarm['_id']} is acknowledged already"
     assert (await state(store))["commands"][-1] == {
-        "id": "cmd-00000002", "ok": False, "reason": f"alarm {alarm['_id']} is acknowledged already",
+        "id": "cmd-00000002", "ok": False, "reason": refused,
     }
     await run(proc, store, [command(
         "alarm", 140, 3, alarm_id=alarm["_id"], action="resolve", note="patient handed over",

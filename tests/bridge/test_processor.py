@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from bridge.contract import DISPATCH_ROOMS
 from bridge.crash import static_map_url
 from bridge.geo import haversine_m
 from bridge.ids import epoch_ms
-from bridge.messages import Crash, Outcome, Parsed, Plan, Position, Snap
+from bridge.messages import Crash, Emit, Outcome, Parsed, Plan, Position, Publish, Snap
 from bridge.processor import Processor
 from bridge.snapshots import KeysExhausted, image_key, store_images
 from bridge.speed import SpeedRules
@@ -99,6 +100,19 @@ async def run(proc: Processor, store: SQLiteDocumentStore, items: list[Parsed]) 
 
 async def stored(store: SQLiteDocumentStore, collection: str) -> list[Document]:
     return (await store.find(Query(collection, limit=1000))).items
+
+
+def crash_alerts(plan: Plan) -> list[Publish]:
+    """The crash records among ``aoc/<id>/alert`` publications (not the crash's alarm)."""
+    return [
+        p for p in plan.publishes
+        if p.topic == f"aoc/{AID}/alert" and json.loads(p.payload)["type"] == "crash"
+    ]
+
+
+def legacy_emits(plan: Plan) -> list[Emit]:
+    """The emissions to legacy rooms (not to the dispatch rooms: alarms, events)."""
+    return [emit for emit in plan.emits if emit.room not in DISPATCH_ROOMS]
 
 
 def rooms(plan: Plan) -> list[tuple[str, Any]]:
@@ -207,6 +221,10 @@ async def test_distance_average_and_eta(
         "covered_distance": round(2 * step, 1),  # 0.1 m on the way out
         "avg_speed": 60,
         "estimated_time": pytest.approx(expected_eta),
+        # Dispatch (tests/bridge/test_dispatch_rules.py): no places, no destination.
+        "places": [],
+        "destination": None,
+        "eta": None,
         "version": 1,  # the store's: consumers keep the highest
     }
 
@@ -378,12 +396,13 @@ async def test_crash_record_dedup_window_and_fan_out(
         '{"ambulance_id":"332","tracking_latitude":13.7563,"tracking_longitude":100.5018,'
         f'"tracking_speed":150,"tracking_heading":90,"ts":{T0_MS},"speed_unit":"km/h"}}'
     )
-    alerts = [p for p in plan.publishes if p.topic == f"aoc/{AID}/alert"]
+    alerts = crash_alerts(plan)
     assert [a.retain for a in alerts] == [False, False]
     # The MQTT alert names the id as the read API does; the room keeps the stored record.
     alert = json.loads(alerts[0].payload)
     assert alert["id"] == first_id and "_id" not in alert
-    assert {k: v for k, v in alert.items() if k != "id"} == {
+    # Its type tells it from the alarms the topic also carries.
+    assert {k: v for k, v in alert.items() if k != "id"} == {"type": "crash"} | {
         k: v for k, v in json.loads(notify[0]).items() if k != "_id"
     }
     assert plan.states == {}  # a crash does not move the latest position
@@ -429,7 +448,7 @@ async def test_legacy_bodies_are_re_emitted_as_sent(
          message("tracking", {"lat": LAT, "lon": LON, "speed": 20.0, "ts": T0_MS + 2000,
                               "legacy": shim_point}, shim=True)],
     )
-    emitted = [(e.room, e.data) for e in plan.emits if e.room != f"CRASH_NOTIFY_{AID}"]
+    emitted = [(e.room, e.data) for e in legacy_emits(plan) if e.room != f"CRASH_NOTIFY_{AID}"]
     shaped = (
         '{"ambulance_id":"332","tracking_latitude":13.7563,"tracking_longitude":100.5018,'
         f'"tracking_speed":45.5,"tracking_heading":null,"ts":{T0_MS + 1000}}}'
@@ -773,7 +792,7 @@ async def test_a_delayed_crash_is_broadcast_once_marked_with_its_delay(
     [record] = [json.loads(e.data) for e in plan.emits if e.room == f"CRASH_NOTIFY_{AID}"]
     assert record["delay_s"] == 121.0
     assert record["count_datetime"] == "2024-05-01T08:08:00.000Z"
-    assert [p.topic for p in plan.publishes] == [f"aoc/{AID}/alert"]
+    assert [p.topic for p in crash_alerts(plan)] == [f"aoc/{AID}/alert"]
 
     # Its redelivery (MQTT DUP) is broadcast again, the same record (never
     # acknowledged, so never surely fanned out), but not counted; sent again by
@@ -910,7 +929,7 @@ async def test_mqtt_output_rounds_measures_the_rooms_keep_every_digit(
     assert state["covered_distance"] == round(step, 1) != step
     assert state["speed"] == 20.1
     assert state["avg_speed"] == round((33.333333 + 20.06) / 2, 1)
-    [alert_pub] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/alert"]
+    [alert_pub] = crash_alerts(plan)
     assert json.loads(alert_pub.payload)["speed"] == 37.5
     # The legacy CRASH_NOTIFY record and the store keep the value as computed.
     [notify] = [e.data for e in plan.emits if e.room == f"CRASH_NOTIFY_{AID}"]

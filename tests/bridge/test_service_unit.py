@@ -555,8 +555,8 @@ async def test_a_crash_alert_is_tried_even_while_the_breaker_is_open(tmp_path: P
         rig.feed(6)
         await until(lambda: len(rig.mqtt.acked) == 3, "the crash and point 6 acknowledged")
         await rig.bridge.drain_fan_out()
-    # The alert got through, which closed the breaker: point 6 was sent too.
-    assert emitter.emitted == [f"CRASH_NOTIFY_{AID}", "crash", AID, "tracking"]
+    # The alert got through (with the crash's alarm), which closed the breaker: point 6 too.
+    assert emitter.emitted == [f"CRASH_NOTIFY_{AID}", "crash", "alarms", AID, "tracking"]
 
 
 async def test_only_a_redelivered_crash_already_stored_is_alerted_again(tmp_path: Path) -> None:
@@ -574,7 +574,7 @@ async def test_only_a_redelivered_crash_already_stored_is_alerted_again(tmp_path
             rig.mqtt.feed(f"aoc/{AID}/crash", body, dup=dup)
             await until(lambda n=n: len(rig.mqtt.acked) == n + 1, f"crash {n} acknowledged")
             await rig.bridge.drain_fan_out()
-    alert = [f"CRASH_NOTIFY_{AID}", "crash"]
+    alert = [f"CRASH_NOTIFY_{AID}", "crash", "alarms"]
     assert emitter.emitted == alert + alert  # the first, then the redelivery only
     assert rig.bridge.counts == {"crash": 1, "duplicate": 2}
 
@@ -695,7 +695,8 @@ async def test_a_full_fan_out_queue_never_drops_a_crash_alert(
         rig.publisher.publish_gate.set()
         await rig.bridge.drain_fan_out()
         # Point 2 was dropped for point 3; the crash's alerts were not.
-        assert emitter.emitted == [AID, "tracking", f"CRASH_NOTIFY_{AID}", "crash", AID, "tracking"]
+        crash = [f"CRASH_NOTIFY_{AID}", "crash", "alarms"]
+        assert emitter.emitted == [AID, "tracking", *crash, AID, "tracking"]
         assert dropped("socketio", "queue_full") - before == 2
         assert f"aoc/{AID}/alert" in rig.publisher.published
 
@@ -968,7 +969,8 @@ async def test_a_flooding_ambulance_loses_its_excess_and_no_one_else_anything(
     assert len(kept) == 9 and kept <= set().union(*map(record_ids, flood[:9])), kept
     assert sum(p["ambulance_id"] == "CALM" for p in points) == 10
     assert len(images) == 1
-    assert len(crashes) == 2 and alerts == ["aoc/FLOOD/alert"] * 2
+    # Each crash's record, and its alarm (opened, then updated by the second).
+    assert len(crashes) == 2 and alerts == ["aoc/FLOOD/alert"] * 4
     assert states["FLOOD"]["online"] is True
     reason = "rate: ambulance FLOOD over 1 msg/s (burst 10)"
     assert sorted(d["topic"] for d in dead if d["reason"] == reason) == (
