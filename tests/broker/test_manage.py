@@ -252,3 +252,18 @@ async def test_generated_passwords_are_stored_by_the_broker_only_as_hashes(
         assert password not in text
         assert stored[username]["password"] and stored[username]["salt"]
         assert stored[username]["password"] != password
+
+
+async def test_the_admin_password_can_come_from_a_docker_secret_file(
+    secure_broker: services.Service, tmp_path: Path
+) -> None:
+    """Test `aoc device add|list` with AOC_MQTT_ADMIN_PASSWORD_FILE, as docker-compose runs it."""
+    secret = tmp_path / "mqtt_admin_password"
+    secret.write_text(ADMIN_PASSWORD + "\n")
+    env = settings_env(secure_broker, tmp_path / "data", AOC_MQTT_ADMIN_PASSWORD_FILE=str(secret))
+    amb = new_id()
+    await ok_json(env, "device", "add", amb, cwd=tmp_path)
+    assert amb in (await ok_json(env, "device", "list", cwd=tmp_path))["devices"]
+    secret.write_text("fake-wrong\n")
+    code, _, err = await aoc(env, "device", "list", cwd=tmp_path)
+    assert code == 1 and "Not authorized" in err
