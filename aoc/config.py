@@ -7,11 +7,14 @@ with no secrets: SQLite and a local directory instead of MongoDB and S3.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import storage
@@ -280,6 +283,23 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        secret = [name for name, info in cls.model_fields.items()
+                  if SecretStr in (info.annotation, *get_args(info.annotation))]
+        return {**data, **secrets_from_files(secret, data, os.environ)}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unreadable_secret(cls, value: Any) -> Any:
+        # The error is the field's own: one line naming its variable, never the other values.
+        if isinstance(value, UnreadableSecret):
+            raise ValueError(value.problem)
+        return value
+
     # Checked here, so that a mistake is one line naming its variable
     # (``aoc.startup``), not a failure deep inside a command.
     @field_validator("store_url")
@@ -403,3 +423,39 @@ def _scheme(url: str, schemes: tuple[str, ...], expected: str) -> str:
         why = f"its port is not an integer from 1 to 65535: expected {expected}"
         raise ValueError(why) from None
     return url
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableSecret:
+    """In place of a secret whose ``AOC_<NAME>_FILE`` failed: why (the field's error)."""
+
+    problem: str
+
+
+def secrets_from_files(
+    names: list[str], given: Mapping[str, Any], environ: Mapping[str, str]
+) -> dict[str, str | UnreadableSecret]:
+    """The secrets ``names`` read from the files ``AOC_<NAME>_FILE`` names (Docker secrets).
+
+    docker-compose mounts a secret as a file (``/run/secrets/<name>``), so the
+    value stays out of the container's environment (``docker inspect``,
+    ``/proc/<pid>/environ``). Only the process environment names such files;
+    one trailing newline is dropped. A secret given both ways, or a file that
+    cannot be read, is that setting's error (an ``UnreadableSecret``).
+    """
+    found: dict[str, str | UnreadableSecret] = {}
+    for name in names:
+        variable = f"{ENV_PREFIX}{name.upper()}_FILE"
+        path = environ.get(variable, "")
+        if not path:
+            continue
+        if given.get(name) not in (None, ""):
+            found[name] = UnreadableSecret(f"{variable} is set too: keep one of them")
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            found[name] = UnreadableSecret(f"{variable}={path}: cannot read it: {exc}")
+            continue
+        found[name] = text.removesuffix("\n").removesuffix("\r")
+    return found

@@ -40,11 +40,24 @@ SECRETS = {
     "MONGO_ROOT_USER": "dummy-root",
     "MONGO_PASSWORD": "dummy-mongo",
     "REDIS_PASSWORD": "dummy-redis",
-    "AOC_MQTT_ADMIN_PASSWORD": "dummy-admin",
-    "AOC_MQTT_PASSWORD": "dummy-bridge",
-    "AOC_SHIM_MQTT_PASSWORD": "dummy-shim",
     "AOC_SECRET_KEY": "dummy-signing",
     "AOC_MQTT_CLIENT_ID": "dummy-session",
+}
+
+
+# The broker passwords: Docker secrets (files in ./secrets), each read through
+# the setting's AOC_<NAME>_FILE, by the services that need it and no other.
+SECRET_FILES = {
+    "AOC_MQTT_ADMIN_PASSWORD": "mqtt_admin_password",
+    "AOC_MQTT_PASSWORD": "mqtt_bridge_password",
+    "AOC_SHIM_MQTT_PASSWORD": "mqtt_shim_password",
+}
+SECRETS_MOUNTED = {
+    "broker-init": {"mqtt_admin_password"},
+    "accounts": {"mqtt_admin_password", "mqtt_bridge_password", "mqtt_shim_password"},
+    "bridge": {"mqtt_bridge_password"},
+    "bridge-2": {"mqtt_bridge_password"},
+    "api": {"mqtt_shim_password"},
 }
 
 
@@ -147,28 +160,79 @@ def test_app_services_reach_the_other_services_by_name(config: dict[str, Any]) -
     assert root["MONGO_INITDB_ROOT_PASSWORD"] == SECRETS["MONGO_PASSWORD"]
 
 
-def test_each_process_gets_exactly_its_broker_account(config: dict[str, Any]) -> None:
-    """Test the broker accounts: the bridge's, the shim's for the API, none for Socket.IO."""
-    services = config["services"]
+def _mounted(service: dict[str, Any]) -> set[str]:
+    """The secrets a service's containers get in /run/secrets (`config` writes the long form)."""
+    return {e["source"] if isinstance(e, dict) else e for e in service.get("secrets", [])}
+
+
+def test_each_process_gets_exactly_its_broker_account(
+    scaled: dict[str, Any], config: dict[str, Any]
+) -> None:
+    """Test the broker accounts: the bridge's, the shim's for the API, none for Socket.IO.
+
+    Each password is a Docker secret that only the services needing it mount,
+    named by AOC_<NAME>_FILE; no broker password is in any environment.
+    """
+    services = scaled["services"]
+    declared = {name: Path(entry["file"]) for name, entry in scaled["secrets"].items()}
+    assert declared == {name: ROOT / "secrets" / name for name in SECRET_FILES.values()}
+    for name, service in services.items():
+        env = service.get("environment", {})
+        assert _mounted(service) == SECRETS_MOUNTED.get(name, set()), name
+        for variable, secret in SECRET_FILES.items():
+            assert not env.get(variable), (name, variable)  # never the value itself
+            if f"{variable}_FILE" in env:
+                assert env[f"{variable}_FILE"] == f"/run/secrets/{secret}", name
+                assert secret in _mounted(service), name
     bridge, api = services["bridge"]["environment"], services["api"]["environment"]
-    assert (bridge["AOC_MQTT_USERNAME"], bridge["AOC_MQTT_PASSWORD"]) == (
-        "aoc-bridge", SECRETS["AOC_MQTT_PASSWORD"]
-    )
+    for env in (bridge, services["bridge-2"]["environment"], services["accounts"]["environment"]):
+        assert env["AOC_MQTT_USERNAME"] == "aoc-bridge"
+        assert env["AOC_MQTT_PASSWORD_FILE"] == "/run/secrets/mqtt_bridge_password"
     # Its session's id comes from .env: a well-known one could be taken over.
     assert bridge["AOC_MQTT_CLIENT_ID"] == SECRETS["AOC_MQTT_CLIENT_ID"]
-    # The API publishes only as the legacy shim: the bridge's account is emptied (unset).
-    assert not api["AOC_MQTT_USERNAME"] and not api["AOC_MQTT_PASSWORD"]
-    assert (api["AOC_SHIM_MQTT_USERNAME"], api["AOC_SHIM_MQTT_PASSWORD"]) == (
-        "aoc-shim", SECRETS["AOC_SHIM_MQTT_PASSWORD"]
-    )
-    assert not services["realtime"]["environment"]["AOC_MQTT_PASSWORD"]
-    # `accounts` makes both accounts from the same values, as the admin.
+    # The API publishes only as the legacy shim; Socket.IO has no broker account.
+    assert "AOC_MQTT_USERNAME" not in api and "AOC_MQTT_PASSWORD_FILE" not in api
+    assert api["AOC_SHIM_MQTT_USERNAME"] == "aoc-shim"
+    assert api["AOC_SHIM_MQTT_PASSWORD_FILE"] == "/run/secrets/mqtt_shim_password"
+    realtime = services["realtime"]["environment"]
+    assert not any(key.startswith(("AOC_MQTT_USERNAME", "AOC_MQTT_PASSWORD")) for key in realtime)
+    # `accounts` makes both accounts from the same files, as the admin.
     accounts = services["accounts"]["environment"]
-    assert accounts["AOC_MQTT_PASSWORD"] == bridge["AOC_MQTT_PASSWORD"]
-    assert accounts["AOC_SHIM_MQTT_PASSWORD"] == api["AOC_SHIM_MQTT_PASSWORD"]
-    assert accounts["AOC_MQTT_ADMIN_PASSWORD"] == SECRETS["AOC_MQTT_ADMIN_PASSWORD"]
+    assert accounts["AOC_SHIM_MQTT_PASSWORD_FILE"] == api["AOC_SHIM_MQTT_PASSWORD_FILE"]
+    assert accounts["AOC_MQTT_ADMIN_PASSWORD_FILE"] == "/run/secrets/mqtt_admin_password"
     assert services["accounts"]["command"] == ["accounts", "apply"]
     assert services["accounts"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+    assert config["services"]["api"]["environment"] == api
+
+
+def test_the_secret_files_are_what_the_settings_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any]
+) -> None:
+    """Test that a service's *_FILE variables, pointed at files, give the settings their secrets."""
+    for name in list(os.environ):
+        if name.startswith("AOC_"):
+            monkeypatch.delenv(name)
+    env = config["services"]["accounts"]["environment"]
+    expected: dict[str, str] = {}
+    for variable, secret in SECRET_FILES.items():
+        path = tmp_path / secret
+        path.write_text(f"dummy-{secret}\n")  # as `openssl rand ... > file` writes it
+        expected[variable] = f"dummy-{secret}"
+        assert env[f"{variable}_FILE"] == f"/run/secrets/{secret}"
+        monkeypatch.setenv(f"{variable}_FILE", str(path))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for variable, value in expected.items():
+        field = getattr(settings, variable.removeprefix("AOC_").lower())
+        assert field is not None and field.get_secret_value() == value
+
+
+def test_secret_files_stay_out_of_git_and_the_image() -> None:
+    """Test that ./secrets is ignored by git and never part of the build context."""
+    assert "secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    allowed = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    assert not any("secrets" in line for line in allowed)
+    assert (ROOT / ".dockerignore").read_text().splitlines()[2] == "*"
 
 
 def test_the_broker_starts_on_the_account_file_broker_init_writes(config: dict[str, Any]) -> None:
@@ -176,7 +240,7 @@ def test_the_broker_starts_on_the_account_file_broker_init_writes(config: dict[s
     services = config["services"]
     init = services["broker-init"]
     assert init["command"] == ["accounts", "init"]
-    assert init["environment"]["AOC_MQTT_ADMIN_PASSWORD"] == SECRETS["AOC_MQTT_ADMIN_PASSWORD"]
+    assert init["environment"]["AOC_MQTT_ADMIN_PASSWORD_FILE"] == "/run/secrets/mqtt_admin_password"
     # `aoc accounts init` writes AOC_DATA_DIR/mosquitto/<DYNSEC_FILE>: the broker's volume.
     mounts = {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
     data = init["environment"]["AOC_DATA_DIR"]
@@ -299,6 +363,9 @@ def test_no_secret_is_written_in_the_file() -> None:
     checked = 0
     for block in _environment_blocks(raw):
         for key, value in block.items():
+            if key.endswith("_FILE"):  # the path of a Docker secret, not a secret
+                assert re.fullmatch(r"/run/secrets/[a-z_]+", str(value)), key
+                continue
             if secretive.search(key):
                 checked += 1
                 # An emptied value unsets a secret another block gives (AOC_MQTT_PASSWORD: "").

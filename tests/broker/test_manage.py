@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,55 @@ async def test_a_bare_command_lists(secure_broker: services.Service, tmp_path: P
     assert amb in out.splitlines()
     code, out, err = await aoc(env, "dashboard", cwd=tmp_path)
     assert code == 0, err
+
+
+def shown_password(out: str) -> str:
+    """The one ``password <secret>`` line of an `add` command's text output."""
+    found = re.findall(r"^password (\S+)$", out, flags=re.MULTILINE)
+    assert len(found) == 1, out
+    password: str = found[0]
+    assert out.count(password) == 1, out  # shown once, nowhere else in the text
+    return password
+
+
+async def test_generated_passwords_are_stored_by_the_broker_only_as_hashes(
+    secure_broker: services.Service, tmp_path: Path
+) -> None:
+    """Test the plugin's own file after `aoc device add` and `aoc dashboard add` (text output).
+
+    Each password works (so it is the real one), and the file the broker wrote
+    holds the account with a salted hash, never the password's text.
+    """
+    env = settings_env(secure_broker, tmp_path / "data", AOC_MQTT_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    amb, name = new_id(), new_id("d")
+    code, device_out, err = await aoc(env, "device", "add", amb, cwd=tmp_path)
+    assert code == 0, err
+    code, dash_out, err = await aoc(env, "dashboard", "add", name, cwd=tmp_path)
+    assert code == 0, err
+    assert "shown only this once" in dash_out and f"MQTT username dash-{name}" in dash_out
+    passwords = {amb: shown_password(device_out), f"dash-{name}": shown_password(dash_out)}
+    for username, password in passwords.items():
+        async with client(secure_broker, username, password):
+            pass
+    # The plugin saves its file after each change it makes.
+    text = (secure_broker.workdir / services.DYNSEC_FILE).read_text()
+    stored = {c["username"]: c for c in json.loads(text)["clients"]}
+    for username, password in passwords.items():
+        assert password not in text
+        assert stored[username]["password"] and stored[username]["salt"]
+        assert stored[username]["password"] != password
+
+
+async def test_the_admin_password_can_come_from_a_docker_secret_file(
+    secure_broker: services.Service, tmp_path: Path
+) -> None:
+    """Test `aoc device add|list` with AOC_MQTT_ADMIN_PASSWORD_FILE, as docker-compose runs it."""
+    secret = tmp_path / "mqtt_admin_password"
+    secret.write_text(ADMIN_PASSWORD + "\n")
+    env = settings_env(secure_broker, tmp_path / "data", AOC_MQTT_ADMIN_PASSWORD_FILE=str(secret))
+    amb = new_id()
+    await ok_json(env, "device", "add", amb, cwd=tmp_path)
+    assert amb in (await ok_json(env, "device", "list", cwd=tmp_path))["devices"]
+    secret.write_text("fake-wrong\n")
+    code, _, err = await aoc(env, "device", "list", cwd=tmp_path)
+    assert code == 1 and "Not authorized" in err

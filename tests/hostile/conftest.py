@@ -96,6 +96,18 @@ class Served:
         raise AssertionError(f"nothing with {marker!r} published on {topic} within {within}s")
 
 
+def assert_good_reads_work(served: Served) -> None:
+    """The good requests around hostile ones: the seeded ambulance and its image, read back."""
+    good = served.request("GET", f"/api/v1/ambulances/{SEEDED}")
+    assert good.status_code == 200, good.text
+    assert good.json()["ambulance_id"] == SEEDED
+    snapshots = served.request("GET", f"/api/v1/ambulances/{SEEDED}/snapshots")
+    assert snapshots.status_code == 200, snapshots.text
+    [link] = snapshots.json()["current"]["images"]
+    image = served.request("GET", f"/files/{link['key']}")
+    assert (image.status_code, image.content) == (200, TINY_JPEG)
+
+
 async def _seed(store: SQLiteDocumentStore, objects: LocalObjectStore) -> None:
     """Records of ``SEEDED`` (a state, a point, a crash, a snapshot) for the read API."""
     received = datetime.now(UTC)

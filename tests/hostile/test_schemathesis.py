@@ -4,7 +4,8 @@ Every operation of ``/openapi.json`` gets requests generated from its schema
 (valid ones and, in negative mode, invalid ones). Each is sent in-process to
 the real application (see conftest), and its response must not be a 5xx and
 must conform to the description: a documented status code, content type,
-headers and body schema. Nothing may be written outside the data directory.
+headers and body schema. Nothing may be written outside the data directory,
+and after each case good reads (an ambulance, its image) still answer.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from aoc.config import Settings
 from api import ApiDeps, create_app
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
-from tests.hostile.conftest import Served
+from tests.hostile.conftest import Served, assert_good_reads_work
 from tests.hostile.strategies import bounded
 
 BASE_URL = "http://testserver"
@@ -84,4 +85,5 @@ def test_every_operation_answers_as_described(served: Served, case: schemathesis
     watch = served.watch()
     response = send(served, case)
     case.validate_response(response, checks=CHECKS)  # type: ignore[arg-type]
+    assert_good_reads_work(served)
     assert watch.escaped() == []
