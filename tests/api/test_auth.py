@@ -300,7 +300,7 @@ async def test_token_changes_are_audited(store: SQLiteDocumentStore) -> None:
         ("os:alice", "token.add", "audited"),
         ("ops-lead", "token.revoke", "audited"),
     ]
-    assert records[0]["details"] == {"rooms": ["amb-1"]}
+    assert records[0]["details"] == {"rooms": ["amb-1"], "dispatch": False}
     assert token not in repr(records)
 
 

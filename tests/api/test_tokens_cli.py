@@ -41,7 +41,7 @@ async def test_add_list_revoke_with_json_output(tmp_path: Path) -> None:
     """Test the --json documents of each action, and that the printed token is the live one."""
     data_dir = tmp_path / "data"
     added = as_json(aoc_token(data_dir, "add", "kiosk", "--rooms", "AMB-1, AMB-2", "--json"))
-    assert set(added) == {"name", "rooms", "created_at", "revoked_at", "token"}
+    assert set(added) == {"name", "rooms", "dispatch", "created_at", "revoked_at", "token"}
     assert (added["name"], added["rooms"], added["revoked_at"]) == (
         "kiosk", ["AMB-1", "AMB-2"], None
     )
