@@ -42,7 +42,7 @@ SERVICE_FIELDS = frozenset({
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
     "dashboard_socketio_url", "dashboard_dir",
     "share_group", "bridges",
-    "live_interval_ms",
+    "live_interval_ms", "dispatch_wait_seconds",
 })
 
 
@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     # interval of this many milliseconds, with the latest state of each
     # ambulance updated in it. Shorter: fresher and more events per client.
     live_interval_ms: int = Field(default=100, gt=0, le=60_000)
+    # How long a dispatch request (a destination, an alarm's acknowledgement)
+    # waits for the bridge to apply it before answering 202 pending. 0: never waits.
+    dispatch_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     http_body_timeout: float = Field(default=60.0, gt=0)
     # Each byte of a body earns time: 1 s per this many bytes (16 KiB/s, 128
     # kbit/s: a camera on a poor cellular link finishes a 50 MB upload). 0: none.
