@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from api import ApiDeps
 from api.tokens import create_token
+from broker.client import MqttClient
 from storage.base import ALARMS, AMBULANCES, AUDIT, EVENTS, PLACES, Query, Write
 from storage.sqlite import SQLiteDocumentStore
 from tests import services
@@ -162,6 +164,8 @@ async def test_destination_by_place_with_stand_in_bridge(
         "properties": {"name": "Siriraj Hospital", "kind": "hospital", "radius_m": 150.0},
     }}
     assert body["destination"]["command_id"] == command["command_id"]
+    state = (await desk.get(f"/api/v1/ambulances/{ambulance_id}")).json()
+    assert (state["destination"], state["eta"]) == (body["destination"], body["eta"])
     [record] = await audit_records(store)
     assert (record["actor"], record["action"], record["target"]) == (
         "desk-1", "dispatch.destination", ambulance_id
@@ -283,6 +287,29 @@ async def test_no_broker_is_503(
     async with client_for(dataclasses.replace(deps, publisher=None), dispatcher) as client:
         answer = await client.delete(f"/api/v1/ambulances/{ambulance_id}/destination")
     assert answer.status_code == 503
+    assert await audit_records(store) == []
+
+
+async def test_a_broker_that_went_away_is_503(
+    deps: ApiDeps, dispatcher: str, store: SQLiteDocumentStore, tmp_path: Path,
+    ambulance_id: str,
+) -> None:
+    """Test 503 (retry) when the broker does not acknowledge: a private one, stopped."""
+    await seed_ambulance(store, ambulance_id)
+    with services.mosquitto(tmp_path / "gone") as broker:
+        client = MqttClient(
+            host="127.0.0.1", port=broker.port, client_id=f"gone-{uuid.uuid4().hex[:8]}",
+            clean_session=True, manual_ack=False,
+        )
+        async with client:
+            broker.stop()
+            gone = dataclasses.replace(deps, publisher=client, publish_timeout=0.5)
+            async with client_for(gone, dispatcher) as http:
+                answer = await http.put(
+                    f"/api/v1/ambulances/{ambulance_id}/destination", json={"lat": 1, "lon": 2}
+                )
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == "5"
     assert await audit_records(store) == []
 
 
