@@ -40,7 +40,7 @@ from broker import accounts
 log = logging.getLogger(__name__)
 
 FIRST_DASHBOARD = "dash-first"
-# The name of the read token (HTTP and Socket.IO) `aoc up` makes at first start.
+# The name of the token (HTTP and Socket.IO) `aoc up` makes at first start.
 FIRST_READER = "first"
 # The fleet `aoc simulate` runs by default (its --prefix and --ambulances).
 SIMULATOR_PREFIX, SIMULATOR_AMBULANCES = "SIM", 10
@@ -225,10 +225,12 @@ async def apply(settings: Settings, wanted: Accounts) -> list[str]:
 
 
 async def first_token(settings: Settings) -> None:
-    """At first start, a read token for every ambulance, kept in the credentials file.
+    """At first start, a dispatch token for every ambulance, kept in the credentials file.
 
     So that the first dashboard, or a curl of the read API, works without
-    anyone running `aoc token add`. One the operator revoked is not replaced.
+    anyone running `aoc token add`; a dispatch token, so that the dashboard
+    can also acknowledge alarms and set destinations. One the operator
+    revoked is not replaced.
     """
     from api import tokens  # noqa: PLC0415  (the API's modules, only when needed)
 
@@ -238,16 +240,18 @@ async def first_token(settings: Settings) -> None:
             return
         async with audit_store(settings) as store:
             token = await tokens.create_token(
-                store, FIRST_READER, None, audit.operator(settings.operator)
+                store, FIRST_READER, None, audit.operator(settings.operator), dispatch=True
             )
         with credentials.editing(path) as creds:
             creds.data["api_token"] = token
     except credentials.CredentialsError as exc:
         raise ManageError(str(exc), 2) from exc
     except tokens.TokenError as exc:  # made before, and its file entry lost since
-        log.warning("no first read token in %s: %s (`aoc token add` makes one)", path, exc)
+        log.warning(
+            "no first token in %s: %s (`aoc token add <name> --dispatch` makes one)", path, exc
+        )
         return
-    log.info("created the read token %r (in %s)", FIRST_READER, path)
+    log.info("created the dispatch token %r (in %s)", FIRST_READER, path)
 
 
 # --- a broker in another container (docker-compose) -------------------------------------------

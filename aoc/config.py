@@ -45,10 +45,23 @@ SERVICE_FIELDS = frozenset({
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
     "dashboard_socketio_url", "dashboard_dir",
     "share_group", "bridges",
-    "live_interval_ms",
+    "live_interval_ms", "dispatch_wait_seconds",
     "geofence_margin_m", "arrival_radius_m", "eta_window_seconds", "eta_min_speed_kmh",
     "offline_after_seconds", "overspeed_alarm", "geofence_alarms", "places_refresh_seconds",
 })
+
+
+def geofence_alarm_rules(text: str) -> frozenset[tuple[str, str]]:
+    """``AOC_GEOFENCE_ALARMS``, e.g. ``restricted:enter,hospital:exit`` (place kinds or ids)."""
+    rules = set()
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        selector, _, event = item.strip().rpartition(":")
+        if not selector or event not in ("enter", "exit"):
+            raise ValueError(f"expected <place kind or id>:<enter|exit>, got {item.strip()!r}")
+        rules.add((selector, event))
+    return frozenset(rules)
 
 
 class Settings(BaseSettings):
@@ -211,6 +224,9 @@ class Settings(BaseSettings):
     # interval of this many milliseconds, with the latest state of each
     # ambulance updated in it. Shorter: fresher and more events per client.
     live_interval_ms: int = Field(default=100, gt=0, le=60_000)
+    # How long a dispatch request (a destination, an alarm's acknowledgement)
+    # waits for the bridge to apply it before answering 202 pending. 0: never waits.
+    dispatch_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     http_body_timeout: float = Field(default=60.0, gt=0)
     # Each byte of a body earns time: 1 s per this many bytes (16 KiB/s, 128
     # kbit/s: a camera on a poor cellular link finishes a 50 MB upload). 0: none.
@@ -321,8 +337,6 @@ class Settings(BaseSettings):
     @field_validator("geofence_alarms")
     @classmethod
     def _geofence_alarms(cls, text: str) -> str:
-        from bridge.dispatch import geofence_alarm_rules  # bridge imports aoc.config
-
         geofence_alarm_rules(text)  # raises ValueError naming the bad item
         return text
 

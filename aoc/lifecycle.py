@@ -505,7 +505,9 @@ class _BridgeWiring:
             ) from exc
         assert self._connections is not None
         if self._connections.shim is None:
-            raise MqttError("legacy mode is off: the legacy shim has no connection")
+            raise MqttError(
+                "the HTTP API has no MQTT account (AOC_SHIM_MQTT_USERNAME) and legacy mode is off"
+            )
         await self._connections.shim.publish(
             topic, payload, qos=qos, retain=retain, timeout=max(deadline - loop.time(), 0.0)
         )
@@ -620,7 +622,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             publisher_id=f"aoc-api-{os.getpid()}",
             emitter=sio,
             live=live,  # in this process: no detour through Socket.IO
-            shim=settings.legacy_mode,
+            shim=api_publishes(settings),
         )
         app = create_app(wiring.api_deps(publisher=True))
         realtime = create_realtime_app(sio, settings)
@@ -850,6 +852,16 @@ def _received() -> float:
     )
 
 
+def api_publishes(settings: Settings) -> bool:
+    """Whether the HTTP API connects to the broker with its account (the shim's).
+
+    In legacy mode (the shim relays devices), and whenever that account is
+    configured, since dispatch commands are published with it too. Without
+    it, dispatch commands answer 503.
+    """
+    return settings.legacy_mode or bool(settings.shim_mqtt_username)
+
+
 async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClient:
     """`aoc api`'s connection for the legacy shim, open until ``stack`` closes.
 
@@ -871,8 +883,8 @@ async def run_api(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         # It writes no objects; the bridge owns the spool (and may share data_dir).
         store, objects, cache = await _open_storage(settings, stack, spool=False)
-        # Only the legacy shim publishes, with its own account, in legacy mode.
-        publisher = await _shim_publisher(settings, stack) if settings.legacy_mode else None
+        # The legacy shim and dispatch commands publish, with the API's own account.
+        publisher = await _shim_publisher(settings, stack) if api_publishes(settings) else None
         deps = _api_deps(
             settings,
             store=store,

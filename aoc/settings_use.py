@@ -57,6 +57,8 @@ HTTP_API = STORE | OBJECTS | ACCESS | MQTT_SESSION | {
     "socketio_port", "dashboard_tile_url", "dashboard_tile_attribution",
     "dashboard_offline_seconds", "dashboard_socketio_url", "dashboard_dir",
     "speed_orange_kmh", "speed_red_kmh",
+    # Dispatch commands wait this long for the bridge (``api.dispatch_commands``).
+    "dispatch_wait_seconds",
 }
 # http_port: the dashboard's origin, which Socket.IO admits (``api.realtime``).
 REALTIME = STORE | ACCESS | {

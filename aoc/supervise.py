@@ -739,9 +739,10 @@ def _announcement(settings: Settings, borrowed: list[str]) -> str:
     path = settings.resolved_credentials_file
     accounts = (
         f" Credentials of the simulator's devices, dashboard {bootstrap.FIRST_DASHBOARD}"
-        f" and a read token: {path}."
+        f" and a dispatch token: {path} (it reads every ambulance, sets destinations and "
+        "acknowledges alarms)."
         if settings.broker_auth
-        else f" Read token: {path}. The broker accepts anyone (AOC_BROKER_AUTH=false)."
+        else f" Dispatch token: {path}. The broker accepts anyone (AOC_BROKER_AUTH=false)."
     )
     others = (
         f" Not started by this `aoc up`, and left running: {'; '.join(borrowed)}."

@@ -27,6 +27,12 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="comma-separated ambulance ids the token may read (default: every ambulance)",
     )
+    add.add_argument(
+        "--dispatch",
+        action="store_true",
+        help="it may also set destinations and acknowledge or resolve alarms (of the "
+        "ambulances it reads); without it a token is read-only",
+    )
     listing = actions.add_parser("list", help="every token, without its secret")
     revoke = actions.add_parser("revoke", help="revoke the live token of this name at once")
     revoke.add_argument("name")
@@ -56,20 +62,24 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with store:
         try:
             if args.token_command == "add":
-                secret = await tokens.create_token(store, args.name, _rooms(args.rooms), actor)
+                secret = await tokens.create_token(
+                    store, args.name, _rooms(args.rooms), actor, dispatch=args.dispatch
+                )
                 info = await tokens.verify_token(store, secret)
                 assert info is not None
                 rooms = "every ambulance" if info.rooms is None else ", ".join(info.rooms)
+                may = "reads and dispatches" if info.dispatch else "reads"
                 _print(
                     args,
                     {**info.as_json(), "token": secret},
-                    f"token {info.name} (reads {rooms}):\n{secret}\n"
+                    f"token {info.name} ({may} {rooms}):\n{secret}\n"
                     "It is shown only now: store it where its client will read it.",
                 )
             elif args.token_command == "list":
                 found = await tokens.list_tokens(store)
                 lines = [
                     f"{t.name}\t{'every ambulance' if t.rooms is None else ','.join(t.rooms)}"
+                    f"\t{'dispatch' if t.dispatch else 'read-only'}"
                     f"\tcreated {t.created_at:%Y-%m-%d %H:%M}"
                     + (f"\trevoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "")
                     for t in found

@@ -6,6 +6,9 @@ Rules, in one place (Socket.IO applies the same ones in ``api.realtime``):
   Bearer <token>`` or ``?token=`` (kiosks); else 401 with ``WWW-Authenticate:
   Bearer``. A token limited to some ambulances gets 403 for any other one,
   and for the fleet-wide diagnostics (dead letters, crashes of all).
+- Dispatch commands (a destination, acknowledging or resolving an alarm)
+  need a token made with ``--dispatch`` that may read that ambulance; a
+  read-only token gets 403 (``require_dispatch``).
 - ``/dashboard`` (the page) needs a token as the read API does; its scripts
   and libraries (``/dashboard/static``, ``/dashboard/vendor``) carry no data.
 - ``/files/<key>`` needs a token, or a signed URL that has not expired
@@ -52,6 +55,10 @@ UNAUTHORIZED = {
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
 }
 FORBIDDEN = {"description": "The token is limited to other ambulances"}
+DISPATCH_FORBIDDEN = {
+    "description": "The token is read-only (not made with `--dispatch`), or limited to "
+    "other ambulances"
+}
 
 LEGACY_REFUSED = (
     "the legacy endpoints are off: devices should publish over MQTT with a device account "
@@ -174,6 +181,29 @@ def require_fleet(info: TokenInfo, what: str) -> None:
     if info.limited:
         raise HTTPException(
             403, detail=f"this token is limited to some ambulances: it may not read {what}"
+        )
+
+
+def require_dispatch(info: TokenInfo, ambulance_id: str | None) -> None:
+    """403 unless ``info`` may send dispatch commands about ``ambulance_id``.
+
+    ``None``: an action on the whole fleet, for a token that reads every ambulance.
+    """
+    if not info.dispatch:
+        raise HTTPException(
+            403,
+            detail=f"token {info.name!r} is read-only: dispatch commands need a token made "
+            "with `aoc token add <name> --dispatch`",
+        )
+    if ambulance_id is None:
+        if info.limited:
+            raise HTTPException(
+                403, detail="this token is limited to some ambulances: it may not dispatch "
+                "the whole fleet",
+            )
+    elif not info.may_read(ambulance_id):
+        raise HTTPException(
+            403, detail=f"this token may not dispatch ambulance {ambulance_id!r}"
         )
 
 

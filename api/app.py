@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import dashboard, docs, health, legacy, places, read
+from api.routes import dashboard, dispatch, docs, health, legacy, places, read
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.include_router(legacy.router)
     app.include_router(read.router)
     app.include_router(read.files_router)
     app.include_router(places.router)
+    app.include_router(dispatch.router)
     app.include_router(health.router)
     return app

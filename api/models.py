@@ -9,7 +9,7 @@ is ``id``, as in the MQTT alert, and measures are rounded on the way out
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -33,6 +33,35 @@ class Location(BaseModel):
     lon: float
 
 
+class Destination(_Doc):
+    """Where an ambulance is sent (set by a dispatcher, docs/mqtt-contract.md)."""
+
+    type: str = Field(description="place or point")
+    place_id: str | None = None
+    name: str | None = None
+    kind: str | None = None
+    location: Location | None = Field(default=None, description="centre or representative point")
+    radius_m: Metres = None
+    set_at: datetime | None = None
+    set_by: str | None = None
+    command_id: str | None = None
+    arrived_at: datetime | None = None
+
+
+class Eta(_Doc):
+    """The estimated arrival at the destination (straight line, recent speed)."""
+
+    distance_m: Metres = None
+    speed_kmh: Kmh = None
+    speed_basis: str | None = Field(default=None, description="recent or floor")
+    window_s: float | None = None
+    floor_kmh: float | None = None
+    seconds: float | None = None
+    arrive_at: datetime | None = None
+    computed_at: datetime | None = None
+    model: str | None = None
+
+
 class AmbulanceState(_Doc):
     """The latest state of one ambulance."""
 
@@ -49,6 +78,9 @@ class AmbulanceState(_Doc):
     estimated_time: float | None = Field(default=None, description="seconds to the destination")
     source_location: Location | None = None
     destination_location: Location | None = None
+    destination: Destination | None = None
+    eta: Eta | None = None
+    places: list[str] = Field(default_factory=list, description="ids of the places it is inside")
 
 
 class AmbulanceList(BaseModel):
@@ -138,4 +170,71 @@ class DeadLetter(_Record):
 
 class DeadLetterPage(BaseModel):
     items: list[DeadLetter]
+    next_cursor: str | None = None
+
+
+class DestinationResult(BaseModel):
+    """An ambulance's destination and ETA once the bridge applied a command."""
+
+    ambulance_id: str
+    destination: Destination | None
+    eta: Eta | None
+
+
+class Pending(BaseModel):
+    """A published command the bridge has not applied yet (within AOC_DISPATCH_WAIT_SECONDS)."""
+
+    status: Literal["pending"]
+    command_id: str
+
+
+class AlarmTransition(_Doc):
+    action: str = Field(description="opened, repeated, ended, acknowledged or resolved")
+    at: datetime | None = None
+    by: str | None = None
+    note: str | None = None
+    command_id: str | None = None
+
+
+class Alarm(_Record):
+    """An alarm (crash, overspeed, offline, geofence) and its lifecycle."""
+
+    ambulance_id: str
+    kind: str
+    subject: str | None = None
+    status: str = Field(description="open, acknowledged or resolved")
+    active: bool
+    opened_at: datetime
+    updated_at: datetime | None = None
+    count: int = 1
+    location: Location | None = None
+    address: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    note: str | None = None
+    transitions: list[AlarmTransition] = Field(default_factory=list)
+
+
+class AlarmPage(BaseModel):
+    items: list[Alarm]
+    next_cursor: str | None = None
+
+
+class Event(_Record):
+    """What an ambulance did at a place: enter, exit or arrival."""
+
+    ambulance_id: str
+    type: str
+    place_id: str | None = None
+    place_name: str | None = None
+    place_kind: str | None = None
+    at: datetime
+    location: Location | None = None
+
+
+class EventPage(BaseModel):
+    items: list[Event]
     next_cursor: str | None = None

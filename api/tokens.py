@@ -2,7 +2,8 @@
 
 A token is ``aoc_`` + 43 random URL-safe characters, shown once when it is
 created. The store keeps only its SHA-256 (the document's ``_id``), with a
-name, the rooms it may read (None: every room) and when it was created and
+name, the rooms it may read (None: every room), whether it may dispatch
+(set destinations, acknowledge and resolve alarms) and when it was created and
 revoked, so verifying a presented token is one read by ``_id``. Nothing is
 cached: a revoked token is refused by the very next request, in every process
 that shares the store.
@@ -10,6 +11,9 @@ that shares the store.
 A token limited to some rooms reads only those ambulances: their records and
 images over HTTP, their Socket.IO rooms (the id and ``CRASH_NOTIFY_<id>``);
 never the shared rooms or fleet-wide lists that carry every ambulance.
+
+A token is read-only unless made with ``dispatch``: a token stored before the
+permission existed has no such field and stays read-only.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class TokenInfo:
     rooms: tuple[str, ...] | None  # ambulance ids; None: every ambulance
     created_at: datetime
     revoked_at: datetime | None = None
+    # May send dispatch commands (``api.access.require_dispatch``), for its ambulances.
+    dispatch: bool = False
 
     @property
     def limited(self) -> bool:
@@ -82,6 +88,7 @@ class TokenInfo:
         return {
             "name": self.name,
             "rooms": None if self.rooms is None else list(self.rooms),
+            "dispatch": self.dispatch,
             "created_at": self.created_at.isoformat(),
             "revoked_at": None if self.revoked_at is None else self.revoked_at.isoformat(),
         }
@@ -95,6 +102,8 @@ def _info(doc: Document) -> TokenInfo:
         rooms=None if rooms is None else tuple(str(r) for r in rooms),
         created_at=doc["created_at"],
         revoked_at=doc.get("revoked_at"),
+        # Only a stored true: a missing field (an older token) or damage stays read-only.
+        dispatch=doc.get("dispatch") is True,
     )
 
 
@@ -121,9 +130,16 @@ async def list_tokens(store: DocumentStore, *, revoked: bool = True) -> list[Tok
 
 
 async def create_token(
-    store: DocumentStore, name: str, rooms: Iterable[str] | None, actor: str
+    store: DocumentStore,
+    name: str,
+    rooms: Iterable[str] | None,
+    actor: str,
+    *,
+    dispatch: bool = False,
 ) -> str:
     """A new token named ``name`` (unique among live tokens), recorded in the audit log.
+
+    ``dispatch``: it may also send dispatch commands (read-only otherwise).
 
     Returns the token, which is stored nowhere: the caller shows it once.
     ``TokenError`` for a bad or taken name or a bad room. Two concurrent
@@ -140,6 +156,7 @@ async def create_token(
         "_id": token_hash(token),
         "name": name,
         "rooms": None if limited is None else list(limited),
+        "dispatch": dispatch,
         "created_at": _now(),
         "revoked_at": None,
         # The ambulance_id index is shared by every collection; tokens have none.
@@ -151,7 +168,7 @@ async def create_token(
         actor=actor,
         action="token.add",
         target=name,
-        details={"rooms": doc["rooms"]},
+        details={"rooms": doc["rooms"], "dispatch": dispatch},
     )
     return token
 

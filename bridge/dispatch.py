@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aoc.config import geofence_alarm_rules
 from bridge import alarms, eta
 from bridge.address import describe
 from bridge.contract import ALARMS_ROOM, EVENTS_ROOM
@@ -91,19 +92,6 @@ def overspeed_threshold(name: str) -> Threshold | None:
         "red": "speed_above_120", "orange": "speed_above_80", "off": None,
     }
     return choices[name]
-
-
-def geofence_alarm_rules(text: str) -> frozenset[tuple[str, str]]:
-    """``AOC_GEOFENCE_ALARMS``, e.g. ``restricted:enter,hospital:exit`` (place kinds or ids)."""
-    rules = set()
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        selector, _, event = item.strip().rpartition(":")
-        if not selector or event not in ("enter", "exit"):
-            raise ValueError(f"expected <place kind or id>:<enter|exit>, got {item.strip()!r}")
-        rules.add((selector, event))
-    return frozenset(rules)
 
 
 class Dispatch:
@@ -443,7 +431,8 @@ def _destination_doc(
 
 def _centre(place: Place) -> Position:
     """A point of the place to show it by: a circle's centre, a point inside a polygon."""
-    if place.center is not None:
+    if place.geometry is None:
+        assert place.center is not None  # a circle
         return place.center
     inner = place.geometry.representative_point()
     return Position(inner.y, inner.x)

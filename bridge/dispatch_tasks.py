@@ -48,23 +48,21 @@ class PlaceWatch:
         """Read what changed; True when the index was rebuilt."""
         changed = False
         cursor: str | None = None
+        since = self._since  # inclusive: a place written in the same millisecond is seen
         while True:
-            query = Query(PLACES, since=self._since, limit=PAGE, cursor=cursor)
+            query = Query(PLACES, since=since, limit=PAGE, cursor=cursor)
             page = await self._store.find(query)
             for doc in page.items:
                 place = place_from_doc(doc)
                 if place.updated_at is not None and (
                     self._since is None or place.updated_at > self._since
                 ):
-                    latest = place.updated_at
-                else:
-                    latest = self._since
+                    self._since = place.updated_at
                 if place.removed_at is not None:
                     changed |= self._places.pop(place.id, None) is not None
                 elif self._places.get(place.id) != place:
                     self._places[place.id] = place
                     changed = True
-                self._since = latest
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor

@@ -317,7 +317,7 @@ async def test_up_makes_the_broker_accounts_at_first_start_and_keeps_them(tmp_pa
         assert creds.data["mqtt"] == {"host": "127.0.0.1", "port": ports["mqtt"],
                                       "ws_port": ports["ws"]}
         output = log.read_text()
-        assert f"a read token: {path}" in output
+        assert f"a dispatch token: {path}" in output
         secrets = [p for _, p in filter(None, map(creds.account, ("admin", "bridge", "shim")))]
         token = creds.data["api_token"]
         assert not any(s in output for s in [*secrets, *creds.devices.values(), token])

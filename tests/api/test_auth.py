@@ -25,9 +25,9 @@ from api import ApiDeps, SocketGate, create_app
 from api.realtime import create_realtime_app, create_sio
 from api.routes.health import create_probe_app
 from api.signing import secret_key
-from api.tokens import create_token, revoke_token
+from api.tokens import create_token, revoke_token, token_hash, verify_token
 from storage import open_object_store
-from storage.base import AMBULANCES, AUDIT, IMAGES, Query, Write
+from storage.base import AMBULANCES, API_TOKENS, AUDIT, IMAGES, Query, Write
 from storage.localfs import LocalObjectStore
 from storage.s3 import S3ObjectStore
 from storage.sqlite import SQLiteDocumentStore
@@ -300,7 +300,7 @@ async def test_token_changes_are_audited(store: SQLiteDocumentStore) -> None:
         ("os:alice", "token.add", "audited"),
         ("ops-lead", "token.revoke", "audited"),
     ]
-    assert records[0]["details"] == {"rooms": ["amb-1"]}
+    assert records[0]["details"] == {"rooms": ["amb-1"], "dispatch": False}
     assert token not in repr(records)
 
 
@@ -363,3 +363,18 @@ async def test_s3_image_links_are_presigned_for_the_configured_time(
         assert fetched.content == TINY_JPEG
     finally:
         await objects.close()
+
+
+async def test_a_token_stored_before_the_dispatch_permission_is_read_only(
+    store: SQLiteDocumentStore,
+) -> None:
+    """Test that a stored token without the ``dispatch`` field (an older one) may not dispatch."""
+    token = await create_token(store, "older", None, actor="tests", dispatch=True)
+    doc = await store.get(API_TOKENS, token_hash(token))
+    assert doc is not None
+    del doc["dispatch"]
+    await store.apply([Write(API_TOKENS, "upsert", doc)])
+    info = await verify_token(store, token)
+    assert info is not None
+    assert info.dispatch is False
+    assert info.as_json()["dispatch"] is False

@@ -41,7 +41,7 @@ async def test_add_list_revoke_with_json_output(tmp_path: Path) -> None:
     """Test the --json documents of each action, and that the printed token is the live one."""
     data_dir = tmp_path / "data"
     added = as_json(aoc_token(data_dir, "add", "kiosk", "--rooms", "AMB-1, AMB-2", "--json"))
-    assert set(added) == {"name", "rooms", "created_at", "revoked_at", "token"}
+    assert set(added) == {"name", "rooms", "dispatch", "created_at", "revoked_at", "token"}
     assert (added["name"], added["rooms"], added["revoked_at"]) == (
         "kiosk", ["AMB-1", "AMB-2"], None
     )
@@ -89,3 +89,31 @@ def test_text_output_and_errors(tmp_path: Path) -> None:
         assert refused.stdout == ""
         last = refused.stderr.strip().splitlines()[-1]
         assert last.startswith(message), refused.stderr
+
+
+async def test_dispatch_tokens_are_made_listed_and_audited(tmp_path: Path) -> None:
+    """Test ``add --dispatch``: the stored permission, the listing (text and JSON), the audit."""
+    data_dir = tmp_path / "data"
+    desk = as_json(aoc_token(data_dir, "add", "desk", "--dispatch", "--json"))
+    assert desk["dispatch"] is True
+    crew = aoc_token(data_dir, "add", "crew", "--rooms", "AMB-1", "--dispatch")
+    assert crew.returncode == 0, crew.stderr
+    assert "(reads and dispatches AMB-1)" in crew.stdout
+    as_json(aoc_token(data_dir, "add", "wall", "--json"))
+    listed = as_json(aoc_token(data_dir, "list", "--json"))
+    assert [(t["name"], t["dispatch"]) for t in listed] == [
+        ("desk", True), ("crew", True), ("wall", False)
+    ]
+    text = aoc_token(data_dir, "list").stdout.splitlines()
+    assert [line.split("\t")[:3] for line in text] == [
+        ["desk", "every ambulance", "dispatch"],
+        ["crew", "AMB-1", "dispatch"],
+        ["wall", "every ambulance", "read-only"],
+    ]
+    async with SQLiteDocumentStore(data_dir / "aoc.sqlite3") as store:
+        info = await verify_token(store, desk["token"])
+        audit = (await store.find(Query(AUDIT, limit=10))).items
+    assert info is not None and info.dispatch
+    assert [(r["target"], r["details"]["dispatch"]) for r in audit] == [
+        ("desk", True), ("crew", True), ("wall", False)
+    ]

@@ -153,13 +153,16 @@ def served(
             clean_session=True, manual_ack=False,
         ))
         await _seed(store, objects)
-        token = await create_token(store, "hostile", None, actor="tests")
+        # A dispatch token: the dispatch commands' paths are fuzzed too, not only refused.
+        token = await create_token(store, "hostile", None, actor="tests", dispatch=True)
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=data_dir,
             max_image_bytes=MAX_IMAGE_BYTES,
             max_upload_files=MAX_UPLOAD_FILES,
             legacy_mode=True,  # the legacy endpoints, for this loopback client
+            # No bridge applies dispatch commands here: answer pending at once.
+            dispatch_wait_seconds=0,
         )
         deps = ApiDeps(
             settings=settings, store=store, objects=objects, cache=cache, publisher=publisher,
