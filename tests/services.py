@@ -272,8 +272,12 @@ class AocService(Service):
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def api_token(env: dict[str, str], rooms: Sequence[str] | None = None) -> str:
+def api_token(
+    env: dict[str, str], rooms: Sequence[str] | None = None, *, dispatch: bool = False
+) -> str:
     """A new token reading every ambulance (or ``rooms``), in the store ``env``'s process uses.
+
+    ``dispatch``: it may also send dispatch commands.
 
     Created through the store itself (as `aoc token add` does), on a thread of
     its own so that a test already inside an event loop can call it too.
@@ -297,7 +301,7 @@ def api_token(env: dict[str, str], rooms: Sequence[str] | None = None) -> str:
         )
         async with store:
             name = f"tests-{os.getpid()}-{time.monotonic_ns()}"
-            return await create_token(store, name, rooms, actor="tests")
+            return await create_token(store, name, rooms, actor="tests", dispatch=dispatch)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, create()).result(60)
