@@ -42,6 +42,9 @@ _STORED_AS = {
     "crash_repeat": "crash",
     "snap": "snap",
     "status": "status",
+    # Dispatch commands (their state records them): named by their topic's kind.
+    "destination": "destination",
+    "alarm_action": "alarm",
 }
 
 # The kinds whose messages carry a device timestamp.

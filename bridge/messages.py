@@ -188,8 +188,10 @@ class Outcome(StrEnum):
     CRASH_REPEAT = "crash_repeat"  # a crash within the window of a broadcast one: stored only
     SNAP = "snap"
     STATUS = "status"
-    COMMAND = "command"  # a dispatcher's command, applied or refused (its state says which)
-    CHECK = "check"  # the offline sweep's question about one ambulance
+    # A dispatcher's command, applied or refused (its state says which).
+    DESTINATION = "destination"
+    ALARM_ACTION = "alarm_action"
+    CHECK = "check"  # the offline sweep's question about one ambulance (not a message)
     DEAD_LETTER = "dead_letter"
 
 

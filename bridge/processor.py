@@ -821,10 +821,11 @@ class Processor:
         if self.dispatch.seen(state, item.command_id):
             draft.outcomes.append(Outcome.DUPLICATE)
             return
-        draft.outcomes.append(Outcome.COMMAND)
         if isinstance(item, Destination):
+            draft.outcomes.append(Outcome.DESTINATION)
             self.dispatch.on_destination(item, state, draft)
         else:
+            draft.outcomes.append(Outcome.ALARM_ACTION)
             self.dispatch.on_alarm_action(item, state, draft)
 
     def _rejected(self, item: Rejected, draft: _Draft) -> None:

@@ -570,7 +570,8 @@ class Bridge:
             if item.budget is not None:
                 item.budget.give(item.held)
         metrics.observe_batch(
-            (item.message.topic for item in batch),
+            # The offline sweep's checks are the bridge's own, not messages received.
+            (item.message.topic for item in batch if not isinstance(item.parsed, Check)),
             parsed,
             plan,
             seconds=time.monotonic() - started,

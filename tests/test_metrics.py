@@ -27,7 +27,15 @@ import pytest
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from aoc.metrics import emit_kind, kind_of
+from aoc.metrics import (
+    MESSAGES_DUPLICATE,
+    MESSAGES_RECEIVED,
+    MESSAGES_STORED,
+    emit_kind,
+    kind_of,
+    observe_batch,
+)
+from bridge.messages import Check, Outcome, Plan
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
@@ -166,15 +174,16 @@ async def test_bridge_alone_serves_probes_metrics_and_json_logs(
     }
 
     def counted(samples: Samples) -> bool:
-        # Fan-out follows the acknowledgement: wait for the crash alert too.
+        # Fan-out follows the acknowledgement: wait for the crash alert and its alarm too.
         alert = value(samples, "aoc_messages_reemitted_total", channel="mqtt", kind="alert")
-        return alert == 1 and all(
+        return alert == 2 and all(
             value(samples, name, kind=kind) == number for (name, kind), number in expected.items()
         )
 
     samples = await wait_metrics(http, counted)
     # Socket.IO through Redis: each point to its ambulance's room and `tracking`.
-    for kind, number in {"tracking": 6, "crash": 2, "snap": 1}.items():
+    # The crash's alarm goes to the `alarms` room (counted as an alert).
+    for kind, number in {"tracking": 6, "crash": 2, "snap": 1, "alert": 1}.items():
         assert value(samples, "aoc_messages_reemitted_total", channel="socketio", kind=kind) == (
             number
         )
@@ -358,6 +367,31 @@ def test_kinds_are_low_cardinality() -> None:
     assert kind_of("garbage") == "other"
     rooms = ["332", "tracking", "snap", "crash", "CRASH_NOTIFY_332"]
     assert [emit_kind(room) for room in rooms] == ["tracking", "tracking", "snap", "crash", "crash"]
+
+
+def test_dispatch_commands_count_as_stored_and_checks_not_at_all() -> None:
+    """Test that an applied command is counted stored (not a duplicate), a check not received."""
+    def value(counter: Any, kind: str) -> float:
+        return float(counter.labels(kind)._value.get())
+
+    now = datetime.now(UTC)
+    command = parse(
+        "dispatch/A1/destination",
+        json.dumps({"command_id": "cmd-00000001", "at": now.isoformat(), "by": "desk",
+                    "destination": None}).encode(),
+        now, Limits(max_image_bytes=1024, max_upload_files=1),
+    )
+    plan = Plan(outcomes=[Outcome.DESTINATION, Outcome.CHECK])
+    before = [value(c, "destination") for c in (MESSAGES_RECEIVED, MESSAGES_STORED,
+                                                 MESSAGES_DUPLICATE)]
+    other = value(MESSAGES_RECEIVED, "other")
+    # The bridge passes the topics of received messages only: a check has none.
+    observe_batch(["dispatch/A1/destination"], [command, Check("A1", now)], plan,
+                  seconds=0.001, acked_at=now)
+    after = [value(c, "destination") for c in (MESSAGES_RECEIVED, MESSAGES_STORED,
+                                                MESSAGES_DUPLICATE)]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 0]
+    assert value(MESSAGES_RECEIVED, "other") == other
 
 
 @pytest.mark.e2e
