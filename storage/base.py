@@ -42,6 +42,9 @@ API_TOKENS = "api_tokens"
 PLACES = "places"
 EVENTS = "events"
 ALARMS = "alarms"
+# History (``bridge.trips``): what the points mean, kept as they arrive for reports.
+TRIPS = "trips"
+STOPS = "stops"
 
 # The time field each collection is indexed and range-queried on.
 TIME_FIELDS: Mapping[str, str] = {
@@ -57,6 +60,8 @@ TIME_FIELDS: Mapping[str, str] = {
     PLACES: "updated_at",
     EVENTS: "at",
     ALARMS: "opened_at",
+    TRIPS: "started_at",
+    STOPS: "started_at",
 }
 COLLECTIONS: tuple[str, ...] = tuple(TIME_FIELDS)
 SCAN_PAGE = 1000  # documents per read of a whole-collection scan
