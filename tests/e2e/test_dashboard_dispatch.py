@@ -326,7 +326,10 @@ def test_4_a_read_only_token_is_refused_and_says_so(
 def test_5_a_limited_token_reads_alarms_from_the_api_and_says_so(
     board: DispatchBoard, tmp_path: Path
 ) -> None:
-    """Test that a token limited to one ambulance, refused the rooms, lists its alarms."""
+    """Test that a token limited to one ambulance, refused the rooms, lists its alarms.
+
+    Not live, it can show an alarm resolved elsewhere: acknowledging it shows the 409.
+    """
     mine = fresh_id("DD-MINE")
     board.track(mine, H_LAT - 0.04, 50, 0)
     board.wait(lambda: board.api("GET", f"/ambulances/{mine}").status_code == 200, "it stored")
@@ -345,4 +348,17 @@ def test_5_a_limited_token_reads_alarms_from_the_api_and_says_so(
         a["id"] for a in board.api("GET", "/alarms", params={"ambulance_id": mine,
                                                               "status": "active"}).json()["items"]
     }
-    board.shot(tmp_path, "5-limited")
+    board.shot(tmp_path, "5a-limited")
+
+    # Resolved elsewhere meanwhile (not live, the page does not know yet): refused, 409.
+    (alarm,) = board.api("GET", "/alarms", params={"ambulance_id": mine}).json()["items"]
+    answer = board.api("POST", f"/alarms/{alarm['id']}/resolve", json={"note": "by phone"})
+    assert answer.status_code == 200, answer.text
+    row = board.alarm_rows(mine)[0]
+    row.find_element(By.CSS_SELECTOR, "button.ack").click()
+    error = board.wait(
+        lambda: (t := row.find_element(By.CSS_SELECTOR, ".alarm-error").text)
+        .startswith("refused: ") and t, "the 409 refusal",
+    )
+    assert "is resolved" in error
+    board.shot(tmp_path, "5b-refused-resolved")
