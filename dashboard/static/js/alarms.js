@@ -33,6 +33,7 @@ export class AlarmPanel {
     this.loaded = false;
     this.live = false;
     this.poller = null;
+    this.refusedFleet = false;  // the fleet-wide list was refused (a limited token)
   }
 
   // Whether the room `alarms` was joined on this connection (null: not known yet).
@@ -52,10 +53,13 @@ export class AlarmPanel {
   // The active alarms of every ambulance, or, for a token limited to some (refused the
   // fleet-wide list), of each of its ambulances.
   async read() {
-    try {
-      return await this.api.activeAlarms();
-    } catch (err) {
-      if (!(err instanceof ApiError && err.status === 403)) throw err;
+    if (!this.refusedFleet) {
+      try {
+        return await this.api.activeAlarms();
+      } catch (err) {
+        if (!(err instanceof ApiError && err.status === 403)) throw err;
+        this.refusedFleet = true;  // a token's reach does not change: not asked again
+      }
     }
     const each = await Promise.all(this.ambulanceIds().map((id) => this.api.activeAlarms(id)));
     return each.flat();
