@@ -141,16 +141,22 @@ async def test_the_page_and_its_files_cannot_be_framed(deps: ApiDeps, api_token:
 
 
 def test_map_tooltips_are_text_never_html() -> None:
-    """Test that every Leaflet tooltip in map.js gets an element built with textContent.
+    """Test that every Leaflet tooltip of the page gets an element built with textContent.
 
-    Leaflet inserts a string tooltip as HTML; a browser test of the page is in
-    tests/e2e. Here the source: each bindTooltip call passes asText(...), and
-    asText sets textContent (never innerHTML).
+    Leaflet inserts a string tooltip as HTML; browser tests of the page are in
+    tests/e2e. Here the source: each bindTooltip call (the markers in map.js, the
+    places in places.js) passes asText(...), asText sets textContent, and no
+    script of the page sets innerHTML.
     """
-    source = (DASHBOARD_DIR / "static" / "js" / "map.js").read_text()
-    calls = re.findall(r"\.bindTooltip\((.*?)\);", source)
-    assert calls, "map.js binds a tooltip to each marker"
-    assert all(call.startswith("asText(") for call in calls), calls
+    scripts = sorted((DASHBOARD_DIR / "static" / "js").glob("*.js"))
+    sources = {path.name: path.read_text() for path in scripts}
+    calls = {name: re.findall(r"\.bindTooltip\((.*?)\);", text) for name, text in sources.items()}
+    assert calls["map.js"], "map.js binds a tooltip to each marker"
+    assert calls["places.js"], "places.js binds a tooltip to each place"
+    for name, found in calls.items():
+        assert all(call.startswith("asText(") for call in found), (name, found)
+    assert not [name for name, text in sources.items() if "innerHTML" in text]
+    source = sources["map.js"]
     helper = re.search(r"function asText\(text\) \{(.*?)\n\}", source, re.S)
     assert helper is not None
     assert ".textContent = " in helper.group(1) and "innerHTML" not in helper.group(1)

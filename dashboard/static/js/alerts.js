@@ -133,6 +133,11 @@ export class Alerts {
     }
   }
 
+  // One beep, for what is noticeable but not a crash (a new alarm of another kind).
+  chime() {
+    if (!this.muted) this.beep();
+  }
+
   beep() {
     try {
       this.audio = this.audio || new AudioContext();

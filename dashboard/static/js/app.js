@@ -1,15 +1,19 @@
 // The dispatch dashboard: wires the read API, the live stream (transport.js), the fleet
-// model, the map, the list, the selected ambulance and the crash alerts.
+// model, the map and its places, the list, the selected ambulance (and its dispatch),
+// the crash alerts and the alarms panel.
 //
 // The token comes from the page's URL (?token=, as kiosks open it) and is used as a bearer
 // header for the read API and in Socket.IO's auth payload, never in another URL.
 
 import { Alerts } from "./alerts.js";
+import { AlarmPanel } from "./alarms.js";
 import { ApiError, readApi } from "./api.js";
 import { Detail } from "./detail.js";
+import { DispatchPanel } from "./dispatch.js";
 import { Fleet } from "./fleet.js";
 import { FleetList } from "./list.js";
 import { FleetMap } from "./map.js";
+import { Places } from "./places.js";
 import { connect, fromState } from "./transport.js";
 
 const RESYNC_EVERY_MS = 60000;  // the fleet re-read from the read API, in case anything was missed
@@ -40,12 +44,32 @@ const detail = new Detail({
   },
   onCrashClick: (crash) => select(crash.ambulance_id),
 });
-$("detail-close").addEventListener("click", () => { detail.close(); select(null); });
+const places = new Places({ api, fleetMap, onChange: () => { dispatch.placesChanged(); alarms.render(); } });
+const dispatch = new DispatchPanel({
+  api, fleet, places,
+  elements: {
+    destination: $("destination"), eta: $("eta"), inside: $("inside"), form: $("destination-form"),
+    place: $("destination-place"), clear: $("destination-clear"), outcome: $("destination-outcome"),
+    events: $("detail-events"),
+  },
+});
+const alarms = new AlarmPanel({
+  api, places,
+  elements: { count: $("alarm-count"), note: $("alarm-note"), list: $("alarm-list") },
+  ambulanceIds: () => [...fleet.byId.keys()],
+  onSelect: select,
+  // A crash's alarm is announced by its banner already.
+  onNew: (alarm) => { if (alarm.kind !== "crash") alerts.chime(); },
+});
+$("detail-close").addEventListener("click", () => { detail.close(); dispatch.close(); select(null); });
 
 function select(id) {
   fleetMap.select(id);
   list.select(id);
-  if (id) detail.show(id);
+  if (id) {
+    detail.show(id);
+    dispatch.show(id);
+  }
 }
 
 // --- drawing: the map as updates are applied, the list and chart at most a few times a second
@@ -54,6 +78,7 @@ fleet.onChange((ids) => {
   fleetMap.update(fleet, ids);
   if (listTimer === null) listTimer = setTimeout(() => { listTimer = null; list.refresh(); }, LIST_EVERY_MS);
   $("fleet-count").textContent = `${fleet.byId.size} ambulances`;
+  if (dispatch.id && ids.includes(dispatch.id)) dispatch.render();
 });
 setInterval(() => {
   fleetMap.update(fleet, fleet.byId.keys());
@@ -95,6 +120,9 @@ async function resync(since) {
   const results = await Promise.allSettled([
     resyncFleet(),
     detail.resync(),
+    places.load(),
+    alarms.load(),
+    dispatch.resync(),
     recentCrashes(50, new Date(since - CRASH_MARGIN_MS)).then((crashes) => {
       for (const crash of [...crashes].reverse()) alerts.raise(crash);
     }),
@@ -121,6 +149,7 @@ async function start() {
   } catch (err) {
     console.warn("first read", err);
   }
+  places.load().catch((err) => console.warn("places", err));
   const url = config.socketio_url || `${location.protocol}//${location.hostname}:${config.socketio_port}`;
   transport = connect({
     url,
@@ -136,12 +165,18 @@ async function start() {
       if (live) resync(lostAt);
     },
     onLimited: () => transport.watch(fleet.byId.keys()),
+    onRoom: (room, joined, why) => {
+      if (room === "alarms") alarms.setLive(joined, why);
+      if (room === "events") dispatch.setLive(joined);
+    },
+    onAlarm: (message) => alarms.receive(message),
+    onEvent: (event) => dispatch.receive(event),
   });
   setInterval(() => resyncFleet().catch((err) => console.warn("fleet", err)), RESYNC_EVERY_MS);
 }
 
 // For the browser tests and anyone reading the page from a console.
-window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select,
+window.aocDashboard = { config, api, fleet, fleetMap, list, detail, alerts, select, places, alarms, dispatch,
   get transport() { return transport; }, get resyncs() { return resyncs; },
 };
 start();

@@ -62,6 +62,15 @@ export class Fleet {
     return true;
   }
 
+  // A dispatch command's answer (destination and ETA), applied at once: the state that
+  // carries it may come later on the live stream.
+  setDispatch(id, destination, eta) {
+    const known = this.byId.get(id);
+    if (!known) return;
+    known.dispatch = { places: [], ...(known.dispatch || {}), destination, eta };
+    this.notify([id]);
+  }
+
   // Replaces what is known with a full listing (a resync), keeping newer live states.
   resync(updates) {
     const changed = [];

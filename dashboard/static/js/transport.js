@@ -15,6 +15,13 @@
 //   onLive(live, why) true once connected and subscribed; false when the connection is lost.
 //                     After a loss the page resyncs from the read API on the next `true`.
 //   onLimited()       the token may not watch the fleet: call watch(ids).
+//
+// Dispatch: the fleet-wide rooms `alarms` and `events` (docs/socketio.md, "Dispatch rooms")
+// are joined with `room_join` after every connection (a join ends with the connection too);
+// their `data` payloads are JSON text.
+//   onRoom(room, joined, why)  the join's answer: a token limited to some ambulances is refused
+//   onAlarm(message)           {type: "alarm", event, alarm}, the alarm as the read API has it
+//   onEvent(event)             an enter, exit or arrival event, as the read API lists it
 
 const FLEET = "*";
 const RETRY_MS = 5000;  // a refused subscription (storage unavailable, say) is asked again
@@ -31,10 +38,19 @@ export function fromState(state) {
     seen: state.last_seen ? Date.parse(state.last_seen) : null,
     state: state.state ?? null,
     online: state.online,
+    // Absent from states of an older server: then left as they were (see Fleet.apply).
+    dispatch: "destination" in state || "eta" in state || "places" in state
+      ? { destination: state.destination ?? null, eta: state.eta ?? null, places: state.places ?? [] }
+      : null,
   };
 }
 
-export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
+const ROOMS = ["alarms", "events"];
+
+export function connect({
+  url, token, onUpdate, onCrash, onLive, onLimited,
+  onRoom = () => {}, onAlarm = () => {}, onEvent = () => {},
+}) {
   // auth, not the URL: the token stays out of the Socket.IO server's request lines.
   const socket = io(url, { auth: { token }, reconnectionDelayMax: 5000 });
   const watched = new Set();
@@ -42,7 +58,7 @@ export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
   let live = false;
   let retry = null;
   // For the browser tests and a console: what the server answered, what came.
-  const seen = { subscription: null, events: 0, states: 0, alerts: 0 };
+  const seen = { subscription: null, events: 0, states: 0, alerts: 0, rooms: {}, alarms: 0, placeEvents: 0 };
 
   const setLive = (value, why) => {
     if (value !== live) {
@@ -75,7 +91,31 @@ export function connect({ url, token, onUpdate, onCrash, onLive, onLimited }) {
     });
   }
 
+  // The dispatch rooms; the answer is null once joined, else why not.
+  function joinRooms() {
+    for (const room of ROOMS) {
+      socket.emit("room_join", room, (refusal) => {
+        seen.rooms[room] = refusal ?? "joined";
+        onRoom(room, !refusal, refusal ?? null);
+      });
+    }
+  }
+
   socket.on("connect", subscribe);
+  socket.on("connect", joinRooms);
+  socket.on("data", (payload) => {
+    if (typeof payload !== "string" || payload.startsWith("room joined:")) return;
+    let message;
+    try { message = JSON.parse(payload); } catch { return; }
+    if (!message || typeof message !== "object") return;
+    if (message.type === "alarm" && message.alarm && message.alarm.id) {
+      seen.alarms += 1;
+      onAlarm(message);
+    } else if (message.type === "event" && message.event && message.event.ambulance_id) {
+      seen.placeEvents += 1;
+      onEvent(message.event);
+    }
+  });
   socket.on("disconnect", (reason) => setLive(false, `disconnected (${reason})`));
   socket.on("connect_error", (err) => setLive(false, `cannot connect: ${err.message}`));
   socket.on("live_error", ({ message }) => console.warn("live stream", message));
