@@ -60,6 +60,7 @@ ID_MAX = 256
 # Every command's answers besides 200 (``api.dispatch_commands``).
 _COMMAND: dict[int | str, dict[str, Any]] = {
     202: {"model": Pending, **PENDING},
+    400: {"description": "The body is not JSON"},
     403: DISPATCH_FORBIDDEN,
     409: REFUSED,
     503: UNPUBLISHED,

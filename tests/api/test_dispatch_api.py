@@ -158,11 +158,17 @@ async def test_destination_by_place_with_stand_in_bridge(
     assert re.fullmatch(r"[0-9a-f]{32}", command["command_id"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", command["at"])
     assert command["by"] == "desk-1"
-    assert command["destination"] == {"type": "place", "feature": {
+    feature = command["destination"]["feature"]
+    assert command["destination"]["type"] == "place"
+    assert {k: feature[k] for k in ("type", "id", "geometry")} == {
         "type": "Feature", "id": "siriraj",
         "geometry": {"type": "Point", "coordinates": [100.4856, 13.7593]},
-        "properties": {"name": "Siriraj Hospital", "kind": "hospital", "radius_m": 150.0},
-    }}
+    }
+    # The place as stored, with when it was last changed.
+    assert feature["properties"] == {
+        "name": "Siriraj Hospital", "kind": "hospital", "radius_m": 150.0,
+        "updated_at": feature["properties"]["updated_at"],
+    }
     assert body["destination"]["command_id"] == command["command_id"]
     state = (await desk.get(f"/api/v1/ambulances/{ambulance_id}")).json()
     assert (state["destination"], state["eta"]) == (body["destination"], body["eta"])

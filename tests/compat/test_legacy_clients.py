@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from bridge.jsjson import dumps
+from bridge.processor import alert_message
 from bridge.public import public_record
 from storage.base import CRASHES, IMAGE_HISTORIES, IMAGES, TRACKINGS
 from tests.compat.conftest import (
@@ -293,8 +294,10 @@ async def test_crash_reaches_crash_notify_and_crash_rooms(
     assert message["legacy"] == json.loads(raw)
     [record] = await eventually_stored(stack, CRASHES, aid, 1)
     assert record_text == dumps(record)  # the crash record, exactly as stored
-    # The MQTT alert is the record's public view: `id`, km/h to 0.1 (149.76 -> 149.8).
-    assert alert["payload"] == dumps(public_record(record))
+    # The MQTT alert is the record's public view: `id`, km/h to 0.1 (149.76 -> 149.8), and
+    # `type` to tell it from the alarms the topic also carries.
+    assert alert["payload"] == dumps(alert_message(record))
+    assert alert_message(record) == {"type": "crash"} | public_record(record)
     assert json.loads(alert["payload"])["speed"] == 149.8
     assert json.loads(body)["tracking_speed"] == 41.6  # the legacy body keeps m/s
     assert record["speed"] == pytest.approx(149.76)  # the record has km/h
@@ -424,4 +427,4 @@ async def test_mqtt_websocket_dashboard_gets_state_and_alerts(
     alert = json.loads(alert_event["payload"])
     assert (alert["ambulance_id"], alert["speed"], alert["state"]) == (aid, 36, "GREEN")
     [record] = await eventually_stored(stack, CRASHES, aid, 1)
-    assert alert_event["payload"] == dumps(public_record(record))
+    assert alert_event["payload"] == dumps(alert_message(record))

@@ -382,7 +382,9 @@ SECRET_PATTERNS = [
     # A secret-named variable or key given a quoted literal (JS, Python, YAML, JSON).
     (re.compile(rf"(?i)\w*{_SECRET_NAME}\w*[\"']?\s*[:=]\s*[\"']([^\"'\s]{{4,}})[\"']"), False),
     # The same unquoted, as in env files, Dockerfiles and compose files.
-    (re.compile(rf"(?im)^\s*(?:-\s*|ENV\s+)?\w*{_SECRET_NAME}\w*\s*[:=]\s*([^\s\"'$#{{]{{4,}})"),
+    # The value on the same line: a YAML key with a nested block is no value.
+    (re.compile(rf"(?im)^[ \t]*(?:-[ \t]*|ENV[ \t]+)?\w*{_SECRET_NAME}\w*[ \t]*[:=][ \t]*"
+                rf"([^\s\"'$#{{]{{4,}})"),
      True),
     (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@\"']+:([^/\s@\"'$]+)@"), False),  # user:pass@host
     (re.compile(r"\b(AIza[0-9A-Za-z_-]{35})"), False),  # a Google API key (the map key)
@@ -394,7 +396,9 @@ PLACEHOLDERS = re.compile(r"(?i)^(changeme|change-me|example|placeholder|x+|\*+|
 CODE = (".py", ".js", ".mjs", ".ts")
 # Tests give their throwaway local servers obviously fake credentials.
 # minioadmin is MinIO's published default, which production mode refuses.
-FAKE = re.compile(r"(?i)^(test|dummy[\w-]*|fake[\w-]*|hunter2|minioadmin)$")
+FAKE = re.compile(r"(?i)^(test|dummy[\w\\-]*|fake[\w\\-]*|hunter2|minioadmin)$")
+# The name of a secret (a Docker secret, a file), not its value: mqtt_bridge_password.
+SECRET_LABEL = re.compile(r"^\[?[a-z_]*(password|secret|token|key)\]?,?$")
 LEGACY_LIKE = [
     'const MAP_KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv";',
     "mongoose.connect('mongodb://aoc:s3cr3t-pass@10.0.0.5:27017/aoc_v2')",
@@ -420,6 +424,8 @@ def secrets_in(
             value = match.group(1)
             if PLACEHOLDERS.match(value) or (test and FAKE.match(value)):
                 continue
+            if SECRET_LABEL.match(value) or re.match(r"\s*\w+_FILE\b", match.group(0)):
+                continue  # a secret's name, or the file that holds it
             # A value that spells its own name is a label, not a secret:
             # API_TOKENS = "api_tokens" names a collection.
             name = re.match(r"\s*(?:-\s*|ENV\s+)?[\"']?(\w+)", match.group(0))
@@ -445,6 +451,12 @@ def test_the_secret_scanner_finds_legacy_style_secrets() -> None:
     assert secrets_in('{API_TOKENS: "created_at"}', code=True, python=True) == []
     assert secrets_in('{"token": "created_at"}', code=True, python=True)
     assert secrets_in('{token: "s3cr3t-value"}', code=True)  # JavaScript: a literal key
+    # Docker secrets: their names, and the files the settings read, are no secrets.
+    assert secrets_in("AOC_MQTT_PASSWORD_FILE: /run/secrets/mqtt_bridge_password") == []
+    assert secrets_in("secrets: [mqtt_admin_password, mqtt_bridge_password]") == []
+    assert secrets_in("secrets:\n  mqtt_admin_password:\n    file: ./secrets/x\n") == []
+    assert secrets_in('"AOC_MQTT_PASSWORD": "mqtt_bridge_password"', test=True) == []
+    assert secrets_in("AOC_MQTT_PASSWORD: hunter22\n")
 
 
 def test_no_secrets_in_tracked_files() -> None:
