@@ -8,8 +8,11 @@ Start order: storage, then the parts, each supervised by ``aoc.parts``: the
 bridge with its three MQTT connections (outbound, consumer, snapshots) and
 the HTTP servers. A part that fails is restarted alone while the others
 serve, at start-up too: with the broker down, ``aoc serve`` answers
-``/healthz`` (``/readyz``: 503) while its bridge retries; an HTTP or
-Socket.IO port that is taken is retried in the process until it is free.
+``/healthz`` (``/readyz``: 503) while its bridge retries. An HTTP or
+Socket.IO port that another process holds at start-up is a configuration
+error (one line naming the variable and the holder, exit 2: no restart cures
+it); one taken later, while its server restarts, is retried in the process
+until it is free, one line per attempt.
 Stop order (first SIGINT/SIGTERM): HTTP servers stop accepting and finish
 their requests, the bridge finishes and acknowledges its batch and closes its
 consumer connections, then its outbound one (the last batch's states and
@@ -35,12 +38,12 @@ from typing import Any
 import socketio
 from fastapi import FastAPI
 
-from aoc import logs, metrics, tls
+from aoc import logs, metrics, ports, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start, stop_on_signals
 from aoc.safety import ConfigError
 from aoc.servers import EmbeddedServer, server
-from aoc.startup import Unreachable, setting
+from aoc.startup import Unreachable, setting, variable
 from api import (
     ApiDeps,
     RevocationSweep,
@@ -74,6 +77,19 @@ GROUP_RECONNECT_MAX_S = 2.0
 # A part failing with these waits for a dependency (the broker, a store): one
 # warning line per restart, no traceback (``aoc.parts``).
 OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
+
+
+def _check_ports(settings: Settings, who: str, *names: str) -> None:
+    """``ConfigError`` (exit 2, one line) if a port of the settings ``names`` cannot be listened on.
+
+    Checked once, before anything starts: a port another process holds is
+    not cured by retrying (a second `aoc serve`, another program on 8000).
+    """
+    binds = [ports.Bind(variable(n), settings.bind_host, getattr(settings, n)) for n in names]
+    try:
+        ports.check(binds, who)
+    except ports.Unavailable as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
@@ -594,6 +610,7 @@ def _fan_in(settings: Settings) -> LiveRedisManager | None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
+    _check_ports(settings, "aoc serve", "http_port", "socketio_port")
     stop = stop or stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -665,6 +682,7 @@ def _redis_emitter(settings: Settings) -> socketio.AsyncRedisManager:
 
 async def run_bridge(settings: Settings) -> None:
     """The bridge alone; it reaches Socket.IO servers through Redis."""
+    _check_ports(settings, "aoc bridge", "bridge_http_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -862,6 +880,7 @@ async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClie
 
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
+    _check_ports(settings, "aoc api", "http_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -885,6 +904,7 @@ async def run_api(settings: Settings) -> None:
 
 async def run_realtime(settings: Settings) -> None:
     """A Socket.IO server alone, fed by bridges through Redis; tokens are read from the store."""
+    _check_ports(settings, "aoc realtime", "socketio_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
