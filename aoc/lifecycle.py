@@ -635,8 +635,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             live=live,  # in this process: no detour through Socket.IO
             shim=settings.legacy_mode,
         )
-        app = create_app(wiring.api_deps(publisher=True))
-        realtime = create_realtime_app(sio, settings)
+        deps = wiring.api_deps(publisher=True)
+        app = create_app(deps)
+        # One process: the Socket.IO port is ready when the HTTP API is.
+        realtime = create_realtime_app(sio, settings, ready_checks=deps.ready_checks)
         parts = Parts(stop, outages=OUTAGES)
         sio_bound, http_bound = asyncio.Event(), asyncio.Event()
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
@@ -909,6 +911,13 @@ async def run_realtime(settings: Settings) -> None:
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)
+        # Only for readiness: the bridges' events come through Redis (LiveRedisManager).
+        redis = StateCache(settings.redis_url)
+        try:
+            await redis.open()
+        except StoreUnavailable as exc:  # not ready until it answers; served meanwhile
+            log.warning("redis unavailable at start-up: %s", exc)
+        stack.push_async_callback(redis.close)
         gate = SocketGate(settings, store)
         live = _live_stream(settings)
         sio = create_sio(
@@ -918,7 +927,10 @@ async def run_realtime(settings: Settings) -> None:
             client_manager=LiveRedisManager(settings.redis_url),
             live=live,
         )
-        realtime = create_realtime_app(sio, settings)
+        # Ready when its clients' tokens can be checked and the bridges' events arrive.
+        realtime = create_realtime_app(
+            sio, settings, ready_checks={"store": store.ping, "redis": redis.ping}
+        )
         parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))
