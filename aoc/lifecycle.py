@@ -8,8 +8,11 @@ Start order: storage, then the parts, each supervised by ``aoc.parts``: the
 bridge with its three MQTT connections (outbound, consumer, snapshots) and
 the HTTP servers. A part that fails is restarted alone while the others
 serve, at start-up too: with the broker down, ``aoc serve`` answers
-``/healthz`` (``/readyz``: 503) while its bridge retries; an HTTP or
-Socket.IO port that is taken is retried in the process until it is free.
+``/healthz`` (``/readyz``: 503) while its bridge retries. An HTTP or
+Socket.IO port that another process holds at start-up is a configuration
+error (one line naming the variable and the holder, exit 2: no restart cures
+it); one taken later, while its server restarts, is retried in the process
+until it is free, one line per attempt.
 Stop order (first SIGINT/SIGTERM): HTTP servers stop accepting and finish
 their requests, the bridge finishes and acknowledges its batch and closes its
 consumer connections, then its outbound one (the last batch's states and
@@ -35,12 +38,12 @@ from typing import Any
 import socketio
 from fastapi import FastAPI
 
-from aoc import logs, metrics, tls
+from aoc import logs, metrics, ports, tls
 from aoc.config import Settings
 from aoc.parts import Parts, Running, Start, stop_on_signals
 from aoc.safety import ConfigError
 from aoc.servers import EmbeddedServer, server
-from aoc.startup import Unreachable, setting
+from aoc.startup import Unreachable, setting, variable
 from api import (
     ApiDeps,
     RevocationSweep,
@@ -75,6 +78,19 @@ GROUP_RECONNECT_MAX_S = 2.0
 # A part failing with these waits for a dependency (the broker, a store): one
 # warning line per restart, no traceback (``aoc.parts``).
 OUTAGES: tuple[type[Exception], ...] = (MqttError, StoreUnavailable)
+
+
+def _check_ports(settings: Settings, who: str, *names: str) -> None:
+    """``ConfigError`` (exit 2, one line) if a port of the settings ``names`` cannot be listened on.
+
+    Checked once, before anything starts: a port another process holds is
+    not cured by retrying (a second `aoc serve`, another program on 8000).
+    """
+    binds = [ports.Bind(variable(n), settings.bind_host, getattr(settings, n)) for n in names]
+    try:
+        ports.check(binds, who)
+    except ports.Unavailable as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 async def _open_documents(settings: Settings, stack: AsyncExitStack) -> DocumentStore:
@@ -600,6 +616,7 @@ def _fan_in(settings: Settings) -> LiveRedisManager | None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Bridge, HTTP API and Socket.IO server in one process, until ``stop`` (default: a signal)."""
+    _check_ports(settings, "aoc serve", "http_port", "socketio_port")
     stop = stop or stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -624,8 +641,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             live=live,  # in this process: no detour through Socket.IO
             shim=api_publishes(settings),
         )
-        app = create_app(wiring.api_deps(publisher=True))
-        realtime = create_realtime_app(sio, settings)
+        deps = wiring.api_deps(publisher=True)
+        app = create_app(deps)
+        # One process: the Socket.IO port is ready when the HTTP API is.
+        realtime = create_realtime_app(sio, settings, ready_checks=deps.ready_checks)
         parts = Parts(stop, outages=OUTAGES)
         sio_bound, http_bound = asyncio.Event(), asyncio.Event()
         # Stopped in reverse: HTTP finishes the legacy requests (they publish on
@@ -671,6 +690,7 @@ def _redis_emitter(settings: Settings) -> socketio.AsyncRedisManager:
 
 async def run_bridge(settings: Settings) -> None:
     """The bridge alone; it reaches Socket.IO servers through Redis."""
+    _check_ports(settings, "aoc bridge", "bridge_http_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -878,6 +898,7 @@ async def _shim_publisher(settings: Settings, stack: AsyncExitStack) -> MqttClie
 
 async def run_api(settings: Settings) -> None:
     """The HTTP read API and legacy shim alone."""
+    _check_ports(settings, "aoc api", "http_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
@@ -901,10 +922,18 @@ async def run_api(settings: Settings) -> None:
 
 async def run_realtime(settings: Settings) -> None:
     """A Socket.IO server alone, fed by bridges through Redis; tokens are read from the store."""
+    _check_ports(settings, "aoc realtime", "socketio_port")
     stop = stop_on_signals()
     metrics.PROCESS_RESTARTS.set(settings.restart_count)
     async with AsyncExitStack() as stack:
         store = await _open_documents(settings, stack)
+        # Only for readiness: the bridges' events come through Redis (LiveRedisManager).
+        redis = StateCache(settings.redis_url)
+        try:
+            await redis.open()
+        except StoreUnavailable as exc:  # not ready until it answers; served meanwhile
+            log.warning("redis unavailable at start-up: %s", exc)
+        stack.push_async_callback(redis.close)
         gate = SocketGate(settings, store)
         live = _live_stream(settings)
         sio = create_sio(
@@ -914,7 +943,10 @@ async def run_realtime(settings: Settings) -> None:
             client_manager=LiveRedisManager(settings.redis_url),
             live=live,
         )
-        realtime = create_realtime_app(sio, settings)
+        # Ready when its clients' tokens can be checked and the bridges' events arrive.
+        realtime = create_realtime_app(
+            sio, settings, ready_checks={"store": store.ping, "redis": redis.ping}
+        )
         parts = Parts(stop, outages=OUTAGES)
         parts.add("socketio", _server_part(lambda: _socketio_server(realtime, settings)))
         parts.add("revocations", _revocations_part(sio, gate))

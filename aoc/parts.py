@@ -7,7 +7,8 @@ on its own is logged, one line with the cause, and started again after a delay
 that doubles up to a cap (``Backoff``), while the other parts keep serving.
 The traceback is logged at ERROR whenever a part fails differently from its
 previous failure, or after a healthy run; a repeat of the same failure logs
-it only at DEBUG. Each part's restarts and whether it runs are exported
+it only at DEBUG, as does every failure whose message says all (``Explained``:
+a server whose port another process took). Each part's restarts and whether it runs are exported
 (``aoc_part_restarts_total``, ``aoc_part_up``).
 
 The stop event asks every running part to stop, in the reverse order of
@@ -87,6 +88,10 @@ class Running:
 
 # Makes a part afresh for each (re)start, and closes what it opened when it ends.
 Start = Callable[[], AbstractAsyncContextManager[Running]]
+
+
+class Explained(Exception):
+    """A failure whose message says all there is to know: one line, its traceback at DEBUG."""
 
 
 class StopFailed(Exception):
@@ -186,7 +191,14 @@ class Parts:
             cause = "ended on its own" if failure is None else _why(failure)
             # The traceback at ERROR for a new kind of failure; a repeat only at DEBUG.
             outage = failure is not None and self._is_outage(failure)
-            new = failure is not None and not outage and (cause != last or backoff.healthy(ran_for))
+            explained = failure is not None and all(
+                isinstance(leaf, Explained) for leaf in _leaves(failure)
+            )
+            new = (
+                failure is not None
+                and not (outage or explained)
+                and (cause != last or backoff.healthy(ran_for))
+            )
             log.log(
                 logging.WARNING if outage else logging.ERROR,
                 "%s failed (%s); restart #%d in %.1fs",

@@ -10,11 +10,13 @@ then the process whose file descriptors include it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _PROC = Path("/proc")
 _LISTEN = "0A"  # the state column of /proc/net/tcp for a listening socket
@@ -29,6 +31,37 @@ class Holder:
 
     def __str__(self) -> str:
         return self.command if self.pid is None else f"pid {self.pid} ({self.command})"
+
+
+class Bind(NamedTuple):
+    """An address a server listens on, and the setting that chooses its port."""
+
+    variable: str
+    host: str
+    port: int
+
+
+class Unavailable(Exception):
+    """A port a server cannot listen on at start: a configuration error, one line."""
+
+
+def check(binds: Iterable[Bind], who: str) -> None:
+    """``Unavailable`` naming the first of ``binds`` that cannot be listened on, and its holder.
+
+    ``who``: the server that would listen (``aoc-serve``), for an error other than a port in use.
+    """
+    for variable, host, port in binds:
+        error = bind_error(host, port)
+        if error is None:
+            continue
+        if error.errno == errno.EADDRINUSE:
+            raise Unavailable(
+                f"port {port} ({variable}) is in use by "
+                f"{holder(port) or 'another program'}: stop it, or set {variable} to a free port"
+            )
+        raise Unavailable(
+            f"{who} cannot listen on {host}:{port} ({variable}): {error.strerror or error}"
+        )
 
 
 def bind_error(host: str, port: int) -> OSError | None:
@@ -72,7 +105,8 @@ def _listening_inodes(port: int) -> set[str] | None:
 def _command(pid: int) -> str:
     with contextlib.suppress(OSError):
         raw = (_PROC / str(pid) / "cmdline").read_bytes()
-        return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        # One line whatever the arguments hold (a `python -c` script has newlines).
+        return " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
     return "?"
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import Callable, Generator
 from typing import Any
@@ -41,6 +42,9 @@ import uvicorn
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from aoc import ports
+from aoc.parts import Explained
 
 BODY_TIMEOUT_DETAIL = b'{"detail":"the request body did not arrive in time"}'
 
@@ -148,8 +152,8 @@ def _protocol(header_timeout: float) -> type[HeaderTimeoutProtocol]:
     return type("BoundedProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
 
 
-class ServerFailed(Exception):
-    """An embedded server could not start."""
+class ServerFailed(Explained):
+    """An embedded server could not start: its message names the port and why."""
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -170,8 +174,20 @@ class EmbeddedServer(uvicorn.Server):
         """Serve until ``stop()``; failing to start (a port in use) raises ``ServerFailed``.
 
         Uvicorn exits the process instead (``sys.exit``), which would take the
-        other parts of ``aoc serve`` down with it; uvicorn has logged the cause.
+        other parts of ``aoc serve`` down with it, after logging the cause at
+        ERROR: so the port is tried first, for a ``ServerFailed`` that names
+        it and its holder, and the part's restart is its only line. (The
+        commands check their ports once at start-up, where a taken port is a
+        configuration error: this is for a port taken while a part restarts.)
         """
+        host, port = self.config.host, self.config.port
+        if sockets is None and (error := ports.bind_error(host, port)) is not None:
+            taken = error.errno == errno.EADDRINUSE
+            raise ServerFailed(
+                f"cannot listen on {host}:{port}: "
+                + (f"in use by {ports.holder(port) or 'another program'}" if taken
+                   else str(error.strerror or error))
+            )
         try:
             await super().serve(sockets)
         except SystemExit as exc:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 import storage
@@ -46,6 +45,7 @@ from aoc import bootstrap, credentials, ports, tls
 from aoc.config import Settings
 from aoc.manage import ManageError
 from aoc.parts import Backoff, stop_on_signals
+from aoc.ports import Bind
 from aoc.startup import EXIT_CONFIG
 from bridge.validate import Limits
 from broker import conf as broker_conf
@@ -72,14 +72,6 @@ class Failed(Exception):
     def __init__(self, line: str, code: int = 1) -> None:
         super().__init__(line)
         self.code = code
-
-
-class Bind(NamedTuple):
-    """An address a child listens on, and the setting that chooses its port."""
-
-    variable: str
-    host: str
-    port: int
 
 
 @dataclass
@@ -490,22 +482,10 @@ async def _beside(child: Child, stopping: asyncio.Event) -> None:
 def check_ports(children: list[Child]) -> None:
     """``Failed`` (a configuration error) naming the first port a child could not listen on."""
     for child in children:
-        for variable, host, port in child.binds:
-            error = ports.bind_error(host, port)
-            if error is None:
-                continue
-            if error.errno == errno.EADDRINUSE:
-                holder = ports.holder(port)
-                raise Failed(
-                    f"port {port} ({variable}) is in use by "
-                    f"{holder or 'another program'}: stop it, or set {variable} to a free port",
-                    EXIT_CONFIG,
-                )
-            raise Failed(
-                f"{child.name} cannot listen on {host}:{port} ({variable}): "
-                f"{error.strerror or error}",
-                EXIT_CONFIG,
-            )
+        try:
+            ports.check(child.binds, child.name)
+        except ports.Unavailable as exc:
+            raise Failed(str(exc), EXIT_CONFIG) from exc
 
 
 def _parent_death_signal(parent: int) -> Callable[[], None] | None:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -39,8 +39,10 @@ from starlette.routing import Route
 from aoc import metrics
 from aoc.config import Settings
 from api.access import legacy_allowed, legacy_networks, metrics_refusal
+from api.deps import ReadyCheck
 from api.live import LiveManager, LiveStream, Selection, parse_selection
 from api.pages import HOME_HTML
+from api.routes.health import _run as run_check  # one report format with the HTTP API
 from api.tokens import TokenInfo, live_token, verify_token
 from bridge.contract import (
     EVENT,
@@ -432,11 +434,33 @@ async def _home(request: Request) -> HTMLResponse:
     return HTMLResponse(HOME_HTML)
 
 
-def create_realtime_app(sio: socketio.AsyncServer, settings: Settings) -> socketio.ASGIApp:
-    """The ASGI app of port 5050: Socket.IO at ``/socket.io/``, the home page, ``/metrics``.
+async def _healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
 
-    ``/metrics`` is guarded as the HTTP API's (``api.access.metrics_refusal``).
+
+def create_realtime_app(
+    sio: socketio.AsyncServer,
+    settings: Settings,
+    ready_checks: Mapping[str, ReadyCheck] | None = None,
+) -> socketio.ASGIApp:
+    """The ASGI app of port 5050: Socket.IO at ``/socket.io/``, the home page, ``/metrics``,
+    and the probes ``/healthz`` (liveness) and ``/readyz``.
+
+    ``/readyz`` answers as the HTTP API's, over ``ready_checks`` (what this
+    port's clients need: the store their tokens are checked in, the Redis
+    that brings the bridges' events): each component's ``"ok"`` or error,
+    503 unless all are ok. ``/metrics`` is guarded as the HTTP API's
+    (``api.access.metrics_refusal``).
     """
+
+    checks = dict(ready_checks or {})
+
+    async def _readyz(request: Request) -> JSONResponse:
+        names = list(checks)
+        results = await asyncio.gather(*(run_check(checks[name]) for name in names))
+        report = dict(zip(names, results, strict=True))
+        ok = all(result == "ok" for result in results)
+        return JSONResponse(report, status_code=200 if ok else 503)
 
     async def _metrics(request: Request) -> Response:
         # `aoc realtime` alone has no HTTP API: its metrics (clients) are served here.
@@ -449,6 +473,11 @@ def create_realtime_app(sio: socketio.AsyncServer, settings: Settings) -> socket
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     home = Starlette(
-        routes=[Route("/", _home, methods=["GET"]), Route("/metrics", _metrics, methods=["GET"])]
+        routes=[
+            Route("/", _home, methods=["GET"]),
+            Route("/metrics", _metrics, methods=["GET"]),
+            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/readyz", _readyz, methods=["GET"]),
+        ]
     )
     return socketio.ASGIApp(sio, other_asgi_app=home, socketio_path="socket.io")

@@ -311,8 +311,14 @@ class _Link:
                             self.identifier, exc_info=exc,
                         )
                 await self._close()
+                delay = backoff * random.uniform(0.5, 1.0)
+                if self.give_up_after is not None:
+                    # Never sleep past the limit: the last attempt comes as it runs
+                    # out, and its failure gives up (a doubled delay overshot it by
+                    # as much again: "--give-up-after 5" gave up after 10 s).
+                    delay = min(delay, max(self.give_up_after - failing, 0.0))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff * random.uniform(0.5, 1.0)):
+                    async with asyncio.timeout(delay):
                         await self.stop.wait()
                 backoff = min(backoff * 2, _MAX_BACKOFF)
         await self._sign_off()

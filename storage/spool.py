@@ -148,7 +148,13 @@ class SpoolingObjectStore(ObjectStore):
             # Start anyway: the spool takes objects, the drain opens it later.
             self._answered(exc)
             self._outage = True
-            self._log.warning("object store unavailable at start-up, spooling: %s", exc)
+            if isinstance(exc, StoreMisconfigured):  # say so first: waiting will not cure it
+                self._log.warning(
+                    "object store misconfigured at start-up (snapshots are spooled until it "
+                    "is fixed): %s", exc,
+                )
+            else:
+                self._log.warning("object store unavailable at start-up, spooling: %s", exc)
 
     async def close(self) -> None:
         """Stop the drain (the spool stays on disk for the next run) and close ``inner``."""

@@ -8,6 +8,7 @@ cannot hide a missing secret.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import yaml
 
 from aoc import bootstrap
 from aoc.config import Settings
+from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -428,8 +432,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(
     ("name", "port", "path"),
-    # Readiness, not liveness, for the parts that have it; the Socket.IO port has no probe.
-    [("api", 5000, "/readyz"), ("bridge", 5001, "/readyz"), ("realtime", 5050, "/")],
+    # Readiness, not liveness: the Socket.IO port's too (it probed its home page, /).
+    [("api", 5000, "/readyz"), ("bridge", 5001, "/readyz"), ("realtime", 5050, "/readyz")],
 )
 @pytest.mark.parametrize("status", [200, 503])
 def test_http_health_checks_run(
@@ -504,3 +508,32 @@ def test_bridges_share_one_group_each_under_a_stable_id_of_its_own(
     }
     spools = [{v.split(":")[0] for v in s["volumes"]} for s in (first, second)]
     assert not spools[0] & spools[1] and spools[0] | spools[1] <= set(scaled["volumes"])
+
+
+@pytest.mark.parametrize("redis_up", [True, False])
+def test_the_realtime_probe_is_readiness_on_the_real_server(
+    redis_server: services.Service, tmp_path: Path, redis_up: bool
+) -> None:
+    """Test that `aoc realtime` answers the /readyz compose probes: 503 naming Redis while its
+    Redis (the bridges' events) does not answer, 200 once the store and Redis do.
+
+    Its port served only / and /metrics: the probe could tell it ran, not that it relayed.
+    """
+    redis_port = redis_server.port if redis_up else services.free_port()
+    service = services.aoc("realtime", tmp_path, mqtt_port=services.free_port(),
+                           redis_port=redis_port)
+    with service:
+        port = service.port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as got:
+                status, report = got.status, json.load(got)
+        except urllib.error.HTTPError as refused:
+            status, report = refused.code, json.load(refused)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as got:
+            assert json.load(got) == {"status": "ok"}
+    if redis_up:
+        assert (status, report) == (200, {"store": "ok", "redis": "ok"})
+    else:
+        assert status == 503, report
+        assert report["store"] == "ok"
+        assert report["redis"].startswith("Redis: "), report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import random
 import re
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from aoc import cli
+from sim import fleet
 from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,3 +229,25 @@ async def test_ctrl_c_prints_the_summary_once_and_exits_130(
     # The summary comes after the sign-off: two online and two offline statuses.
     assert SUMMARY.match(last) and "status 4 " in last, err
     assert "simulation stopped" not in err and "Traceback" not in err
+
+
+async def test_give_up_comes_once_the_limit_has_passed_not_a_backoff_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Test that a connection refused for ``give_up_after`` seconds gives up then, as it says.
+
+    The jitter is pinned to its longest (delays 0.5, 1, 2, 4 s): the retry
+    after 3.5 s then came at 7.5 s, and a limit of 4 s was reported as "failing
+    for 8 s" ("--give-up-after 5" gave up after 10 s). Only the program's own
+    count of seconds is checked.
+    """
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the fleet's jitter
+    limit = 4
+    with pytest.raises(fleet.BrokerUnreachable) as raised:
+        await fleet.simulate(
+            ambulances=1, rate=1.0, duration=60, host="127.0.0.1", port=services.free_port(),
+            progress=False, give_up_after=limit,
+        )
+    failing = re.search(r"failing for (\d+) s\)", str(raised.value))
+    assert failing is not None, raised.value
+    assert limit <= int(failing.group(1)) <= limit + 1, raised.value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def test_a_misconfiguration_is_one_line_and_exit_2(
     env: dict[str, str], line: str, tmp_path: Path
 ) -> None:
     """Test that `aoc serve` prints exactly one line: the variable, its value, what is valid."""
-    done = aoc("serve", cwd=tmp_path, AOC_DATA_DIR=str(tmp_path), **env)
+    done = aoc("serve", cwd=tmp_path, timeout=60, AOC_DATA_DIR=str(tmp_path), **env)
     assert (done.returncode, done.stderr) == (2, line + "\n")
     assert done.stdout == ""
 
@@ -170,7 +171,7 @@ def test_an_unreachable_mongodb_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """
     port = free_port()
     done = aoc(
-        "serve", cwd=tmp_path, **_safe_env(tmp_path),
+        "serve", cwd=tmp_path, timeout=60, **_safe_env(tmp_path),
         AOC_STORE_URL=f"mongodb://aoc:hunter2@127.0.0.1:{port}/?authSource=admin",
     )
     assert done.returncode == 1
@@ -185,7 +186,8 @@ def test_api_with_its_broker_unreachable_is_one_line_and_exit_1(tmp_path: Path) 
     env = _safe_env(tmp_path)
     port = env["AOC_MQTT_PORT"]
     done = aoc(
-        "api", cwd=tmp_path, **env, AOC_LEGACY_MODE="1", AOC_SHIM_MQTT_USERNAME="aoc-shim",
+        "api", cwd=tmp_path, timeout=60, **env, AOC_LEGACY_MODE="1",
+        AOC_SHIM_MQTT_USERNAME="aoc-shim",
         AOC_SHIM_MQTT_PASSWORD="q" * 16,
     )
     assert done.returncode == 1
@@ -362,3 +364,38 @@ def test_more_mistakes_are_one_line_and_exit_2(
     errors = [text for text in done.stderr.splitlines() if " WARNING " not in text]
     assert "Traceback" not in done.stderr
     assert line in errors, errors
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        ("serve", "AOC_HTTP_PORT"),
+        ("serve", "AOC_SOCKETIO_PORT"),
+        ("api", "AOC_HTTP_PORT"),
+        ("bridge", "AOC_BRIDGE_HTTP_PORT"),
+        ("realtime", "AOC_SOCKETIO_PORT"),
+    ],
+)
+def test_a_port_taken_at_start_up_is_one_line_naming_its_variable_and_holder_and_exit_2(
+    command: str, variable: str, tmp_path: Path
+) -> None:
+    """Test that a service run on its own with its port held stops at once, without retrying.
+
+    It used to print a 30-line traceback, then two ERROR lines per restart,
+    forever: another program on the port is not cured by waiting.
+    """
+    env = _safe_env(tmp_path)
+    env["AOC_BRIDGE_HTTP_PORT"] = str(free_port())
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env[variable] = str(port)
+        done = aoc(command, cwd=tmp_path, timeout=60, **env)
+    assert done.returncode == startup.EXIT_CONFIG, done.stderr[-600:]
+    # Only the warning that Redis is absent, for a command that would use it at start.
+    errors = [line for line in done.stderr.splitlines() if " WARNING " not in line]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"port {port} ({variable}) is in use by pid {os.getpid()} (")
+    assert errors[0].endswith(f"): stop it, or set {variable} to a free port")
+    assert "Traceback" not in done.stderr

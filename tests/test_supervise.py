@@ -26,9 +26,10 @@ import httpx
 import pytest
 import socketio
 
-from aoc import credentials, parts, supervise
+from aoc import credentials, parts, startup, supervise
 from aoc.config import Settings
 from aoc.parts import Backoff
+from aoc.ports import Bind
 from broker import accounts
 from broker import conf as broker_conf
 from storage import redact
@@ -542,6 +543,78 @@ def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
     )
 
 
+def _processes_naming(path: Path) -> list[str]:
+    """The command lines of running processes that name ``path`` (a data directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or _gone(int(proc.name)):
+            continue
+        with contextlib.suppress(OSError):
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(path) in command:
+                found.append(f"{proc.name}: {command}")
+    return found
+
+
+def test_up_with_an_unreachable_store_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    """Test that `aoc up` on a MongoDB nobody listens on exits with one line, before any child.
+
+    It used to start the broker and Redis, then restart `aoc serve` with a
+    92-line traceback each time. Exit 1: the store may come back.
+    """
+    data = tmp_path / "data"
+    ports, env = services.up_settings(data)
+    env["AOC_STORE_URL"] = "mongodb://127.0.0.1:1"
+    result = subprocess.run(
+        [sys.executable, "-m", "aoc.cli", "up"], env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert result.returncode == startup.EXIT_UNREACHABLE, result.stderr
+    logged = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) ")
+    errors = [line for line in result.stderr.splitlines() if not logged.match(line)]
+    assert errors == [
+        "cannot start: AOC_STORE_URL='mongodb://127.0.0.1:1' is unreachable: MongoDB: "
+        "127.0.0.1:1: [Errno 111] Connection refused"
+    ], result.stderr
+    assert "started (pid" not in result.stderr
+    assert "AOC is up" not in result.stderr
+    assert _processes_naming(data) == []
+    for name, port in ports.items():
+        assert not services.port_is_open(port), f"{name} listening"
+
+
+def test_up_on_a_broker_already_running_names_it_in_the_up_line(
+    mosquitto: services.Service, tmp_path: Path
+) -> None:
+    """Test that `aoc up` with a Mosquitto already on its port says "up" naming that process.
+
+    Never "up" on someone else's processes without saying which: it is left
+    running, and named, with its pid.
+    """
+    _ports, env = services.up_settings(tmp_path / "data")
+    env.update(AOC_MQTT_PORT=str(mosquitto.port), AOC_BROKER_AUTH="false")
+    log = tmp_path / "up.log"
+    up = _up(env, log)
+    try:
+        _wait_for(lambda: b"AOC is up" in log.read_bytes(), 60, "the stack")
+        pids = _started(log)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert sorted(pids) == ["aoc-serve", "redis"]  # no broker of its own
+    [line] = [line for line in log.read_text().splitlines() if "AOC is up" in line]
+    assert mosquitto.proc is not None
+    assert (
+        f"Not started by this `aoc up`, and left running: the MQTT broker on :{mosquitto.port} "
+        f"(pid {mosquitto.proc.pid} ("
+    ) in line, line
+    assert mosquitto.proc.poll() is None  # left running
+    assert all(map(_gone, pids.values()))
+
+
 class _Answering(http.server.BaseHTTPRequestHandler):
     """Someone else's server: 200 and ``{}`` to any GET, /healthz and /readyz included."""
 
@@ -594,7 +667,7 @@ async def test_a_port_answered_by_another_process_is_not_the_childs() -> None:
         port = server.sockets[0].getsockname()[1]
         child = supervise.Child(
             "aoc-serve", ["sleep", "600"], port,
-            binds=[supervise.Bind("AOC_HTTP_PORT", "127.0.0.1", port)],
+            binds=[Bind("AOC_HTTP_PORT", "127.0.0.1", port)],
         )
         try:
             with pytest.raises(supervise.Failed) as raised:
@@ -604,48 +677,41 @@ async def test_a_port_answered_by_another_process_is_not_the_childs() -> None:
             assert child.proc is not None
             child.proc.kill()
             await child.proc.wait()
-    assert raised.value.code == supervise.EXIT_CONFIG
+    assert raised.value.code == startup.EXIT_CONFIG
     assert str(raised.value).startswith(
         f"port {port} (AOC_HTTP_PORT) answers, but not from aoc-serve: pid {os.getpid()} ("
     )
 
 
-def test_serve_logs_serving_only_once_its_ports_are_bound(tmp_path: Path) -> None:
-    """Test that `aoc serve` with its HTTP port taken says "serving" only once it has it."""
+def test_serve_with_its_http_port_taken_never_says_serving_and_exits_2(tmp_path: Path) -> None:
+    """Test that `aoc serve` with its HTTP port taken never says "serving": it stops at once.
+
+    It used to say "serving" before it had bound the port; then it retried
+    the bind forever. A port another program holds at start-up is a
+    configuration error (exit 2, one line); the retry of a port taken later,
+    while the server restarts, is in ``tests/test_lifecycle.py``.
+    """
     env = {
         **os.environ,
         "AOC_DATA_DIR": str(tmp_path / "data"),
         "AOC_SOCKETIO_PORT": str(services.free_port()),
-        "AOC_MQTT_PORT": str(services.free_port()),  # no broker: the bridge retries
+        "AOC_MQTT_PORT": str(services.free_port()),  # no broker: the bridge would retry
         "AOC_REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0",
         "AOC_LOG_LEVEL": "INFO",
     }
-    log = tmp_path / "serve.log"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env["AOC_HTTP_PORT"] = str(taken.getsockname()[1])
-        with log.open("wb") as out:
-            serve = subprocess.Popen(
-                [sys.executable, "-m", "aoc.cli", "serve"], env=env, stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_for(lambda: b"http failed (" in log.read_bytes(), 60, "the bind failure")
-            assert b"serving:" not in log.read_bytes()
-        except BaseException:
-            serve.kill()
-            serve.wait()
-            raise
-    try:
-        # Freed, the port is bound at the server's next restart.
-        _wait_for(lambda: b"serving:" in log.read_bytes(), 60, "the serving line")
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
+        port = taken.getsockname()[1]
+        env["AOC_HTTP_PORT"] = str(port)
+        done = subprocess.run(
+            [sys.executable, "-m", "aoc.cli", "serve"], env=env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )
+    assert done.returncode == startup.EXIT_CONFIG, done.stderr
+    assert "serving:" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"port {port} (AOC_HTTP_PORT) is in use by pid {os.getpid()}" in done.stderr
 
 
 # --- what a restart cannot cure, and a stop during a restart's wait ---------------------------
@@ -659,7 +725,7 @@ def _drive() -> None:
     async def main() -> int:
         stopping = parts.stop_on_signals()
         children = [
-            supervise.Child(name, argv, config_error_exit=supervise.EXIT_CONFIG)
+            supervise.Child(name, argv, config_error_exit=startup.EXIT_CONFIG)
             for name, argv in spec["children"]
         ]
         delay = spec["delay"]
@@ -737,7 +803,7 @@ def test_a_child_exiting_with_a_configuration_error_is_not_restarted(tmp_path: P
     """Test that exit code 2 (a configuration error) stops everything at once, exit code 2."""
     supervisor = _supervising(tmp_path, "exit 2", delay=0.01)
     code, output, starts = _finished(supervisor, tmp_path)
-    assert code == supervise.EXIT_CONFIG, output
+    assert code == startup.EXIT_CONFIG, output
     assert starts == 1
     lines = [line for line in output.splitlines() if line.startswith("aoc up:")]
     assert len(lines) == 1 and "quitter exited with code 2, a configuration error" in lines[0]
