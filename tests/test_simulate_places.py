@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from shapely.geometry import Point as ShapelyPoint
 
-from bridge.places import Place
+from bridge.messages import Position
+from bridge.places import Place, contains
 from sim.places import HOSPITAL, STATION, PlaceVehicle, centre, load_places
 from tests import services
 
@@ -29,14 +29,6 @@ DISPATCH = re.compile(
     r"enters (\d+)  active alarms (\d+)"
 )
 
-
-def _inside(place: Place, lat: float, lon: float, slack_m: float = 1.0) -> bool:
-    if place.geometry is None:
-        assert place.center is not None and place.radius_m is not None
-        c_lat, c_lon = place.center.lat, place.center.lon
-        north, east = (lat - c_lat) * 111_320, (lon - c_lon) * 111_320 * 0.947
-        return (north**2 + east**2) ** 0.5 <= place.radius_m + slack_m
-    return bool(place.geometry.contains(ShapelyPoint(lon, lat)))
 
 
 def _drive(seed: int, seconds: float, dt: float) -> tuple[PlaceVehicle, list[tuple[str, str]]]:
@@ -50,7 +42,7 @@ def _drive(seed: int, seconds: float, dt: float) -> tuple[PlaceVehicle, list[tup
         t += dt
         assert 0 <= point.speed_kmh <= 140.0
         if vehicle.at is not None and vehicle.at is not parked:
-            assert _inside(vehicle.at, point.lat, point.lon), vehicle.at.id
+            assert contains(vehicle.at, Position(point.lat, point.lon)), vehicle.at.id
             legs.append(("parked", vehicle.at.id))
         parked = vehicle.at
         if vehicle.wants is not None:
