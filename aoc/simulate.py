@@ -95,14 +95,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sim.add_argument(
         "--time-scale", type=POSITIVE, default=1.0, metavar="FACTOR",
         help="simulated seconds per second: the vehicles move this much faster, the speeds "
-        "they report stay their own (default: %(default)s)",
+        "they report stay their own, so ETAs run long (default: %(default)s)",
     )
     places = sim.add_argument_group(
         "dispatch between places",
-        "With --places the ambulances start parked at stations and drive to hospitals and "
-        "back; before each trip its destination is set through the HTTP API, with a dispatch "
-        "token. The summary adds the destinations set and, read from the API at the end, "
-        "the fleet's arrivals, enters and active alarms.",
+        # Broken by hand: the subcommands' help keeps the description's lines as they are.
+        "With --places the ambulances start parked at stations and drive to hospitals\n"
+        "and back; before each trip its destination is set through the HTTP API, with\n"
+        "a dispatch token. The summary adds the destinations set and, read from the API\n"
+        "at the end, the fleet's arrivals, enters and active alarms.",
     )
     places.add_argument(
         "--places", type=Path, default=None, metavar="FILE.geojson",

@@ -178,3 +178,22 @@ def test_an_api_that_is_down_is_one_warning_and_the_fleet_drives_on(
     assert summary and int(summary.group(1)) >= 2, err
     tracking = re.search(r"tracking (\d+)", err.strip().splitlines()[-2])
     assert tracking and int(tracking.group(1)) > 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--import-places"], "--import-places needs --places"),
+        (["--places", "no-such.geojson"], "no-such.geojson"),
+        (["--places", str(EXAMPLE), "--time-scale", "0"], "--time-scale"),
+    ],
+)
+def test_places_arguments_that_cannot_run_are_usage_errors(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    """Test argparse's usage and exit code 2 for them, before anything connects (port 1)."""
+    code, err = _simulate(_env(tmp_path, 1, 1), tmp_path, *args, "--duration", "0.1")
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("aoc simulate: error: ") and named in last, err
