@@ -7,11 +7,13 @@ HTTP API, and the bridge's arrivals and enters read back through it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -113,50 +115,93 @@ def _env(tmp_path: Path, mqtt_port: int, http_port: int) -> dict[str, str]:
 FAST = ("--time-scale", "40", "--rate", "5", "--snap-every", "0", "--crash-probability", "0")
 
 
-def test_simulated_fleet_sets_destinations_and_arrives_end_to_end(
-    mosquitto: services.Service, redis_server: services.Service, tmp_path: Path
-) -> None:
-    """Test the mode on a real `aoc serve`: destinations, arrivals and enters, through the API."""
-    serve = services.aoc(
-        "serve", tmp_path / "serve", mqtt_port=mosquitto.port, redis_port=redis_server.port,
+@pytest.fixture(scope="module")
+def serve(
+    mosquitto: services.Service,
+    redis_server: services.Service,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[services.AocService]:
+    workdir = tmp_path_factory.mktemp("simulate-places")
+    service = services.aoc(
+        "serve", workdir, mqtt_port=mosquitto.port, redis_port=redis_server.port,
         env={"AOC_PLACES_REFRESH_SECONDS": "0.3"},
     )
-    with serve:
-        token = services.api_token(serve.env, dispatch=True)
-        prefix = f"P{os.getpid() % 1000}X"
-        code, err = _simulate(
-            _env(tmp_path, mosquitto.port, serve.port), tmp_path,
-            "--places", str(EXAMPLE), "--import-places", "--token", token,
-            "--ambulances", "2", "--prefix", prefix, "--duration", "30", "--seed", "11", *FAST,
-            "--crash-probability", "0.02",  # a few crashes: alarms (the last option wins)
-        )
-        assert code == 0, err
-        assert "Traceback" not in err and "WARNING" not in err, err
-        summary = DISPATCH.search(err)
-        assert summary, err
-        destinations, failed, arrivals, enters, alarms = map(int, summary.groups())
-        assert destinations >= 2 and failed == 0, err
-        assert arrivals >= 1 and enters >= 1 and alarms >= 1, err
+    with service:
+        yield service
+    print(service.log_tail(40))
 
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve.port}", headers=headers) as api:
-            assert len(api.get("/api/v1/places").raise_for_status().json()["features"]) == 7
-            seen = {"arrival": 0, "enter": 0, "alarms": 0}
-            for aid in (f"{prefix}001", f"{prefix}002"):
-                state = api.get(f"/api/v1/ambulances/{aid}").raise_for_status().json()
-                assert state["destination"]["type"] == "place", state
-                assert state["destination"]["set_by"], state
-                assert state["eta"]["model"] == "straight-line", state
-                seen["alarms"] += len(api.get(
-                    "/api/v1/alarms", params={"ambulance_id": aid, "status": "active"}
-                ).raise_for_status().json()["items"])
-                for kind in ("arrival", "enter"):
-                    page = api.get(
-                        "/api/v1/events", params={"ambulance_id": aid, "type": kind}
-                    ).raise_for_status().json()
-                    seen[kind] += len(page["items"])
-            # What the summary read is what the API holds.
-            assert seen == {"arrival": arrivals, "enter": enters, "alarms": alarms}, (seen, err)
+
+def test_simulated_fleet_sets_destinations_and_arrives_end_to_end(
+    mosquitto: services.Service, serve: services.AocService, tmp_path: Path
+) -> None:
+    """Test the mode on a real `aoc serve`: destinations, arrivals, enters, alarms, ETAs.
+
+    As after `make run`: the dispatch token and the devices' passwords come
+    from the credentials file (the test broker takes any password), the API's
+    address from AOC_HTTP_PORT.
+    """
+    token = services.api_token(serve.env, dispatch=True)
+    prefix = f"P{os.getpid() % 1000}X"
+    env = _env(tmp_path, mosquitto.port, serve.port)
+    (tmp_path / "sim-data").mkdir()
+    (tmp_path / "sim-data" / "credentials.json").write_text(json.dumps({
+        "api_token": token,
+        "devices": {f"{prefix}001": "dummy-password-1", f"{prefix}002": "dummy-password-2"},
+    }))
+    code, err = _simulate(
+        env, tmp_path, "--places", str(EXAMPLE), "--import-places",
+        "--ambulances", "2", "--prefix", prefix, "--duration", "30", "--seed", "11", *FAST,
+        "--crash-probability", "0.02",  # a few crashes: alarms (the last option wins)
+    )
+    assert code == 0, err
+    assert "Traceback" not in err and "WARNING" not in err, err
+    summary = DISPATCH.search(err)
+    assert summary, err
+    destinations, failed, arrivals, enters, alarms = map(int, summary.groups())
+    assert destinations >= 2 and failed == 0, err
+    assert arrivals >= 1 and enters >= 1 and alarms >= 1, err
+
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{serve.port}", headers=headers) as api:
+        assert len(api.get("/api/v1/places").raise_for_status().json()["features"]) == 7
+        seen = {"arrival": 0, "enter": 0, "alarms": 0}
+        for aid in (f"{prefix}001", f"{prefix}002"):
+            state = api.get(f"/api/v1/ambulances/{aid}").raise_for_status().json()
+            assert state["destination"]["type"] == "place", state
+            assert state["destination"]["set_by"], state
+            assert state["eta"]["model"] == "straight-line", state
+            seen["alarms"] += len(api.get(
+                "/api/v1/alarms", params={"ambulance_id": aid, "status": "active"}
+            ).raise_for_status().json()["items"])
+            for kind in ("arrival", "enter"):
+                page = api.get(
+                    "/api/v1/events", params={"ambulance_id": aid, "type": kind}
+                ).raise_for_status().json()
+                seen[kind] += len(page["items"])
+        # What the summary read is what the API holds.
+        assert seen == {"arrival": arrivals, "enter": enters, "alarms": alarms}, (seen, err)
+
+
+def test_a_read_only_token_is_one_warning_and_the_fleet_drives_on(
+    mosquitto: services.Service, serve: services.AocService, tmp_path: Path
+) -> None:
+    """Test a token that may not dispatch (403): one line says so, the ambulances still drive."""
+    reader = services.api_token(serve.env)
+    prefix = f"R{os.getpid() % 1000}X"
+    code, err = _simulate(
+        _env(tmp_path, mosquitto.port, serve.port), tmp_path,
+        "--places", str(EXAMPLE), "--import-places", "--token", reader,  # fleet-wide: may import
+        "--ambulances", "2", "--prefix", prefix, "--duration", "10", "--seed", "5", *FAST,
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert err.count("cannot set a destination: HTTP 403") == 1, err
+    summary = DISPATCH.search(err)
+    assert summary, err
+    destinations, failed, _arrivals, enters, _alarms = map(int, summary.groups())
+    assert destinations == 0 and failed >= 2, err
+    # Without destinations there are no arrivals, but the ambulances moved between places.
+    assert enters >= 2, err
 
 
 def test_an_api_that_is_down_is_one_warning_and_the_fleet_drives_on(
