@@ -81,7 +81,7 @@ COMMANDS: dict[str, frozenset[str]] = {
     "bridge": LOGS | MODE | SERVER | BRIDGE | {"bridge_http_port"},
     "api": LOGS | MODE | SERVER | HTTP_API,
     "realtime": LOGS | MODE | SERVER | REALTIME,
-    "simulate": LOGS | MODE | ADMIN | AUDIT,
+    "simulate": LOGS | MODE | ADMIN | AUDIT | {"public_url"},
     "device": LOGS | MODE | ADMIN | AUDIT,
     "dashboard": LOGS | MODE | ADMIN | AUDIT,
     # Writes the service accounts' passwords for docker-compose's services.

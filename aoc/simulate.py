@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aoc import bootstrap, manage, tls
+from aoc import bootstrap, credentials, manage, tls
 from aoc.config import Settings
 
 if TYPE_CHECKING:
+    from sim.dispatch import Dispatcher
     from sim.fleet import SimStats
 
 # Long enough for `aoc up` to restart its broker, short enough to notice a wrong port.
@@ -88,6 +92,36 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="when stderr is not a terminal, a progress line this often; 0: none "
         "(on a terminal the line is live; default: %(default)s)",
     )
+    sim.add_argument(
+        "--time-scale", type=POSITIVE, default=1.0, metavar="FACTOR",
+        help="simulated seconds per second: the vehicles move this much faster, the speeds "
+        "they report stay their own, so ETAs run long (default: %(default)s)",
+    )
+    places = sim.add_argument_group(
+        "dispatch between places",
+        # Broken by hand: the subcommands' help keeps the description's lines as they are.
+        "With --places the ambulances start parked at stations and drive to hospitals\n"
+        "and back; before each trip its destination is set through the HTTP API, with\n"
+        "a dispatch token. The summary adds the destinations set and, read from the API\n"
+        "at the end, the fleet's arrivals, enters and active alarms.",
+    )
+    places.add_argument(
+        "--places", type=Path, default=None, metavar="FILE.geojson",
+        help="drive between the places of this GeoJSON file "
+        "(e.g. examples/places/chiang-mai.geojson)",
+    )
+    places.add_argument(
+        "--import-places", action="store_true",
+        help="first POST the file to /api/v1/places (needs --places)",
+    )
+    places.add_argument(
+        "--api-url", default=None, metavar="URL",
+        help="the HTTP API (default: AOC_PUBLIC_URL, else http://127.0.0.1:<AOC_HTTP_PORT>)",
+    )
+    places.add_argument(
+        "--token", default=None,
+        help="a dispatch token (default: api_token of the credentials file `aoc up` writes)",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -107,6 +141,24 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     except ValueError as exc:
         args.simulate_parser.error(str(exc))  # usage and exit code 2, as argparse's own
+    places = None
+    if args.places is not None:
+        from sim.places import load_places  # noqa: PLC0415 (as sim.fleet)
+
+        try:
+            places = load_places(args.places)
+        except ValueError as exc:
+            args.simulate_parser.error(str(exc))
+    elif args.import_places:
+        args.simulate_parser.error("--import-places needs --places")
+    try:
+        dispatcher = _dispatcher(args, settings) if places is not None else None
+    except credentials.CredentialsError as exc:
+        print(f"aoc simulate: {exc}", file=sys.stderr)
+        return 2
+    if dispatcher is not None and args.import_places:
+        await dispatcher.import_places(json.loads(args.places.read_text()))
+    started = datetime.now(UTC)
     try:
         # Each simulated device logs in with its own account (from the credentials file).
         passwords = await manage.simulator_passwords(
@@ -132,6 +184,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             give_up_after=args.give_up_after,
             progress_every=args.progress_every,
             stats=stats,
+            places=places,
+            time_scale=args.time_scale,
+            dispatcher=dispatcher,
         )
     except fleet.AccountRefused as exc:
         path = settings.resolved_credentials_file
@@ -148,11 +203,41 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"aoc simulate: {exc}; giving up", file=sys.stderr)
         return 1
     except asyncio.CancelledError:  # Ctrl-C: what was sent until then, and the exit code 130
-        _summary(stats)
+        _summary(stats, dispatcher)
         raise
-    _summary(stats)
+    if dispatcher is not None:
+        await asyncio.sleep(_SETTLE)
+        await dispatcher.read_back(fleet.ambulance_ids(args.prefix, args.ambulances), started)
+    _summary(stats, dispatcher)
     return 1 if stats.errors else 0
 
 
-def _summary(stats: SimStats) -> None:
+# How long the bridge gets to store the last points before the events are read back.
+_SETTLE = 1.0
+
+
+def _dispatcher(args: argparse.Namespace, settings: Settings) -> Dispatcher | None:
+    """The API client of --places; None (said once) without a token to dispatch with."""
+    from sim.dispatch import Dispatcher  # noqa: PLC0415 (as sim.fleet)
+
+    token = args.token
+    path = settings.resolved_credentials_file
+    if token is None and path.exists():
+        token = credentials.load(path).data.get("api_token")
+    if not token:
+        print(
+            f"aoc simulate: no dispatch token (--token, or api_token in {path}): "
+            "the ambulances drive between the places without destinations",
+            file=sys.stderr,
+        )
+        return None
+    # Not listed among the command's settings: AOC_HTTP_PORT is the services' own, and a
+    # bad value falls back to the default here (the --api-url help names it).
+    url = args.api_url or settings.public_url or f"http://127.0.0.1:{settings.http_port}"
+    return Dispatcher(url, str(token))
+
+
+def _summary(stats: SimStats, dispatcher: Dispatcher | None = None) -> None:
     print(f"[simulate] {stats}", file=sys.stderr)
+    if dispatcher is not None:
+        print(f"[simulate] dispatch: {dispatcher.stats}", file=sys.stderr)

@@ -43,8 +43,11 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from bridge import contract
+from bridge.places import Place
 from sim import jpeg
+from sim.dispatch import Dispatcher
 from sim.motion import Point, Vehicle
+from sim.places import PlaceVehicle
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +95,14 @@ class _Ambulance:
     """One simulated device: its identity, its motion and its counters."""
 
     ambulance_id: str
-    vehicle: Vehicle
+    vehicle: Vehicle | PlaceVehicle
     rng: random.Random
     snap_phase: int  # points before the first snapshot, so shots are staggered
     seq: int = 0
     snaps: int = 0
     destination: tuple[float, float] | None = None
     topics: dict[str, str] = field(default_factory=dict)
+    dispatching: asyncio.Task[None] | None = None  # its destination being set (--places)
 
     def __post_init__(self) -> None:
         self.topics = {kind: contract.topic(self.ambulance_id, kind) for kind in KINDS}
@@ -114,8 +118,12 @@ class _Fleet:
         snap_every: float,
         crash_probability: float,
         stats: SimStats,
+        time_scale: float = 1.0,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.period = 1.0 / rate
+        self.step = self.period * time_scale  # simulated seconds per point
+        self.dispatcher = dispatcher
         # Snapshots and crashes are counted in points, not wall time, to stay deterministic.
         self.snap_points = max(1, round(snap_every * rate)) if snap_every > 0 else 0
         self.crash_probability = crash_probability
@@ -139,17 +147,39 @@ class _Fleet:
         """Publish ``amb``'s points until cancelled; ``start`` staggers it among the fleet."""
         loop = asyncio.get_running_loop()
         deadline = start
-        while True:
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            deadline += self.period
-            if deadline < loop.time() - self.period:  # fell behind (broker slow): skip, don't burst
-                deadline = loop.time()
-            point = amb.vehicle.step(self.period)
-            await self._tracking(amb, client, point)
-            if amb.rng.random() < self.crash_probability:
-                await self._crash(amb, client, point)
-            if self.snap_points and (amb.seq + amb.snap_phase) % self.snap_points == 0:
-                await self._snap(amb, client)
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                deadline += self.period
+                if deadline < loop.time() - self.period:  # fell behind: skip, don't burst
+                    deadline = loop.time()
+                point = amb.vehicle.step(self.step)
+                await self._tracking(amb, client, point)
+                if amb.rng.random() < self.crash_probability:
+                    await self._crash(amb, client, point)
+                if self.snap_points and (amb.seq + amb.snap_phase) % self.snap_points == 0:
+                    await self._snap(amb, client)
+                if isinstance(amb.vehicle, PlaceVehicle) and amb.vehicle.wants is not None:
+                    self._dispatch(amb, amb.vehicle)
+        finally:
+            if amb.dispatching is not None:
+                amb.dispatching.cancel()
+
+    def _dispatch(self, amb: _Ambulance, vehicle: PlaceVehicle) -> None:
+        """Set the destination ``vehicle`` wants, then let it go; it stands meanwhile."""
+        if self.dispatcher is None:
+            vehicle.depart()
+        elif amb.dispatching is None or amb.dispatching.done():
+            amb.dispatching = asyncio.create_task(
+                self._send(amb, vehicle, self.dispatcher), name=f"sim-dispatch-{amb.ambulance_id}"
+            )
+
+    @staticmethod
+    async def _send(amb: _Ambulance, vehicle: PlaceVehicle, dispatcher: Dispatcher) -> None:
+        assert vehicle.wants is not None
+        # Set or not (a failure is logged once and counted), the ambulance drives on.
+        await dispatcher.set_destination(amb.ambulance_id, vehicle.wants.id)
+        vehicle.depart()
 
     async def _publish(
         self, client: aiomqtt.Client, topic: str, payload: bytes, kind: str, retain: bool = False
@@ -568,6 +598,9 @@ async def simulate(
     tls: ssl.SSLContext | None = None,
     give_up_after: float | None = None,
     stats: SimStats | None = None,
+    places: list[Place] | None = None,
+    time_scale: float = 1.0,
+    dispatcher: Dispatcher | None = None,
 ) -> SimStats:
     """Run a fleet of ``ambulances`` publishing to ``host:port`` for ``duration`` seconds.
 
@@ -587,6 +620,12 @@ async def simulate(
     (``aoc.tls.client_context``) puts every connection on TLS, verified by that
     context. ``stats``, if given, is filled in as the run goes: what was sent
     is known even when the run is cancelled.
+
+    ``places`` (``sim.places``): the ambulances drive between them instead of
+    on Bangkok's grid, and ``dispatcher`` (if any) sets each destination
+    before the ambulance leaves. ``time_scale``: simulated seconds per second
+    of the run (the vehicles move that much faster; the speeds they report
+    are their own).
     """
     check_arguments(
         ambulances=ambulances,
@@ -600,14 +639,21 @@ async def simulate(
     if stats is None:
         stats = SimStats()
     stats.seed = seed
+    if not 0 < time_scale < math.inf:
+        raise ValueError("time_scale must be a positive number")
     fleet = _Fleet(
-        rate=rate, snap_every=snap_every, crash_probability=crash_probability, stats=stats
+        rate=rate, snap_every=snap_every, crash_probability=crash_probability, stats=stats,
+        time_scale=time_scale, dispatcher=dispatcher,
     )
     master = random.Random(seed)
+
+    def vehicle(rng: random.Random) -> Vehicle | PlaceVehicle:
+        return PlaceVehicle(rng, places) if places else Vehicle(rng)
+
     fleet_members = [
         _Ambulance(
             ambulance_id=ambulance_id,
-            vehicle=Vehicle(random.Random(master.getrandbits(64))),
+            vehicle=vehicle(random.Random(master.getrandbits(64))),
             rng=random.Random(master.getrandbits(64)),
             snap_phase=master.randrange(fleet.snap_points or 1),
         )
