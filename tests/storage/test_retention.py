@@ -79,7 +79,9 @@ async def test_expire_reads_the_time_field_of_each_collection(doc_store: Documen
     assert await ids(doc_store, TRIPS) == ["332.trip.2"]
 
 
-async def test_set_retention_names_what_the_backend_expires_itself(doc_store: DocumentStore) -> None:
+async def test_set_retention_names_what_the_backend_expires_itself(
+    doc_store: DocumentStore,
+) -> None:
     """Test that set_retention names the collections the backend expires on its own."""
     enforced = await doc_store.set_retention(
         {TRACKINGS: timedelta(days=30), IMAGE_HISTORIES: timedelta(days=30), AUDIT: None}
