@@ -201,3 +201,31 @@ async def test_run_sweeps_at_once_and_stops(tmp_path: Path, ambulance_id: str) -
         assert await ids(store, TRACKINGS) == ["t-bound", "t-new"]
         sweep.stop()
         await asyncio.wait_for(task, timeout=30)  # not an hour: stop wakes it
+
+
+async def test_run_survives_an_outage_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that a store that cannot be reached skips sweeps with one warning, not one each."""
+    store = SQLiteDocumentStore(tmp_path / "store.db")  # never opened: every call is an outage
+    objects = LocalObjectStore(tmp_path / "objects")
+    sweep = RetentionSweep(store=store, objects=objects, days=DAYS, every=0.01, now=lambda: NOW)
+    tried = 0
+    three = asyncio.Event()
+    once = sweep.sweep
+
+    async def counted() -> dict[str, int]:
+        nonlocal tried
+        tried += 1
+        if tried == 3:
+            three.set()
+        return await once()
+
+    sweep.sweep = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(sweep.run())
+    await asyncio.wait_for(three.wait(), timeout=30)
+    sweep.stop()
+    await asyncio.wait_for(task, timeout=30)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bridge.retention"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("retention sweep failed, retrying every 0 s: ")
