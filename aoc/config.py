@@ -40,6 +40,9 @@ SERVICE_FIELDS = frozenset({
     "http_body_min_rate", "http_header_timeout", "max_concurrent_uploads",
     "dead_letter_max_count", "dead_letter_max_age_days", "dead_letter_rate",
     "dead_letter_burst", "dead_letter_prune_seconds", "device_rate", "device_burst",
+    "retention_tracking_days", "retention_snapshots_days", "retention_crashes_days",
+    "retention_audit_days", "retention_reports_days", "retention_sweep_seconds",
+    "retention_batch_size",
     "batch_size", "batch_wait_ms", "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
     "image_url_ttl_seconds", "metrics_token", "metrics_networks", "restart_count",
     "dashboard_tile_url", "dashboard_tile_attribution", "dashboard_offline_seconds",
@@ -247,6 +250,22 @@ class Settings(BaseSettings):
     dead_letter_rate: float = Field(default=10.0, gt=0)
     dead_letter_burst: int = Field(default=200, gt=0)
     dead_letter_prune_seconds: float = Field(default=60.0, gt=0)
+
+    # Retention (``bridge.retention``): records older than this many days are
+    # deleted, per kind; 0 keeps them forever, the default: nothing is deleted
+    # unless configured. Snapshots: records and their images. Reports: trips,
+    # stops, speed violations and dispatch events, which may outlive the
+    # points. Dead letters keep dead_letter_max_age_days. At most 50 years:
+    # MongoDB's TTL index takes a 32-bit number of seconds.
+    retention_tracking_days: float = Field(default=0.0, ge=0, le=18_250)
+    retention_snapshots_days: float = Field(default=0.0, ge=0, le=18_250)
+    retention_crashes_days: float = Field(default=0.0, ge=0, le=18_250)
+    retention_audit_days: float = Field(default=0.0, ge=0, le=18_250)
+    retention_reports_days: float = Field(default=0.0, ge=0, le=18_250)
+    # How often `aoc serve`/`aoc bridge` sweep, and records per step (one short
+    # transaction each, a pause between: the bridge's writes go in between).
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    retention_batch_size: int = Field(default=500, gt=0, le=10_000)
 
     # Per-ambulance rate limit at each bridge (``bridge.ratelimit``): tracking
     # and snapshots over device_rate messages a second (bursts of device_burst)

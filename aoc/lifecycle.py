@@ -60,6 +60,7 @@ from bridge.deadletters import DeadLetters
 from bridge.dispatch import Dispatch, DispatchRules
 from bridge.processor import Processor
 from bridge.ratelimit import DeviceLimiter
+from bridge.retention import RetentionSweep, days_from_settings
 from bridge.service import Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, every_form, stale, subscriptions
@@ -601,6 +602,27 @@ def _live_part(live: LiveStream) -> Start:
     return lambda: _streaming(live)
 
 
+@contextlib.asynccontextmanager
+async def _retaining(sweep: RetentionSweep) -> AsyncIterator[Running]:
+    yield Running(sweep.run, sweep.stop)
+
+
+def _retention_part(settings: Settings, store: DocumentStore, objects: ObjectStore) -> Start:
+    """The part that deletes what is older than the retention bounds (``bridge.retention``).
+
+    Run beside every bridge: with several, each sweeps (deleting is idempotent).
+    """
+    return lambda: _retaining(
+        RetentionSweep(
+            store=store,
+            objects=objects,
+            days=days_from_settings(settings),
+            every=settings.retention_sweep_seconds,
+            batch=settings.retention_batch_size,
+        )
+    )
+
+
 def _live_stream(settings: Settings) -> LiveStream:
     return LiveStream(interval=settings.live_interval_ms / 1000)
 
@@ -655,6 +677,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         )
         parts.add("revocations", _revocations_part(sio, gate))
         parts.add("live", _live_part(live))
+        parts.add("retention", _retention_part(settings, store, objects))
         parts.add("bridge", wiring.start)
         parts.add("http", _server_part(lambda: _http_server(app, settings), http_bound))
 
@@ -706,6 +729,7 @@ async def run_bridge(settings: Settings) -> None:
         # Probes and metrics, so the bridge is observable without the HTTP API.
         probes = create_probe_app(wiring.api_deps(publisher=False))
         parts = Parts(stop, outages=OUTAGES)
+        parts.add("retention", _retention_part(settings, wiring.store, wiring.objects))
         parts.add("bridge", wiring.start)
         parts.add(
             "http",

@@ -98,6 +98,16 @@ DEAD_LETTERS_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# Deleted by the retention sweep (``bridge.retention``), by kind of record, and
+# "images" for the objects of expired snapshots. What MongoDB's TTL indexes
+# delete is not counted: the server does it.
+RETENTION_KINDS = ("tracking", "snapshots", "images", "crashes", "audit", "reports")
+RETENTION_DELETED = Counter(
+    "aoc_retention_deleted",
+    "Records (by kind) and image objects (kind images) deleted by the retention sweep",
+    ["kind"],
+    registry=REGISTRY,
+)
 FANOUT_FAILURES = Counter(
     "aoc_fanout_failures",
     "Fan-out sends that failed (best effort)",
@@ -204,6 +214,8 @@ for _kind in KINDS:
         _counter.labels(_kind)
 for _reason in DEAD_LETTER_DROP_REASONS:
     DEAD_LETTERS_DROPPED.labels(_reason)
+for _retained in RETENTION_KINDS:
+    RETENTION_DELETED.labels(_retained)
 for _channel in FANOUT_CHANNELS:
     for _reason in FANOUT_DROP_REASONS:
         FANOUT_DROPPED.labels(_channel, _reason)

@@ -42,6 +42,10 @@ BRIDGE = MQTT_SESSION | STORE | OBJECTS | {
     "dead_letter_max_age_days", "dead_letter_rate", "dead_letter_burst",
     "dead_letter_prune_seconds", "device_rate", "device_burst", "batch_size", "batch_wait_ms",
     "batch_max_bytes", "snap_workers", "snap_buffer_bytes",
+    # The retention sweep (bridge.retention) runs beside each bridge.
+    "retention_tracking_days", "retention_snapshots_days", "retention_crashes_days",
+    "retention_audit_days", "retention_reports_days", "retention_sweep_seconds",
+    "retention_batch_size",
     # Several bridges on one shared subscription (`aoc up` runs `bridges`).
     "share_group", "bridges",
     # The dispatch rules (bridge.dispatch).

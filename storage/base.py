@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 Document = dict[str, Any]
@@ -270,6 +270,26 @@ class DocumentStore(abc.ABC):
         bounded collections (dead letters); safe to call again.
         """
 
+    @abc.abstractmethod
+    async def expire(self, collection: str, before: datetime, *, limit: int) -> list[Document]:
+        """Delete at most ``limit`` of the oldest documents whose time is before ``before``.
+
+        The documents deleted, oldest first (by time field, then ``_id``); a
+        document exactly at ``before`` stays, one without a time is never
+        expired. One short write per call: the retention sweep
+        (``bridge.retention``) calls it again and again, pausing between
+        calls, so ingestion never waits long behind it.
+        """
+
+    async def set_retention(self, bounds: Mapping[str, timedelta | None]) -> frozenset[str]:
+        """Let the store enforce retention itself; the collections it now expires on its own.
+
+        ``bounds``: the age past which each collection's documents go (None:
+        kept forever). A backend without such a mechanism (SQLite) enforces
+        nothing and returns an empty set: the sweep calls ``expire`` instead.
+        """
+        return frozenset()
+
     async def __aenter__(self) -> DocumentStore:
         await self.open()
         return self
@@ -319,6 +339,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def exists(self, key: str) -> bool:
         """Whether ``key`` is stored."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete ``key``; nothing happens if it is absent (the retention sweep may retry)."""
 
     @abc.abstractmethod
     def url(self, key: str) -> str | None:

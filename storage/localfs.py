@@ -146,6 +146,28 @@ class LocalObjectStore(ObjectStore):
         path = self._path(key)
         return await asyncio.to_thread(path.is_file)
 
+    async def delete(self, key: str) -> None:
+        """Unlink the file of ``key`` (then fsync its directory); absent is fine.
+
+        Emptied date directories stay: the next day's images reuse the tree's
+        upper levels, and an empty directory costs one inode.
+        """
+        path = self._path(key)
+
+        def unlink() -> None:
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            _fsync_dir(path.parent)
+
+        try:
+            await asyncio.to_thread(unlink)
+        except IsADirectoryError:
+            return  # a "directory" of the layout is no object
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot delete {key}: {exc}") from exc
+
     def url(self, key: str) -> str | None:
         """None: the HTTP API serves local objects itself."""
         validate_key(key)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pymongo
@@ -39,6 +39,8 @@ from pymongo.errors import (
 from storage import codec, paging
 from storage.base import (
     COLLECTIONS,
+    IMAGE_HISTORIES,
+    IMAGES,
     TIME_FIELDS,
     Conflict,
     Document,
@@ -56,6 +58,12 @@ MongoDoc = dict[str, Any]
 # Two concurrent upserts of one new _id: the loser may retry. On a conditional
 # upsert (``Write.expect``) it means a version conflict instead (see ``apply``).
 _DUPLICATE_KEY = 11000
+# The TTL index on a collection's time field that enforces its retention.
+RETENTION_INDEX = "retention"
+# Snapshot records name image objects: MongoDB's TTL monitor would delete the
+# records and leave their images in object storage forever, unreachable. The
+# retention sweep (``bridge.retention``) expires them instead, images first.
+NO_TTL = frozenset({IMAGES, IMAGE_HISTORIES})
 SERVER_SELECTION_TIMEOUT_MS = 5000  # fail fast when MongoDB is unreachable
 
 
@@ -274,6 +282,65 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
 
         return await self._run(delete)
 
+    async def expire(self, collection: str, before: datetime, *, limit: int) -> list[Document]:
+        """Read the ``limit`` oldest documents before ``before``, then delete them by ``_id``.
+
+        The delete repeats the time bound, so a document whose time moved
+        meanwhile (an upsert) stays; it may still be among those returned.
+        """
+        time_field = TIME_FIELDS[codec.check_collection(collection)]
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        old = {time_field: {"$lt": codec.utc(before)}}
+
+        def delete(db: Database[MongoDoc]) -> list[MongoDoc]:
+            order = [(time_field, pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
+            docs = list(db[collection].find(old).sort(order).limit(limit))
+            if docs:
+                db[collection].delete_many({"_id": {"$in": [d["_id"] for d in docs]}, **old})
+            return docs
+
+        return [codec.normalize(doc) for doc in await self._run(delete)]
+
+    async def set_retention(self, bounds: Mapping[str, timedelta | None]) -> frozenset[str]:
+        """Create, change (``collMod``) or drop each collection's TTL index to match ``bounds``.
+
+        MongoDB's TTL monitor then deletes what is older, about once a minute
+        (in its own batches). The snapshot collections (``NO_TTL``) get no TTL
+        index, and lose one they had: the sweep deletes them with their images.
+        Collections not named in ``bounds`` are left as they are. The store
+        must be open.
+        """
+        wanted: dict[str, int | None] = {}
+        for collection, bound in bounds.items():
+            codec.check_collection(collection)
+            seconds = None if bound is None else max(1, int(bound.total_seconds()))
+            wanted[collection] = None if collection in NO_TTL else seconds
+
+        def apply(db: Database[MongoDoc]) -> frozenset[str]:
+            for name, seconds in wanted.items():
+                field = TIME_FIELDS[name]
+                index = db[name].index_information().get(RETENTION_INDEX)
+                change = ttl_change(index, field, seconds)
+                if change in ("drop", "recreate"):
+                    db[name].drop_index(RETENTION_INDEX)
+                if change in ("create", "recreate"):
+                    db[name].create_index(
+                        [(field, pymongo.ASCENDING)], name=RETENTION_INDEX,
+                        expireAfterSeconds=seconds,
+                    )
+                elif change == "modify":
+                    db.command(
+                        {"collMod": name,
+                         "index": {"name": RETENTION_INDEX, "expireAfterSeconds": seconds}}
+                    )
+                if change is not None:
+                    self._log.info("MongoDB TTL index on %s.%s: %s (%s s)", name, field,
+                                   change, seconds)
+            return frozenset(name for name, seconds in wanted.items() if seconds is not None)
+
+        return await self._run(apply)
+
     # -- reads --------------------------------------------------------------
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
@@ -314,6 +381,22 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
             return list(cursor)
 
         return paging.page(query, [codec.normalize(d) for d in await self._run(select)])
+
+
+def ttl_change(index: Mapping[str, Any] | None, field: str, seconds: int | None) -> str | None:
+    """What turns ``index`` (its ``index_information()`` entry; None: absent) into the one wanted.
+
+    ``seconds``: the wanted ``expireAfterSeconds`` on ``field`` (None: no TTL
+    index). "create", "modify" (``collMod``: no rebuild), "recreate" (on
+    another field), "drop", or None when it is right already.
+    """
+    if seconds is None:
+        return None if index is None else "drop"
+    if index is None:
+        return "create"
+    if [key for key, _ in index.get("key", [])] != [field]:
+        return "recreate"
+    return None if index.get("expireAfterSeconds") == seconds else "modify"
 
 
 def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:

@@ -244,6 +244,18 @@ class S3ObjectStore(ObjectStore):
             raise
         return True
 
+    async def delete(self, key: str) -> None:
+        """``DeleteObject``: S3 answers 204 whether or not ``key`` existed."""
+        validate_key(key)
+        try:
+            await self._run(
+                f"delete {key}", lambda: self._client.delete_object(Bucket=self._bucket, Key=key)
+            )
+        except ClientError as exc:
+            if _not_found(exc):  # a server that says so for an absent key
+                return
+            raise
+
     def url(self, key: str) -> str | None:
         """``public_url/key`` when configured, else a presigned GET valid ``presign_seconds``."""
         validate_key(key)

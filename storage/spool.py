@@ -250,6 +250,18 @@ class SpoolingObjectStore(ObjectStore):
         validate_key(key)
         return key in self._by_key or await self._inner.exists(key)
 
+    async def delete(self, key: str) -> None:
+        """Drop a spooled copy of ``key`` (never to be uploaded), then delete it in ``inner``.
+
+        ``StoreUnavailable`` while ``inner`` is down: the caller (the retention
+        sweep) tries again later; the spooled copy is gone already.
+        """
+        validate_key(key)
+        entry = self._by_key.get(key)
+        if entry is not None:
+            await self._remove(entry)
+        await self._inner.delete(key)
+
     def url(self, key: str) -> str | None:
         """None while ``key`` is only in the spool (the API serves it through ``get``)."""
         validate_key(key)

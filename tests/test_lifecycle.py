@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from aoc.metrics import REGISTRY
 from aoc.parts import Parts, Running, Start, StopFailed
 from aoc.servers import server
 from bridge.service import Bridge
+from storage import TRACKINGS, Write, open_document_store
 from tests import services
 
 DEADLINE = 30.0
@@ -693,6 +695,38 @@ async def test_serve_starts_with_the_broker_down_and_its_bridge_connects_later(
                 await serving
         finally:
             broker.stop()
+
+
+async def test_serve_sweeps_what_is_older_than_its_retention_even_without_a_broker(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Test that `aoc serve` runs the retention sweep as a part of its own: with the broker
+    down (its bridge restarting), a point older than AOC_RETENTION_TRACKING_DAYS is
+    deleted at start and a recent one kept."""
+    settings = serve_settings(tmp_path, mqtt_port=services.free_port(), redis_url=redis_url)
+    settings = settings.model_copy(update={"retention_tracking_days": 1.0})
+    now = datetime.now(UTC)
+    points = {name: {"_id": name, "ambulance_id": "332", "count_datetime": at}
+              for name, at in (("old", now - timedelta(days=2)), ("recent", now))}
+    async with open_document_store(settings.resolved_store_url) as store:
+        await store.apply([Write(TRACKINGS, "insert", doc) for doc in points.values()])
+    stop = asyncio.Event()
+    serving = asyncio.create_task(lifecycle.serve(settings, stop=stop))
+    try:
+        async with open_document_store(settings.resolved_store_url) as store:
+
+            async def old_point_gone() -> bool:
+                if serving.done():
+                    serving.result()
+                    raise AssertionError("aoc serve returned")
+                return await store.get(TRACKINGS, "old") is None
+
+            await until(old_point_gone, "the sweep to delete the old point")
+            assert await store.get(TRACKINGS, "recent") is not None
+    finally:
+        stop.set()
+        async with asyncio.timeout(DEADLINE):
+            await serving
 
 
 def test_the_command_exits_1_without_a_traceback_when_a_part_failed_while_stopping(

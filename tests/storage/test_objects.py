@@ -211,3 +211,30 @@ async def test_put_new_races_leave_one_winner(object_store: ObjectStore, ambulan
     won = await asyncio.gather(*(object_store.put_new(key, b, "image/jpeg") for b in blobs))
     assert sum(won) == 1
     assert await object_store.get(key) == blobs[won.index(True)]
+
+
+async def test_delete_removes_the_key_and_tolerates_absent_ones(
+    object_store: ObjectStore, ambulance_id: str
+) -> None:
+    """Test that delete removes one object, leaves its neighbours, and is safe to repeat."""
+    key, neighbour = image_key(ambulance_id), image_key(ambulance_id).replace("0042", "0043")
+    await object_store.put(key, JPEG, "image/jpeg")
+    await object_store.put(neighbour, JPEG, "image/jpeg")
+    await object_store.delete(key)
+    assert not await object_store.exists(key)
+    with pytest.raises(KeyError):
+        await object_store.get(key)
+    assert await object_store.get(neighbour) == JPEG
+    await object_store.delete(key)  # a retried sweep: already gone
+    await object_store.delete(f"ambulance_images/{ambulance_id}/never/stored.jpg")
+    await object_store.delete(f"ambulance_images/{ambulance_id}")  # a "directory": no object
+    assert await object_store.get(neighbour) == JPEG
+    await object_store.put(key, JPEG, "image/jpeg")  # the key can be used again
+    assert await object_store.get(key) == JPEG
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS, ids=range(len(HOSTILE_KEYS)))
+async def test_delete_refuses_hostile_keys(object_store: ObjectStore, key: str) -> None:
+    """Test that delete refuses the keys put refuses, so it cannot reach outside the store."""
+    with pytest.raises(ValueError, match="object key"):
+        await object_store.delete(key)

@@ -431,3 +431,27 @@ async def test_put_new_sees_spooled_and_stored_objects(
     await wait_for(lambda: spooled.pending == 0)
     assert not await spooled.put_new(spooled_key, PNG, "image/png")
     assert await spooled.get(spooled_key) == JPEG
+
+
+async def test_delete_drops_a_spooled_copy_so_it_is_never_uploaded(
+    spooled: SpoolingObjectStore, root: Path, spool_dir: Path, ambulance_id: str
+) -> None:
+    """Test that deleting a key waiting in the spool removes it there and in the store."""
+    await spooled.put(key(ambulance_id, 1), JPEG, "image/jpeg")  # stored directly
+    await spooled.delete(key(ambulance_id, 1))
+    assert not (root / key(ambulance_id, 1)).exists()
+    outage = Outage(root)
+    outage.start()
+    await spooled.put(key(ambulance_id, 2), JPEG, "image/jpeg")
+    await spooled.put(key(ambulance_id, 3), PNG, "image/png")
+    assert spooled.pending == 2
+    await spooled.delete(key(ambulance_id, 2))  # the store's root is a file: nothing there
+    assert spooled.pending == 1
+    assert len(entries(spool_dir)) == 1
+    assert not await spooled.exists(key(ambulance_id, 2))
+    outage.end()
+    await wait_for(lambda: spooled.pending == 0)
+    assert (root / key(ambulance_id, 3)).read_bytes() == PNG
+    assert not (root / key(ambulance_id, 2)).exists()
+    with pytest.raises(ValueError):
+        await spooled.delete("../outside.jpg")
