@@ -169,17 +169,22 @@ def test_1_places_are_drawn_and_an_enter_event_is_listed(
     assert by_id[station_id]["tip"] == f"Station <b>{station_id}</b> (station)"
 
     # The station's tooltip on hover, its markup shown as text (no <b> element made).
-    board.js("window.aocDashboard.fleetMap.map.setView([arguments[0], arguments[1]], 15)",
-             S_LAT, S_LON)
-    x, y = board.js("const p = window.aocDashboard.fleetMap.map.latLngToContainerPoint("
-                    "[arguments[0], arguments[1]]); return [p.x, p.y];", S_LAT, S_LON)
+    # No animation: the point is where the map is now, not where a pan will leave it.
+    board.js("window.aocDashboard.fleetMap.map.setView([arguments[0], arguments[1]], 15,"
+             " {animate: false})", S_LAT, S_LON)
     map_element = board.driver.find_element(By.ID, "map")
-    size = map_element.size
-    ActionChains(board.driver).move_to_element_with_offset(
-        map_element, int(x - size["width"] / 2), int(y - size["height"] / 2)
-    ).perform()
-    tip = board.wait(lambda: board.driver.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip"),
-                     "the station's tooltip")[0]
+
+    def hover_station() -> list[Any]:
+        # Hovered again at each try: a busy machine may draw the layer after the first move.
+        x, y = board.js("const p = window.aocDashboard.fleetMap.map.latLngToContainerPoint("
+                        "[arguments[0], arguments[1]]); return [p.x, p.y];", S_LAT, S_LON)
+        size = map_element.size
+        ActionChains(board.driver).move_to_element_with_offset(
+            map_element, int(x - size["width"] / 2), int(y - size["height"] / 2)
+        ).perform()
+        return board.driver.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip")
+
+    tip = board.wait(hover_station, "the station's tooltip")[0]
     assert f"Station <b>{station_id}</b>" in tip.text
     assert not tip.find_elements(By.TAG_NAME, "b")
     board.shot(tmp_path, "1a-places")
