@@ -189,7 +189,8 @@ class Pending(BaseModel):
 
 
 class AlarmTransition(_Doc):
-    action: str = Field(description="opened, repeated, ended, acknowledged or resolved")
+    action: str = Field(description="opened, ended, acknowledged or resolved (a repeat "
+                        "raises count and updated_at instead)")
     at: datetime | None = None
     by: str | None = None
     note: str | None = None

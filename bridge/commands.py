@@ -14,13 +14,15 @@ from typing import Any
 
 from bridge.contract import Kind
 from bridge.messages import AlarmAction, Destination
-from bridge.places import PlaceError, places_from_geojson
+from bridge.places import PLACE_ID
 
 COMMAND_ID = re.compile(r"[0-9A-Za-z_-]{8,64}")
 ALARM_ID = re.compile(r"[0-9A-Za-z_.:-]{1,200}")
 ACTIONS = ("acknowledge", "resolve")
 MAX_TEXT = 1000  # a note, a name
 MAX_RADIUS_M = 50_000.0
+# A command is a few hundred bytes: one refused is read back no further than this.
+MAX_COMMAND_BYTES = 64 * 1024
 
 
 class CommandError(ValueError):
@@ -57,11 +59,9 @@ def _destination(value: object) -> dict[str, Any] | None:
         raise CommandError("destination: expected an object or null")
     kind = value.get("type")
     if kind == "place":
-        try:
-            places_from_geojson(value.get("feature"))
-        except PlaceError as exc:
-            raise CommandError(f"destination.feature: {exc}") from None
-        return {"type": "place", "feature": value["feature"]}
+        # The bridge reads the place from its own places (or the store): a detailed
+        # polygon would not fit a command, nor belong in every state write.
+        return {"type": "place", "place_id": _match(value, "place_id", PLACE_ID)}
     if kind == "point":
         lat = _number(value, "lat", -90.0, 90.0)
         lon = _number(value, "lon", -180.0, 180.0)

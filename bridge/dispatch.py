@@ -22,10 +22,13 @@ a redelivered message or a second bridge never emits an event or an alarm twice.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+import shapely
 
 from aoc.config import geofence_alarm_rules
 from bridge import alarms, eta
@@ -34,11 +37,19 @@ from bridge.contract import ALARMS_ROOM, EVENTS_ROOM
 from bridge.geo import haversine_m, position_doc
 from bridge.ids import epoch_ms
 from bridge.messages import AlarmAction, Check, Crash, Destination, Position, Publish, Tracking
-from bridge.places import Place, PlaceIndex, distance_m, membership, places_from_geojson
+from bridge.places import (
+    Place,
+    PlaceIndex,
+    distance_m,
+    membership,
+    place_feature,
+    place_from_doc,
+    places_from_geojson,
+)
 from bridge.public import public_record
 from bridge.speed import RED, Episode, Threshold
 from bridge.state import AmbulanceState
-from storage.base import ALARMS, EVENTS, Document
+from storage.base import ALARMS, EVENTS, PLACES, Document, DocumentStore
 
 if TYPE_CHECKING:
     from aoc.config import Settings
@@ -102,8 +113,28 @@ class Dispatch:
     ) -> None:
         self.rules = rules or DispatchRules()
         self.places = places or PlaceIndex(())
-        # Destination places parsed from their feature, by the command that set them.
-        self._destinations: dict[str, Place] = {}
+        # Ids of places removed (tombstones): an ambulance inside one leaves it silently.
+        # Any other id this bridge does not know (another bridge read it first) is kept.
+        self.removed: set[str] = set()
+        # Places read from the store for a command (not in the index yet), and
+        # destination places rebuilt from a state's stored geometry; both bounded.
+        self._fetched: OrderedDict[str, Place] = OrderedDict()
+        self._destinations: OrderedDict[str, Place] = OrderedDict()
+
+    async def prepare(self, store: DocumentStore, items: Iterable[object]) -> None:
+        """Read the places the batch's destination commands name that the index lacks."""
+        for item in items:
+            if isinstance(item, Destination) and item.destination is not None:
+                place_id = item.destination.get("place_id")
+                if place_id and self.place(place_id) is None:
+                    doc = await store.get(PLACES, place_id)
+                    place = None if doc is None else _readable(doc)
+                    if place is not None and place.removed_at is None:
+                        _remember(self._fetched, place_id, place)
+
+    def place(self, place_id: str) -> Place | None:
+        """A live place this bridge knows: in its index, or read for a command."""
+        return self.places.get(place_id) or self._fetched.get(place_id)
 
     # --- points, crashes, silence ----------------------------------------------------------
 
@@ -216,10 +247,13 @@ class Dispatch:
         if value is None:
             state.destination = state.destination_geometry = state.eta = None
         elif value["type"] == "place":
-            place = places_from_geojson(value["feature"])[0]
-            self._destinations[command.command_id] = place
+            place = self.place(value["place_id"])
+            if place is None:
+                self.refuse(state, command.command_id, f"no place {value['place_id']!r}")
+                return
             state.destination = _destination_doc(command, place=place)
-            state.destination_geometry = value["feature"]
+            state.destination_geometry = compact_feature(place)
+            _remember(self._destinations, _geometry_key(state.destination), place)
         else:
             state.destination = _destination_doc(
                 command, point=(value["lat"], value["lon"], value.get("name")),
@@ -253,6 +287,8 @@ class Dispatch:
         inside, entered, exited = membership(
             frozenset(state.places), item.position, self.places, self.rules.margin_m
         )
+        # A place this bridge has not read yet (another bridge has): still inside it.
+        inside |= {p for p in state.places if self.places.get(p) is None and p not in self.removed}
         if not entered and not exited and sorted(inside) == state.places:
             return
         state.places = sorted(inside)
@@ -307,14 +343,12 @@ class Dispatch:
         destination = state.destination
         if destination is None or destination["type"] != "place":
             return None
-        command_id = destination["command_id"]
-        place = self._destinations.get(command_id)
+        key = _geometry_key(destination)
+        place = self._destinations.get(key)
         if place is None and state.destination_geometry is not None:
             # Loaded from the store (a restart, another bridge's command): parse once.
             place = places_from_geojson(state.destination_geometry)[0]
-            if len(self._destinations) > 10_000:
-                self._destinations.clear()
-            self._destinations[command_id] = place
+            _remember(self._destinations, key, place)
         return place
 
     def _event(
@@ -385,6 +419,43 @@ class Dispatch:
     def _done(state: AmbulanceState, command_id: str, reason: str | None) -> None:
         entry = {"id": command_id, "ok": reason is None, "reason": reason}
         state.commands = [*state.commands, entry][-COMMANDS_KEPT:]
+
+    def refuse(self, state: AmbulanceState, command_id: str, reason: str) -> None:
+        """Record a command refused (its state says why: the API answers 409 with it)."""
+        self._done(state, command_id, reason)
+
+
+# A destination place's geometry rides in every state write: at most this many vertices.
+COMPACT_VERTICES = 500
+CACHED = 1000  # places per cache (fetched for commands, rebuilt from states)
+
+
+def compact_feature(place: Place) -> dict[str, Any]:
+    """The place's Feature, its polygon simplified (a few metres) to at most COMPACT_VERTICES."""
+    geometry = place.geometry
+    tolerance = 0.00001  # degrees: about a metre
+    while geometry is not None and shapely.get_num_coordinates(geometry) > COMPACT_VERTICES:
+        geometry = shapely.simplify(place.geometry, tolerance, preserve_topology=True)
+        tolerance *= 2
+    return place_feature(replace(place, geometry=geometry))
+
+
+def _geometry_key(destination: Document) -> str:
+    return f"{destination['place_id']}@{destination['command_id']}"
+
+
+def _remember(cache: OrderedDict[str, Place], key: str, place: Place) -> None:
+    cache[key] = place
+    cache.move_to_end(key)
+    while len(cache) > CACHED:
+        cache.popitem(last=False)
+
+
+def _readable(doc: Document) -> Place | None:
+    try:
+        return place_from_doc(doc)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None  # a damaged document: no such place (PlaceWatch logs it)
 
 
 def event_message(event: Document) -> dict[str, Any]:

@@ -23,16 +23,23 @@ from datetime import UTC, datetime, timedelta
 from bridge.dispatch import Dispatch
 from bridge.messages import Check
 from bridge.places import Place, PlaceIndex, place_from_doc
-from storage.base import AMBULANCES, PLACES, DocumentStore, Query, StoreUnavailable
+from storage.base import AMBULANCES, PLACES, Document, DocumentStore, Query, StoreUnavailable
 
 PAGE = 500
 # Device clocks may run a few seconds ahead (``AOC_MAX_CLOCK_AHEAD_SECONDS``):
 # candidates are read with this slack, and each check compares receipt times.
 CLOCK_SLACK = timedelta(seconds=60)
+LOOKBACK = timedelta(seconds=60)
 
 
 class PlaceWatch:
-    """Loads the places into ``dispatch`` and reads their changes every ``every`` seconds."""
+    """Loads the places into ``dispatch`` and reads their changes every ``every`` seconds.
+
+    Each read goes back ``LOOKBACK`` before the newest change seen: a place
+    written by another process whose clock is behind, or whose write committed
+    later than a newer one, is still seen. A damaged place document is skipped
+    (logged once), never the end of the bridge.
+    """
 
     def __init__(
         self, store: DocumentStore, dispatch: Dispatch, *, every: float, logger: logging.Logger
@@ -42,34 +49,48 @@ class PlaceWatch:
         self._every = every
         self._log = logger
         self._places: dict[str, Place] = {}
-        self._since: datetime | None = None
+        self._newest: datetime | None = None
+        self._damaged: set[str] = set()
+        self.loaded = asyncio.Event()  # set after the first complete read
 
     async def refresh(self) -> bool:
         """Read what changed; True when the index was rebuilt."""
         changed = False
         cursor: str | None = None
-        since = self._since  # inclusive: a place written in the same millisecond is seen
+        since = None if self._newest is None else self._newest - LOOKBACK
         while True:
-            query = Query(PLACES, since=since, limit=PAGE, cursor=cursor)
-            page = await self._store.find(query)
+            page = await self._store.find(Query(PLACES, since=since, limit=PAGE, cursor=cursor))
             for doc in page.items:
-                place = place_from_doc(doc)
-                if place.updated_at is not None and (
-                    self._since is None or place.updated_at > self._since
-                ):
-                    self._since = place.updated_at
-                if place.removed_at is not None:
-                    changed |= self._places.pop(place.id, None) is not None
-                elif self._places.get(place.id) != place:
-                    self._places[place.id] = place
-                    changed = True
+                changed |= self._take(doc)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
         if changed:
             self._dispatch.places = PlaceIndex(self._places.values())
             self._log.info("places: %d in use", len(self._places))
+        self.loaded.set()
         return changed
+
+    def _take(self, doc: Document) -> bool:
+        """Take one stored place; whether it changed what is in use."""
+        try:
+            place = place_from_doc(doc)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if str(doc.get("_id")) not in self._damaged:
+                self._damaged.add(str(doc.get("_id")))
+                self._log.warning("place %r is damaged, not used: %s", doc.get("_id"), exc)
+            return False
+        newest = self._newest
+        if place.updated_at is not None and (newest is None or place.updated_at > newest):
+            self._newest = place.updated_at
+        if place.removed_at is not None:
+            self._dispatch.removed.add(place.id)
+            return self._places.pop(place.id, None) is not None
+        self._dispatch.removed.discard(place.id)
+        if self._places.get(place.id) == place:
+            return False
+        self._places[place.id] = place
+        return True
 
     async def run(self) -> None:
         while True:
@@ -77,6 +98,8 @@ class PlaceWatch:
                 await self.refresh()
             except StoreUnavailable as exc:
                 self._log.debug("places not read: %s", exc)
+            except Exception:  # a chore's bug must not stop the bridge's ingestion
+                self._log.exception("reading the places failed")
             await asyncio.sleep(self._every)
 
 
@@ -129,4 +152,6 @@ class OfflineSweep:
                 await self.sweep()
             except StoreUnavailable as exc:
                 self._log.debug("offline sweep skipped: %s", exc)
+            except Exception:  # a chore's bug must not stop the bridge's ingestion
+                self._log.exception("the offline sweep failed")
             await asyncio.sleep(self.every)

@@ -105,6 +105,8 @@ class Status:
     ambulance_id: str
     online: bool
     received_at: datetime
+    # Replayed by the broker at a (re)subscription: the device's last word, not news of it.
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ from aoc.logs import LineBudget
 from bridge import contract, snapshots
 from bridge import late as _late
 from bridge.alarms import alarm_message, alarm_publish, last_event
+from bridge.commands import COMMAND_ID, MAX_COMMAND_BYTES
 from bridge.contract import ALARMS_ROOM, EVENTS_ROOM
 from bridge.crash import repeat_of, static_map_url
 from bridge.dispatch import Dispatch, event_message
@@ -146,6 +148,25 @@ def dead_letter_doc(item: Rejected, *, limit: int) -> Document:
         "payload_size": len(payload),
         "truncated": truncated,
     }
+
+
+def refused_command(item: Parsed) -> tuple[str | None, str | None]:
+    """(ambulance id, command id) of a dispatch command refused as invalid, else Nones.
+
+    The API waits for its command to be applied or refused: a dead letter alone
+    would leave it waiting for good.
+    """
+    if not isinstance(item, Rejected) or not contract.is_dispatch_topic(item.topic):
+        return None, None
+    aid = contract.topic_ambulance_id(item.topic)
+    try:
+        body = json.loads(item.payload[:MAX_COMMAND_BYTES])
+    except ValueError:
+        return None, None
+    command_id = body.get("command_id") if isinstance(body, dict) else None
+    if aid is None or not isinstance(command_id, str) or not COMMAND_ID.fullmatch(command_id):
+        return None, None
+    return aid, command_id
 
 
 def _at_store_precision(item: Parsed) -> Parsed:
@@ -365,7 +386,10 @@ class Processor:
         items = [_at_store_precision(item) for item in batch]
         keys = [_key(item) for item in items]
         ambulance_ids = {item.ambulance_id for item in items if not isinstance(item, Rejected)}
+        # A refused command is recorded in its ambulance's state, for the API waiting on it.
+        ambulance_ids.update(aid for aid, _ in map(refused_command, items) if aid is not None)
         states = await self._load(ambulance_ids)
+        await self.dispatch.prepare(self._store, items)
         stored, pending = await self._stored(keys, states)
         draft = _Draft(states=states)
         draft.replay(pending)
@@ -768,6 +792,7 @@ class Processor:
         keys = item.stored or await store_images(self._objects, item, digits=self._key_digits)
         images = {f"image{index}": key for index, key in enumerate(keys)}
         draft.outcomes.append(Outcome.SNAP)
+        self.dispatch.heard(state, item.received_at, draft)
         draft.insert(
             IMAGE_HISTORIES,
             {"_id": history_id, "ambulance_id": aid, "images": images, "createdAt": item.ts},
@@ -805,7 +830,7 @@ class Processor:
         if state.online != item.online:
             state.online = item.online
             draft.dirty.add(item.ambulance_id)
-        if item.online:
+        if item.online and not item.retained:
             self.dispatch.heard(state, item.received_at, draft)
         # Published even when unchanged: statuses are rare (retained, one per
         # connection), and a bridge that died after storing one never published it.
@@ -829,6 +854,12 @@ class Processor:
             self.dispatch.on_alarm_action(item, state, draft)
 
     def _rejected(self, item: Rejected, draft: _Draft) -> None:
+        aid, command_id = refused_command(item)
+        if aid is not None and command_id is not None:
+            state = draft.states[aid]
+            if not self.dispatch.seen(state, command_id):
+                self.dispatch.refuse(state, command_id, item.reason)
+                draft.dirty.add(aid)
         doc = dead_letter_doc(item, limit=self._dl_bytes)
         draft.insert(DEAD_LETTERS, doc)
         draft.outcomes.append(Outcome.DEAD_LETTER)

@@ -297,10 +297,12 @@ class Bridge:
         self._cache_seen_built = False
         self.counts: dict[str, int] = {}
         self._chores: list[PlaceWatch | OfflineSweep] = []
+        self._place_watch: PlaceWatch | None = None
         if places_every is not None:
             dispatch = processor.dispatch
             watch = PlaceWatch(store, dispatch, every=places_every, logger=self._log)
             self._chores.append(watch)
+            self._place_watch = watch
         if offline_after is not None:
             sweep = OfflineSweep(store, self._check, after=offline_after, logger=self._log)
             self._chores.append(sweep)
@@ -505,6 +507,12 @@ class Bridge:
     async def _consume(self, *helpers: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self._stopping.wait(), name="bridge-stop-wait")
         try:
+            if self._place_watch is not None:
+                # Planned against no places, an ambulance inside one would leave it and
+                # enter again, and one parked at a station would be reported offline.
+                loaded = asyncio.create_task(self._place_watch.loaded.wait())
+                await asyncio.wait({loaded, stop}, return_when=asyncio.FIRST_COMPLETED)
+                loaded.cancel()
             while not self._stopping.is_set():
                 first = asyncio.create_task(self._queue.get(), name="bridge-next")
                 done, _ = await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -221,7 +221,7 @@ def _parse(
         return _record(kind, ambulance_id, body, received_at, limits, shim=shim)
     if kind == Kind.SNAP:
         return _snap(ambulance_id, payload, received_at, limits, shim=shim)
-    return _status(ambulance_id, payload, received_at, limits)
+    return _status(ambulance_id, payload, received_at, limits, retained=retained)
 
 
 def _record(
@@ -539,7 +539,9 @@ _STATUS = {"online": True, "offline": False}
 _JSON_START = re.compile(rb"[ \t\r\n]*\{")
 
 
-def _status(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> Status:
+def _status(
+    aid: str, payload: bytes, received_at: datetime, limits: Limits, *, retained: bool
+) -> Status:
     expected = 'payload: status must be "online" or "offline" (or {"status": ...})'
     if len(payload) > limits.max_record_bytes:
         raise _Invalid(f"{expected}, got {len(payload)} bytes")
@@ -550,11 +552,11 @@ def _status(aid: str, payload: bytes, received_at: datetime, limits: Limits) -> 
         value = body.get("status")
         if not isinstance(value, str) or value.strip().lower() not in _STATUS:
             raise _Invalid(f'status: must be "online" or "offline", got {_show(value)}')
-        return Status(aid, _STATUS[value.strip().lower()], received_at)
+        return Status(aid, _STATUS[value.strip().lower()], received_at, retained=retained)
     online = _STATUS.get(text.decode("ascii", "replace").lower())
     if online is None:
         raise _Invalid(f"{expected}, got {_show(payload[:32])}")
-    return Status(aid, online, received_at)
+    return Status(aid, online, received_at, retained=retained)
 
 
 # --- JSON ------------------------------------------------------------------------------

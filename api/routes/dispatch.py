@@ -9,6 +9,7 @@ log with the token's name as the actor.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
@@ -42,7 +43,7 @@ from api.routes.read import (
 )
 from api.tokens import TokenInfo
 from bridge.contract import Kind
-from bridge.places import Place, place_feature
+from bridge.places import Place
 from bridge.places_store import get_place
 from storage.base import ALARMS, AMBULANCES, EVENTS, Document
 from storage.base import Query as StoreQuery
@@ -127,10 +128,11 @@ async def _destination(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The command's ``destination`` and what the audit log records of it."""
     if isinstance(target, PlaceTarget):
+        # Checked here for a clear 404; the bridge reads the place itself (a command
+        # stays small however detailed the place is).
         place = await _live_place(deps, target.place_id)
-        return {"type": "place", "feature": place_feature(place)}, {
-            "type": "place", "place_id": target.place_id
-        }
+        named = {"type": "place", "place_id": place.id}
+        return named, named
     if isinstance(target, PointTarget):
         point = {"type": "point", **target.model_dump()}
         return point, point
@@ -293,7 +295,24 @@ async def _alarm_command(
     )
     if not isinstance(outcome, Applied):
         return outcome
-    return Alarm.model_validate(await _alarm(deps, alarm_id))
+    return Alarm.model_validate(await _alarm_after(deps, alarm_id, message["command_id"]))
+
+
+async def _alarm_after(deps: ApiDeps, alarm_id: str, command_id: str) -> Document:
+    """The alarm once it shows the command's transition.
+
+    The state that records the command is written first; on MongoDB the alarm
+    document lands in a later bulk write, so a read right away may be the old one.
+    """
+    deadline = asyncio.get_running_loop().time() + max(deps.settings.dispatch_wait_seconds, 1.0)
+    while True:
+        doc = await _alarm(deps, alarm_id)
+        steps = doc.get("transitions") or []
+        if any(step.get("command_id") == command_id for step in steps):
+            return doc
+        if asyncio.get_running_loop().time() > deadline:
+            return doc  # as stored: the transition will show in it
+        await asyncio.sleep(0.05)
 
 
 _ALARM_COMMAND: dict[int | str, dict[str, Any]] = {

@@ -15,7 +15,7 @@ from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
 from pydantic import BaseModel
 
-from api.access import UNAUTHORIZED, Token, require_token
+from api.access import UNAUTHORIZED, Token, require_dispatch, require_token
 from api.deps import Deps
 from api.tokens import TokenInfo
 from bridge import places_store
@@ -68,14 +68,12 @@ class PlaceImport(BaseModel):
 
 
 def require_places_write(token: TokenInfo) -> None:
-    """403 unless ``token`` may add, change or remove places: today, a fleet-wide token.
+    """403 unless ``token`` may add, change or remove places: a fleet-wide dispatch token.
 
-    The one place this rule lives (a dispatch permission will replace it).
+    Places drive events and alarms (a station silences offline alarms), so a
+    read-only token, a kiosk's in a URL say, must not change them.
     """
-    if token.limited:
-        raise HTTPException(
-            403, detail="this token is limited to some ambulances: it may not change places"
-        )
+    require_dispatch(token, None)
 
 
 @router.get("/places", response_model=PlaceCollection)

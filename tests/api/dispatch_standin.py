@@ -20,7 +20,7 @@ from typing import Any
 
 import aiomqtt
 
-from storage.base import ALARMS, AMBULANCES, Document, DocumentStore, Write
+from storage.base import ALARMS, AMBULANCES, PLACES, Document, DocumentStore, Write
 
 ALLOWED = {"acknowledge": ("open",), "resolve": ("open", "acknowledged")}
 DONE = {"acknowledge": "acknowledged", "resolve": "resolved"}
@@ -40,6 +40,9 @@ class StandInBridge:
     serves: set[str] = field(default_factory=set)
     # Alarm ids whose commands it refuses, as the bridge does when an alarm moved meanwhile.
     refuse: set[str] = field(default_factory=set)
+    # Seconds between recording a command in the state and writing the alarm, as
+    # MongoDB may store them (the state first, its outbox in a later bulk).
+    alarm_lag: float = 0.0
     received: list[Received] = field(default_factory=list)
     # Set at each command received (``until_received`` waits on it).
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,12 +88,13 @@ class StandInBridge:
                                destination=None, eta=None)
             return
         if wanted["type"] == "place":
-            feature = wanted["feature"]
-            lon, lat = feature["geometry"]["coordinates"]
+            # The command names the place; the bridge reads it from the store.
+            place = await self.store.get(PLACES, wanted["place_id"])
+            assert place is not None
+            lon, lat = place["geometry"]["coordinates"]
             destination = {
-                "type": "place", "place_id": feature["id"],
-                "name": feature["properties"]["name"], "kind": feature["properties"]["kind"],
-                "radius_m": feature["properties"]["radius_m"],
+                "type": "place", "place_id": place["_id"], "name": place["name"],
+                "kind": place["kind"], "radius_m": place["radius_m"],
             }
         else:
             lat, lon = wanted["lat"], wanted["lon"]
@@ -124,6 +128,11 @@ class StandInBridge:
                 "command_id": command["command_id"],
             }],
         }
+        if self.alarm_lag:
+            await self._record(ambulance_id, command["command_id"], True, None)
+            await asyncio.sleep(self.alarm_lag)
+            await self.store.apply([Write(ALARMS, "upsert", updated)])
+            return
         await self.store.apply([Write(ALARMS, "upsert", updated)])
         await self._record(ambulance_id, command["command_id"], True, None)
 

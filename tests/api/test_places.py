@@ -1,12 +1,14 @@
-"""The places API on the real app and store: read with any token, write with a fleet-wide one."""
+"""The places API on the real app and store: read with any token, write with a dispatch one."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from api import ApiDeps
 from api.tokens import create_token
@@ -15,6 +17,14 @@ from storage.sqlite import SQLiteDocumentStore
 from tests.api.conftest import client_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "places" / "chiang-mai.geojson"
+
+
+@pytest.fixture
+async def http(deps: ApiDeps, store: SQLiteDocumentStore) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with a fleet-wide dispatch token: places drive events and alarms."""
+    token = await create_token(store, "api-tests", None, actor="tests", dispatch=True)
+    async with client_for(deps, token) as client:
+        yield client
 
 
 def example() -> dict[str, Any]:
@@ -90,19 +100,26 @@ async def test_invalid_bodies_are_422_naming_the_feature(http: httpx.AsyncClient
 async def test_tokens_and_permissions(
     deps: ApiDeps, http: httpx.AsyncClient, store: SQLiteDocumentStore
 ) -> None:
-    """Test 401 without a token, and that a limited token reads places but may not change them."""
+    """Test 401 without a token; limited and read-only tokens read places, change none."""
     await http.post("/api/v1/places", json=example())
     async with client_for(deps) as anonymous:
         assert (await anonymous.get("/api/v1/places")).status_code == 401
         assert (await anonymous.post("/api/v1/places", json=example())).status_code == 401
-    limited = await create_token(store, "kiosk", ["AMB-1"], actor="tests")
+    limited = await create_token(store, "kiosk", ["AMB-1"], actor="tests", dispatch=True)
     async with client_for(deps, limited) as kiosk:
         assert (await kiosk.get("/api/v1/places")).status_code == 200
         assert (await kiosk.get("/api/v1/places/nakornping")).status_code == 200
         refused = await kiosk.post("/api/v1/places", json=example())
         assert refused.status_code == 403
         assert refused.json()["detail"] == (
-            "this token is limited to some ambulances: it may not change places"
+            "this token is limited to some ambulances: it may not dispatch the whole fleet"
         )
         assert (await kiosk.delete("/api/v1/places/nakornping")).status_code == 403
+    # A read-only token, even fleet-wide (a wall screen's), reads places and changes none:
+    # a removed station would make its parked ambulances raise offline alarms.
+    screen = await create_token(store, "wall-screen", None, actor="tests")
+    async with client_for(deps, screen) as wall:
+        assert (await wall.get("/api/v1/places")).status_code == 200
+        assert (await wall.delete("/api/v1/places/nakornping")).status_code == 403
+        assert (await wall.post("/api/v1/places", json=example())).status_code == 403
     assert (await http.get("/api/v1/places/nakornping")).status_code == 200

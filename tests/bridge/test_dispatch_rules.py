@@ -6,6 +6,7 @@ the path real device messages and the API's commands take.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import AsyncIterator
@@ -17,13 +18,16 @@ import pytest
 
 from bridge.dispatch import Dispatch, DispatchRules
 from bridge.messages import Check, Parsed, Plan, Rejected
-from bridge.places import PlaceIndex, places_from_geojson
+from bridge.places import PlaceIndex, place_doc, places_from_geojson
 from bridge.processor import Processor
 from bridge.speed import SpeedRules
 from bridge.validate import Limits, parse
-from storage.base import ALARMS, AMBULANCES, EVENTS, Document, Query
+from storage.base import ALARMS, AMBULANCES, EVENTS, PLACES, Document, Query, Write
 from storage.localfs import LocalObjectStore
 from storage.sqlite import SQLiteDocumentStore
+from tests.images import TINY_JPEG
+
+TINY_JPEG_B64 = base64.b64encode(TINY_JPEG).decode()
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
@@ -200,7 +204,7 @@ async def test_a_stopped_ambulance_gets_the_floor_speed(
     proc = processor(store, objects, eta_floor_kmh=10.0)
     await run(proc, store, [point(0, H_LAT - 0.01, speed=0)])
     await run(proc, store, [command(
-        "destination", 1, 1, destination={"type": "place", "feature": HOSPITAL},
+        "destination", 1, 1, destination={"type": "place", "place_id": "maharaj"},
     )])
     eta = (await state(store))["eta"]
     assert eta["speed_basis"] == "floor" and eta["speed_kmh"] == 10.0
@@ -216,7 +220,7 @@ async def test_arrival_at_a_destination_place_is_entering_it(
     proc = processor(store, objects)
     await run(proc, store, [point(0, SOUTH_EDGE - 0.003)])
     await run(proc, store, [command(
-        "destination", 1, 1, destination={"type": "place", "feature": HOSPITAL},
+        "destination", 1, 1, destination={"type": "place", "place_id": "maharaj"},
     )])
     assert (await state(store))["destination"]["place_id"] == "maharaj"
     await run(proc, store, [point(30, SOUTH_EDGE - 0.0002)])
@@ -341,8 +345,7 @@ async def test_a_silent_ambulance_raises_one_offline_alarm_unless_parked_at_a_st
     [
         ("destination", {}, "destination: required"),
         ("destination", {"destination": {"type": "point", "lat": 91, "lon": 0}}, "lat:"),
-        ("destination", {"destination": {"type": "place", "feature": {"type": "Feature"}}},
-         "destination.feature:"),
+        ("destination", {"destination": {"type": "place", "place_id": "a/b"}}, "place_id:"),
         ("alarm", {"alarm_id": "x", "action": "delete"}, "action:"),
         ("alarm", {"alarm_id": "a/b", "action": "resolve"}, "alarm_id:"),
     ],
@@ -361,3 +364,89 @@ def test_a_retained_command_is_refused() -> None:
     item = parse(f"dispatch/{AID}/destination", json.dumps(body).encode(), T0, LIMITS,
                  retained=True)
     assert isinstance(item, Rejected) and item.reason.startswith("retain:")
+
+
+async def test_a_place_another_bridge_knows_and_this_one_not_yet_is_never_entered_twice(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test a bridge without the places (not read yet) keeping the ambulance inside them."""
+    knows, late = processor(store, objects), processor(store, objects)
+    late.dispatch.places = PlaceIndex(())  # it has not read the places yet
+    await run(knows, store, [point(0, H_LAT)])
+    await run(late, store, [point(5, H_LAT)])
+    assert (await state(store))["places"] == ["maharaj"]
+    await run(processor(store, objects), store, [point(10, H_LAT)])
+    events = await stored(store, EVENTS)
+    assert [e["type"] for e in events] == ["enter"]
+    # A place known to be removed is left silently: no exit, no longer inside.
+    gone = processor(store, objects)
+    gone.dispatch.places = PlaceIndex(())
+    gone.dispatch.removed.add("maharaj")
+    await run(gone, store, [point(15, H_LAT)])
+    assert (await state(store))["places"] == []
+    assert [e["type"] for e in await stored(store, EVENTS)] == ["enter"]
+
+
+async def test_a_detailed_place_is_a_destination_by_id_its_geometry_kept_small(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test a 3,000-vertex hospital: the command names it, the state keeps <= 500 vertices."""
+    ring = [
+        [H_LON + HALF * math.cos(2 * math.pi * i / 3000),
+         H_LAT + HALF * math.sin(2 * math.pi * i / 3000)]
+        for i in range(3000)
+    ]
+    detailed = HOSPITAL | {"id": "detailed", "geometry": {
+        "type": "Polygon", "coordinates": [[*ring, ring[0]]],
+    }}
+    await store.apply([Write(PLACES, "upsert", place_doc(places_from_geojson(detailed)[0]))])
+    proc = processor(store, objects)  # its index lacks "detailed": read from the store
+    await run(proc, store, [point(0, H_LAT - 0.01)])
+    item = command("destination", 1, 1, destination={"type": "place", "place_id": "detailed"})
+    await run(proc, store, [item])
+    doc = await state(store)
+    assert doc["destination"]["place_id"] == "detailed"
+    coordinates = doc["destination_geometry"]["geometry"]["coordinates"][0]
+    assert len(coordinates) <= 500
+    plan = await run(processor(store, objects), store, [point(60, H_LAT)])
+    assert [e["event"]["type"] for e in room(plan, "events")][-1] == "arrival"
+
+
+async def test_refused_commands_are_recorded_for_the_api_waiting_on_them(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test an unknown place and a malformed command: each is a refusal with its reason."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(0, H_LAT)])
+    await run(proc, store, [command(
+        "destination", 1, 1, destination={"type": "place", "place_id": "nowhere"},
+    )])
+    bad = command("destination", 2, 2, destination={"type": "point", "lat": 95, "lon": 0})
+    assert isinstance(bad, Rejected)
+    plan = await run(proc, store, [bad])
+    assert plan.counts == {"dead_letter": 1}
+    doc = await state(store)
+    assert doc["commands"] == [
+        {"id": "cmd-00000001", "ok": False, "reason": "no place 'nowhere'"},
+        {"id": "cmd-00000002", "ok": False, "reason": bad.reason},
+    ]
+    assert doc["destination"] is None
+
+
+async def test_a_replayed_retained_status_is_not_the_ambulance_coming_back(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test that the broker's replay of a retained "online" leaves the offline alarm as it is."""
+    proc = processor(store, objects, offline_after_s=300.0)
+    await run(proc, store, [point(0, H_LAT - 0.01)])
+    await run(proc, store, [Check(AID, at(400))])
+    replayed = parse(f"aoc/{AID}/status", b"online", at(500), LIMITS, retained=True)
+    await run(proc, store, [replayed])
+    (alarm,) = await stored(store, ALARMS)
+    assert [t["action"] for t in alarm["transitions"]] == ["opened"]
+    # A snapshot is news of the ambulance: it ends the silence.
+    body = {"images": [{"name": "a.jpg", "data": TINY_JPEG_B64}]}
+    snap = parse(f"aoc/{AID}/snap", json.dumps(body).encode(), at(600), LIMITS)
+    await run(proc, store, [snap])
+    (alarm,) = await stored(store, ALARMS)
+    assert alarm["details"]["back_at"] == at(600)

@@ -45,6 +45,7 @@ from storage.base import (
     CRASHES,
     DEAD_LETTERS,
     IMAGE_HISTORIES,
+    PLACES,
     TRACKINGS,
     Document,
     Page,
@@ -986,3 +987,28 @@ async def test_a_flooding_ambulance_loses_its_excess_and_no_one_else_anything(
     }
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.ratelimit"]
     assert len(lines) == 1 and "ambulances dead-lettered (FLOOD last)" in lines[0], lines
+
+
+async def test_no_message_is_planned_before_the_places_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that the bridge waits for its first read of the places before planning.
+
+    Planned against no places, an ambulance inside one would leave it and enter
+    it again once they are read, and one parked at a station would be offline.
+    """
+    places_readable = asyncio.Event()
+    find = FaultyStore.find
+
+    async def slow_places(self: FaultyStore, query: Query) -> Page:
+        if query.collection == PLACES and not places_readable.is_set():
+            raise StoreUnavailable("fault injection: the places cannot be read yet")
+        return await find(self, query)
+
+    monkeypatch.setattr(FaultyStore, "find", slow_places)
+    async with running(tmp_path, places_every=0.05) as rig:
+        rig.feed(1)
+        await asyncio.sleep(0.5)  # time enough to plan it, were places not awaited
+        assert rig.mqtt.acked == []
+        places_readable.set()
+        await until(lambda: len(rig.mqtt.acked) == 1, "the point acknowledged once places are read")

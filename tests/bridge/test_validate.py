@@ -679,7 +679,8 @@ def test_retained_device_messages_are_refused(kind: str) -> None:
 def test_a_retained_status_is_taken() -> None:
     """Test that status, the Last Will, is the one retained message the bridge takes."""
     result = parse("aoc/332/status", b"offline", NOW, LIMITS, retained=True)
-    assert result == Status("332", online=False, received_at=NOW)
+    # Marked as replayed: it says how the device left, not that it was just heard.
+    assert result == Status("332", online=False, received_at=NOW, retained=True)
 
 
 @pytest.mark.parametrize("aid", ["a" * 64, "A-z_09", "0", "-", "332"])
