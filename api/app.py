@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import dashboard, dispatch, docs, health, legacy, places, read
+from api.routes import dashboard, dispatch, docs, exports, health, legacy, places, read
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(legacy.router)
     app.include_router(read.router)
     app.include_router(read.files_router)
+    app.include_router(exports.router)
     app.include_router(places.router)
     app.include_router(dispatch.router)
     app.include_router(health.router)
