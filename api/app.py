@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import dashboard, dispatch, docs, health, legacy, places, read
+from api.routes import dashboard, dispatch, docs, health, legacy, places, read, reports
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,5 +71,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(read.files_router)
     app.include_router(places.router)
     app.include_router(dispatch.router)
+    app.include_router(reports.router)
     app.include_router(health.router)
     return app
