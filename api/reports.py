@@ -71,6 +71,9 @@ def _bound(field: str, text: str, tz: ZoneInfo, *, last_day: bool) -> datetime:
                 day += timedelta(days=1)
             at = datetime.combine(day, time(), tz)
         else:
+            if "T" not in text.upper() and " " not in text:
+                # A date in another form (20260301) would be taken as an exclusive `to`.
+                raise ValueError(text)
             at = datetime.fromisoformat(text)
             if at.tzinfo is None:
                 at = at.replace(tzinfo=tz)
@@ -100,9 +103,13 @@ def resolve(start: str, end: str, tz_name: str = "UTC") -> Range:
 def _number(doc: Mapping[str, Any], name: str) -> float:
     """A stored measure, 0 when missing or damaged (a report never fails on one document)."""
     value = doc.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return 0.0
-    return float(value)
+    # Exact types (a bool is an int, never a measure): this runs for every
+    # figure of every document of a report.
+    if type(value) is float:
+        return value if math.isfinite(value) else 0.0
+    if type(value) is int:
+        return float(value)
+    return 0.0
 
 
 def _count(doc: Mapping[str, Any], name: str) -> int:

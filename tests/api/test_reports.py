@@ -262,6 +262,7 @@ async def test_csv_of_seeded_stored_trips_spans_pages_and_is_capped(
     ({"from": "2026-03-01", "to": "2026-03-02", "tz": "../../etc/passwd"}, "tz"),
     ({"from": "yesterday", "to": "2026-03-02"}, "from"),
     ({"from": "2026-02-30", "to": "2026-03-02"}, "from"),
+    ({"from": "2026-03-01", "to": "20260302"}, "to"),  # a day only as YYYY-MM-DD
     ({"from": "2026-03-02", "to": "2026-03-01"}, "to"),
     ({"from": "2026-03-01T10:00:00Z", "to": "2026-03-01T10:00:00Z"}, "to"),
     ({"from": "2025-01-01", "to": "2026-01-02"}, "to"),  # 367 days
