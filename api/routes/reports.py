@@ -96,10 +96,11 @@ def _resolved(span: reports.Range, tz: str) -> dict[str, Any]:
 
 
 def _query(collection: str, span: reports.Range, ambulance_id: str | None, *,
-           limit: int = READ_PAGE, cursor: str | None = None,
+           limit: int | None = None, cursor: str | None = None,
            newest_first: bool = False) -> StoreQuery:
     return StoreQuery(collection, ambulance_id=ambulance_id, since=span.start, until=span.end,
-                      limit=limit, cursor=cursor, newest_first=newest_first)
+                      limit=READ_PAGE if limit is None else limit, cursor=cursor,
+                      newest_first=newest_first)
 
 
 async def _pages(store: DocumentStore, query: StoreQuery, first: Page | None = None

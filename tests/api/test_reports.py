@@ -346,3 +346,24 @@ def test_accept_header_chooses_csv(accept: str | None, csv_wanted: bool) -> None
     assert wants_csv(None, accept) is csv_wanted
     assert wants_csv("json", accept) is False
     assert wants_csv("csv", accept) is True
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_summary_of_seeded_stored_trips_reads_page_by_page(
+    http: httpx.AsyncClient, store: SQLiteDocumentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    find = store.find
+
+    async def counted(query: Any) -> Any:
+        page = await find(query)
+        reads.append(len(page.items))
+        return page
+
+    monkeypatch.setattr(routes, "READ_PAGE", 2)
+    monkeypatch.setattr(store, "find", counted)
+    response = await http.get("/api/v1/reports/summary",
+                              params={"from": "2026-03-01", "to": "2026-03-03"})
+    assert response.json()["ambulances"] == list(EXPECTED.values())
+    # 5 trips and 4 stops, never more than a page of 2 at a time.
+    assert reads == [2, 2, 1, 2, 2]
