@@ -18,7 +18,17 @@ from fastapi.responses import JSONResponse
 
 from api.access import legacy_networks, metrics_refusal
 from api.deps import ApiDeps
-from api.routes import dashboard, dispatch, docs, exports, health, legacy, places, read
+from api.routes import (
+    dashboard,
+    dispatch,
+    docs,
+    exports,
+    health,
+    legacy,
+    places,
+    read,
+    reports,
+)
 from storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -72,5 +82,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(exports.router)
     app.include_router(places.router)
     app.include_router(dispatch.router)
+    app.include_router(reports.router)
     app.include_router(health.router)
     return app
