@@ -89,6 +89,23 @@ def distance_m(position: Position, place: Place) -> float:
     return haversine_m(position, Position(near.y, near.x / k))
 
 
+# The grid of PlaceIndex: cells of 0.01 degree (about a kilometre), a place in at most
+# MAX_CELLS of them (a town-sized area); wider places are checked at every query.
+CELL = 0.01
+MAX_CELLS = 4096
+
+
+def _cell(degrees: float) -> int:
+    return math.floor(degrees / CELL)
+
+
+def _overlaps(
+    bounds: tuple[float, float, float, float], west: float, south: float, east: float, north: float
+) -> bool:
+    b_west, b_south, b_east, b_north = bounds
+    return b_west <= east and west <= b_east and b_south <= north and south <= b_north
+
+
 class PlaceIndex:
     """Live places with an STRtree over their bounding boxes: fast "which places are near".
 
@@ -99,16 +116,33 @@ class PlaceIndex:
     def __init__(self, places: Iterable[Place]) -> None:
         self._places: dict[str, Place] = {p.id: p for p in places if p.removed_at is None}
         self._order: list[Place] = list(self._places.values())
-        self._tree = STRtree([self._box(p) for p in self._order])
+        self._bounds = [self._box(p) for p in self._order]
+        self._tree = STRtree([box(*bounds) for bounds in self._bounds])
+        # The bridge asks for every point: a grid of CELL-degree cells answers
+        # "which boxes are here" with a dict lookup, where a query of the tree
+        # costs tens of microseconds. Places wider than MAX_CELLS cells, and
+        # queries with a wide margin, go to the tree.
+        self._grid: dict[tuple[int, int], list[int]] = {}
+        self._wide: list[int] = []
+        for i, (west, south, east, north) in enumerate(self._bounds):
+            xs = range(_cell(west), _cell(east) + 1)
+            ys = range(_cell(south), _cell(north) + 1)
+            if len(xs) * len(ys) > MAX_CELLS:
+                self._wide.append(i)
+                continue
+            for x in xs:
+                for y in ys:
+                    self._grid.setdefault((x, y), []).append(i)
 
     @staticmethod
-    def _box(place: Place) -> object:
+    def _box(place: Place) -> tuple[float, float, float, float]:
         if place.geometry is None:  # a circle: its centre's box, widened by the radius
             assert place.center is not None and place.radius_m is not None
             dlon, dlat = _degrees(place.radius_m, place.center.lat)
             c = place.center
-            return box(c.lon - dlon, c.lat - dlat, c.lon + dlon, c.lat + dlat)
-        return box(*place.geometry.bounds)
+            return c.lon - dlon, c.lat - dlat, c.lon + dlon, c.lat + dlat
+        west, south, east, north = place.geometry.bounds
+        return west, south, east, north
 
     def __len__(self) -> int:
         return len(self._places)
@@ -125,9 +159,19 @@ class PlaceIndex:
         if not self._order:
             return []
         dlon, dlat = _degrees(max(margin_m, 0.0), position.lat)
-        area = box(position.lon - dlon, position.lat - dlat,
-                   position.lon + dlon, position.lat + dlat)
-        return [self._order[i] for i in self._tree.query(area)]
+        west, east = position.lon - dlon, position.lon + dlon
+        south, north = position.lat - dlat, position.lat + dlat
+        if dlat > CELL or dlon > CELL:
+            area = box(west, south, east, north)
+            return [self._order[i] for i in self._tree.query(area)]
+        found: set[int] = set(self._wide)
+        for x in range(_cell(west), _cell(east) + 1):  # at most three cells a side
+            for y in range(_cell(south), _cell(north) + 1):
+                found.update(self._grid.get((x, y), ()))
+        return [
+            self._order[i] for i in sorted(found)
+            if _overlaps(self._bounds[i], west, south, east, north)
+        ]
 
     def containing(self, position: Position) -> set[str]:
         """Ids of the places ``position`` is in."""

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import places_geojson
 from bridge.messages import Position
@@ -18,6 +20,7 @@ from bridge.places import (
     Place,
     PlaceError,
     PlaceIndex,
+    contains,
     distance_m,
     membership,
     place_doc,
@@ -247,3 +250,35 @@ def test_a_place_that_went_away_is_dropped_silently() -> None:
     index = PlaceIndex([one(square(100, id="kept"))])
     inside, entered, exited = membership({"kept", "removed"}, at(0, 0), index, 30)
     assert (inside, entered, exited) == ({"kept"}, [], [])
+
+
+# Places spread over ~10 km around LAT, LON: some in one grid cell, some across several.
+SPREAD = [
+    one(feature({"type": "Point", "coordinates": [at(n, e).lon, at(n, e).lat]},
+                id=f"c{i}", radius_m=r))
+    for i, (n, e, r) in enumerate([(0, 0, 80), (900, -1200, 400), (-3000, 2500, 1500),
+                                   (4000, 4000, 50), (-4500, -4500, 3000)])
+] + [
+    replace(one(square(half, id=f"s{i}", name=f"S{i}")), id=f"s{i}")
+    for i, half in enumerate([50, 700])
+] + [  # small ones, each in one cell, every 600 m
+    one(feature({"type": "Point", "coordinates": [at(n, e).lon, at(n, e).lat]},
+                id=f"t{n}_{e}", radius_m=20))
+    for n in range(-5400, 5401, 600) for e in range(-5400, 5401, 1800)
+]
+
+
+@given(
+    north=st.floats(-6000, 6000), east=st.floats(-6000, 6000),
+    margin=st.sampled_from([0.0, 30.0, 250.0, 1000.0, 5000.0]),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_index_answers_as_a_scan_of_every_place_would(
+    north: float, east: float, margin: float
+) -> None:
+    """Test the index (its grid, its tree for wide queries) against distances to every place."""
+    index = PlaceIndex(SPREAD)
+    here = at(north, east)
+    expected = {p.id for p in SPREAD if distance_m(here, p) <= margin}
+    assert index.near(here, margin) == expected
+    assert index.containing(here) == {p.id for p in SPREAD if contains(p, here)}
