@@ -31,7 +31,7 @@ and snapshots count into whichever trip or stop is open when they are planned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bridge.address import describe
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from aoc.config import Settings
     from bridge.dispatch import Sink
 
-CHECKPOINT_S = 60  # an open trip or stop is written at most this often
+CHECKPOINT = timedelta(seconds=60)  # an open trip or stop is written at most this often
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ class Trips:
         if trip is not None and previous_seen is not None:
             trip["points"] += 1
             trip["distance_m"] += step_m
-            trip["max_speed"] = max(trip["max_speed"], item.speed_kmh)
+            if item.speed_kmh > trip["max_speed"]:  # noqa: PLR1730 (no call: the hot path)
+                trip["max_speed"] = item.speed_kmh
             if was_red:
                 trip["overspeed_s"] += (ts - previous_seen).total_seconds()
             if opened_red:
@@ -116,8 +117,10 @@ class Trips:
             return
         # A checkpoint on the first point of each new minute of the open trip or stop.
         doc, collection = (trip, TRIPS) if trip is not None else (motion["stop"], STOPS)
-        if doc is not None and _minute(doc, ts) != _minute(doc, previous_seen):
-            self._write(sink, collection, doc, ts, item.position)
+        if doc is not None:
+            started = doc["started_at"]
+            if (ts - started) // CHECKPOINT != (previous_seen - started) // CHECKPOINT:
+                self._write(sink, collection, doc, ts, item.position)
 
     def _moving(
         self,
@@ -264,8 +267,3 @@ class Trips:
         if collection == TRIPS:
             written["avg_speed"] = 0.0 if duration <= 0 else doc["distance_m"] / duration * 3.6
         sink.upsert(collection, written)
-
-
-def _minute(doc: Document, at: datetime) -> int:
-    """Whole checkpoint periods from the start of ``doc`` to ``at``."""
-    return int((at - doc["started_at"]).total_seconds() // CHECKPOINT_S)
