@@ -51,6 +51,7 @@ SERVICE_FIELDS = frozenset({
     "live_interval_ms", "dispatch_wait_seconds",
     "geofence_margin_m", "arrival_radius_m", "eta_window_seconds", "eta_min_speed_kmh",
     "offline_after_seconds", "overspeed_alarm", "geofence_alarms", "places_refresh_seconds",
+    "stop_speed_kmh", "stop_min_seconds",
 })
 
 
@@ -209,6 +210,10 @@ class Settings(BaseSettings):
     geofence_alarms: str = ""
     # How often a bridge reads the places again (changes by `aoc places` or the API).
     places_refresh_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Trips and stops (bridge.trips, README "History: trips and stops"): a stop is
+    # at least this long below this speed; a trip is what lies between stops.
+    stop_speed_kmh: float = Field(default=5.0, gt=0, le=300)
+    stop_min_seconds: float = Field(default=300.0, ge=0, le=86_400)
 
     # Input limits.
     max_image_bytes: int = Field(default=5 * 1024 * 1024, gt=0)

@@ -64,6 +64,7 @@ from bridge.retention import RetentionSweep, days_from_settings
 from bridge.service import Bridge, Emitter
 from bridge.speed import SpeedRules
 from bridge.subscriptions import MAIN_KINDS, SNAP_KINDS, every_form, stale, subscriptions
+from bridge.trips import TripRules, Trips
 from bridge.validate import Limits
 from broker.client import MqttClient, MqttError
 from storage import open_document_store, open_object_store
@@ -270,6 +271,7 @@ def _bridge(
         # Other members of the group move the same ambulances: plan from the store.
         shared=bool(settings.resolved_share_group),
         dispatch=Dispatch(DispatchRules.from_settings(settings)),
+        trips=Trips(TripRules.from_settings(settings)),
     )
     return Bridge(
         mqtt=mqtt,

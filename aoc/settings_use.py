@@ -51,6 +51,8 @@ BRIDGE = MQTT_SESSION | STORE | OBJECTS | {
     # The dispatch rules (bridge.dispatch).
     "geofence_margin_m", "arrival_radius_m", "eta_window_seconds", "eta_min_speed_kmh",
     "offline_after_seconds", "overspeed_alarm", "geofence_alarms", "places_refresh_seconds",
+    # The trips and stops rule (bridge.trips).
+    "stop_speed_kmh", "stop_min_seconds",
 }
 # Tokens, signed image URLs and legacy mode (whose shim publishes on its own account).
 ACCESS = frozenset({"secret_key", "legacy_mode", "legacy_networks", "cors_origins"})

@@ -86,8 +86,9 @@ from bridge.messages import (
 )
 from bridge.public import public_record
 from bridge.snapshots import Digits, image_digest, store_images
-from bridge.speed import THRESHOLDS, Episode, SpeedRules, Threshold, advance, classify
+from bridge.speed import RED, THRESHOLDS, Episode, SpeedRules, Threshold, advance, classify
 from bridge.state import AmbulanceState, cache_view, public_view
+from bridge.trips import Trips
 from storage.base import (
     ALARMS,
     AMBULANCES,
@@ -97,7 +98,9 @@ from storage.base import (
     IMAGE_HISTORIES,
     IMAGES,
     SPEED_VIOLATIONS,
+    STOPS,
     TRACKINGS,
+    TRIPS,
     Document,
     DocumentStore,
     ObjectStore,
@@ -106,7 +109,7 @@ from storage.base import (
 from storage.codec import utc
 
 # The upserts of a plan after its state upserts (see the module doc).
-_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES, ALARMS)
+_UPSERT_ORDER = (SPEED_VIOLATIONS, IMAGES, ALARMS, TRIPS, STOPS)
 
 
 def state_message(state: AmbulanceState) -> Document:
@@ -333,9 +336,12 @@ class Processor:
         dead_letter_log: LineBudget | None = None,
         key_digits: Digits = snapshots.key_digits,
         dispatch: Dispatch | None = None,
+        trips: Trips | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         """``dispatch``: the places, destination and alarm rules (default: no places).
+
+        ``trips``: the trips and stops rule (default settings).
 
         ``dead_letter_log``: how many dead-letter WARNING lines per window (10 a minute).
 
@@ -358,6 +364,7 @@ class Processor:
         self._shared = shared
         self._key_digits = key_digits  # injectable: tests force key collisions
         self.dispatch = dispatch or Dispatch()
+        self.trips = trips or Trips()
         self._log = logger or logging.getLogger(__name__)
         # Ambulance ids come from devices: the cache is an LRU so it cannot grow
         # without bound; an evicted ambulance is simply reloaded from the store.
@@ -660,10 +667,14 @@ class Processor:
     ) -> None:
         """Move the latest state forward by one in-order point."""
         previous_seen = state.last_seen
+        # The interval up to this point is overspeed time if it started above the red limit.
+        was_red = RED in state.open_episodes
         opened: list[Episode] = []
         closed: list[Episode] = []
+        step_m = 0.0
         if state.location is not None:
-            state.covered_distance += haversine_m(state.location, item.position)
+            step_m = haversine_m(state.location, item.position)
+            state.covered_distance += step_m
         state.speed_sum += item.speed_kmh
         state.speed_count += 1
         state.avg_speed = state.speed_sum / state.speed_count
@@ -706,6 +717,15 @@ class Processor:
         self.dispatch.on_point(
             item, state, draft, previous_seen=previous_seen, opened=opened, closed=closed
         )
+        # After dispatch: a stop's place is one of the places it keeps in the state.
+        self.trips.on_point(
+            item, state, draft,
+            previous_seen=previous_seen,
+            was_red=was_red,
+            step_m=step_m,
+            opened_red=any(episode.threshold == RED for episode in opened),
+            places=self.dispatch.places,
+        )
 
     def _crash(self, item: Crash, draft: _Draft) -> None:
         aid = item.ambulance_id
@@ -747,6 +767,7 @@ class Processor:
         self._broadcast_crash(item, record, draft)
         if not known:
             self.dispatch.on_crash(item, record, state, draft)
+            self.trips.count(state, draft, "crashes")
 
     @staticmethod
     def _broadcast_crash(item: Crash, record: Document, draft: _Draft) -> None:
@@ -793,6 +814,7 @@ class Processor:
         images = {f"image{index}": key for index, key in enumerate(keys)}
         draft.outcomes.append(Outcome.SNAP)
         self.dispatch.heard(state, item.received_at, draft)
+        self.trips.count(state, draft, "snapshots")
         draft.insert(
             IMAGE_HISTORIES,
             {"_id": history_id, "ambulance_id": aid, "images": images, "createdAt": item.ts},

@@ -109,6 +109,9 @@ class AmbulanceState:
     alarms: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The last dispatch commands taken: {"id", "ok", "reason"}, oldest first.
     commands: list[dict[str, Any]] = field(default_factory=list)
+    # Trips and stops (``bridge.trips``): the open trip or stop, and the slow
+    # stretch that may become a stop (None: no point yet).
+    motion: dict[str, Any] | None = None
     # How many times the document was written (0: never). Each write expects
     # the version it was planned from.
     version: int = 0
@@ -134,6 +137,7 @@ class AmbulanceState:
             places=list(self.places),
             alarms=dict(self.alarms),
             commands=list(self.commands),
+            motion=_copy_motion(self.motion),
         )
 
     def public(self) -> Document:
@@ -216,6 +220,17 @@ def cache_view(doc: Document) -> Document:
     The outbox is a batch's worth of writes, of no use to a reader of the latest state.
     """
     return {name: value for name, value in doc.items() if name != "outbox"}
+
+
+def _copy_motion(motion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A working copy of ``motion``: ``bridge.trips`` updates its documents in place."""
+    if motion is None:
+        return None
+    trip, stop = motion.get("trip"), motion.get("stop")
+    return motion | {
+        "trip": None if trip is None else dict(trip),
+        "stop": None if stop is None else dict(stop),
+    }
 
 
 def _version(stored: Any) -> tuple[int, Version | None]:

@@ -33,6 +33,7 @@ from storage.base import (
     IMAGES,
     SPEED_VIOLATIONS,
     TRACKINGS,
+    TRIPS,
     Document,
     Query,
     StoreUnavailable,
@@ -202,11 +203,14 @@ async def test_distance_average_and_eta(
     # The stored document is the cached one plus the outbox of its batch.
     outbox = stored_state.pop("outbox")
     assert stored_state == latest
+    # The first point moves, so it opens a trip (bridge.trips): its upsert is
+    # in the outbox too, after the episode's (the processor's _UPSERT_ORDER).
     assert [(w["collection"], w["doc"]["_id"]) for w in outbox] == [
         (SPEED_VIOLATIONS, f"{AID}:speed_above_80:{T0_MS + 2000}"),
+        (TRIPS, f"{AID}.trip.{T0_MS}"),
         *((TRACKINGS, d["_id"]) for d in docs),
     ]
-    assert [w["doc"] for w in outbox[1:]] == docs
+    assert [w["doc"] for w in outbox[2:]] == docs
 
     [state] = [p for p in plan.publishes if p.topic == f"aoc/{AID}/state"]
     assert state.retain and state.qos == 1

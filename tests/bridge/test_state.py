@@ -197,6 +197,8 @@ def test_state_round_trips_and_upgrades_older_documents() -> None:
         # Dispatch (bridge.dispatch).
         "heard_at", "silence_handled", "places", "recent_speed", "destination",
         "destination_geometry", "eta", "alarms", "commands",
+        # The open trip or stop (bridge.trips).
+        "motion",
     }
 
 
