@@ -66,6 +66,7 @@ def check(result: list[Any]) -> None:
     assert set(latest[first]) == {
         "ambulance_id", "location", "speed", "heading", "state", "last_seen", "online",
         "covered_distance", "avg_speed", "estimated_time", "version",
+        "places", "destination", "eta",  # dispatch (README, Dispatch)
     }
     for event in events:  # each ambulance at most once per interval
         names = [s["ambulance_id"] for s in event["states"]]
