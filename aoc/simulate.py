@@ -238,6 +238,7 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> Dispatcher | No
 
 
 def _summary(stats: SimStats, dispatcher: Dispatcher | None = None) -> None:
-    print(f"[simulate] {stats}", file=sys.stderr)
+    # "done:" tells the summary from the last progress line, which may read the same.
+    print(f"[simulate] done: {stats}", file=sys.stderr)
     if dispatcher is not None:
         print(f"[simulate] dispatch: {dispatcher.stats}", file=sys.stderr)

@@ -24,7 +24,10 @@ from sim import fleet
 from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
-SUMMARY = re.compile(r"\[simulate\] +[\d.]+s  tracking \d+  snap \d+  crash \d+  status \d+ ")
+# A progress line, and the summary, which says "done:" (a last progress line may read the same).
+COUNTS = r" *[\d.]+s  tracking \d+  snap \d+  crash \d+  status \d+ "
+PROGRESS = re.compile(r"\[simulate\] (done: )?" + COUNTS)
+SUMMARY = re.compile(r"\[simulate\] done:" + COUNTS)
 
 
 def _env(port: int, tmp_path: Path) -> dict[str, str]:
@@ -133,9 +136,10 @@ def test_progress_lines_when_stderr_is_a_pipe(mosquitto: services.Service, tmp_p
         "--snap-every", "0", "--progress-every", "0.5", "--prefix", "CLI2",
     )
     assert code == 0, err
-    progress = [line for line in err.splitlines() if SUMMARY.search(line)]
+    progress = [line for line in err.splitlines() if PROGRESS.search(line)]
     # At 0.5, 1.0 and 1.5 s, then the summary; each its own line, growing.
-    assert len(progress) >= 3, err
+    assert len(progress) >= 4, err
+    assert SUMMARY.search(progress[-1]) and not any(map(SUMMARY.search, progress[:-1]))
     tracked = [int(re.findall(r"tracking (\d+)", line)[0]) for line in progress]
     assert tracked == sorted(tracked) and tracked[-1] > tracked[0]
     assert "\r" not in err
