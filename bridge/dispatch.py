@@ -164,6 +164,7 @@ class Dispatch:
                     state, sink, "overspeed", "overspeed", episode.started_at,
                     subject=episode.threshold,
                     location=position_doc(episode.start_location),
+                    address=describe(episode.start_location, self.places),
                     details={
                         "episode_id": episode.id,
                         "threshold": episode.threshold,
@@ -305,6 +306,7 @@ class Dispatch:
                         state, sink, f"geofence:{place_id}:{event}", "geofence", item.ts,
                         subject=place_id,
                         location=position_doc(item.position),
+                        address=describe(item.position, self.places),
                         details={
                             "event": event,
                             "place_id": place_id,

@@ -307,6 +307,7 @@ async def test_overspeed_raises_one_alarm_and_records_the_episode_end(
         await run(proc, store, [point(s, H_LAT + s * 0.001, speed=speed)])
     (alarm,) = await stored(store, ALARMS)
     assert alarm["kind"] == "overspeed" and alarm["subject"] == "speed_above_120"
+    assert alarm["address"] == "at Maharaj Hospital"  # where it began: on its edge
     assert alarm["details"]["started_at"] == at(1)
     assert alarm["details"]["ended_at"] == at(4)
     assert alarm["details"]["max_speed"] == 140
