@@ -62,8 +62,9 @@ async def test_a_retained_crash_or_point_is_not_replayed_on_reconnect(
         stale = {"lat": 1.0, "lon": 1.0, "speed": 10}
         await device.publish(f"aoc/{AID}/tracking", json.dumps(stale).encode(), qos=1, retain=True)
         await device.publish(f"aoc/{AID}/snap", TINY_JPEG, qos=1, retain=True)
-        async with asyncio.timeout(10):
-            await anext(watcher.messages)  # the live crash: one alert
+        async with asyncio.timeout(10):  # the live crash: its record, and its alarm
+            live = [json.loads((await anext(watcher.messages)).payload) for _ in range(2)]
+        assert sorted(message["type"] for message in live) == ["alarm", "crash"]
         fresh = {"lat": 13.76, "lon": 100.51, "speed": 30, "ts": int(time.time() * 1000)}
         await device.publish(f"aoc/{AID}/tracking", json.dumps(fresh).encode(), qos=1)
 
