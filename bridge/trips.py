@@ -9,6 +9,7 @@ never writes a trip twice. The open trip or stop lives in ``state.motion``:
     {"trip": <open trip doc> | None, "stop": <open stop doc> | None,
      "slow_since": datetime | None, "slow_location": {"lat", "lon"} | None,
      "slow_distance": float,   # covered_distance when the slow stretch started
+     "slow_trip_distance": float,  # the open trip's distance_m then (what it keeps if it ends)
      "slow_points": int}       # points since then (taken off the trip if it ends there)
 
 - A **stop**: the speed stays below ``stop_kmh`` (``AOC_STOP_SPEED_KMH``) for at
@@ -96,7 +97,7 @@ class Trips:
         if motion is None:
             motion = state.motion = {
                 "trip": None, "stop": None, "slow_since": None, "slow_location": None,
-                "slow_distance": 0.0, "slow_points": 0,
+                "slow_distance": 0.0, "slow_trip_distance": 0.0, "slow_points": 0,
             }
         ts = item.ts
         trip = motion["trip"]
@@ -159,6 +160,8 @@ class Trips:
             motion["slow_since"] = item.ts
             motion["slow_location"] = position_doc(item.position)
             motion["slow_distance"] = state.covered_distance
+            trip = motion["trip"]
+            motion["slow_trip_distance"] = 0.0 if trip is None else trip["distance_m"]
             motion["slow_points"] = 0
         else:
             motion["slow_points"] += 1
@@ -221,9 +224,12 @@ class Trips:
         """End the trip where the slow stretch started: what came since is the stop's."""
         end = position_from_doc(motion["slow_location"])
         assert end is not None
-        # Late points settled since may have moved covered_distance: never below 0.
-        since = max(0.0, state.covered_distance - motion["slow_distance"])
-        trip["distance_m"] = max(0.0, trip["distance_m"] - since)
+        # The trip's own distance when the slow stretch started: not covered_distance, which
+        # late points settled since (bridge.late) may have moved, by a detour on this very trip.
+        kept = motion.get("slow_trip_distance")
+        if kept is None:  # a state saved before the field existed
+            kept = trip["distance_m"] - max(0.0, state.covered_distance - motion["slow_distance"])
+        trip["distance_m"] = max(0.0, kept)
         trip["points"] -= motion["slow_points"]
         trip["ended_at"] = motion["slow_since"]
         trip["end_location"] = motion["slow_location"]
