@@ -111,7 +111,7 @@ class Trips:
             if opened_red:
                 trip["overspeed_episodes"] += 1
         if item.speed_kmh >= self.rules.stop_kmh:
-            changed = self._moving(item, state, motion, sink, places)
+            changed = self._moving(item, state, motion, sink, places, opened_red=opened_red)
         else:
             changed = self._slow(item, state, motion, sink, places)
         if changed or previous_seen is None:
@@ -130,6 +130,8 @@ class Trips:
         motion: dict[str, Any],
         sink: Sink,
         places: PlaceIndex,
+        *,
+        opened_red: bool,
     ) -> bool:
         """A point at or above the speed: the open stop ends, a trip starts. Whether written."""
         if motion["slow_since"] is not None:
@@ -143,7 +145,7 @@ class Trips:
             stop["open"] = False
             self._write(sink, STOPS, stop, item.ts)
             motion["stop"] = None
-        motion["trip"] = trip = self._open_trip(state, item, places)
+        motion["trip"] = trip = self._open_trip(state, item, places, opened_red=opened_red)
         self._write(sink, TRIPS, trip, item.ts)
         return True
 
@@ -193,7 +195,10 @@ class Trips:
     # --- internals --------------------------------------------------------------------------
 
     @staticmethod
-    def _open_trip(state: AmbulanceState, item: Tracking, places: PlaceIndex) -> Document:
+    def _open_trip(
+        state: AmbulanceState, item: Tracking, places: PlaceIndex, *, opened_red: bool
+    ) -> Document:
+        """A trip from ``item``; ``opened_red``: its point opened an overspeed episode."""
         aid = state.ambulance_id
         here = position_doc(item.position)
         return {
@@ -210,7 +215,7 @@ class Trips:
             "max_speed": item.speed_kmh,
             "avg_speed": 0.0,
             "overspeed_s": 0.0,
-            "overspeed_episodes": 0,
+            "overspeed_episodes": 1 if opened_red else 0,
             "points": 1,
             "crashes": 0,
             "snapshots": 0,

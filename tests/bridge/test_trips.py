@@ -356,3 +356,16 @@ async def test_a_late_point_while_slowing_down_takes_nothing_off_its_trip(
     [trip] = await stored(store, TRIPS)
     assert (trip["started_at"], trip["ended_at"]) == (at(600), at(1200))
     assert trip["distance_m"] == pytest.approx(route_distance(600, 1200), abs=0.1)
+
+
+async def test_a_trip_that_opens_above_the_red_limit_counts_its_episode(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test a trip whose first point opens an overspeed episode (after a silent stop)."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(s) for s in range(400)])
+    fast = [point(s, FAST) for s in range(600, 660)]
+    await run(proc, store, [*fast, *(point(s, CRUISE) for s in range(660, 700))])
+    [trip] = await stored(store, TRIPS)
+    assert trip["started_at"] == at(600)
+    assert (trip["overspeed_s"], trip["overspeed_episodes"]) == (60.0, 1)
