@@ -307,7 +307,7 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
 
         MongoDB's TTL monitor then deletes what is older, about once a minute
         (in its own batches). The snapshot collections (``NO_TTL``) get no TTL
-        index, and lose one they had: the sweep deletes them with their images.
+        index, and lose any they had (by hand too): the sweep deletes them with their images.
         Collections not named in ``bounds`` are left as they are. The store
         must be open.
         """
@@ -340,7 +340,7 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
         """Bring the TTL indexes of collection ``name`` to ``seconds`` (None: none)."""
         field = TIME_FIELDS[name]
         indexes = db[name].index_information()
-        for change, index in ttl_steps(indexes, field, seconds):
+        for change, index in ttl_steps(indexes, field, seconds, any_ttl=name in NO_TTL):
             if change == "drop":
                 db[name].drop_index(index)
             elif change == "create":
@@ -398,7 +398,8 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
 
 
 def ttl_steps(
-    indexes: Mapping[str, Mapping[str, Any]], field: str, seconds: int | None
+    indexes: Mapping[str, Mapping[str, Any]], field: str, seconds: int | None, *,
+    any_ttl: bool = False,
 ) -> list[tuple[str, str]]:
     """What turns ``indexes`` (``index_information()``) into the TTL index wanted on ``field``.
 
@@ -407,8 +408,11 @@ def ttl_steps(
     Whatever its name, an index keyed on ``field`` alone is the one: MongoDB
     refuses a second index on the same key (IndexOptionsConflict). A TTL one is
     kept and changed in place ("modify": ``collMod``, no rebuild), a plain one
-    replaced; others with a TTL on it go.
+    replaced; others with a TTL on it go. ``any_ttl`` (``NO_TTL`` collections):
+    every TTL index goes, on any key, since the server would orphan images.
     """
+    if any_ttl:
+        return [("drop", name) for name, info in indexes.items() if "expireAfterSeconds" in info]
     steps = []
     ours = indexes.get(RETENTION_INDEX)
     if ours is not None and not _on(ours, field):

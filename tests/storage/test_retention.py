@@ -165,6 +165,11 @@ def test_ttl_index_spec_changes() -> None:
     assert ttl_steps(no_ttl, "count_datetime", day) == [
         ("drop", "c"), ("create", RETENTION_INDEX),
     ]
+    # Snapshot collections: every TTL index goes, whatever its key or name.
+    assert ttl_steps({**both, "x": {"key": [("x", -1)], "expireAfterSeconds": 1}},
+                     "createdAt", None, any_ttl=True) == [
+        ("drop", RETENTION_INDEX), ("drop", "count_datetime_1"), ("drop", "x"),
+    ]
 
 
 @pytest.mark.mongo
@@ -253,3 +258,18 @@ async def test_mongomock_one_collection_refused_leaves_the_others_set(
     assert ttl_indexes(db, TRIPS) == {RETENTION_INDEX: ([("started_at", 1)], 400 * 86_400)}
     assert ttl_indexes(db, TRACKINGS) == {}
     assert any(TRACKINGS in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_mongomock_snapshot_ttl_index_under_any_name_is_dropped(
+    mongomock_client: Any,
+) -> None:
+    """Test that a hand-made TTL index on snapshot records (``createdAt_1``) is dropped too."""
+    db = mongomock_client["aoc_test"]
+    db[IMAGE_HISTORIES].create_index([("createdAt", 1)], expireAfterSeconds=60)
+    db[IMAGES].create_index([("createdAt", -1)], name="newest", expireAfterSeconds=60)
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_test") as store:
+        enforced = await store.set_retention(
+            {IMAGE_HISTORIES: timedelta(days=1), IMAGES: None}
+        )
+    assert enforced == frozenset()
+    assert ttl_indexes(db, IMAGE_HISTORIES) == ttl_indexes(db, IMAGES) == {}
