@@ -177,7 +177,8 @@ def _trkpt(doc: Document) -> gpxpy.gpx.GPXTrackPoint | None:
         if speed is not None:  # stored in km/h; the extension's unit is m/s
             ET.SubElement(ext, f"{{{TPX_NS}}}speed").text = f"{speed / 3.6:.3f}"
         if heading is not None:
-            ET.SubElement(ext, f"{{{TPX_NS}}}course").text = f"{heading % 360:.1f}"
+            # Rounded first: 359.96 would be written 360.0, outside [0, 360).
+            ET.SubElement(ext, f"{{{TPX_NS}}}course").text = f"{round(heading, 1) % 360:.1f}"
         point.extensions.append(ext)
     return point
 

@@ -355,3 +355,19 @@ async def test_geojson_geometry_follows_the_usable_points_across_pages(
         positions = [[d["location"]["lon"], d["location"]["lat"]] for d in kept]
         assert feature["geometry"]["coordinates"] == (positions[0] if usable == 1 else positions)
         assert len(feature["properties"]["coordTimes"]) == feature["properties"]["points"] == usable
+
+
+@pytest.mark.parametrize(
+    ("heading", "course"), [(359.96, "0.0"), (359.94, "359.9"), (-0.04, "0.0"), (720.06, "0.1")]
+)
+async def test_gpx_course_stays_below_360(
+    http: httpx.AsyncClient, store: SQLiteDocumentStore, ambulance_id: str,
+    heading: float, course: str,
+) -> None:
+    """Test a heading that rounds up to 360.0: written as 0.0 (a course is in [0, 360))."""
+    [doc] = track(ambulance_id, 1)
+    doc["heading"] = heading
+    await put(store, TRACKINGS, doc)
+    response = await http.get(f"/api/v1/ambulances/{ambulance_id}/track.gpx", params=RANGE)
+    [point] = gpxpy.parse(response.text).tracks[0].segments[0].points
+    assert point.extensions[0].find(f"{TPX}course").text == course
