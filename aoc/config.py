@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import storage
@@ -55,6 +56,14 @@ SERVICE_FIELDS = frozenset({
 })
 
 
+# Other variables a setting is read from too. AOC_RETENTION_DEAD_LETTERS_DAYS is the
+# name the retention settings' pattern (and the history spec) gives the dead letters'
+# bound; the older name keeps working. Both set: that setting's error.
+ALIASES: Mapping[str, tuple[str, ...]] = {
+    "dead_letter_max_age_days": ("AOC_RETENTION_DEAD_LETTERS_DAYS",),
+}
+
+
 def geofence_alarm_rules(text: str) -> frozenset[tuple[str, str]]:
     """``AOC_GEOFENCE_ALARMS``, e.g. ``restricted:enter,hospital:exit`` (place kinds or ids)."""
     rules = set()
@@ -76,6 +85,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_ignore_empty=True,
         extra="ignore",
+        # Settings(name=...) still works for the fields read under ALIASES.
+        populate_by_name=True,
     )
 
     # Network: bind to loopback by default; operators opt in to exposure.
@@ -251,7 +262,12 @@ class Settings(BaseSettings):
     # are pruned every dead_letter_prune_seconds. 10,000 records of at most a
     # 4 KiB payload are about 50 MB; 7 days spans a weekend before anyone looks.
     dead_letter_max_count: int = Field(default=10_000, gt=0)
-    dead_letter_max_age_days: float = Field(default=7.0, gt=0)
+    dead_letter_max_age_days: float = Field(
+        default=7.0, gt=0,
+        validation_alias=AliasChoices(
+            "AOC_DEAD_LETTER_MAX_AGE_DAYS", *ALIASES["dead_letter_max_age_days"]
+        ),
+    )
     dead_letter_rate: float = Field(default=10.0, gt=0)
     dead_letter_burst: int = Field(default=200, gt=0)
     dead_letter_prune_seconds: float = Field(default=60.0, gt=0)
@@ -332,11 +348,33 @@ class Settings(BaseSettings):
                   if SecretStr in (info.annotation, *get_args(info.annotation))]
         return {**data, **secrets_from_files(secret, data, os.environ)}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        env_file = cls.model_config.get("env_file")
+        file = dotenv_values(env_file) if isinstance(env_file, str | Path) else {}
+        given = {key.upper() for key, value in {**file, **os.environ}.items() if value}
+        data = dict(data)
+        for name, aliases in ALIASES.items():
+            own = f"{ENV_PREFIX}{name.upper()}"
+            # pydantic keys the value by the variable it was read from: back to the field's
+            # name, so that errors (``aoc.startup``) name the setting.
+            found = [data.pop(key) for key in list(data) if key.upper() in (own, *aliases)]
+            if found:
+                data.setdefault(name, found[0])
+            also = [alias for alias in aliases if alias in given]
+            if also and own in given:
+                problem = f"{' and '.join(also)} is set too: keep one of them"
+                data[name] = Conflicting(problem, data.get(name))
+        return data
+
     @field_validator("*", mode="before")
     @classmethod
     def _unreadable_secret(cls, value: Any) -> Any:
         # The error is the field's own: one line naming its variable, never the other values.
-        if isinstance(value, UnreadableSecret):
+        if isinstance(value, UnreadableSecret | Conflicting):
             raise ValueError(value.problem)
         return value
 
@@ -468,6 +506,17 @@ class UnreadableSecret:
     """In place of a secret whose ``AOC_<NAME>_FILE`` failed: why (the field's error)."""
 
     problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conflicting:
+    """In place of a setting also given under another of its variables (``ALIASES``)."""
+
+    problem: str
+    value: Any  # as read under the setting's own variable, shown in the error
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 def secrets_from_files(

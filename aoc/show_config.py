@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from pydantic import SecretStr
 
 import storage
-from aoc.config import Settings
+from aoc.config import ALIASES, Settings
 from aoc.settings_help import ENV_FILE, show
 from aoc.startup import variable
 
@@ -77,8 +77,12 @@ def sources(
     env, file = _given(environ), _given(dotenv)
     found: dict[str, str] = {}
     for field in Settings.model_fields:
-        key = variable(field).lower()
-        found[field] = ENVIRONMENT if key in env else DOTENV if key in file else DEFAULT
+        keys = [name.lower() for name in (variable(field), *ALIASES.get(field, ()))]
+        found[field] = (
+            ENVIRONMENT if any(key in env for key in keys)
+            else DOTENV if any(key in file for key in keys)
+            else DEFAULT
+        )
     return found
 
 

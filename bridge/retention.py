@@ -143,8 +143,9 @@ class RetentionSweep:
 
     async def sweep(self) -> dict[str, int]:
         """One sweep now: what it deleted, by kind (``images``: objects); ``StoreUnavailable``."""
-        if self._enforced is None:
-            self._enforced = await self._store.set_retention(self._bounds)
+        enforced = self._enforced
+        if enforced is None:
+            enforced = await self._set_retention()
         now = self._now()
         deleted: dict[str, int] = {}
         for kind, collections in KINDS.items():
@@ -152,7 +153,7 @@ class RetentionSweep:
                 continue
             before = now - timedelta(days=self._days[kind])
             for collection in collections:
-                if collection in self._enforced or self._stop.is_set():
+                if collection in enforced or self._stop.is_set():
                     continue
                 records, images = await self._expire(collection, before)
                 for name, number in ((kind, records), ("images", images)):
@@ -163,6 +164,20 @@ class RetentionSweep:
             counts = ", ".join(f"{number} {name}" for name, number in deleted.items())
             self._log.info("retention: deleted %s", counts)
         return deleted
+
+    async def _set_retention(self) -> frozenset[str]:
+        """Hand the bounds to the store: what it expires itself (none if it refused)."""
+        try:
+            self._enforced = await self._store.set_retention(self._bounds)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            # E.g. MongoDB refusing an index (OperationFailure): this sweep deletes
+            # everything itself, and the next one asks the store again.
+            self._log.exception("retention: the store could not set its own expiry; "
+                                "the sweep deletes instead")
+            return frozenset()
+        return self._enforced
 
     async def _expire(self, collection: str, before: datetime) -> tuple[int, int]:
         """Expire ``collection`` before ``before`` step by step: (records, images) deleted."""
@@ -200,7 +215,7 @@ class RetentionSweep:
         return len(keys)
 
     async def run(self) -> None:
-        """Sweep now, then every ``every`` seconds until ``stop``; an outage skips a sweep."""
+        """Sweep now, then every ``every`` seconds until ``stop``; a failure skips a sweep."""
         while not self._stop.is_set():
             try:
                 await self.sweep()
@@ -210,6 +225,11 @@ class RetentionSweep:
                     self._log.warning(
                         "retention sweep failed, retrying every %.0f s: %s", self._every, exc
                     )
+            except Exception:
+                # Not an outage, yet no reason to stop expiring for good: tried again
+                # next time, and logged each time (a bug or a refusal to look at).
+                self._failing = True
+                self._log.exception("retention sweep failed, retrying in %.0f s", self._every)
             else:
                 if self._failing:
                     self._failing = False

@@ -9,6 +9,7 @@ never writes a trip twice. The open trip or stop lives in ``state.motion``:
     {"trip": <open trip doc> | None, "stop": <open stop doc> | None,
      "slow_since": datetime | None, "slow_location": {"lat", "lon"} | None,
      "slow_distance": float,   # covered_distance when the slow stretch started
+     "slow_trip_distance": float,  # the open trip's distance_m then (what it keeps if it ends)
      "slow_points": int}       # points since then (taken off the trip if it ends there)
 
 - A **stop**: the speed stays below ``stop_kmh`` (``AOC_STOP_SPEED_KMH``) for at
@@ -96,7 +97,7 @@ class Trips:
         if motion is None:
             motion = state.motion = {
                 "trip": None, "stop": None, "slow_since": None, "slow_location": None,
-                "slow_distance": 0.0, "slow_points": 0,
+                "slow_distance": 0.0, "slow_trip_distance": 0.0, "slow_points": 0,
             }
         ts = item.ts
         trip = motion["trip"]
@@ -110,7 +111,7 @@ class Trips:
             if opened_red:
                 trip["overspeed_episodes"] += 1
         if item.speed_kmh >= self.rules.stop_kmh:
-            changed = self._moving(item, state, motion, sink, places)
+            changed = self._moving(item, state, motion, sink, places, opened_red=opened_red)
         else:
             changed = self._slow(item, state, motion, sink, places)
         if changed or previous_seen is None:
@@ -129,6 +130,8 @@ class Trips:
         motion: dict[str, Any],
         sink: Sink,
         places: PlaceIndex,
+        *,
+        opened_red: bool,
     ) -> bool:
         """A point at or above the speed: the open stop ends, a trip starts. Whether written."""
         if motion["slow_since"] is not None:
@@ -142,7 +145,7 @@ class Trips:
             stop["open"] = False
             self._write(sink, STOPS, stop, item.ts)
             motion["stop"] = None
-        motion["trip"] = trip = self._open_trip(state, item, places)
+        motion["trip"] = trip = self._open_trip(state, item, places, opened_red=opened_red)
         self._write(sink, TRIPS, trip, item.ts)
         return True
 
@@ -159,6 +162,8 @@ class Trips:
             motion["slow_since"] = item.ts
             motion["slow_location"] = position_doc(item.position)
             motion["slow_distance"] = state.covered_distance
+            trip = motion["trip"]
+            motion["slow_trip_distance"] = 0.0 if trip is None else trip["distance_m"]
             motion["slow_points"] = 0
         else:
             motion["slow_points"] += 1
@@ -190,7 +195,10 @@ class Trips:
     # --- internals --------------------------------------------------------------------------
 
     @staticmethod
-    def _open_trip(state: AmbulanceState, item: Tracking, places: PlaceIndex) -> Document:
+    def _open_trip(
+        state: AmbulanceState, item: Tracking, places: PlaceIndex, *, opened_red: bool
+    ) -> Document:
+        """A trip from ``item``; ``opened_red``: its point opened an overspeed episode."""
         aid = state.ambulance_id
         here = position_doc(item.position)
         return {
@@ -207,7 +215,7 @@ class Trips:
             "max_speed": item.speed_kmh,
             "avg_speed": 0.0,
             "overspeed_s": 0.0,
-            "overspeed_episodes": 0,
+            "overspeed_episodes": 1 if opened_red else 0,
             "points": 1,
             "crashes": 0,
             "snapshots": 0,
@@ -221,9 +229,12 @@ class Trips:
         """End the trip where the slow stretch started: what came since is the stop's."""
         end = position_from_doc(motion["slow_location"])
         assert end is not None
-        # Late points settled since may have moved covered_distance: never below 0.
-        since = max(0.0, state.covered_distance - motion["slow_distance"])
-        trip["distance_m"] = max(0.0, trip["distance_m"] - since)
+        # The trip's own distance when the slow stretch started: not covered_distance, which
+        # late points settled since (bridge.late) may have moved, by a detour on this very trip.
+        kept = motion.get("slow_trip_distance")
+        if kept is None:  # a state saved before the field existed
+            kept = trip["distance_m"] - max(0.0, state.covered_distance - motion["slow_distance"])
+        trip["distance_m"] = max(0.0, kept)
         trip["points"] -= motion["slow_points"]
         trip["ended_at"] = motion["slow_since"]
         trip["end_location"] = motion["slow_location"]

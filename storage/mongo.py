@@ -307,7 +307,7 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
 
         MongoDB's TTL monitor then deletes what is older, about once a minute
         (in its own batches). The snapshot collections (``NO_TTL``) get no TTL
-        index, and lose one they had: the sweep deletes them with their images.
+        index, and lose any they had (by hand too): the sweep deletes them with their images.
         Collections not named in ``bounds`` are left as they are. The store
         must be open.
         """
@@ -318,28 +318,42 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
             wanted[collection] = None if collection in NO_TTL else seconds
 
         def apply(db: Database[MongoDoc]) -> frozenset[str]:
+            enforced = set()
             for name, seconds in wanted.items():
-                field = TIME_FIELDS[name]
-                index = db[name].index_information().get(RETENTION_INDEX)
-                change = ttl_change(index, field, seconds)
-                if change in ("drop", "recreate"):
-                    db[name].drop_index(RETENTION_INDEX)
-                if change in ("create", "recreate"):
-                    db[name].create_index(
-                        [(field, pymongo.ASCENDING)], name=RETENTION_INDEX,
-                        expireAfterSeconds=seconds,
-                    )
-                elif change == "modify":
-                    db.command(
-                        {"collMod": name,
-                         "index": {"name": RETENTION_INDEX, "expireAfterSeconds": seconds}}
-                    )
-                if change is not None:
-                    self._log.info("MongoDB TTL index on %s.%s: %s (%s s)", name, field,
-                                   change, seconds)
-            return frozenset(name for name, seconds in wanted.items() if seconds is not None)
+                try:
+                    self._set_ttl(db, name, seconds)
+                except OperationFailure as exc:
+                    if _transient(exc):
+                        raise
+                    # Refused here (e.g. IndexOptionsConflict, code 85): the others still
+                    # get theirs, and the sweep deletes this one's records itself.
+                    self._log.error("MongoDB TTL index on %s not set (the retention sweep "
+                                    "expires it instead): %s", name, _short(exc))
+                    continue
+                if seconds is not None:
+                    enforced.add(name)
+            return frozenset(enforced)
 
         return await self._run(apply)
+
+    def _set_ttl(self, db: Database[MongoDoc], name: str, seconds: int | None) -> None:
+        """Bring the TTL indexes of collection ``name`` to ``seconds`` (None: none)."""
+        field = TIME_FIELDS[name]
+        indexes = db[name].index_information()
+        for change, index in ttl_steps(indexes, field, seconds, any_ttl=name in NO_TTL):
+            if change == "drop":
+                db[name].drop_index(index)
+            elif change == "create":
+                db[name].create_index(
+                    [(field, pymongo.ASCENDING)], name=index, expireAfterSeconds=seconds
+                )
+            else:
+                db.command({"collMod": name,
+                            "index": {"name": index, "expireAfterSeconds": seconds}})
+            # An index made by hand (not ours by name) is worth a warning: someone meant it.
+            level = logging.INFO if index == RETENTION_INDEX else logging.WARNING
+            self._log.log(level, "MongoDB TTL index %s on %s.%s: %s (retention %s s)",
+                          index, name, field, change, seconds)
 
     # -- reads --------------------------------------------------------------
 
@@ -383,20 +397,45 @@ class MongoDocumentStore(ThreadedDocumentStore[Database[MongoDoc]]):
         return paging.page(query, [codec.normalize(d) for d in await self._run(select)])
 
 
-def ttl_change(index: Mapping[str, Any] | None, field: str, seconds: int | None) -> str | None:
-    """What turns ``index`` (its ``index_information()`` entry; None: absent) into the one wanted.
+def ttl_steps(
+    indexes: Mapping[str, Mapping[str, Any]], field: str, seconds: int | None, *,
+    any_ttl: bool = False,
+) -> list[tuple[str, str]]:
+    """What turns ``indexes`` (``index_information()``) into the TTL index wanted on ``field``.
 
-    ``seconds``: the wanted ``expireAfterSeconds`` on ``field`` (None: no TTL
-    index). "create", "modify" (``collMod``: no rebuild), "recreate" (on
-    another field), "drop", or None when it is right already.
+    ``seconds``: its ``expireAfterSeconds`` (None: no TTL index on ``field``).
+    Steps ("drop" | "create" | "modify", index name), in order; none when right.
+    Whatever its name, an index keyed on ``field`` alone is the one: MongoDB
+    refuses a second index on the same key (IndexOptionsConflict). A TTL one is
+    kept and changed in place ("modify": ``collMod``, no rebuild), a plain one
+    replaced; others with a TTL on it go. ``any_ttl`` (``NO_TTL`` collections):
+    every TTL index goes, on any key, since the server would orphan images.
     """
+    if any_ttl:
+        return [("drop", name) for name, info in indexes.items() if "expireAfterSeconds" in info]
+    steps = []
+    ours = indexes.get(RETENTION_INDEX)
+    if ours is not None and not _on(ours, field):
+        steps.append(("drop", RETENTION_INDEX))  # ours, on another field
+    same = sorted(
+        (name for name, info in indexes.items() if _on(info, field)),
+        key=lambda name: name != RETENTION_INDEX,  # ours first
+    )
+    ttl = [name for name in same if "expireAfterSeconds" in indexes[name]]
     if seconds is None:
-        return None if index is None else "drop"
-    if index is None:
-        return "create"
-    if [key for key, _ in index.get("key", [])] != [field]:
-        return "recreate"
-    return None if index.get("expireAfterSeconds") == seconds else "modify"
+        return steps + [("drop", name) for name in ttl]
+    if not ttl:
+        return [*steps, *(("drop", name) for name in same), ("create", RETENTION_INDEX)]
+    keep = ttl[0]
+    steps += [("drop", name) for name in ttl[1:]]
+    if indexes[keep]["expireAfterSeconds"] != seconds:
+        steps.append(("modify", keep))
+    return steps
+
+
+def _on(index: Mapping[str, Any], field: str) -> bool:
+    """Whether ``index`` is keyed on ``field`` ascending, alone."""
+    return [tuple(key) for key in index.get("key", [])] == [(field, 1)]
 
 
 def _operation(write: Write) -> UpdateOne | ReplaceOne[MongoDoc]:

@@ -128,6 +128,7 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
         "AOC_MQTT_PASSWORD": "fake-pw-from-env",
         "AOC_REDIS_URL": "redis://:url-secret@127.0.0.1:6379/0?password=param-secret&db=1",
         "aoc_operator": "night-shift",  # names match in any case, as Settings reads them
+        "AOC_RETENTION_DEAD_LETTERS_DAYS": "3",  # the other name of AOC_DEAD_LETTER_MAX_AGE_DAYS
     }
     text = _aoc("config", env=env, cwd=tmp_path)
     as_json = _aoc("config", "--json", env=env, cwd=tmp_path)
@@ -146,6 +147,7 @@ def test_config_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     assert settings["AOC_MQTT_PASSWORD"] == {"value": "********", "source": "environment"}
     assert settings["AOC_SECRET_KEY"] == {"value": "********", "source": ".env"}
     assert settings["AOC_MQTT_ADMIN_PASSWORD"] == {"value": None, "source": "default"}
+    assert settings["AOC_DEAD_LETTER_MAX_AGE_DAYS"] == {"value": 3.0, "source": "environment"}
     assert settings["AOC_REDIS_URL"]["value"] == (
         "redis://:***@127.0.0.1:6379/0?password=********&db=1"
     )

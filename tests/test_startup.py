@@ -399,3 +399,32 @@ def test_a_port_taken_at_start_up_is_one_line_naming_its_variable_and_holder_and
     assert errors[0].startswith(f"port {port} ({variable}) is in use by pid {os.getpid()} (")
     assert errors[0].endswith(f"): stop it, or set {variable} to a free port")
     assert "Traceback" not in done.stderr
+
+
+def test_the_dead_letters_bound_is_read_under_its_retention_name_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Test AOC_RETENTION_DEAD_LETTERS_DAYS (the spec's name): read, and both names an error."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("AOC_RETENTION_DEAD_LETTERS_DAYS", "3")
+    loaded = startup.load("serve", _env_file=None)
+    assert (loaded.errors, loaded.settings.dead_letter_max_age_days) == ([], 3.0)
+    assert Settings(dead_letter_max_age_days=9).dead_letter_max_age_days == 9.0
+    monkeypatch.setenv("AOC_DEAD_LETTER_MAX_AGE_DAYS", "4")
+    loaded = startup.load("serve", _env_file=None)
+    assert loaded.errors == [
+        "AOC_DEAD_LETTER_MAX_AGE_DAYS='4' is invalid: "
+        "AOC_RETENTION_DEAD_LETTERS_DAYS is set too: keep one of them"
+    ]
+    assert loaded.settings.dead_letter_max_age_days == 7.0  # the default stands in
+    monkeypatch.delenv("AOC_RETENTION_DEAD_LETTERS_DAYS")
+    assert startup.load("serve", _env_file=None).settings.dead_letter_max_age_days == 4.0
+    # Given in .env and the environment, under one name each: the same error.
+    (tmp_path / ".env").write_text("AOC_RETENTION_DEAD_LETTERS_DAYS=5\n")
+    assert len(startup.load("serve").errors) == 1
+    monkeypatch.delenv("AOC_DEAD_LETTER_MAX_AGE_DAYS")
+    monkeypatch.setenv("AOC_RETENTION_DEAD_LETTERS_DAYS", "-1")
+    (tmp_path / ".env").unlink()
+    assert startup.load("serve", _env_file=None).errors == [
+        "AOC_DEAD_LETTER_MAX_AGE_DAYS='-1' is invalid: expected a number > 0"
+    ]

@@ -177,7 +177,8 @@ def _trkpt(doc: Document) -> gpxpy.gpx.GPXTrackPoint | None:
         if speed is not None:  # stored in km/h; the extension's unit is m/s
             ET.SubElement(ext, f"{{{TPX_NS}}}speed").text = f"{speed / 3.6:.3f}"
         if heading is not None:
-            ET.SubElement(ext, f"{{{TPX_NS}}}course").text = f"{heading % 360:.1f}"
+            # Rounded first: 359.96 would be written 360.0, outside [0, 360).
+            ET.SubElement(ext, f"{{{TPX_NS}}}course").text = f"{round(heading, 1) % 360:.1f}"
         point.extensions.append(ext)
     return point
 
@@ -239,11 +240,7 @@ def _small_geojson(
 
 
 async def _geojson_body(
-    first: Page,
-    pages: AsyncIterator[list[Document]],
-    ambulance_id: str,
-    start: datetime,
-    end: datetime,
+    pages: AsyncIterator[list[Document]], ambulance_id: str, start: datetime, end: datetime
 ) -> AsyncIterator[bytes]:
     """A FeatureCollection of one LineString, its coordinates written as they are read.
 
@@ -252,23 +249,37 @@ async def _geojson_body(
     they wait in a spooled temporary file (in memory up to 1 MB, then on disk).
     """
     properties = _properties(ambulance_id, start, end)
-    if first.next_cursor is None and len(_positions(first.items)) < 2:
-        yield _small_geojson(_positions(first.items), properties)
+    # The geometry's type waits for two usable positions (a LineString needs two):
+    # pages of points without a location may come first, or be all there is.
+    first: list[tuple[list[float], str]] = []
+    async for docs in pages:
+        first += _positions(docs)
+        if len(first) >= 2:
+            break
+    if len(first) < 2:
+        yield _small_geojson(first, properties)
         return
     yield (b'{"type":"FeatureCollection","features":[{"type":"Feature",'
            b'"geometry":{"type":"LineString","coordinates":[')
     count = 0
     with tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+b") as times:
-        async for docs in pages:
+
+        def written(positions: list[tuple[list[float], str]]) -> bytes:
+            """The coordinates of ``positions``; their times go to ``times``."""
+            nonlocal count
             coordinates, stamps = [], []
-            for where, when in _positions(docs):
+            for where, when in positions:
                 sep = "," if count else ""
                 coordinates.append(sep + json.dumps(where))
                 stamps.append(sep + json.dumps(when))
                 count += 1
-            if coordinates:
-                times.write("".join(stamps).encode())
-                yield "".join(coordinates).encode()
+            times.write("".join(stamps).encode())
+            return "".join(coordinates).encode()
+
+        yield written(first)
+        async for docs in pages:  # the rest, after the page that gave the second position
+            if chunk := written(_positions(docs)):
+                yield chunk
         head = json.dumps({**properties, "points": count})[:-1]  # without its closing brace
         yield f']}},"properties":{head},"coordTimes":['.encode()
         times.seek(0)
@@ -336,7 +347,7 @@ async def export_geojson(
     """One ambulance's track over a range (at most 31 days) as GeoJSON (RFC 7946), streamed."""
     since, until, query, first = await _export(deps, token, ambulance_id, start, end)
     return StreamingResponse(
-        _geojson_body(first, _pages(deps, query, first), ambulance_id, since, until),
+        _geojson_body(_pages(deps, query, first), ambulance_id, since, until),
         media_type=GEOJSON_TYPE,
         headers=_headers(ambulance_id, since, until, "geojson"),
     )

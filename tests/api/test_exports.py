@@ -325,3 +325,49 @@ async def test_a_100k_point_export_streams_in_flat_memory(
     assert len(feature["geometry"]["coordinates"]) == BIG + 1
     for before, _first, peak in (gpx_rss, geojson_rss):
         assert peak - before < MAX_GROWTH_MB
+
+
+@pytest.mark.parametrize("case", [(0, None), (1, "Point"), (2, "LineString")])
+async def test_geojson_geometry_follows_the_usable_points_across_pages(
+    http: httpx.AsyncClient,
+    store: SQLiteDocumentStore,
+    ambulance_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[int, str | None],
+) -> None:
+    """Test points without a location filling the first pages: the type is the total's.
+
+    A LineString of 0 or 1 positions is invalid GeoJSON (RFC 7946: two or more).
+    """
+    usable, geometry = case
+    docs = track(ambulance_id, 25)
+    for doc in docs[: 25 - usable]:
+        doc["location"] = None
+    await put(store, TRACKINGS, *docs)
+    monkeypatch.setattr(exports, "EXPORT_PAGE", 10)  # three pages
+    response = await http.get(f"/api/v1/ambulances/{ambulance_id}/track.geojson", params=RANGE)
+    assert response.status_code == 200, response.text
+    features = response.json()["features"]
+    assert [f["geometry"]["type"] for f in features] == ([geometry] if geometry else [])
+    if geometry:
+        [feature] = features
+        kept = docs[25 - usable:]
+        positions = [[d["location"]["lon"], d["location"]["lat"]] for d in kept]
+        assert feature["geometry"]["coordinates"] == (positions[0] if usable == 1 else positions)
+        assert len(feature["properties"]["coordTimes"]) == feature["properties"]["points"] == usable
+
+
+@pytest.mark.parametrize(
+    ("heading", "course"), [(359.96, "0.0"), (359.94, "359.9"), (-0.04, "0.0"), (720.06, "0.1")]
+)
+async def test_gpx_course_stays_below_360(
+    http: httpx.AsyncClient, store: SQLiteDocumentStore, ambulance_id: str,
+    heading: float, course: str,
+) -> None:
+    """Test a heading that rounds up to 360.0: written as 0.0 (a course is in [0, 360))."""
+    [doc] = track(ambulance_id, 1)
+    doc["heading"] = heading
+    await put(store, TRACKINGS, doc)
+    response = await http.get(f"/api/v1/ambulances/{ambulance_id}/track.gpx", params=RANGE)
+    [point] = gpxpy.parse(response.text).tracks[0].segments[0].points
+    assert point.extensions[0].find(f"{TPX}course").text == course

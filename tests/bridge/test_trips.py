@@ -331,3 +331,41 @@ async def test_two_processors_sharing_the_store_give_the_trips_of_one(
         expected = (await stored(alone, TRIPS), await stored(alone, STOPS))
     assert (await stored(store, TRIPS), await stored(store, STOPS)) == expected
     assert (len(expected[0]), len(expected[1])) == (2, 3)
+
+
+def late_point(second: float, east_m: float) -> Parsed:
+    """A point at ``second`` (between two of the route's), ``east_m`` off the line."""
+    lat = ROUTE[int(second)][1]
+    lon = S_LON + east_m / (M_PER_DEG_LAT * math.cos(math.radians(lat)))
+    body = {"lat": lat, "lon": lon, "speed": CRUISE, "ts": T0_MS + int(second * 1000)}
+    return parse(f"aoc/{AID}/tracking", json.dumps(body).encode(), at(second), LIMITS)
+
+
+async def test_a_late_point_while_slowing_down_takes_nothing_off_its_trip(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test a late point (a detour on the way north) arriving before the stop is confirmed.
+
+    It moves ``covered_distance`` (bridge.late), not the trip: the trip keeps the
+    distance it had when the slow stretch started.
+    """
+    proc = processor(store, objects)
+    await run(proc, store, [point(s) for s in range(600, 1251)])
+    await run(proc, store, [late_point(900.5, 500.0)])
+    await run(proc, store, [point(s) for s in range(1251, 1560)])
+    [trip] = await stored(store, TRIPS)
+    assert (trip["started_at"], trip["ended_at"]) == (at(600), at(1200))
+    assert trip["distance_m"] == pytest.approx(route_distance(600, 1200), abs=0.1)
+
+
+async def test_a_trip_that_opens_above_the_red_limit_counts_its_episode(
+    store: SQLiteDocumentStore, objects: LocalObjectStore
+) -> None:
+    """Test a trip whose first point opens an overspeed episode (after a silent stop)."""
+    proc = processor(store, objects)
+    await run(proc, store, [point(s) for s in range(400)])
+    fast = [point(s, FAST) for s in range(600, 660)]
+    await run(proc, store, [*fast, *(point(s, CRUISE) for s in range(660, 700))])
+    [trip] = await stored(store, TRIPS)
+    assert trip["started_at"] == at(600)
+    assert (trip["overspeed_s"], trip["overspeed_episodes"]) == (60.0, 1)

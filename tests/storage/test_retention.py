@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import mongomock
 import pymongo
 import pytest
+from pymongo.errors import OperationFailure
 
 from storage.base import (
     AUDIT,
@@ -20,7 +23,7 @@ from storage.base import (
     Query,
     Write,
 )
-from storage.mongo import RETENTION_INDEX, MongoDocumentStore, ttl_change
+from storage.mongo import RETENTION_INDEX, MongoDocumentStore, ttl_steps
 from tests.storage.conftest import MONGODB_URI_ENV
 from tests.storage.test_documents import T0, all_docs, ins, tracking
 
@@ -130,19 +133,43 @@ async def test_mongomock_snapshot_ttl_index_left_by_hand_is_dropped(mongomock_cl
 
 
 def test_ttl_index_spec_changes() -> None:
-    """Test the spec the code builds: which change turns an index into the wanted TTL index.
+    """Test the steps the code plans: which turn the indexes into the wanted TTL index.
 
-    mongomock has no ``collMod``: the "modify" branch runs against a real
+    mongomock has no ``collMod``: the "modify" steps run against a real
     server only (``test_real_mongodb_ttl_index_is_modified_in_place``).
     """
     day = 86_400
-    ttl = {"key": [("count_datetime", 1)], "expireAfterSeconds": day}
-    assert ttl_change(None, "count_datetime", day) == "create"
-    assert ttl_change(ttl, "count_datetime", day) is None
-    assert ttl_change(ttl, "count_datetime", 2 * day) == "modify"
-    assert ttl_change({**ttl, "key": [("createdAt", 1)]}, "count_datetime", day) == "recreate"
-    assert ttl_change(ttl, "count_datetime", None) == "drop"
-    assert ttl_change(None, "count_datetime", None) is None
+    key: list[tuple[str, Any]] = [("count_datetime", 1)]
+    ttl: dict[str, Any] = {"key": key, "expireAfterSeconds": day}
+    plain: dict[str, dict[str, Any]] = {
+        "_id_": {"key": [("_id", 1)]}, "time_id": {"key": [*key, ("_id", 1)]},
+    }
+    ours = {**plain, RETENTION_INDEX: ttl}
+    assert ttl_steps(plain, "count_datetime", day) == [("create", RETENTION_INDEX)]
+    assert ttl_steps(ours, "count_datetime", day) == []
+    assert ttl_steps(ours, "count_datetime", 2 * day) == [("modify", RETENTION_INDEX)]
+    elsewhere = {**plain, RETENTION_INDEX: {**ttl, "key": [("createdAt", 1)]}}
+    assert ttl_steps(elsewhere, "count_datetime", day) == [
+        ("drop", RETENTION_INDEX), ("create", RETENTION_INDEX),
+    ]
+    assert ttl_steps(ours, "count_datetime", None) == [("drop", RETENTION_INDEX)]
+    assert ttl_steps(plain, "count_datetime", None) == []
+    # Made by hand under another name: changed in place, or replaced if not a TTL index.
+    by_hand = {**plain, "count_datetime_1": {"key": [("count_datetime", 1.0)],
+                                             "expireAfterSeconds": 60}}
+    assert ttl_steps(by_hand, "count_datetime", day) == [("modify", "count_datetime_1")]
+    assert ttl_steps(by_hand, "count_datetime", None) == [("drop", "count_datetime_1")]
+    both = {**ours, **by_hand}
+    assert ttl_steps(both, "count_datetime", day) == [("drop", "count_datetime_1")]
+    no_ttl = {**plain, "c": {"key": key}}
+    assert ttl_steps(no_ttl, "count_datetime", day) == [
+        ("drop", "c"), ("create", RETENTION_INDEX),
+    ]
+    # Snapshot collections: every TTL index goes, whatever its key or name.
+    assert ttl_steps({**both, "x": {"key": [("x", -1)], "expireAfterSeconds": 1}},
+                     "createdAt", None, any_ttl=True) == [
+        ("drop", RETENTION_INDEX), ("drop", "count_datetime_1"), ("drop", "x"),
+    ]
 
 
 @pytest.mark.mongo
@@ -167,3 +194,82 @@ async def test_real_mongodb_ttl_index_is_modified_in_place() -> None:
     finally:
         with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as admin:
             admin.drop_database(database)
+
+
+def ttl_indexes(db: Any, collection: str) -> dict[str, Any]:
+    """The TTL indexes of ``collection``, whatever their names: name -> (key, seconds)."""
+    return {
+        name: (info["key"], info["expireAfterSeconds"])
+        for name, info in db[collection].index_information().items()
+        if "expireAfterSeconds" in info
+    }
+
+
+async def test_mongomock_an_index_made_by_hand_on_the_time_field_is_reused_not_doubled(
+    mongomock_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that an index on the time field under another name is the one set_retention manages.
+
+    A real MongoDB refuses a second index on the same key (IndexOptionsConflict):
+    a hand-made TTL index is kept (collMod changes it), a plain one is replaced.
+    """
+    caplog.set_level(logging.INFO, logger="storage.mongo")
+    db = mongomock_client["aoc_test"]
+    month = 30 * 86_400
+    db[TRACKINGS].create_index([("count_datetime", 1)], expireAfterSeconds=month)
+    db[TRIPS].create_index([("started_at", 1)], name="by_start")
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_test") as store:
+        enforced = await store.set_retention(
+            {TRACKINGS: timedelta(days=30), TRIPS: timedelta(days=400)}
+        )
+        assert enforced == {TRACKINGS, TRIPS}
+        assert ttl_indexes(db, TRACKINGS) == {
+            "count_datetime_1": ([("count_datetime", 1)], month)
+        }
+        assert ttl_indexes(db, TRIPS) == {RETENTION_INDEX: ([("started_at", 1)], 400 * 86_400)}
+        assert "by_start" not in db[TRIPS].index_information()
+        assert any("by_start" in r.getMessage() for r in caplog.records)
+        # Retention 0: the hand-made TTL index goes too (the records are kept forever).
+        assert await store.set_retention({TRACKINGS: None}) == frozenset()
+        assert ttl_indexes(db, TRACKINGS) == {}
+
+
+async def test_mongomock_one_collection_refused_leaves_the_others_set(
+    mongomock_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that MongoDB refusing one index (code 85) is logged; the others are still set.
+
+    The refused collection is not named as enforced: the sweep deletes its records itself.
+    """
+    db = mongomock_client["aoc_test"]
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_test") as store:
+        create = mongomock.collection.Collection.create_index
+
+        def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.name == TRACKINGS:
+                raise OperationFailure("Index already exists with a different name", code=85)
+            return create(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+        monkeypatch.setattr(mongomock.collection.Collection, "create_index", refuse)
+        enforced = await store.set_retention(
+            {TRACKINGS: timedelta(days=30), TRIPS: timedelta(days=400)}
+        )
+    assert enforced == {TRIPS}
+    assert ttl_indexes(db, TRIPS) == {RETENTION_INDEX: ([("started_at", 1)], 400 * 86_400)}
+    assert ttl_indexes(db, TRACKINGS) == {}
+    assert any(TRACKINGS in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_mongomock_snapshot_ttl_index_under_any_name_is_dropped(
+    mongomock_client: Any,
+) -> None:
+    """Test that a hand-made TTL index on snapshot records (``createdAt_1``) is dropped too."""
+    db = mongomock_client["aoc_test"]
+    db[IMAGE_HISTORIES].create_index([("createdAt", 1)], expireAfterSeconds=60)
+    db[IMAGES].create_index([("createdAt", -1)], name="newest", expireAfterSeconds=60)
+    async with MongoDocumentStore(lambda: mongomock_client, database="aoc_test") as store:
+        enforced = await store.set_retention(
+            {IMAGE_HISTORIES: timedelta(days=1), IMAGES: None}
+        )
+    assert enforced == frozenset()
+    assert ttl_indexes(db, IMAGE_HISTORIES) == ttl_indexes(db, IMAGES) == {}

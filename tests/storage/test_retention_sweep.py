@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo.errors import OperationFailure
 
 from aoc import metrics
 from bridge.retention import KINDS, RetentionSweep, bounds
@@ -229,3 +231,60 @@ async def test_run_survives_an_outage_and_warns_once(
     warnings = [r.getMessage() for r in caplog.records if r.name == "bridge.retention"]
     assert len(warnings) == 1
     assert warnings[0].startswith("retention sweep failed, retrying every 0 s: ")
+
+
+class RefusingStore(SQLiteDocumentStore):
+    """A store whose backend refuses its expiry, as MongoDB refuses a conflicting index."""
+
+    refused = 0
+
+    async def set_retention(self, bounds: Mapping[str, timedelta | None]) -> frozenset[str]:
+        self.refused += 1
+        raise OperationFailure("Index already exists with a different name", code=85)
+
+
+async def test_a_store_refusing_its_expiry_is_swept_instead_and_asked_again(
+    tmp_path: Path, ambulance_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that set_retention failing (OperationFailure, code 85) does not stop expiry."""
+    objects = LocalObjectStore(tmp_path / "objects")
+    async with RefusingStore(tmp_path / "store.db") as store, objects:
+        await fill(store, objects, ambulance_id)
+        sweep = RetentionSweep(store=store, objects=objects, days=DAYS, now=lambda: NOW)
+        deleted = await sweep.sweep()
+        assert deleted["tracking"] == 5
+        assert await ids(store, TRACKINGS) == ["t-bound", "t-new"]
+        await sweep.sweep()
+        assert store.refused == 2  # asked again on the next sweep
+    errors = [r for r in caplog.records if r.name == "bridge.retention"]
+    assert errors and all(r.levelno == logging.ERROR and r.exc_info for r in errors)
+
+
+async def test_run_goes_on_after_an_unexpected_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test that a sweep failing with anything but an outage is logged; the next one runs."""
+    objects = LocalObjectStore(tmp_path / "objects")
+    async with SQLiteDocumentStore(tmp_path / "store.db") as store, objects:
+        sweep = RetentionSweep(store=store, objects=objects, days=DAYS, every=0.01,
+                               now=lambda: NOW)
+        tried = 0
+        again = asyncio.Event()
+
+        async def failing_once() -> dict[str, int]:
+            nonlocal tried
+            tried += 1
+            if tried == 1:
+                raise OperationFailure("Index already exists with a different name", code=85)
+            again.set()
+            return {}
+
+        sweep.sweep = failing_once  # type: ignore[method-assign]
+        task = asyncio.create_task(sweep.run())
+        await asyncio.wait_for(again.wait(), timeout=30)
+        assert not task.done()
+        sweep.stop()
+        await asyncio.wait_for(task, timeout=30)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.retention"]
+    assert messages[0] == "retention sweep failed, retrying in 0 s"
+    assert messages[1] == "retention sweep works again"
