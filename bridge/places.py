@@ -175,7 +175,13 @@ class PlaceIndex:
 
     def containing(self, position: Position) -> set[str]:
         """Ids of the places ``position`` is in."""
-        return {p.id for p in self._candidates(position, 0.0) if contains(p, position)}
+        # Asked for every point: one cell, no margin to widen it by.
+        lon, lat = position.lon, position.lat
+        cell = self._grid.get((_cell(lon), _cell(lat)), ())
+        return {
+            self._order[i].id for i in (*cell, *self._wide)
+            if _overlaps(self._bounds[i], lon, lat, lon, lat) and contains(self._order[i], position)
+        }
 
     def near(self, position: Position, margin_m: float) -> set[str]:
         """Ids of the places within ``margin_m`` metres of ``position`` (inside counts)."""
