@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 from storage.base import AUDIT, PLACES, Query
 from storage.sqlite import SQLiteDocumentStore
+from tests.cli import as_json, run_aoc
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "places" / "chiang-mai.geojson"
 HOSPITALS = ["bangkok-hospital-cm", "chiang-mai-ram", "maharaj-nakorn", "nakornping"]
@@ -19,25 +17,7 @@ STATIONS = ["station-nimman", "station-old-city", "station-san-kamphaeng"]
 
 def aoc_places(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``aoc places <args>`` with the store in ``data_dir``, as operator ``ops-lead``."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AOC_")},
-        "AOC_DATA_DIR": str(data_dir),
-        "AOC_OPERATOR": "ops-lead",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "aoc.cli", "places", *args],
-        cwd=data_dir.parent,  # no .env there
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_aoc("places", data_dir, *args)
 
 
 async def test_import_list_remove_with_json_output(tmp_path: Path) -> None:

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 from api.tokens import verify_token
 from storage.base import AUDIT, Query
 from storage.sqlite import SQLiteDocumentStore
+from tests.cli import as_json, run_aoc
 
 
 def aoc_token(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``aoc token <args>`` with the store in ``data_dir``, as operator ``ops-lead``."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AOC_")},
-        "AOC_DATA_DIR": str(data_dir),
-        "AOC_OPERATOR": "ops-lead",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "aoc.cli", "token", *args],
-        cwd=data_dir.parent,  # no .env there
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_aoc("token", data_dir, *args)
 
 
 async def test_add_list_revoke_with_json_output(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,12 +69,6 @@ async def until(predicate: Callable[[], bool], within: float = 30.0) -> None:
             if predicate():
                 return
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
-    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
-        yield opened  # type: ignore[misc]
 
 
 def test_token_bucket_grants_the_burst_then_the_rate() -> None:

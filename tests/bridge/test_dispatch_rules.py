@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,18 +55,6 @@ STATION = {
     "geometry": {"type": "Point", "coordinates": [S_LON, S_LAT]},
 }
 SOUTH_EDGE = H_LAT - HALF
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
-    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
-        yield opened  # type: ignore[misc]
-
-
-@pytest.fixture
-async def objects(tmp_path: Path) -> AsyncIterator[LocalObjectStore]:
-    async with LocalObjectStore(tmp_path / "objects") as opened:
-        yield opened  # type: ignore[misc]
 
 
 def processor(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -26,12 +24,6 @@ def circle(place_id: str, updated_at: datetime) -> Write:
                "geometry": {"type": "Point", "coordinates": [98.95, 18.8]}}
     doc = place_doc(places_from_geojson(feature)[0]) | {"updated_at": updated_at}
     return Write(PLACES, "upsert", doc)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
-    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
-        yield opened  # type: ignore[misc]
 
 
 async def test_a_damaged_place_is_skipped_and_logged_once(

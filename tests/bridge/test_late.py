@@ -82,12 +82,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield opened
 
 
-@pytest.fixture
-async def objects(tmp_path: Path) -> AsyncIterator[LocalObjectStore]:
-    async with LocalObjectStore(tmp_path / "objects") as opened:
-        yield opened  # type: ignore[misc]
-
-
 def processor(store: DocumentStore, objects: LocalObjectStore) -> Processor:
     return Processor(
         store=store,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,18 +49,6 @@ RECEIVED = T0 + timedelta(hours=1)
 LIMITS = Limits(max_image_bytes=1024 * 1024, max_upload_files=5)
 AID = "332"
 LAT, LON = 13.7563, 100.5018
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
-    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
-        yield opened  # type: ignore[misc]
-
-
-@pytest.fixture
-async def objects(tmp_path: Path) -> AsyncIterator[LocalObjectStore]:
-    async with LocalObjectStore(tmp_path / "objects") as opened:
-        yield opened  # type: ignore[misc]
 
 
 def processor(

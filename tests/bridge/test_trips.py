@@ -12,7 +12,6 @@ import base64
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -161,18 +160,6 @@ def batches(items: list[Parsed], sizes: tuple[int, ...] = (1, 7, 50, 233, 500)) 
         out.append(items[start : start + size])
         start += size
     raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteDocumentStore]:
-    async with SQLiteDocumentStore(tmp_path / "aoc.sqlite3") as opened:
-        yield opened  # type: ignore[misc]
-
-
-@pytest.fixture
-async def objects(tmp_path: Path) -> AsyncIterator[LocalObjectStore]:
-    async with LocalObjectStore(tmp_path / "objects") as opened:
-        yield opened  # type: ignore[misc]
 
 
 def processor(
